@@ -1,0 +1,140 @@
+"""The contract between the core and a driver.
+
+A driver is one protocol family (``drivers/<kind>/``). It never imports MQTT or
+the outbox: everything it produces goes through :class:`Emit`. Polling devices
+implement only :meth:`PollingDriver.read`; the shared poll loop in
+:mod:`edge_agent.poll` owns interval, jitter, no-overlap, timeouts, retries and
+the online/offline state of the device.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel
+
+Quality = Literal["good", "uncertain", "bad"]
+Value = float | int | bool | str | None
+
+
+@dataclass(slots=True)
+class Reading:
+    """One poll's result: ``data`` maps metric name to value; ``ts`` is UNIX seconds (UTC)."""
+
+    data: dict[str, Value]
+    quality: Quality = "good"
+    ts: float = field(default_factory=time.time)
+    #: metrics whose value was outside the profile's valid range (so quality is "uncertain")
+    out_of_range: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class MetricInfo:
+    """What the ``meta`` topic says about one metric."""
+
+    name: str
+    unit: str
+    description: str
+    writable: bool = False
+    range: tuple[float, float] | None = None
+
+
+class Emit(Protocol):
+    """What a driver may produce. Implemented by the core (the outbox writer)."""
+
+    def telemetry(
+        self, device_id: str, data: dict[str, Value], *, ts: float | None = None,
+        quality: Quality = "good",
+    ) -> None: ...
+
+    def event(
+        self, device_id: str, type_: str, data: dict[str, Any], *, ts: float | None = None,
+    ) -> None: ...
+
+
+class Bus:
+    """A shared physical line (an RS-485 bus, a serial server, one Modbus TCP endpoint).
+
+    One lock per bus and a minimum gap between frames: a 9600-baud RS-485 line
+    carries one request at a time, and many cheap sensors need a quiet gap after
+    each answer before they listen again (Home Assistant calls it ``msg_wait``).
+    ``resources`` lets the driver that owns the line keep its client object there,
+    so devices on the same bus share one connection.
+    """
+
+    def __init__(self, bus_id: str, min_gap_s: float = 0.0) -> None:
+        self.id = bus_id
+        self.min_gap_s = min_gap_s
+        self.lock = asyncio.Lock()
+        self.resources: dict[str, Any] = {}
+        self._last_end = 0.0
+
+    async def __aenter__(self) -> Bus:
+        await self.lock.acquire()
+        wait = self._last_end + self.min_gap_s - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._last_end = time.monotonic()
+        self.lock.release()
+
+
+@dataclass
+class DriverContext:
+    """What the core hands a driver when it builds it."""
+
+    #: buses by id (from the config's ``buses:`` plus implicit TCP endpoints)
+    buses: dict[str, Bus]
+    #: directory that holds device profiles (``config/profiles`` by default)
+    profile_dirs: list[str]
+    #: per-site HMAC secret for pseudonymising card numbers (None in sites without card readers)
+    pseudonym_key: bytes | None = None
+
+
+@runtime_checkable
+class Driver(Protocol):
+    """A device driver. ``run`` runs until cancelled and re-raises ``CancelledError``."""
+
+    kind: ClassVar[str]
+
+    @property
+    def device_id(self) -> str: ...
+
+    def metrics(self) -> list[MetricInfo]:
+        """The metrics this device reports, for its retained ``meta`` topic."""
+        ...
+
+    def meta(self) -> dict[str, Any]:
+        """Model/profile facts for the ``meta`` topic (model, vendor, protocol)."""
+        ...
+
+
+@runtime_checkable
+class PollingDriver(Driver, Protocol):
+    """A device that is read on a fixed interval by the shared poll loop."""
+
+    async def read(self) -> Reading:
+        """Read every reported metric once. Raise a :class:`~edge_agent.errors.DeviceError`."""
+        ...
+
+    async def write(self, point: str, value: float | int | bool) -> None:
+        """Write one writable point (``device.write`` command). Validate before touching the bus."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections. Called when the device task stops."""
+        ...
+
+
+class DriverFactory(Protocol):
+    """What the registry stores per kind: a config model and a constructor."""
+
+    kind: ClassVar[str]
+    Config: ClassVar[type[BaseModel]]
+
+    def __call__(self, config: Any, ctx: DriverContext) -> Driver: ...

@@ -1,0 +1,54 @@
+"""One exception tree for the agent.
+
+::
+
+    EdgeAgentError
+    ├── ConfigError            bad YAML or a value the schema rejects (carries every problem)
+    ├── OutboxError            the SQLite outbox cannot be opened or written
+    └── DeviceError            anything a device did wrong; carries ``device_id``
+        ├── DeviceTimeout      no answer within ``timeout_s``
+        ├── DeviceProtocolError garbled frame, exception response, unexpected length
+        └── DeviceUnavailable  cannot connect (port missing, connection refused)
+
+Drivers catch narrow library errors at their edge and re-raise one of these
+``from err``; the poll loop and the supervisor only ever see this tree.
+"""
+
+from __future__ import annotations
+
+
+class EdgeAgentError(Exception):
+    """Base of every error the agent raises on purpose."""
+
+
+class ConfigError(EdgeAgentError):
+    """The configuration cannot be used. ``problems`` holds ``file:line  key.path  message`` lines."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class OutboxError(EdgeAgentError):
+    """The outbox database cannot be opened or written."""
+
+
+class DeviceError(EdgeAgentError):
+    """A device failed; ``device_id`` names it."""
+
+    def __init__(self, device_id: str, message: str) -> None:
+        super().__init__(f"{device_id}: {message}")
+        self.device_id = device_id
+        self.reason = message
+
+
+class DeviceTimeout(DeviceError):
+    """The device did not answer in time."""
+
+
+class DeviceProtocolError(DeviceError):
+    """The device answered with something we cannot use (garbled, exception code, wrong length)."""
+
+
+class DeviceUnavailable(DeviceError):
+    """The device or its bus cannot be reached at all."""
