@@ -1,0 +1,313 @@
+"""The supervisor: one TaskGroup runs the outbox, the publisher, health and every device.
+
+Data flows one way: driver -> emit() -> outbox (SQLite) -> publisher (MQTT).
+A device task that fails for an unexpected reason (a driver bug) restarts with
+exponential backoff; it never takes the agent down. Only a core bug ends the
+process, and systemd restarts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from . import __version__, registry
+from .commands import (
+    INVALID_REQUEST_TOPIC,
+    CommandRouter,
+    alarm_handler,
+    ping_handler,
+    snapshot_handler,
+    write_handler,
+)
+from .config import AgentConfigBase, profile_dirs
+from .config_models import SerialBus, TcpBus
+from .driver import Bus, DriverContext, PollingDriver, Quality, Value
+from .envelope import Lane, iso_ms
+from .errors import OutboxError
+from .outbox import Outbox
+from .poll import PollLoop, backoff_delay
+from .procstats import ProcessStats
+from .publisher import MqttSettings, Publisher, response_properties
+from .sdnotify import SystemdNotifier, watchdog_loop
+
+log = logging.getLogger(__name__)
+
+
+class OutboxEmitter:
+    """The :class:`~edge_agent.driver.Emit` that drivers get: puts envelopes into the outbox."""
+
+    def __init__(self, outbox: Outbox, root: str) -> None:
+        self.outbox = outbox
+        self.root = root
+        self.count = 0
+
+    def telemetry(self, device_id: str, data: dict[str, Value], *, ts: float | None = None,
+                  quality: Quality = "good") -> None:
+        self.count += 1
+        self.outbox.put(Lane.TELEMETRY, f"{self.root}/telemetry/{device_id}", device=device_id,
+                        kind="telemetry", ts=time.time() if ts is None else ts, data=dict(data),
+                        quality=quality)
+
+    def event(self, device_id: str, type_: str, data: dict[str, Any], *,
+              ts: float | None = None) -> None:
+        self.count += 1
+        self.outbox.put(Lane.EVENT, f"{self.root}/events/{device_id}", device=device_id,
+                        kind="event", ts=time.time() if ts is None else ts, data=dict(data),
+                        type_=type_)
+
+
+def mqtt_settings(cfg: AgentConfigBase) -> MqttSettings:
+    m = cfg.mqtt
+    tls = m.tls
+    return MqttSettings(
+        host=m.host,
+        port=m.port or (8883 if tls else 1883),
+        root=f"{m.topic_prefix}/{cfg.site.id}/{cfg.site.gateway_id}",
+        client_id=m.client_id or f"edge-{cfg.site.id}-{cfg.site.gateway_id}",
+        protocol=m.protocol,
+        username=m.username,
+        password=m.password,
+        tls=tls is not None,
+        ca_file=tls.ca_file if tls else None,
+        cert_file=tls.cert_file if tls else None,
+        key_file=tls.key_file if tls else None,
+        key_password=tls.key_password if tls else None,
+        tls_insecure=tls.insecure if tls else False,
+        keepalive_s=m.keepalive_s,
+        inflight_max=m.inflight_max,
+        reconnect_min_s=m.reconnect_min_s,
+        reconnect_max_s=m.reconnect_max_s,
+        drain_rate_max=cfg.publish.backlog_rate_max,
+        agent_version=__version__,
+    )
+
+
+class Agent:
+    """Builds everything from a validated config and runs it until stopped."""
+
+    def __init__(self, cfg: AgentConfigBase, config_path: str | Path) -> None:
+        self.cfg = cfg
+        self.config_path = Path(config_path)
+        self.settings = mqtt_settings(cfg)
+        self.root = self.settings.root
+        o = cfg.outbox
+        self.outbox = Outbox(
+            (self.config_path.parent / o.path) if not Path(o.path).is_absolute() else o.path,
+            max_bytes=o.max_bytes, commit_interval_s=o.commit_interval_ms / 1000,
+            commit_max_batch=o.commit_max_batch,
+        )
+        self.publisher = Publisher(self.settings, self.outbox)
+        self.emitter = OutboxEmitter(self.outbox, self.root)
+        self.stats = ProcessStats()
+        self.notifier = SystemdNotifier()
+        self.drivers: dict[str, Any] = {}
+        self.loops: dict[str, PollLoop] = {}
+        self.router = CommandRouter(self._reply)
+        self._stop = asyncio.Event()
+        self._last_flush_ok = time.monotonic()
+        self._started = time.monotonic()
+        self._build_drivers()
+        self._register_commands()
+
+    # -- building ----------------------------------------------------------------
+    def _build_drivers(self) -> None:
+        buses: dict[str, Bus] = {}
+        for b in self.cfg.buses:
+            if isinstance(b, SerialBus | TcpBus):
+                buses[b.id] = Bus(b.id, b.min_gap_ms / 1000)
+                buses[b.id].resources["config"] = b
+        pseudonym = self.cfg.site.pseudonym_secret
+        ctx = DriverContext(
+            buses=buses, profile_dirs=profile_dirs(self.cfg, self.config_path),
+            pseudonym_key=pseudonym.encode() if pseudonym else None,
+        )
+        kinds = registry.drivers()
+        for dev in getattr(self.cfg, "devices", []):
+            if not dev.enabled:
+                continue
+            self.drivers[dev.id] = kinds[dev.kind](dev, ctx)
+        self.publisher.set_device_count(len(self.drivers))
+
+    def _register_commands(self) -> None:
+        r = self.router
+        r.register("agent.ping", ping_handler(lambda: {
+            "agent_version": __version__, "epoch": self.outbox.epoch,
+            "uptime_s": round(time.monotonic() - self._started, 1),
+            "devices": len(self.drivers),
+        }))
+        r.register("device.write", write_handler(self.drivers.get))
+        r.register("alarm.ack", alarm_handler("alarm.ack"))
+        r.register("alarm.shelve", alarm_handler("alarm.shelve"))
+        r.register("camera.snapshot", snapshot_handler(self.drivers.get))
+        self.publisher.set_command_handler(r.handle)
+
+    def _reply(self, request_id: str | None, answer: dict[str, Any], response_topic: str | None,
+               correlation: bytes | None) -> None:
+        topic = response_topic or f"{self.root}/cmd_result/{request_id or INVALID_REQUEST_TOPIC}"
+        self.publisher.publish_direct(topic, answer, qos=1,
+                                      properties=response_properties(correlation))
+
+    def _meta(self, dev_id: str, driver: Any) -> dict[str, Any]:
+        dev = next(d for d in getattr(self.cfg, "devices", []) if d.id == dev_id)
+        meta: dict[str, Any] = {"kind": dev.kind, "name": dev.name, "ts": iso_ms(time.time())}
+        meta.update(driver.meta())
+        meta["location"] = dev.location.model_dump() if dev.location else None
+        meta["metrics"] = {
+            m.name: {"unit": m.unit, "description": m.description, "writable": m.writable,
+                     "range": list(m.range) if m.range else None}
+            for m in driver.metrics()
+        }
+        return meta
+
+    def _state_sink(self, device_id: str, payload: dict[str, Any]) -> None:
+        self.publisher.set_retained(f"{self.root}/devices/{device_id}/state", payload)
+
+    # -- running ------------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask the agent to stop cleanly (flush, say offline, disconnect)."""
+        self._stop.set()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        installed: list[int] = []
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, self.stop)
+                installed.append(sig)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass  # not the main thread (tests) or not supported
+        await self.outbox.open()
+        try:
+            for dev_id, driver in self.drivers.items():
+                self.publisher.set_retained(f"{self.root}/devices/{dev_id}/meta",
+                                            self._meta(dev_id, driver))
+            async with asyncio.TaskGroup() as tg:
+                main = [
+                    tg.create_task(self._run_outbox(), name="outbox"),
+                    tg.create_task(self.publisher.run(), name="publisher"),
+                    tg.create_task(self._health_loop(), name="health"),
+                    tg.create_task(watchdog_loop(self.notifier, self._healthy), name="watchdog"),
+                ]
+                for dev_id, driver in self.drivers.items():
+                    main.append(tg.create_task(self._device_task(dev_id, driver),
+                                               name=f"device:{dev_id}"))
+                self.notifier.ready(f"{len(self.drivers)} devices, outbox epoch {self.outbox.epoch}")
+                log.info("agent started: %d devices, root %s, outbox %s (epoch %s, next seq %d)",
+                         len(self.drivers), self.root, self.outbox.path, self.outbox.epoch,
+                         self.outbox.next_seq)
+                await self._stop.wait()
+                self.notifier.stopping()
+                log.info("stopping: flushing the outbox and saying goodbye to the broker")
+                # Devices first, so their last readings are committed before the
+                # outbox and the publisher stop.
+                for t in main[4:]:
+                    t.cancel()
+                await asyncio.gather(*main[4:], return_exceptions=True)
+                await self.outbox.flush()
+                for t in main[:4]:
+                    t.cancel()
+        finally:
+            for driver in self.drivers.values():
+                close = getattr(driver, "close", None)
+                if close is not None:
+                    try:
+                        await close()
+                    except Exception as err:  # noqa: BLE001 - shutting down anyway
+                        log.debug("closing %s: %s", getattr(driver, "device_id", "?"), err)
+            await self.outbox.close()
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+
+    def _healthy(self) -> bool:
+        # Fed only while the group commit works: a wedged database gets us restarted.
+        return time.monotonic() - self._last_flush_ok < max(60.0, self.outbox.commit_interval_s * 20)
+
+    async def _run_outbox(self) -> None:
+        failing = False
+        while True:
+            try:
+                await asyncio.sleep(self.outbox.commit_interval_s)
+                await self.outbox.flush()
+                self._last_flush_ok = time.monotonic()
+                if failing:
+                    log.info("outbox commits work again")
+                    failing = False
+            except OutboxError as err:
+                if not failing:
+                    log.error("%s; keeping messages in memory and retrying", err)
+                    failing = True
+
+    async def _device_task(self, dev_id: str, driver: Any) -> None:
+        dev = next(d for d in getattr(self.cfg, "devices", []) if d.id == dev_id)
+        if not isinstance(driver, PollingDriver):
+            await self._supervise(dev_id, lambda: driver.run(self.emitter))
+            return
+        interval = dev.interval_s or driver.meta().get("default_interval_s") or 30.0
+        poll = PollLoop(
+            driver, interval_s=float(interval),
+            read_timeout_s=min(float(interval), max(5.0, dev.timeout_s * (dev.retries + 1) * 8)),
+            offline_after=dev.offline_after, emit=self.emitter, state_sink=self._state_sink,
+        )
+        self.loops[dev_id] = poll
+        await self._supervise(dev_id, poll.run)
+
+    async def _supervise(self, dev_id: str, make: Any) -> None:
+        attempt = 0
+        rng = random.Random()
+        while True:
+            try:
+                await make()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # noqa: BLE001 - a driver bug must not end the agent
+                delay = backoff_delay(attempt, rng)
+                attempt += 1
+                log.error("device %s task crashed (%r); restarting in %.0f s", dev_id, err, delay,
+                          exc_info=err)
+                self._state_sink(dev_id, {"state": "offline", "since": iso_ms(time.time()),
+                                          "last_error": f"driver error: {err!r}"})
+                await asyncio.sleep(delay)
+
+    async def health(self) -> dict[str, Any]:
+        proc = self.stats.sample()
+        out = await self.outbox.stats()
+        return {
+            "ts": iso_ms(time.time()),
+            "uptime_s": round(time.monotonic() - self._started, 1),
+            "outbox": {k: out[k] for k in ("depth", "bytes", "oldest_age_s", "epoch", "next_seq")},
+            "dropped": out["dropped"],
+            "publish": {
+                "rate_per_s": self.publisher.stats.rate(),
+                "published": self.publisher.stats.published,
+                "acked": self.publisher.stats.acked,
+                "backlog_sent": self.publisher.stats.backlog,
+                "inflight": self.publisher.inflight_count(),
+                "connects": self.publisher.stats.connects,
+            },
+            "devices": {
+                "total": len(self.drivers),
+                "online": sum(1 for p in self.loops.values() if p.health.state == "online"),
+                "offline": sum(1 for p in self.loops.values() if p.health.state == "offline"),
+                "degraded": sum(1 for p in self.loops.values() if p.health.state == "degraded"),
+            },
+            "commands": {"handled": self.router.handled, "refused": self.router.refused},
+            "cpu_percent": proc.get("cpu_percent"),
+            "rss_bytes": proc.get("rss_bytes"),
+        }
+
+    async def _health_loop(self) -> None:
+        topic = f"{self.root}/health"
+        while True:
+            await asyncio.sleep(min(5.0, self.settings.keepalive_s))
+            try:
+                self.publisher.set_retained(topic, await self.health(), qos=0)
+            except OutboxError as err:
+                log.warning("health: %s", err)
+            await asyncio.sleep(max(0.0, self.cfg.mqtt.health_interval_s - 5.0))

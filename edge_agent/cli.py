@@ -1,0 +1,173 @@
+"""``edge-agent``: run, check-config, tail, sim, demo.
+
+Exit codes: 0 ok, 1 bad config or failed start, 2 usage, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import ConfigError, EdgeAgentError
+
+log = logging.getLogger("edge_agent")
+
+
+def _setup_logging(level: str) -> None:
+    # journald adds its own timestamps; a terminal user gets them from us.
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    if sys.stderr.isatty() or not os.environ.get("JOURNAL_STREAM"):
+        fmt = "%(asctime)s " + fmt
+    logging.basicConfig(level=getattr(logging, level, logging.INFO), format=fmt, stream=sys.stderr)
+
+
+def _load(path: str, notes: list[str] | None = None) -> object:
+    from .config import load_config
+
+    try:
+        return load_config(path, notes=notes)
+    except ConfigError as err:
+        for line in err.problems:
+            print(line, file=sys.stderr)
+        n = len(err.problems)
+        print(f"{path}: {n} problem{'s' if n != 1 else ''} / 配置有 {n} 处错误", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    notes: list[str] = []
+    cfg = _load(args.file, notes)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    devices = getattr(cfg, "devices", [])
+    buses = getattr(cfg, "buses", [])
+    print(f"{args.file}: OK ({len(devices)} devices, {len(buses)} buses) / 配置正确")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .agent import Agent
+    from .config import AgentConfigBase
+
+    cfg = _load(args.config)
+    assert isinstance(cfg, AgentConfigBase)
+    _setup_logging(args.log_level or cfg.logging.level)
+    try:
+        asyncio.run(Agent(cfg, args.config).run())
+    except EdgeAgentError as err:
+        log.error("%s", err)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def _root_from_args(args: argparse.Namespace) -> tuple[str, int, str, str]:
+    """host, port, root, protocol from --config or from explicit flags."""
+    if args.config:
+        from .agent import mqtt_settings
+        from .config import AgentConfigBase
+
+        cfg = _load(args.config)
+        assert isinstance(cfg, AgentConfigBase)
+        s = mqtt_settings(cfg)
+        return (args.host or s.host, args.port or s.port, args.root or s.root,
+                args.protocol or s.protocol)
+    return (args.host or "localhost", args.port or 1883, args.root or "campus/+/+",
+            args.protocol or "5")
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    from .console import run_console
+
+    host, port, root, protocol = _root_from_args(args)
+    try:
+        asyncio.run(run_console(host, port, root, mode="view" if args.view else "tail",
+                                protocol=protocol, duration_s=args.duration))
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    # The simulators are a separate program: production code never imports them.
+    cmd = [sys.executable, "-m", "simulators", *args.sim_args]
+    try:
+        return subprocess.call(cmd)  # noqa: S603 - our own interpreter and module
+    except KeyboardInterrupt:
+        return 130
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    _setup_logging("WARNING" if not args.verbose else "INFO")
+    try:
+        return asyncio.run(run_demo(
+            duration_s=args.duration, broker_port=args.broker_port, classrooms=args.classrooms,
+            meters=args.meters, speed=args.speed, workdir=Path(args.workdir) if args.workdir else None,
+            language=args.language, plain=args.plain,
+        ))
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edge-agent", description="Campus edge agent / 校园边缘网关")
+    p.add_argument("--version", action="version", version=f"edge-agent {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run the agent / 运行网关")
+    r.add_argument("-c", "--config", required=True, help="YAML config file")
+    r.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    r.set_defaults(fn=cmd_run)
+
+    c = sub.add_parser("check-config", help="validate a config file / 检查配置文件")
+    c.add_argument("file")
+    c.set_defaults(fn=cmd_check_config)
+
+    t = sub.add_parser("tail", help="subscribe and pretty-print the contract topics / 查看上报数据")
+    t.add_argument("-c", "--config", help="take broker and site from this config")
+    t.add_argument("--host")
+    t.add_argument("--port", type=int)
+    t.add_argument("--root", help="topic root, e.g. campus/school-a/gw1 (default campus/+/+)")
+    t.add_argument("--protocol", choices=["5", "3.1.1"])
+    t.add_argument("--view", action="store_true", help="live dashboard instead of one line per message")
+    t.add_argument("--duration", type=float, help="stop after this many seconds")
+    t.set_defaults(fn=cmd_tail)
+
+    s = sub.add_parser("sim", help="start simulators (python -m simulators ...) / 启动设备模拟器")
+    s.add_argument("sim_args", nargs=argparse.REMAINDER, help="e.g. campus --classrooms 30 --meters 10")
+    s.set_defaults(fn=cmd_sim)
+
+    d = sub.add_parser("demo", help="simulated campus + broker + agent + live view / 演示")
+    d.add_argument("--duration", type=float, help="stop after S seconds (default: until Ctrl-C)")
+    d.add_argument("--broker-port", type=int, default=1883, help="local broker port (default 1883)")
+    d.add_argument("--classrooms", type=int, default=12)
+    d.add_argument("--meters", type=int, default=4)
+    d.add_argument("--speed", type=float, default=60.0, help="simulated seconds per real second")
+    d.add_argument("--workdir", help="keep config and outbox here (default: a temporary folder)")
+    d.add_argument("--language", choices=["en", "zh"], default="en")
+    d.add_argument("--plain", action="store_true", help="print lines instead of the dashboard")
+    d.add_argument("-v", "--verbose", action="store_true")
+    d.set_defaults(fn=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        rc: int = args.fn(args)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return rc
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

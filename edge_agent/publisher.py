@@ -1,0 +1,423 @@
+"""The MQTT publisher: drains the outbox to the broker, owns the retained topics.
+
+It knows no device protocol. Envelope messages (telemetry, events, alarms) come
+only from the outbox, after commit; retained "current state" topics (status,
+device meta and state, health) are kept in memory and published again after
+every reconnect.
+
+Order of work after a (re)connect:
+
+* **live**: messages committed after the connection came up go out at once;
+* **backlog**: what was committed before (while the link was down or behind)
+  drains oldest first, alarms, then events, then telemetry, marked
+  ``historical: true``, at most ``drain_rate_max`` per second, using at most
+  the part of the in-flight window that live traffic leaves free.
+
+paho-mqtt runs its network loop in its own thread (``loop_start``); every
+callback is handed to the asyncio loop with ``call_soon_threadsafe``, so all
+state here is touched from the event loop only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import ssl
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.packettypes import PacketTypes
+
+from .envelope import Lane, iso_ms, mark_historical
+from .outbox import Outbox, Row
+
+log = logging.getLogger(__name__)
+
+CommandHandler = Callable[[str, bytes, str | None, bytes | None], Awaitable[None]]
+
+
+@dataclass
+class MqttSettings:
+    """What the publisher needs to connect (resolved from the config, secrets included)."""
+
+    host: str
+    port: int
+    root: str
+    client_id: str
+    protocol: str = "5"
+    username: str | None = None
+    password: str | None = None
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    key_password: str | None = None
+    tls: bool = False
+    tls_insecure: bool = False
+    keepalive_s: int = 30
+    inflight_max: int = 100
+    reconnect_min_s: float = 1.0
+    reconnect_max_s: float = 60.0
+    drain_rate_max: float = 0.0  # messages/s for the backlog; 0 = as fast as the window allows
+    agent_version: str = ""
+
+
+@dataclass
+class PublisherStats:
+    published: int = 0
+    acked: int = 0
+    live: int = 0
+    backlog: int = 0
+    connects: int = 0
+    started: float = field(default_factory=time.monotonic)
+    _rate_mark: tuple[float, int] = (0.0, 0)
+
+    def rate(self) -> float:
+        """Acknowledged messages per second since the previous call."""
+        now = time.monotonic()
+        t0, n0 = self._rate_mark
+        self._rate_mark = (now, self.acked)
+        if t0 == 0.0:
+            return 0.0
+        return round((self.acked - n0) / max(now - t0, 1e-6), 1)
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+class Publisher:
+    """Publishes committed outbox rows and the retained state topics."""
+
+    def __init__(self, settings: MqttSettings, outbox: Outbox) -> None:
+        self.s = settings
+        self.outbox = outbox
+        self.stats = PublisherStats()
+        self.connected = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._client: mqtt.Client | None = None
+        self._inflight: dict[int, int] = {}  # mid -> seq
+        self._inflight_seqs: set[int] = set()
+        self._acked_seqs: set[int] = set()  # acked, delete not yet committed
+        self._live: deque[Row] = deque()
+        self._live_max = max(1000, settings.inflight_max * 20)
+        self._boundary = 0  # rows with seq < boundary are backlog
+        self._cursor: dict[Lane, int] = {lane: 0 for lane in Lane}
+        self._backlog_done = True
+        self._work = asyncio.Event()
+        self._window_free = asyncio.Event()
+        self._retained: dict[str, tuple[bytes, int]] = {}
+        self._command_handler: CommandHandler | None = None
+        self._device_count = 0
+        self._last_disconnect_reason: str | None = None
+        outbox.subscribe(self._on_committed)
+        outbox.subscribe_deleted(self._acked_seqs.difference_update)
+
+    # -- public API ----------------------------------------------------------
+    @property
+    def root(self) -> str:
+        return self.s.root
+
+    def set_command_handler(self, handler: CommandHandler) -> None:
+        """``handler(command, payload, response_topic, correlation_data)`` for ``ROOT/cmd/#``."""
+        self._command_handler = handler
+
+    def set_device_count(self, n: int) -> None:
+        self._device_count = n
+
+    def set_retained(self, topic: str, payload: dict[str, Any] | None, qos: int = 1) -> None:
+        """Keep ``topic`` retained with ``payload`` (None clears it); sent now if connected."""
+        data = b"" if payload is None else _dumps(payload)
+        if payload is None:
+            self._retained.pop(topic, None)
+        else:
+            self._retained[topic] = (data, qos)
+        self._publish_direct(topic, data, qos=qos, retain=True)
+
+    def publish_direct(self, topic: str, payload: dict[str, Any], *, qos: int = 1,
+                       properties: Properties | None = None) -> bool:
+        """Send a message that does not go through the outbox (command results)."""
+        return self._publish_direct(topic, _dumps(payload), qos=qos, retain=False,
+                                    properties=properties)
+
+    def inflight_count(self) -> int:
+        return len(self._inflight)
+
+    # -- paho plumbing -------------------------------------------------------
+    def _status_payload(self, state: str, reason: str | None = None) -> dict[str, Any]:
+        p: dict[str, Any] = {"state": state, "ts": iso_ms(time.time())}
+        if reason:
+            p["reason"] = reason
+        if state == "online":
+            p.update(agent_version=self.s.agent_version, epoch=self.outbox.epoch,
+                     devices=self._device_count)
+        return p
+
+    def _make_client(self) -> mqtt.Client:
+        s = self.s
+        proto = mqtt.MQTTv5 if s.protocol == "5" else mqtt.MQTTv311
+        kwargs: dict[str, Any] = {"client_id": s.client_id, "protocol": proto}
+        if proto == mqtt.MQTTv311:
+            kwargs["clean_session"] = True
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, **kwargs)
+        if s.username:
+            client.username_pw_set(s.username, s.password)
+        if s.tls or s.ca_file or s.cert_file:
+            client.tls_set(
+                ca_certs=s.ca_file, certfile=s.cert_file, keyfile=s.key_file,
+                cert_reqs=ssl.CERT_REQUIRED, keyfile_password=s.key_password,
+            )
+            if s.tls_insecure:
+                client.tls_insecure_set(True)
+        will = _dumps({"state": "offline", "reason": "lost"})
+        client.will_set(f"{s.root}/status", will, qos=1, retain=True)
+        client.reconnect_delay_set(int(max(1, s.reconnect_min_s)), int(max(1, s.reconnect_max_s)))
+        # Our own window decides what is handed to paho; paho must not queue more.
+        client.max_inflight_messages_set(s.inflight_max + 16)
+        client.max_queued_messages_set(0)
+        client.on_connect = self._cb_connect
+        client.on_disconnect = self._cb_disconnect
+        client.on_publish = self._cb_publish
+        client.on_message = self._cb_message
+        return client
+
+    def _call(self, fn: Callable[..., None], *args: Any) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(fn, *args)
+            except RuntimeError:  # loop closing during shutdown
+                pass
+
+    def _cb_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any,
+                    props: Any = None) -> None:
+        self._call(self._on_connect, rc.is_failure, str(rc))
+
+    def _cb_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any,
+                       props: Any = None) -> None:
+        self._call(self._on_disconnect, str(rc))
+
+    def _cb_publish(self, client: mqtt.Client, userdata: Any, mid: int, rc: Any,
+                    props: Any = None) -> None:
+        self._call(self._on_puback, mid)
+
+    def _cb_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        response_topic = None
+        correlation = None
+        props = getattr(msg, "properties", None)
+        if props is not None:
+            response_topic = getattr(props, "ResponseTopic", None)
+            correlation = getattr(props, "CorrelationData", None)
+        self._call(self._on_message, msg.topic, bytes(msg.payload), response_topic, correlation)
+
+    # -- event-loop side -------------------------------------------------------
+    def _on_connect(self, failed: bool, reason: str) -> None:
+        client = self._client
+        if client is None:
+            return
+        if failed:
+            log.warning("MQTT broker %s:%s refused the connection: %s", self.s.host, self.s.port, reason)
+            return
+        self.stats.connects += 1
+        log.info("MQTT connected to %s:%s (protocol %s)", self.s.host, self.s.port, self.s.protocol)
+        # paho re-sends its own unacknowledged QoS 1 messages after a reconnect;
+        # everything else committed before now is backlog.
+        self._boundary = self.outbox.next_seq
+        self._live.clear()
+        self._cursor = dict.fromkeys(Lane, 0)
+        self._backlog_done = False
+        client.subscribe(f"{self.s.root}/cmd/+", qos=1)
+        self._publish_direct(f"{self.s.root}/status",
+                             _dumps(self._status_payload("online")), qos=1, retain=True)
+        for topic, (data, qos) in list(self._retained.items()):
+            self._publish_direct(topic, data, qos=qos, retain=True)
+        self.connected.set()
+        self._work.set()
+
+    def _on_disconnect(self, reason: str) -> None:
+        if self.connected.is_set():
+            log.warning("MQTT connection to %s:%s lost: %s", self.s.host, self.s.port, reason)
+        self.connected.clear()
+        self._last_disconnect_reason = reason
+
+    def _on_puback(self, mid: int) -> None:
+        seq = self._inflight.pop(mid, None)
+        if seq is None:
+            return  # a direct (non-outbox) message
+        self._inflight_seqs.discard(seq)
+        self._acked_seqs.add(seq)
+        self.outbox.ack((seq,))
+        self.stats.acked += 1
+        self._window_free.set()
+        self._work.set()
+
+    def _on_message(self, topic: str, payload: bytes, response_topic: str | None,
+                    correlation: bytes | None) -> None:
+        prefix = f"{self.s.root}/cmd/"
+        if not topic.startswith(prefix) or self._command_handler is None:
+            return
+        command = topic[len(prefix):]
+        handler = self._command_handler
+        task = asyncio.ensure_future(handler(command, payload, response_topic, correlation))
+        task.add_done_callback(_log_task_error)
+
+    def _on_committed(self, rows: list[Row]) -> None:
+        if self.connected.is_set():
+            for row in rows:
+                if row.seq >= self._boundary:
+                    self._live.append(row)
+            if len(self._live) > self._live_max:
+                # The link is slower than the producers: let the rest wait in the
+                # outbox and go out as backlog, rather than grow memory.
+                self._boundary = self._live[-1].seq + 1
+                self._live.clear()
+                self._backlog_done = False
+        self._work.set()
+
+    def _publish_direct(self, topic: str, data: bytes, *, qos: int, retain: bool,
+                        properties: Properties | None = None) -> bool:
+        client = self._client
+        if client is None or not client.is_connected():
+            return False  # retained topics are sent again on connect
+        info = client.publish(topic, data, qos=qos, retain=retain, properties=properties)
+        return info.rc == mqtt.MQTT_ERR_SUCCESS
+
+    def _send_row(self, row: Row, historical: bool) -> bool:
+        client = self._client
+        if client is None:
+            return False
+        payload = mark_historical(row.payload) if historical else row.payload
+        info = client.publish(row.topic, payload, qos=1, retain=False)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            return False
+        self._inflight[info.mid] = row.seq
+        self._inflight_seqs.add(row.seq)
+        self.stats.published += 1
+        if historical:
+            self.stats.backlog += 1
+        else:
+            self.stats.live += 1
+        return True
+
+    # -- the drain loop ----------------------------------------------------------
+    async def run(self) -> None:
+        """Connect, then publish until cancelled; on cancel, say offline and disconnect."""
+        self._loop = asyncio.get_running_loop()
+        self._client = self._make_client()
+        self._client.connect_async(self.s.host, self.s.port, keepalive=self.s.keepalive_s)
+        self._client.loop_start()
+        try:
+            await self._drain_forever()
+        finally:
+            await asyncio.shield(self._shutdown())
+
+    async def _shutdown(self) -> None:
+        client = self._client
+        if client is None:
+            return
+        if client.is_connected():
+            info = client.publish(f"{self.s.root}/status",
+                                  _dumps(self._status_payload("offline", "shutdown")),
+                                  qos=1, retain=True)
+            deadline = time.monotonic() + 2.0
+            while not info.is_published() and client.is_connected() and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            # Give in-flight messages a moment to be acknowledged so they are not sent twice.
+            while self._inflight and client.is_connected() and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+        client.disconnect()
+        await asyncio.to_thread(client.loop_stop)
+        self.connected.clear()
+        self._client = None
+
+    def _window(self) -> int:
+        return self.s.inflight_max - len(self._inflight)
+
+    async def _drain_forever(self) -> None:
+        backlog_tokens = 0.0
+        last_refill = time.monotonic()
+        while True:
+            await self._work.wait()
+            self._work.clear()
+            if not self.connected.is_set():
+                await self.connected.wait()
+                continue
+            # 1. live first
+            while self._live and self._window() > 0 and self.connected.is_set():
+                row = self._live.popleft()
+                if row.seq in self._inflight_seqs or row.seq in self._acked_seqs:
+                    continue
+                if not self._send_row(row, historical=False):
+                    self._live.appendleft(row)
+                    break
+            # 2. backlog behind, with part of the window left for live traffic
+            if not self._backlog_done and self.connected.is_set():
+                reserve = max(1, self.s.inflight_max // 5)
+                room = self._window() - reserve
+                if self.s.drain_rate_max > 0:
+                    now = time.monotonic()
+                    backlog_tokens = min(self.s.drain_rate_max,
+                                         backlog_tokens + (now - last_refill) * self.s.drain_rate_max)
+                    last_refill = now
+                    room = min(room, int(backlog_tokens))
+                if room > 0:
+                    sent = await self._drain_backlog(room)
+                    backlog_tokens -= sent
+                    if self.s.drain_rate_max > 0 and room < 1 and not self._backlog_done:
+                        self._schedule_wake(1.0 / self.s.drain_rate_max)
+                elif self.s.drain_rate_max > 0 and not self._backlog_done:
+                    self._schedule_wake(1.0 / self.s.drain_rate_max)
+
+    def _schedule_wake(self, delay: float) -> None:
+        loop = self._loop
+        if loop is not None:
+            loop.call_later(delay, self._work.set)
+
+    async def _drain_backlog(self, room: int) -> int:
+        sent = 0
+        for lane in Lane:
+            while room > 0 and self.connected.is_set():
+                rows = await self.outbox.fetch(lane, self._cursor[lane], self._boundary,
+                                               min(room, 500))
+                if not rows:
+                    break
+                for row in rows:
+                    self._cursor[lane] = row.seq
+                    if row.seq in self._inflight_seqs or row.seq in self._acked_seqs:
+                        continue
+                    if not self._send_row(row, historical=True):
+                        self._cursor[lane] = row.seq - 1
+                        return sent
+                    sent += 1
+                    room -= 1
+                    if room == 0:
+                        break
+            if room == 0:
+                # Still work in this or a later lane; resume when the window frees up.
+                return sent
+        if self.connected.is_set():
+            self._backlog_done = True
+        return sent
+
+
+def _log_task_error(task: asyncio.Future[None]) -> None:
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None:
+        log.error("command handler failed: %r", exc, exc_info=exc)
+
+
+def response_properties(correlation: bytes | None) -> Properties | None:
+    """MQTT 5 properties that echo the request's correlation data."""
+    if correlation is None:
+        return None
+    props = Properties(PacketTypes.PUBLISH)
+    props.CorrelationData = correlation
+    return props
