@@ -1,0 +1,378 @@
+"""The console's contract model and renderers, fed with crafted contract messages."""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from edge_agent.console import ContractState, render_dashboard, render_line
+
+ROOT = "campus/s1/gw1"
+NOW = 1_795_852_800.0  # 2026-11-28T08:00:00Z
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def _iso(ts: float) -> str:
+    dt = datetime.fromtimestamp(ts, tz=UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def envelope(
+    kind: str,
+    device: str,
+    seq: int,
+    data: dict[str, Any],
+    *,
+    msg_id: str | None = None,
+    epoch: str = "ep1",
+    ts: float = NOW,
+    **extra: Any,
+) -> bytes:
+    doc: dict[str, Any] = {
+        "v": 1,
+        "msg_id": msg_id or f"msg-{epoch}-{seq}",
+        "epoch": epoch,
+        "seq": seq,
+        "ts": _iso(ts),
+        "device": device,
+        "kind": kind,
+        "historical": False,
+        "data": data,
+    }
+    doc.update(extra)
+    return json.dumps(doc).encode()
+
+
+AIR_META = json.dumps(
+    {
+        "kind": "modbus",
+        "model": "air7in1",
+        "location": {"building": "b1", "room": "r101"},
+        "metrics": [
+            {"name": "co2", "unit": "ppm", "description": "CO2"},
+            {"name": "temperature", "unit": "°C", "description": "Air temperature"},
+            {"name": "humidity", "unit": "%RH", "description": "Relative humidity"},
+        ],
+    }
+).encode()
+
+ALARM = {
+    "alarm_id": "a-co2-1",
+    "rule": "co2_high",
+    "device": "b1-r101-air",
+    "severity": "major",
+    "state": "active_unacked",
+    "value": 1650,
+    "threshold": 1500,
+    "message": "CO2 high in r101",
+    "raised_at": _iso(NOW),
+    "acked_by": None,
+    "snapshot": None,
+}
+
+
+@pytest.fixture
+def state() -> ContractState:
+    return ContractState(ROOT, clock=lambda: NOW + 5)
+
+
+def feed_air(state: ContractState) -> None:
+    state.feed(f"{ROOT}/devices/b1-r101-air/meta", AIR_META, True)
+    state.feed(
+        f"{ROOT}/devices/b1-r101-air/state",
+        json.dumps({"state": "online", "since": _iso(NOW - 60), "last_error": None}).encode(),
+        True,
+    )
+    state.feed(
+        f"{ROOT}/telemetry/b1-r101-air",
+        envelope(
+            "telemetry",
+            "b1-r101-air",
+            1,
+            {"co2": 812, "temperature": 23.4, "humidity": 41.0},
+            quality="good",
+        ),
+    )
+
+
+def test_meta_and_telemetry_give_latest_values_with_units(state: ContractState) -> None:
+    feed_air(state)
+    dev = state.devices["b1-r101-air"]
+    assert (dev.kind, dev.model, dev.building, dev.room) == ("modbus", "air7in1", "b1", "r101")
+    assert dev.units == {"co2": "ppm", "temperature": "°C", "humidity": "%RH"}
+    assert dev.state == "online"
+    assert dev.values["co2"].value == 812
+    assert dev.values["temperature"].value == 23.4
+    assert dev.values["co2"].quality == "good"
+    assert dev.values["co2"].ts == pytest.approx(NOW)
+    assert dev.telemetry == 1
+
+    # A newer reading replaces the value; an older one (backlog replay) does not.
+    state.feed(
+        f"{ROOT}/telemetry/b1-r101-air",
+        envelope("telemetry", "b1-r101-air", 2, {"co2": 900}, ts=NOW + 30, quality="uncertain"),
+    )
+    state.feed(
+        f"{ROOT}/telemetry/b1-r101-air",
+        envelope("telemetry", "b1-r101-air", 3, {"co2": 500}, ts=NOW - 600, historical=True),
+    )
+    assert dev.values["co2"].value == 900
+    assert dev.values["co2"].quality == "uncertain"
+    assert dev.telemetry == 3
+    assert state.historical == 1
+    assert state.messages == 5
+
+
+def test_status_and_health_are_kept(state: ContractState) -> None:
+    state.feed(
+        f"{ROOT}/status",
+        json.dumps(
+            {
+                "state": "online",
+                "ts": _iso(NOW - 3600),
+                "agent_version": "0.1.0",
+                "epoch": "ep1",
+                "devices": 3,
+            }
+        ).encode(),
+        True,
+    )
+    state.feed(
+        f"{ROOT}/health",
+        json.dumps(
+            {
+                "outbox": {
+                    "depth": 42,
+                    "bytes": 123456,
+                    "oldest_age_s": 12.5,
+                    "dropped": {"telemetry": 7, "event": 1},
+                },
+                "publish_rate": 3.5,
+                "uptime_s": 3600,
+            }
+        ).encode(),
+        True,
+    )
+    assert state.status == "online"
+    gw = state.gateway
+    assert gw is not None
+    assert (gw.agent_version, gw.device_count) == ("0.1.0", 3)
+    health = state.health
+    assert health is not None
+    assert (health.depth, health.bytes, health.oldest_age_s) == (42, 123456, 12.5)
+    assert health.dropped_total == 8
+    assert health.publish_rate == 3.5
+
+    state.feed(f"{ROOT}/status", b'{"state":"offline","reason":"lost"}', True)
+    assert state.status == "offline"
+    assert state.gateway is not None
+    assert state.gateway.reason == "lost"
+
+
+def test_seq_gap_is_counted_and_filled_by_a_late_message(state: ContractState) -> None:
+    topic = f"{ROOT}/telemetry/b1-r101-air"
+    for seq in (10, 11, 14):  # 12 and 13 missing
+        state.feed(topic, envelope("telemetry", "b1-r101-air", seq, {"co2": seq}))
+    assert state.gaps == 2
+    # Lanes drain in priority order, so a missing seq may still arrive: it is no longer a gap.
+    state.feed(f"{ROOT}/events/door-1", envelope("event", "door-1", 12, {}, type="door_opened"))
+    assert state.gaps == 1
+    # A new epoch (outbox created anew) starts its own sequence: no gap across epochs.
+    state.feed(topic, envelope("telemetry", "b1-r101-air", 1, {"co2": 1}, epoch="ep2"))
+    state.feed(topic, envelope("telemetry", "b1-r101-air", 2, {"co2": 2}, epoch="ep2"))
+    assert state.gaps == 1
+    assert state.duplicates == 0
+
+
+def test_duplicate_msg_id_is_counted_once_per_retransmission(state: ContractState) -> None:
+    topic = f"{ROOT}/telemetry/b1-r101-air"
+    first = envelope("telemetry", "b1-r101-air", 5, {"co2": 800}, msg_id="01JDAAA")
+    state.feed(topic, first)
+    state.feed(topic, envelope("telemetry", "b1-r101-air", 6, {"co2": 801}))
+    state.feed(topic, first)  # QoS 1 redelivery: same msg_id
+    state.feed(topic, first)
+    assert state.duplicates == 2
+    assert state.gaps == 0
+    assert state.seq_reused == 0
+    # The retransmission (same ts as the newer reading) does not overwrite the value.
+    assert state.devices["b1-r101-air"].values["co2"].value == 801
+    # Same seq in the same epoch but another msg_id: a contract violation, not a duplicate.
+    state.feed(topic, envelope("telemetry", "b1-r101-air", 6, {"co2": 1}, msg_id="other"))
+    assert state.seq_reused == 1
+    assert state.duplicates == 2
+
+
+def test_retained_active_alarm_then_empty_payload_removes_it(state: ContractState) -> None:
+    topic = f"{ROOT}/alarms/active/a-co2-1"
+    state.feed(topic, envelope("alarm", "b1-r101-air", 7, ALARM), True)
+    alarm = state.active_alarms["a-co2-1"]
+    assert (alarm.severity, alarm.state, alarm.device) == ("major", "active_unacked", "b1-r101-air")
+    assert alarm.value == 1650
+
+    # A plain alarm object (not wrapped in an envelope) is understood too.
+    state.feed(topic, json.dumps({**ALARM, "state": "cleared_unacked"}).encode(), True)
+    assert state.active_alarms["a-co2-1"].state == "cleared_unacked"
+
+    state.feed(topic, b"", True)
+    assert state.active_alarms == {}
+    assert state.malformed == 0
+
+
+def test_alarm_transition_and_event_go_to_recent_list(state: ContractState) -> None:
+    state.feed(f"{ROOT}/alarms", envelope("alarm", "b1-r101-air", 1, ALARM))
+    state.feed(
+        f"{ROOT}/events/b1-door-1",
+        envelope(
+            "event",
+            "b1-door-1",
+            2,
+            {"card": "h:0123456789abcdef", "reader": "r1", "result": "granted", "direction": "in"},
+            type="card_read",
+        ),
+    )
+    kinds = [(e.kind, e.type, e.device_id) for e in state.events]
+    assert kinds == [("alarm", "co2_high", "b1-r101-air"), ("event", "card_read", "b1-door-1")]
+    assert state.devices["b1-door-1"].events == 1
+
+
+@pytest.mark.parametrize(
+    ("topic", "payload"),
+    [
+        (f"{ROOT}/telemetry/b1-r101-air", b"{not json"),
+        (f"{ROOT}/telemetry/b1-r101-air", b"[1, 2]"),
+        (f"{ROOT}/telemetry/b1-r101-air", b'{"v":1,"seq":3}'),  # no data object
+        (f"{ROOT}/status", b"\xff\xfe"),
+        (f"{ROOT}/devices/x/meta", b"nul"),
+    ],
+)
+def test_malformed_payload_is_counted_never_raised(
+    state: ContractState, topic: str, payload: bytes
+) -> None:
+    assert state.feed(topic, payload, False) == "malformed"
+    assert state.malformed == 1
+    assert state.malformed_log[-1][0] == topic
+    text = render_dashboard(state, 80, 24)
+    assert "malformed 1" in text
+    assert "MALFORMED" in render_line(topic, payload, state=state)
+
+
+def test_snapshots_are_counted_and_foreign_topics_ignored(state: ContractState) -> None:
+    assert state.feed(f"{ROOT}/snapshots/cam-1/snap-1", b"\xff\xd8\xff\xe0jpeg") == "snapshot"
+    assert state.feed("campus/other/gw9/telemetry/x", b"{}") == "foreign"
+    assert state.snapshots == 1
+    assert state.devices["cam-1"].snapshots == 1
+    assert state.messages == 1
+    assert state.malformed == 0
+
+
+def test_wildcard_root_keys_devices_by_gateway() -> None:
+    state = ContractState("campus/+/+", clock=lambda: NOW)
+    for site in ("s1", "s2"):
+        state.feed(
+            f"campus/{site}/gw1/telemetry/b1-r101-air",
+            envelope("telemetry", "b1-r101-air", 1, {"co2": 700}, epoch=site),
+        )
+        state.feed(f"campus/{site}/gw1/status", b'{"state":"online"}', True)
+    assert set(state.devices) == {"campus/s1/gw1/b1-r101-air", "campus/s2/gw1/b1-r101-air"}
+    assert set(state.gateways) == {"campus/s1/gw1", "campus/s2/gw1"}
+    # Same msg_id prefix and seq on two gateways with their own epochs: no duplicate, no gap.
+    assert (state.duplicates, state.gaps) == (0, 0)
+    assert "campus/s2/gw1/b1-r101-air" in render_dashboard(state, 100, 30)
+
+
+def test_invalid_root_is_refused() -> None:
+    with pytest.raises(ValueError, match="root"):
+        ContractState("campus/#")
+
+
+def _cells(line: str) -> int:
+    return sum(2 if unicodedata.east_asian_width(c) in ("W", "F") else 1 for c in line)
+
+
+@pytest.mark.parametrize("language", ["en", "zh"])
+def test_dashboard_fits_80x24_and_shows_devices(state: ContractState, language: str) -> None:
+    feed_air(state)
+    for i in range(30):  # more devices than fit: the screen is cut, not overflowed
+        state.feed(
+            f"{ROOT}/telemetry/b2-meter-{i:02d}",
+            envelope("telemetry", f"b2-meter-{i:02d}", 100 + i, {"power_total": 1200.5 + i}),
+        )
+    state.feed(f"{ROOT}/alarms/active/a-co2-1", json.dumps(ALARM).encode(), True)
+    text = render_dashboard(state, 80, 24, language, color=False, tz=UTC)  # type: ignore[arg-type]
+    lines = text.split("\n")
+    assert len(lines) <= 24
+    assert all(_cells(line) <= 80 for line in lines), [ln for ln in lines if _cells(ln) > 80]
+    assert "b1-r101-air" in text
+    assert "co2=812ppm" in text
+    assert "temp=23.4°C" in text
+    assert "co2_high" in text  # the active alarm is on screen
+    assert ("more" if language == "en" else "更多") in text
+    assert ("online" if language == "en" else "在线") in text
+    assert "\x1b[" not in text
+
+
+def test_dashboard_colours_only_when_asked(state: ContractState) -> None:
+    feed_air(state)
+    coloured = render_dashboard(state, 80, 24, color=True)
+    assert "\x1b[32m" in coloured  # online in green
+    plain_lines = ANSI.sub("", coloured).split("\n")
+    assert all(_cells(line) <= 80 for line in plain_lines)
+    assert ANSI.sub("", coloured) == render_dashboard(state, 80, 24, color=False)
+
+
+def test_dashboard_tiny_screen_does_not_overflow(state: ContractState) -> None:
+    feed_air(state)
+    text = render_dashboard(state, 20, 3, "zh")
+    lines = text.split("\n")
+    assert len(lines) == 3
+    assert all(_cells(line) <= 20 for line in lines)
+
+
+def test_render_line_telemetry_uses_units_from_meta(state: ContractState) -> None:
+    state.feed(f"{ROOT}/devices/b1-r101-air/meta", AIR_META, True)
+    payload = envelope(
+        "telemetry",
+        "b1-r101-air",
+        1,
+        {"co2": 812, "temperature": 23.4, "humidity": 41.0},
+        ts=NOW + 1.123,
+        quality="good",
+    )
+    line = render_line(f"{ROOT}/telemetry/b1-r101-air", payload, state=state, tz=UTC)
+    assert line == (
+        "08:00:01.123 telemetry b1-r101-air co2=812ppm temperature=23.4°C humidity=41%RH [good]"
+    )
+    # Without meta, values are printed bare.
+    bare = render_line(f"{ROOT}/telemetry/b1-r101-air", payload, tz=UTC)
+    assert "co2=812 temperature=23.4 " in bare
+
+
+def test_render_line_other_kinds() -> None:
+    alarm = render_line(f"{ROOT}/alarms", envelope("alarm", "b1-r101-air", 1, ALARM), tz=UTC)
+    for word in ("alarm", "major", "co2_high", "1650"):
+        assert word in alarm
+    event = render_line(
+        f"{ROOT}/events/door-1",
+        envelope("event", "door-1", 2, {"result": "denied", "card": "h:00"}, type="card_read"),
+        tz=UTC,
+    )
+    assert "card_read denied" in event
+    state_line = render_line(
+        f"{ROOT}/devices/m1/state", b'{"state":"offline","last_error":"timeout"}', tz=UTC
+    )
+    assert "m1 offline error: timeout" in state_line
+    status = render_line(f"{ROOT}/status", b'{"state":"offline","reason":"shutdown"}', tz=UTC)
+    assert "status    campus/s1/gw1 offline reason=shutdown" in status
+    health = render_line(
+        f"{ROOT}/health", b'{"outbox":{"depth":3,"dropped":{"telemetry":2}}}', tz=UTC
+    )
+    assert "outbox=3 dropped=2" in health
+    cleared = render_line(f"{ROOT}/alarms/active/a1", b"", tz=UTC)
+    assert "cleared" in cleared
+    coloured = render_line(f"{ROOT}/alarms", envelope("alarm", "x", 1, ALARM), color=True)
+    assert "\x1b[31m" in coloured
