@@ -27,7 +27,11 @@ def _setup_logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level, logging.INFO), format=fmt, stream=sys.stderr)
 
 
-def _load(path: str, notes: list[str] | None = None) -> object:
+#: systemd's EXIT_CONFIG: the unit's RestartPreventExitStatus=78 stops restarting a bad config
+EXIT_CONFIG = 78
+
+
+def _load(path: str, notes: list[str] | None = None, exit_code: int = 1) -> object:
     from .config import load_config
 
     try:
@@ -37,7 +41,7 @@ def _load(path: str, notes: list[str] | None = None) -> object:
             print(line, file=sys.stderr)
         n = len(err.problems)
         print(f"{path}: {n} problem{'s' if n != 1 else ''} / 配置有 {n} 处错误", file=sys.stderr)
-        raise SystemExit(1) from None
+        raise SystemExit(exit_code) from None
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -55,7 +59,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .agent import Agent
     from .config import AgentConfigBase
 
-    cfg = _load(args.config)
+    cfg = _load(args.config, exit_code=EXIT_CONFIG)
     assert isinstance(cfg, AgentConfigBase)
     _setup_logging(args.log_level or cfg.logging.level)
     try:

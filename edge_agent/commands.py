@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 MAX_PAYLOAD = 64 * 1024
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_REQUEST_ID_PEEK = re.compile(rb'"request_id"\s*:\s*"([A-Za-z0-9._:-]{1,128})"')
 #: where answers go when the request had no usable request_id
 INVALID_REQUEST_TOPIC = "invalid"
 
@@ -66,6 +67,10 @@ class CommandRouter:
         request_id: str | None = None
         try:
             if len(payload) > MAX_PAYLOAD:
+                # Not parsed whole (that is what the limit protects), but the answer
+                # should still reach the requester when the id stands near the start.
+                m = _REQUEST_ID_PEEK.search(payload[:1024])
+                request_id = m.group(1).decode() if m else None
                 raise CommandError(f"payload of {len(payload)} bytes is over the 64 KiB limit")
             try:
                 args = json.loads(payload)

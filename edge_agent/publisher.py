@@ -116,6 +116,7 @@ class Publisher:
         self._command_handler: CommandHandler | None = None
         self._device_count = 0
         self._last_disconnect_reason: str | None = None
+        self._stopping = False
         outbox.subscribe(self._on_committed)
         outbox.subscribe_deleted(self._acked_seqs.difference_update)
 
@@ -241,7 +242,9 @@ class Publisher:
         self._work.set()
 
     def _on_disconnect(self, reason: str) -> None:
-        if self.connected.is_set():
+        if self._stopping:
+            log.info("MQTT disconnected from %s:%s", self.s.host, self.s.port)
+        elif self.connected.is_set():
             log.warning("MQTT connection to %s:%s lost: %s", self.s.host, self.s.port, reason)
         self.connected.clear()
         self._last_disconnect_reason = reason
@@ -321,6 +324,7 @@ class Publisher:
         client = self._client
         if client is None:
             return
+        self._stopping = True
         if client.is_connected():
             info = client.publish(f"{self.s.root}/status",
                                   _dumps(self._status_payload("offline", "shutdown")),
