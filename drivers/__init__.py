@@ -1,0 +1,1 @@
+"""In-tree device drivers, one protocol family per sub-package (``drivers/<kind>/``)."""

@@ -1,0 +1,11 @@
+"""Modbus RTU / TCP driver (``kind: modbus``): register maps as profiles, read coalescing.
+
+``CONFIG_MODEL`` is the device config model; :class:`ModbusDriver` is the driver.
+"""
+
+from drivers.modbus.config import ModbusDevice
+from drivers.modbus.driver import ModbusDriver
+
+CONFIG_MODEL = ModbusDevice
+
+__all__ = ["CONFIG_MODEL", "ModbusDevice", "ModbusDriver"]

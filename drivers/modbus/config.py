@@ -1,0 +1,94 @@
+"""Configuration of one Modbus device (``kind: modbus``)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from drivers.modbus.profile import PROFILE_NAME_PATTERN
+from edge_agent.config_models import Id, PollingDeviceBase
+
+
+class ModbusDevice(PollingDeviceBase):
+    """A Modbus RTU or TCP device read through a profile (register map).
+
+    Either ``bus:`` names a line from the top-level ``buses:`` (an RS-485 port or a
+    serial server shared by several devices), or ``host:`` reaches a Modbus TCP
+    device directly.
+    """
+
+    kind: Literal["modbus"] = Field(description="'modbus'")
+    profile: str = Field(
+        pattern=PROFILE_NAME_PATTERN,
+        description="Profile (register map) name: config/profiles/<profile>.yaml, e.g. 'sdm630'",
+    )
+    unit: int = Field(
+        default=1,
+        ge=0,
+        le=247,
+        description="Modbus unit (slave) id of the device / 从站地址",
+    )
+    bus: Id | None = Field(
+        default=None,
+        description="Id of a bus in 'buses:' (RS-485 line or serial server)",
+    )
+    host: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Host name or IP of a Modbus TCP device (instead of 'bus:')",
+    )
+    port: int = Field(default=502, ge=1, le=65535, description="TCP port (with 'host:')")
+    framer: Literal["socket", "rtu"] = Field(
+        default="socket",
+        description="With 'host:': 'socket' = Modbus TCP, 'rtu' = RTU frames over TCP",
+    )
+    max_registers: int = Field(
+        default=125,
+        ge=1,
+        le=125,
+        description="Most registers in one read request (lower it for devices that refuse long "
+        "reads)",
+    )
+    max_gap: int = Field(
+        default=16,
+        ge=0,
+        le=124,
+        description="Most unused registers read between two points to save a request (0 = none)",
+    )
+    scale_overrides: dict[str, float] = Field(
+        default_factory=dict,
+        description="Replace a metric's scale from the profile, e.g. CT ratio: "
+        "{current_l1: 0.4} for a 200/5 A CT on an ADL400 (0.01 A x 40); its range scales too",
+    )
+
+    @model_validator(mode="after")
+    def check_bus_or_host(self) -> ModbusDevice:
+        if (self.bus is None) == (self.host is None):
+            raise ValueError("set exactly one of 'bus' or 'host' / 'bus' 与 'host' 二选一")
+        if self.bus is not None and {"port", "framer"} & self.model_fields_set:
+            raise ValueError("'port' and 'framer' belong to the bus when 'bus' is set")
+        return self
+
+    @model_validator(mode="after")
+    def check_timeout(self) -> ModbusDevice:
+        if self.interval_s is not None and self.timeout_s * (self.retries + 1) >= self.interval_s:
+            raise ValueError(
+                f"timeout_s * (retries + 1) = {self.timeout_s * (self.retries + 1):g} s must be "
+                f"less than interval_s = {self.interval_s:g} s",
+            )
+        return self
+
+    @model_validator(mode="after")
+    def check_scale_overrides(self) -> ModbusDevice:
+        for name, scale in self.scale_overrides.items():
+            if scale == 0 or scale != scale or abs(scale) == float("inf"):
+                raise ValueError(f"scale_overrides.{name}: scale must be finite and non-zero")
+        return self
+
+    @property
+    def bus_id(self) -> str:
+        """The bus this device's requests go through (``tcp:{host}:{port}`` for direct TCP)."""
+        if self.bus is not None:
+            return self.bus
+        return f"tcp:{self.host}:{self.port}"
