@@ -47,19 +47,38 @@ class OutboxEmitter:
         self.root = root
         self.count = 0
 
-    def telemetry(self, device_id: str, data: dict[str, Value], *, ts: float | None = None,
-                  quality: Quality = "good") -> None:
+    def telemetry(
+        self,
+        device_id: str,
+        data: dict[str, Value],
+        *,
+        ts: float | None = None,
+        quality: Quality = "good",
+    ) -> None:
         self.count += 1
-        self.outbox.put(Lane.TELEMETRY, f"{self.root}/telemetry/{device_id}", device=device_id,
-                        kind="telemetry", ts=time.time() if ts is None else ts, data=dict(data),
-                        quality=quality)
+        self.outbox.put(
+            Lane.TELEMETRY,
+            f"{self.root}/telemetry/{device_id}",
+            device=device_id,
+            kind="telemetry",
+            ts=time.time() if ts is None else ts,
+            data=dict(data),
+            quality=quality,
+        )
 
-    def event(self, device_id: str, type_: str, data: dict[str, Any], *,
-              ts: float | None = None) -> None:
+    def event(
+        self, device_id: str, type_: str, data: dict[str, Any], *, ts: float | None = None
+    ) -> None:
         self.count += 1
-        self.outbox.put(Lane.EVENT, f"{self.root}/events/{device_id}", device=device_id,
-                        kind="event", ts=time.time() if ts is None else ts, data=dict(data),
-                        type_=type_)
+        self.outbox.put(
+            Lane.EVENT,
+            f"{self.root}/events/{device_id}",
+            device=device_id,
+            kind="event",
+            ts=time.time() if ts is None else ts,
+            data=dict(data),
+            type_=type_,
+        )
 
 
 def mqtt_settings(cfg: AgentConfigBase) -> MqttSettings:
@@ -99,7 +118,8 @@ class Agent:
         o = cfg.outbox
         self.outbox = Outbox(
             (self.config_path.parent / o.path) if not Path(o.path).is_absolute() else o.path,
-            max_bytes=o.max_bytes, commit_interval_s=o.commit_interval_ms / 1000,
+            max_bytes=o.max_bytes,
+            commit_interval_s=o.commit_interval_ms / 1000,
             commit_max_batch=o.commit_max_batch,
         )
         self.publisher = Publisher(self.settings, self.outbox)
@@ -124,7 +144,8 @@ class Agent:
                 buses[b.id].resources["config"] = b
         pseudonym = self.cfg.site.pseudonym_secret
         ctx = DriverContext(
-            buses=buses, profile_dirs=profile_dirs(self.cfg, self.config_path),
+            buses=buses,
+            profile_dirs=profile_dirs(self.cfg, self.config_path),
             pseudonym_key=pseudonym.encode() if pseudonym else None,
         )
         kinds = registry.drivers()
@@ -136,22 +157,34 @@ class Agent:
 
     def _register_commands(self) -> None:
         r = self.router
-        r.register("agent.ping", ping_handler(lambda: {
-            "agent_version": __version__, "epoch": self.outbox.epoch,
-            "uptime_s": round(time.monotonic() - self._started, 1),
-            "devices": len(self.drivers),
-        }))
+        r.register(
+            "agent.ping",
+            ping_handler(
+                lambda: {
+                    "agent_version": __version__,
+                    "epoch": self.outbox.epoch,
+                    "uptime_s": round(time.monotonic() - self._started, 1),
+                    "devices": len(self.drivers),
+                }
+            ),
+        )
         r.register("device.write", write_handler(self.drivers.get))
         r.register("alarm.ack", alarm_handler("alarm.ack"))
         r.register("alarm.shelve", alarm_handler("alarm.shelve"))
         r.register("camera.snapshot", snapshot_handler(self.drivers.get))
         self.publisher.set_command_handler(r.handle)
 
-    def _reply(self, request_id: str | None, answer: dict[str, Any], response_topic: str | None,
-               correlation: bytes | None) -> None:
+    def _reply(
+        self,
+        request_id: str | None,
+        answer: dict[str, Any],
+        response_topic: str | None,
+        correlation: bytes | None,
+    ) -> None:
         topic = response_topic or f"{self.root}/cmd_result/{request_id or INVALID_REQUEST_TOPIC}"
-        self.publisher.publish_direct(topic, answer, qos=1,
-                                      properties=response_properties(correlation))
+        self.publisher.publish_direct(
+            topic, answer, qos=1, properties=response_properties(correlation)
+        )
 
     def _meta(self, dev_id: str, driver: Any) -> dict[str, Any]:
         dev = next(d for d in getattr(self.cfg, "devices", []) if d.id == dev_id)
@@ -159,8 +192,12 @@ class Agent:
         meta.update(driver.meta())
         meta["location"] = dev.location.model_dump() if dev.location else None
         meta["metrics"] = {
-            m.name: {"unit": m.unit, "description": m.description, "writable": m.writable,
-                     "range": list(m.range) if m.range else None}
+            m.name: {
+                "unit": m.unit,
+                "description": m.description,
+                "writable": m.writable,
+                "range": list(m.range) if m.range else None,
+            }
             for m in driver.metrics()
         }
         return meta
@@ -175,7 +212,7 @@ class Agent:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        installed: list[int] = []
+        installed: list[signal.Signals] = []
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
                 loop.add_signal_handler(sig, self.stop)
@@ -185,8 +222,9 @@ class Agent:
         await self.outbox.open()
         try:
             for dev_id, driver in self.drivers.items():
-                self.publisher.set_retained(f"{self.root}/devices/{dev_id}/meta",
-                                            self._meta(dev_id, driver))
+                self.publisher.set_retained(
+                    f"{self.root}/devices/{dev_id}/meta", self._meta(dev_id, driver)
+                )
             async with asyncio.TaskGroup() as tg:
                 main = [
                     tg.create_task(self._run_outbox(), name="outbox"),
@@ -195,12 +233,20 @@ class Agent:
                     tg.create_task(watchdog_loop(self.notifier, self._healthy), name="watchdog"),
                 ]
                 for dev_id, driver in self.drivers.items():
-                    main.append(tg.create_task(self._device_task(dev_id, driver),
-                                               name=f"device:{dev_id}"))
-                self.notifier.ready(f"{len(self.drivers)} devices, outbox epoch {self.outbox.epoch}")
-                log.info("agent started: %d devices, root %s, outbox %s (epoch %s, next seq %d)",
-                         len(self.drivers), self.root, self.outbox.path, self.outbox.epoch,
-                         self.outbox.next_seq)
+                    main.append(
+                        tg.create_task(self._device_task(dev_id, driver), name=f"device:{dev_id}")
+                    )
+                self.notifier.ready(
+                    f"{len(self.drivers)} devices, outbox epoch {self.outbox.epoch}"
+                )
+                log.info(
+                    "agent started: %d devices, root %s, outbox %s (epoch %s, next seq %d)",
+                    len(self.drivers),
+                    self.root,
+                    self.outbox.path,
+                    self.outbox.epoch,
+                    self.outbox.next_seq,
+                )
                 await self._stop.wait()
                 self.notifier.stopping()
                 log.info("stopping: flushing the outbox and saying goodbye to the broker")
@@ -218,7 +264,7 @@ class Agent:
                 if close is not None:
                     try:
                         await close()
-                    except Exception as err:  # noqa: BLE001 - shutting down anyway
+                    except Exception as err:
                         log.debug("closing %s: %s", getattr(driver, "device_id", "?"), err)
             await self.outbox.close()
             for sig in installed:
@@ -226,7 +272,9 @@ class Agent:
 
     def _healthy(self) -> bool:
         # Fed only while the group commit works: a wedged database gets us restarted.
-        return time.monotonic() - self._last_flush_ok < max(60.0, self.outbox.commit_interval_s * 20)
+        return time.monotonic() - self._last_flush_ok < max(
+            60.0, self.outbox.commit_interval_s * 20
+        )
 
     async def _run_outbox(self) -> None:
         failing = False
@@ -250,9 +298,12 @@ class Agent:
             return
         interval = dev.interval_s or driver.meta().get("default_interval_s") or 30.0
         poll = PollLoop(
-            driver, interval_s=float(interval),
+            driver,
+            interval_s=float(interval),
             read_timeout_s=min(float(interval), max(5.0, dev.timeout_s * (dev.retries + 1) * 8)),
-            offline_after=dev.offline_after, emit=self.emitter, state_sink=self._state_sink,
+            offline_after=dev.offline_after,
+            emit=self.emitter,
+            state_sink=self._state_sink,
         )
         self.loops[dev_id] = poll
         await self._supervise(dev_id, poll.run)
@@ -266,13 +317,24 @@ class Agent:
                 return
             except asyncio.CancelledError:
                 raise
-            except Exception as err:  # noqa: BLE001 - a driver bug must not end the agent
+            except Exception as err:
                 delay = backoff_delay(attempt, rng)
                 attempt += 1
-                log.error("device %s task crashed (%r); restarting in %.0f s", dev_id, err, delay,
-                          exc_info=err)
-                self._state_sink(dev_id, {"state": "offline", "since": iso_ms(time.time()),
-                                          "last_error": f"driver error: {err!r}"})
+                log.error(
+                    "device %s task crashed (%r); restarting in %.0f s",
+                    dev_id,
+                    err,
+                    delay,
+                    exc_info=err,
+                )
+                self._state_sink(
+                    dev_id,
+                    {
+                        "state": "offline",
+                        "since": iso_ms(time.time()),
+                        "last_error": f"driver error: {err!r}",
+                    },
+                )
                 await asyncio.sleep(delay)
 
     async def health(self) -> dict[str, Any]:

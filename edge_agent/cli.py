@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Literal
 
 from . import __version__
 from .errors import ConfigError, EdgeAgentError
@@ -81,19 +82,36 @@ def _root_from_args(args: argparse.Namespace) -> tuple[str, int, str, str]:
         cfg = _load(args.config)
         assert isinstance(cfg, AgentConfigBase)
         s = mqtt_settings(cfg)
-        return (args.host or s.host, args.port or s.port, args.root or s.root,
-                args.protocol or s.protocol)
-    return (args.host or "localhost", args.port or 1883, args.root or "campus/+/+",
-            args.protocol or "5")
+        return (
+            args.host or s.host,
+            args.port or s.port,
+            args.root or s.root,
+            args.protocol or s.protocol,
+        )
+    return (
+        args.host or "localhost",
+        args.port or 1883,
+        args.root or "campus/+/+",
+        args.protocol or "5",
+    )
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
     from .console import run_console
 
     host, port, root, protocol = _root_from_args(args)
+    proto: Literal["5", "3.1.1"] = "3.1.1" if protocol == "3.1.1" else "5"
     try:
-        asyncio.run(run_console(host, port, root, mode="view" if args.view else "tail",
-                                protocol=protocol, duration_s=args.duration))
+        asyncio.run(
+            run_console(
+                host,
+                port,
+                root,
+                mode="view" if args.view else "tail",
+                protocol=proto,
+                duration_s=args.duration,
+            )
+        )
     except KeyboardInterrupt:
         return 130
     return 0
@@ -113,11 +131,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     _setup_logging("WARNING" if not args.verbose else "INFO")
     try:
-        return asyncio.run(run_demo(
-            duration_s=args.duration, broker_port=args.broker_port, classrooms=args.classrooms,
-            meters=args.meters, speed=args.speed, workdir=Path(args.workdir) if args.workdir else None,
-            language=args.language, plain=args.plain,
-        ))
+        return asyncio.run(
+            run_demo(
+                duration_s=args.duration,
+                broker_port=args.broker_port,
+                classrooms=args.classrooms,
+                meters=args.meters,
+                speed=args.speed,
+                workdir=Path(args.workdir) if args.workdir else None,
+                language=args.language,
+                plain=args.plain,
+            )
+        )
     except KeyboardInterrupt:
         return 130
 
@@ -142,12 +167,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--port", type=int)
     t.add_argument("--root", help="topic root, e.g. campus/school-a/gw1 (default campus/+/+)")
     t.add_argument("--protocol", choices=["5", "3.1.1"])
-    t.add_argument("--view", action="store_true", help="live dashboard instead of one line per message")
+    t.add_argument(
+        "--view", action="store_true", help="live dashboard instead of one line per message"
+    )
     t.add_argument("--duration", type=float, help="stop after this many seconds")
     t.set_defaults(fn=cmd_tail)
 
     s = sub.add_parser("sim", help="start simulators (python -m simulators ...) / 启动设备模拟器")
-    s.add_argument("sim_args", nargs=argparse.REMAINDER, help="e.g. campus --classrooms 30 --meters 10")
+    s.add_argument(
+        "sim_args", nargs=argparse.REMAINDER, help="e.g. campus --classrooms 30 --meters 10"
+    )
     s.set_defaults(fn=cmd_sim)
 
     d = sub.add_parser("demo", help="simulated campus + broker + agent + live view / 演示")

@@ -38,9 +38,9 @@ def _field(args: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> An
     if name not in args:
         raise CommandError(f"missing field {name!r}")
     value = args[name]
-    if not isinstance(value, kind) or (isinstance(value, bool) and bool not in (
-        kind if isinstance(kind, tuple) else (kind,)
-    )):
+    if not isinstance(value, kind) or (
+        isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,))
+    ):
         names = "/".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
         raise CommandError(f"field {name!r} must be {names}")
     return value
@@ -62,8 +62,9 @@ class CommandRouter:
     def commands(self) -> list[str]:
         return sorted(self._handlers)
 
-    async def handle(self, command: str, payload: bytes, response_topic: str | None,
-                     correlation: bytes | None) -> None:
+    async def handle(
+        self, command: str, payload: bytes, response_topic: str | None, correlation: bytes | None
+    ) -> None:
         request_id: str | None = None
         try:
             if len(payload) > MAX_PAYLOAD:
@@ -80,7 +81,9 @@ class CommandRouter:
                 raise CommandError("payload must be a JSON object")
             rid = args.get("request_id")
             if not isinstance(rid, str) or not REQUEST_ID.match(rid):
-                raise CommandError("request_id must be a string of 1-128 characters [A-Za-z0-9._:-]")
+                raise CommandError(
+                    "request_id must be a string of 1-128 characters [A-Za-z0-9._:-]"
+                )
             request_id = rid
             handler = self._handlers.get(command)
             if handler is None:
@@ -91,14 +94,22 @@ class CommandRouter:
         except CommandError as err:
             self.refused += 1
             log.info("command %s refused: %s", command, err)
-            self._reply(request_id, {"request_id": request_id, "ok": False, "error": str(err)},
-                        response_topic, correlation)
+            self._reply(
+                request_id,
+                {"request_id": request_id, "ok": False, "error": str(err)},
+                response_topic,
+                correlation,
+            )
             return
         except (DeviceError, ValueError, OSError, TimeoutError) as err:
             self.refused += 1
             log.info("command %s failed: %s", command, err)
-            self._reply(request_id, {"request_id": request_id, "ok": False, "error": str(err)},
-                        response_topic, correlation)
+            self._reply(
+                request_id,
+                {"request_id": request_id, "ok": False, "error": str(err)},
+                response_topic,
+                correlation,
+            )
             return
         self.handled += 1
         answer: dict[str, Any] = {"request_id": request_id, "ok": True}
@@ -117,7 +128,9 @@ def ping_handler(info: Callable[[], dict[str, Any]]) -> Handler:
 
 
 def write_handler(lookup: Callable[[str], Any]) -> Handler:
-    """``device.write {device, point, value}``: only profile-writable points, range-checked by the driver."""
+    """``device.write {device, point, value}``: only profile-writable points.
+
+    The driver range-checks the value before anything goes on the bus."""
 
     async def handle(args: dict[str, Any]) -> dict[str, Any]:
         device = _field(args, "device", str)

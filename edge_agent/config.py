@@ -41,16 +41,21 @@ Path_ = tuple[str | int, ...]
 class LoggingConfig(Strict):
     """Logging to stderr (journald under systemd)."""
 
-    level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$",
-                       description="DEBUG, INFO, WARNING or ERROR")
+    level: str = Field(
+        default="INFO",
+        pattern="^(DEBUG|INFO|WARNING|ERROR)$",
+        description="DEBUG, INFO, WARNING or ERROR",
+    )
 
 
 class PublishConfig(Strict):
     """How the backlog drains after an outage."""
 
     backlog_rate_max: float = Field(
-        default=0, ge=0,
-        description="Most backlog messages per second after a reconnect; 0 = as fast as the window allows",
+        default=0,
+        ge=0,
+        description="Most backlog messages per second after a reconnect; "
+        "0 = as fast as the in-flight window allows",
     )
 
 
@@ -59,14 +64,19 @@ class AgentConfigBase(Strict):
 
     site: SiteConfig = Field(description="The school and this gateway")
     mqtt: MqttConfig = Field(default_factory=MqttConfig, description="Uplink broker")
-    outbox: OutboxConfig = Field(default_factory=OutboxConfig, description="Store-and-forward database")
+    outbox: OutboxConfig = Field(
+        default_factory=OutboxConfig, description="Store-and-forward database"
+    )
     publish: PublishConfig = Field(default_factory=PublishConfig, description="Backlog draining")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Log level")
     profile_dirs: list[str] = Field(
         default_factory=list,
-        description="Extra folders with device profiles (relative to this file); shipped profiles always load",
+        description="Extra folders with device profiles (relative to this file); "
+        "the shipped profiles always load",
     )
-    buses: list[BusConfig] = Field(default_factory=list, description="Serial lines and shared TCP endpoints")
+    buses: list[BusConfig] = Field(
+        default_factory=list, description="Serial lines and shared TCP endpoints"
+    )
 
 
 _model_cache: dict[tuple[str, ...], type[AgentConfigBase]] = {}
@@ -127,17 +137,21 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict
     loader.flatten_mapping(node)  # YAML merge keys (<<: *anchor) stay usable
     seen: set[Any] = set()
     for key_node, _ in node.value:
-        key = loader.construct_object(key_node)  # type: ignore[no-untyped-call]
+        key = loader.construct_object(key_node)
         if key in seen:
             raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark,
+                None,
+                None,
+                f"duplicate key {key!r}",
+                key_node.start_mark,
             )
         seen.add(key)
-    return dict(loader.construct_pairs(node))  # type: ignore[no-untyped-call]
+    return dict(loader.construct_pairs(node))
 
 
 _UniqueKeyLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping,
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+    _construct_mapping,
 )
 
 
@@ -156,8 +170,11 @@ def _clean_loc(data: Any, loc: tuple[Any, ...]) -> Path_:
     out: list[str | int] = []
     cur = data
     for part in loc:
-        if isinstance(cur, dict) and isinstance(part, str) and part not in cur and (
-            cur.get("kind") == part or cur.get("type") == part
+        if (
+            isinstance(cur, dict)
+            and isinstance(part, str)
+            and part not in cur
+            and (cur.get("kind") == part or cur.get("type") == part)
         ):
             continue
         out.append(part)
@@ -170,8 +187,9 @@ def _clean_loc(data: Any, loc: tuple[Any, ...]) -> Path_:
     return tuple(out)
 
 
-def _resolve_secrets(data: dict[str, Any], problems: list[tuple[Path_, str]],
-                     notes: list[tuple[Path_, str]] | None) -> None:
+def _resolve_secrets(
+    data: dict[str, Any], problems: list[tuple[Path_, str]], notes: list[tuple[Path_, str]] | None
+) -> None:
     """Replace secret references by their values. With ``notes`` (check-config on a
     laptop), a reference that cannot be resolved here is a note, not an error."""
     from .secrets import SecretError, is_reference, resolve
@@ -184,8 +202,13 @@ def _resolve_secrets(data: dict[str, Any], problems: list[tuple[Path_, str]],
             continue
         value = parent[path[-1]]
         if not isinstance(value, str) or not is_reference(value):
-            problems.append((path, "secrets must not be written in the file: use ${ENV_NAME} or "
-                                   "${cred:NAME} / 密钥不能明文写在配置文件里"))
+            problems.append(
+                (
+                    path,
+                    "secrets must not be written in the file: use ${ENV_NAME} or "
+                    "${cred:NAME} / 密钥不能明文写在配置文件里",
+                )
+            )
             continue
         try:
             parent[path[-1]] = resolve(value, cred_dir=os.environ.get("CREDENTIALS_DIRECTORY"))
@@ -210,8 +233,11 @@ def check_kinds(data: dict[str, Any]) -> list[tuple[Path_, str]]:
             continue
         kind = dev["kind"]
         why = registry.unavailable.get(str(kind))
-        msg = (f"driver kind {kind!r} is disabled: {why}" if why else
-               f"unknown kind {kind!r} (known: {', '.join(sorted(known))}) / 未知的设备类型")
+        msg = (
+            f"driver kind {kind!r} is disabled: {why}"
+            if why
+            else f"unknown kind {kind!r} (known: {', '.join(sorted(known))}) / 未知的设备类型"
+        )
         problems.append((("devices", i, "kind"), msg))
     return problems
 
@@ -222,8 +248,12 @@ def check_unique_ids(cfg: AgentConfigBase) -> list[tuple[Path_, str]]:
     seen: dict[str, int] = {}
     for i, dev in enumerate(getattr(cfg, "devices", [])):
         if dev.id in seen:
-            problems.append((("devices", i, "id"),
-                             f"duplicate device id {dev.id!r} (first at devices[{seen[dev.id]}])"))
+            problems.append(
+                (
+                    ("devices", i, "id"),
+                    f"duplicate device id {dev.id!r} (first at devices[{seen[dev.id]}])",
+                )
+            )
         else:
             seen[dev.id] = i
     bus_seen: dict[str, int] = {}
@@ -244,15 +274,24 @@ def check_bus_references(cfg: AgentConfigBase) -> list[tuple[Path_, str]]:
         if bus is not None and bus not in buses:
             known = ", ".join(sorted(buses)) or "none defined"
             problems.append((("devices", i, "bus"), f"unknown bus {bus!r} (buses: {known})"))
-        line = bus if bus is not None else (
-            f"tcp:{getattr(dev, 'host', '')}:{getattr(dev, 'port', '')}"
-            if getattr(dev, "host", None) else None
+        line = (
+            bus
+            if bus is not None
+            else (
+                f"tcp:{getattr(dev, 'host', '')}:{getattr(dev, 'port', '')}"
+                if getattr(dev, "host", None)
+                else None
+            )
         )
         unit = getattr(dev, "unit", None)
         if line is not None and unit is not None and dev.enabled:
             if (line, unit) in units:
-                problems.append((("devices", i, "unit"),
-                                 f"unit {unit} on {line} is already used by {units[(line, unit)]!r}"))
+                problems.append(
+                    (
+                        ("devices", i, "unit"),
+                        f"unit {unit} on {line} is already used by {units[(line, unit)]!r}",
+                    )
+                )
             else:
                 units[(line, unit)] = dev.id
     return problems
@@ -284,8 +323,9 @@ def profile_dirs(cfg: AgentConfigBase, path: Path) -> list[str]:
     return list(dict.fromkeys(dirs))
 
 
-def load_config(path: str | os.PathLike[str], *, build_drivers: bool = True,
-                notes: list[str] | None = None) -> AgentConfigBase:
+def load_config(
+    path: str | os.PathLike[str], *, build_drivers: bool = True, notes: list[str] | None = None
+) -> AgentConfigBase:
     """Load, validate and check a config file. Raises :class:`ConfigError` with every problem.
 
     With ``notes`` (a list to fill), secrets that cannot be resolved on this machine
@@ -310,7 +350,9 @@ def load_config(path: str | os.PathLike[str], *, build_drivers: bool = True,
     if node is not None:
         lines.walk(node, ())
     if not isinstance(data, dict):
-        raise ConfigError([f"{name}:1  (top)  the file must be a mapping with site:, mqtt:, devices: ..."])
+        raise ConfigError(
+            [f"{name}:1  (top)  the file must be a mapping with site:, mqtt:, devices: ..."]
+        )
 
     # A section whose keys are all commented out is null in YAML: same as absent.
     for section in ("mqtt", "outbox", "publish", "logging"):
@@ -341,8 +383,9 @@ def load_config(path: str | os.PathLike[str], *, build_drivers: bool = True,
             problems += check_drivers_build(cfg, p)
     if problems:
         problems.sort(key=lambda pr: lines.line(pr[0]))
-        raise ConfigError([f"{name}:{lines.line(path_)}  {fmt_path(path_)}  {msg}"
-                           for path_, msg in problems])
+        raise ConfigError(
+            [f"{name}:{lines.line(path_)}  {fmt_path(path_)}  {msg}" for path_, msg in problems]
+        )
     assert cfg is not None
     if notes is not None and secret_notes:
         notes.extend(f"{name}:{lines.line(p_)}  {fmt_path(p_)}  {m}" for p_, m in secret_notes)

@@ -37,20 +37,28 @@ class DeviceBase(Strict):
     kind: str = Field(description="Driver kind, e.g. 'modbus'")
     name: str | None = Field(default=None, description="Human-readable name / 名称")
     location: Location | None = Field(default=None, description="Building, floor and room")
-    enabled: bool = Field(default=True, description="Set false to keep a device in the file but not poll it")
+    enabled: bool = Field(
+        default=True, description="Set false to keep a device in the file but not poll it"
+    )
 
 
 class PollingDeviceBase(DeviceBase):
     """Fields of devices read by the shared poll loop."""
 
     interval_s: float | None = Field(
-        default=None, gt=0, le=86400,
+        default=None,
+        gt=0,
+        le=86400,
         description="Seconds between reads; default: the profile's default_interval_s, else 30",
     )
     timeout_s: float = Field(default=1.0, gt=0, le=60, description="Timeout of one request")
-    retries: int = Field(default=1, ge=0, le=10, description="Retries of a failed request within one poll")
+    retries: int = Field(
+        default=1, ge=0, le=10, description="Retries of a failed request within one poll"
+    )
     offline_after: int = Field(
-        default=3, ge=1, le=1000,
+        default=3,
+        ge=1,
+        le=1000,
         description="Consecutive failed polls after which the device is reported offline",
     )
 
@@ -66,13 +74,18 @@ class SerialBus(Strict):
     stopbits: Literal[1, 2] = Field(default=1, description="Stop bits")
     bytesize: Literal[7, 8] = Field(default=8, description="Data bits")
     min_gap_ms: float = Field(
-        default=20, ge=0, le=5000,
+        default=20,
+        ge=0,
+        le=5000,
         description="Quiet time between the end of one exchange and the next request",
     )
 
 
 class TcpBus(Strict):
-    """A TCP endpoint shared by several devices: a serial server (RTU over TCP) or a Modbus TCP gateway."""
+    """A TCP endpoint shared by several devices.
+
+    A serial server (RTU frames over TCP) or a Modbus TCP gateway in front of an RS-485 line.
+    """
 
     id: Id = Field(description="Bus id that devices refer to with 'bus:'")
     type: Literal["tcp"] = Field(description="'tcp'")
@@ -80,7 +93,8 @@ class TcpBus(Strict):
     port: int = Field(default=502, ge=1, le=65535, description="TCP port")
     framer: Literal["socket", "rtu"] = Field(
         default="socket",
-        description="'socket' = Modbus TCP (MBAP header); 'rtu' = RTU frames over TCP (serial servers)",
+        description="'socket' = Modbus TCP (MBAP header); "
+        "'rtu' = RTU frames over TCP (serial servers)",
     )
     min_gap_ms: float = Field(default=0, ge=0, le=5000, description="Quiet time between exchanges")
 
@@ -91,11 +105,14 @@ BusConfig = Annotated[SerialBus | TcpBus, Field(discriminator="type")]
 class TlsConfig(Strict):
     """TLS to the broker. Paths are on the gateway; the key passphrase is a secret."""
 
-    ca_file: str | None = Field(default=None, description="CA bundle that signed the broker certificate")
+    ca_file: str | None = Field(
+        default=None, description="CA bundle that signed the broker certificate"
+    )
     cert_file: str | None = Field(default=None, description="Client certificate (mutual TLS)")
     key_file: str | None = Field(default=None, description="Client private key (mutual TLS)")
     key_password: str | None = Field(
-        default=None, description="Key passphrase: only as ${ENV} or ${cred:NAME}, never literal",
+        default=None,
+        description="Key passphrase: only as ${ENV} or ${cred:NAME}, never literal",
     )
     insecure: bool = Field(default=False, description="Skip host-name verification (testing only)")
 
@@ -104,23 +121,32 @@ class MqttConfig(Strict):
     """The uplink broker."""
 
     host: str = Field(default="localhost", description="Broker host")
-    port: int | None = Field(default=None, ge=1, le=65535, description="Broker port; default 1883, 8883 with TLS")
+    port: int | None = Field(
+        default=None, ge=1, le=65535, description="Broker port; default 1883, 8883 with TLS"
+    )
     protocol: Literal["5", "3.1.1"] = Field(default="5", description="MQTT protocol version")
-    client_id: str | None = Field(default=None, description="Client id; default 'edge-{site}-{gateway}'")
+    client_id: str | None = Field(
+        default=None, description="Client id; default 'edge-{site}-{gateway}'"
+    )
     username: str | None = Field(default=None, description="User name")
     password: str | None = Field(
-        default=None, description="Password: only as ${ENV} or ${cred:NAME}, never literal",
+        default=None,
+        description="Password: only as ${ENV} or ${cred:NAME}, never literal",
     )
     tls: TlsConfig | None = Field(default=None, description="TLS settings; omit for plain TCP")
     keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keep-alive")
     topic_prefix: Id = Field(default="campus", description="First topic level")
     inflight_max: int = Field(
-        default=100, ge=1, le=65535,
+        default=100,
+        ge=1,
+        le=65535,
         description="Messages published but not yet acknowledged (PUBACK) at most",
     )
     reconnect_min_s: float = Field(default=1, gt=0, description="First reconnect delay")
     reconnect_max_s: float = Field(default=60, gt=0, description="Longest reconnect delay")
-    health_interval_s: float = Field(default=60, gt=0, description="Seconds between ROOT/health messages")
+    health_interval_s: float = Field(
+        default=60, gt=0, description="Seconds between ROOT/health messages"
+    )
 
     @model_validator(mode="after")
     def check_reconnect_range(self) -> MqttConfig:
@@ -137,20 +163,27 @@ class OutboxConfig(Strict):
         description="Database file; under systemd it lives in StateDirectory",
     )
     max_bytes: int = Field(
-        default=512 * 1024 * 1024, ge=1024 * 1024,
+        default=512 * 1024 * 1024,
+        ge=1024 * 1024,
         description="Size cap; past it the retention policy evicts oldest telemetry first",
     )
     commit_interval_ms: int = Field(
-        default=500, ge=1, le=60000,
+        default=500,
+        ge=1,
+        le=60000,
         description="Group commit: readings are written together at most this often (SD card wear)",
     )
-    commit_max_batch: int = Field(default=2000, ge=1, description="Commit earlier when this many are waiting")
+    commit_max_batch: int = Field(
+        default=2000, ge=1, description="Commit earlier when this many are waiting"
+    )
 
 
 class SiteConfig(Strict):
     """The school and this gateway."""
 
-    id: Id = Field(description="Site (school) id, second topic level, e.g. 'sz-nanshan-exp-primary'")
+    id: Id = Field(
+        description="Site (school) id, second topic level, e.g. 'sz-nanshan-exp-primary'"
+    )
     gateway_id: Id = Field(description="Gateway id, third topic level, e.g. 'gw1'")
     name: str | None = Field(default=None, description="School name / 学校名称")
     language: Literal["zh", "en"] = Field(default="zh", description="Language of alarm messages")

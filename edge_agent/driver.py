@@ -46,12 +46,21 @@ class Emit(Protocol):
     """What a driver may produce. Implemented by the core (the outbox writer)."""
 
     def telemetry(
-        self, device_id: str, data: dict[str, Value], *, ts: float | None = None,
+        self,
+        device_id: str,
+        data: dict[str, Value],
+        *,
+        ts: float | None = None,
         quality: Quality = "good",
     ) -> None: ...
 
     def event(
-        self, device_id: str, type_: str, data: dict[str, Any], *, ts: float | None = None,
+        self,
+        device_id: str,
+        type_: str,
+        data: dict[str, Any],
+        *,
+        ts: float | None = None,
     ) -> None: ...
 
 

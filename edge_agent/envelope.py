@@ -48,15 +48,29 @@ def iso_ms(ts: float) -> str:
 
 
 def envelope(
-    *, msg_id: str, epoch: str, seq: int, ts: float, device: str, kind: str,
-    data: dict[str, Any], quality: str | None = None, type_: str | None = None,
+    *,
+    msg_id: str,
+    epoch: str,
+    seq: int,
+    ts: float,
+    device: str,
+    kind: str,
+    data: dict[str, Any],
+    quality: str | None = None,
+    type_: str | None = None,
 ) -> dict[str, Any]:
     """Build the envelope dict. ``historical`` comes before ``data`` on purpose:
     the publisher flips the first ``"historical":false`` in the encoded bytes
     when it sends a message from the backlog, without decoding it again."""
     env: dict[str, Any] = {
-        "v": CONTRACT_VERSION, "msg_id": msg_id, "epoch": epoch, "seq": seq,
-        "ts": iso_ms(ts), "device": device, "kind": kind, "historical": False,
+        "v": CONTRACT_VERSION,
+        "msg_id": msg_id,
+        "epoch": epoch,
+        "seq": seq,
+        "ts": iso_ms(ts),
+        "device": device,
+        "kind": kind,
+        "historical": False,
     }
     if type_ is not None:
         env["type"] = type_

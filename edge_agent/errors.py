@@ -22,7 +22,9 @@ class EdgeAgentError(Exception):
 
 
 class ConfigError(EdgeAgentError):
-    """The configuration cannot be used. ``problems`` holds ``file:line  key.path  message`` lines."""
+    """The configuration cannot be used.
+
+    ``problems`` holds one ``file:line  key.path  message`` line per problem."""
 
     def __init__(self, problems: list[str]) -> None:
         super().__init__("\n".join(problems))

@@ -136,7 +136,9 @@ class Outbox:
             self._next_seq = max(int(meta.get("next_seq", "1")), max_seq + 1)
             for name in self.dropped:
                 self.dropped[name] = int(meta.get(f"dropped_{name}", "0"))
-            self._page_size = (await (await db.execute("PRAGMA page_size")).fetchone() or (4096,))[0]
+            self._page_size = (await (await db.execute("PRAGMA page_size")).fetchone() or (4096,))[
+                0
+            ]
         except sqlite3.Error as err:
             await db.close()
             self._db = None
@@ -174,8 +176,16 @@ class Outbox:
 
     # -- producing ---------------------------------------------------------
     def put(
-        self, lane: Lane, topic: str, *, device: str, kind: str, ts: float,
-        data: dict[str, Any], quality: str | None = None, type_: str | None = None,
+        self,
+        lane: Lane,
+        topic: str,
+        *,
+        device: str,
+        kind: str,
+        ts: float,
+        data: dict[str, Any],
+        quality: str | None = None,
+        type_: str | None = None,
     ) -> None:
         """Queue one message for the next group commit. Never blocks, never does I/O."""
         self._pending.append(_Pending(lane, topic, device, kind, ts, data, quality, type_))
@@ -219,8 +229,15 @@ class Outbox:
         now = time.time()
         for p in pending:
             msg = envelope(
-                msg_id=new_ulid(p.ts), epoch=self.epoch, seq=seq, ts=p.ts, device=p.device,
-                kind=p.kind, data=p.data, quality=p.quality, type_=p.type_,
+                msg_id=new_ulid(p.ts),
+                epoch=self.epoch,
+                seq=seq,
+                ts=p.ts,
+                device=p.device,
+                kind=p.kind,
+                data=p.data,
+                quality=p.quality,
+                type_=p.type_,
             )
             try:
                 payload = _dumps(msg)
@@ -244,7 +261,8 @@ class Outbox:
                     [(r.seq, int(r.lane), r.topic, r.payload, r.created) for r in rows],
                 )
                 await db.execute(
-                    "UPDATE meta SET value=? WHERE key='next_seq'", (str(seq),),
+                    "UPDATE meta SET value=? WHERE key='next_seq'",
+                    (str(seq),),
                 )
             if acked:
                 await db.executemany("DELETE FROM outbox WHERE seq=?", [(s,) for s in acked])
@@ -285,9 +303,7 @@ class Outbox:
 
     async def stats(self) -> dict[str, Any]:
         """Depth, bytes and oldest age, for ``ROOT/health``."""
-        row = await (
-            await self.db.execute("SELECT COUNT(*), MIN(created) FROM outbox")
-        ).fetchone()
+        row = await (await self.db.execute("SELECT COUNT(*), MIN(created) FROM outbox")).fetchone()
         count, oldest = (row[0], row[1]) if row else (0, None)
         return {
             "depth": count + len(self._pending),
@@ -317,10 +333,12 @@ class Outbox:
         db = self.db
         for lane in (Lane.TELEMETRY, Lane.EVENT, Lane.ALARM):
             while (size := await self.size_bytes()) > self.max_bytes:
-                row = await (await db.execute(
-                    "SELECT (SELECT COUNT(*) FROM outbox WHERE lane=?), COUNT(*) FROM outbox",
-                    (int(lane),),
-                )).fetchone()
+                row = await (
+                    await db.execute(
+                        "SELECT (SELECT COUNT(*) FROM outbox WHERE lane=?), COUNT(*) FROM outbox",
+                        (int(lane),),
+                    )
+                ).fetchone()
                 in_lane, total = (row[0], row[1]) if row else (0, 0)
                 if in_lane == 0:
                     break
@@ -349,6 +367,8 @@ class Outbox:
                 evicted += deleted
                 log.warning(
                     "outbox over its cap of %d bytes: evicted %d oldest %s messages",
-                    self.max_bytes, deleted, name,
+                    self.max_bytes,
+                    deleted,
+                    name,
                 )
         return evicted

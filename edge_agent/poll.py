@@ -49,8 +49,8 @@ class DeviceHealth:
 
 def backoff_delay(attempt: int, rng: random.Random) -> float:
     """Exponential backoff with full jitter in the upper half: 1, 2, 4 … 300 s."""
-    base = min(BACKOFF_MAX_S, BACKOFF_MIN_S * (2 ** max(0, attempt)))
-    return base * (0.5 + 0.5 * rng.random())
+    base = min(BACKOFF_MAX_S, BACKOFF_MIN_S * 2.0 ** max(0, attempt))
+    return float(base * (0.5 + 0.5 * rng.random()))
 
 
 class PollLoop:
@@ -144,7 +144,6 @@ class PollLoop:
             if h.state != "offline":
                 log.warning("device %s is offline after %d failed polls", h.device_id, h.failures)
             self._set_state("offline", reason)
-            return max(self.interval_s,
-                       backoff_delay(h.failures - self.offline_after, self.rng))
+            return max(self.interval_s, backoff_delay(h.failures - self.offline_after, self.rng))
         self._set_state("degraded", reason)
         return None

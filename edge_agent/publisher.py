@@ -32,8 +32,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from .envelope import Lane, iso_ms, mark_historical
 from .outbox import Outbox, Row
@@ -141,11 +141,18 @@ class Publisher:
             self._retained[topic] = (data, qos)
         self._publish_direct(topic, data, qos=qos, retain=True)
 
-    def publish_direct(self, topic: str, payload: dict[str, Any], *, qos: int = 1,
-                       properties: Properties | None = None) -> bool:
+    def publish_direct(
+        self,
+        topic: str,
+        payload: dict[str, Any],
+        *,
+        qos: int = 1,
+        properties: Properties | None = None,
+    ) -> bool:
         """Send a message that does not go through the outbox (command results)."""
-        return self._publish_direct(topic, _dumps(payload), qos=qos, retain=False,
-                                    properties=properties)
+        return self._publish_direct(
+            topic, _dumps(payload), qos=qos, retain=False, properties=properties
+        )
 
     def inflight_count(self) -> int:
         return len(self._inflight)
@@ -156,8 +163,11 @@ class Publisher:
         if reason:
             p["reason"] = reason
         if state == "online":
-            p.update(agent_version=self.s.agent_version, epoch=self.outbox.epoch,
-                     devices=self._device_count)
+            p.update(
+                agent_version=self.s.agent_version,
+                epoch=self.outbox.epoch,
+                devices=self._device_count,
+            )
         return p
 
     def _make_client(self) -> mqtt.Client:
@@ -171,8 +181,11 @@ class Publisher:
             client.username_pw_set(s.username, s.password)
         if s.tls or s.ca_file or s.cert_file:
             client.tls_set(
-                ca_certs=s.ca_file, certfile=s.cert_file, keyfile=s.key_file,
-                cert_reqs=ssl.CERT_REQUIRED, keyfile_password=s.key_password,
+                ca_certs=s.ca_file,
+                certfile=s.cert_file,
+                keyfile=s.key_file,
+                cert_reqs=ssl.CERT_REQUIRED,
+                keyfile_password=s.key_password,
             )
             if s.tls_insecure:
                 client.tls_insecure_set(True)
@@ -196,16 +209,19 @@ class Publisher:
             except RuntimeError:  # loop closing during shutdown
                 pass
 
-    def _cb_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any,
-                    props: Any = None) -> None:
+    def _cb_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None
+    ) -> None:
         self._call(self._on_connect, rc.is_failure, str(rc))
 
-    def _cb_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any,
-                       props: Any = None) -> None:
+    def _cb_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None
+    ) -> None:
         self._call(self._on_disconnect, str(rc))
 
-    def _cb_publish(self, client: mqtt.Client, userdata: Any, mid: int, rc: Any,
-                    props: Any = None) -> None:
+    def _cb_publish(
+        self, client: mqtt.Client, userdata: Any, mid: int, rc: Any, props: Any = None
+    ) -> None:
         self._call(self._on_puback, mid)
 
     def _cb_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
@@ -223,7 +239,9 @@ class Publisher:
         if client is None:
             return
         if failed:
-            log.warning("MQTT broker %s:%s refused the connection: %s", self.s.host, self.s.port, reason)
+            log.warning(
+                "MQTT broker %s:%s refused the connection: %s", self.s.host, self.s.port, reason
+            )
             return
         self.stats.connects += 1
         log.info("MQTT connected to %s:%s (protocol %s)", self.s.host, self.s.port, self.s.protocol)
@@ -234,8 +252,9 @@ class Publisher:
         self._cursor = dict.fromkeys(Lane, 0)
         self._backlog_done = False
         client.subscribe(f"{self.s.root}/cmd/+", qos=1)
-        self._publish_direct(f"{self.s.root}/status",
-                             _dumps(self._status_payload("online")), qos=1, retain=True)
+        self._publish_direct(
+            f"{self.s.root}/status", _dumps(self._status_payload("online")), qos=1, retain=True
+        )
         for topic, (data, qos) in list(self._retained.items()):
             self._publish_direct(topic, data, qos=qos, retain=True)
         self.connected.set()
@@ -260,12 +279,13 @@ class Publisher:
         self._window_free.set()
         self._work.set()
 
-    def _on_message(self, topic: str, payload: bytes, response_topic: str | None,
-                    correlation: bytes | None) -> None:
+    def _on_message(
+        self, topic: str, payload: bytes, response_topic: str | None, correlation: bytes | None
+    ) -> None:
         prefix = f"{self.s.root}/cmd/"
         if not topic.startswith(prefix) or self._command_handler is None:
             return
-        command = topic[len(prefix):]
+        command = topic[len(prefix) :]
         handler = self._command_handler
         task = asyncio.ensure_future(handler(command, payload, response_topic, correlation))
         task.add_done_callback(_log_task_error)
@@ -283,8 +303,15 @@ class Publisher:
                 self._backlog_done = False
         self._work.set()
 
-    def _publish_direct(self, topic: str, data: bytes, *, qos: int, retain: bool,
-                        properties: Properties | None = None) -> bool:
+    def _publish_direct(
+        self,
+        topic: str,
+        data: bytes,
+        *,
+        qos: int,
+        retain: bool,
+        properties: Properties | None = None,
+    ) -> bool:
         client = self._client
         if client is None or not client.is_connected():
             return False  # retained topics are sent again on connect
@@ -326,14 +353,18 @@ class Publisher:
             return
         self._stopping = True
         if client.is_connected():
-            info = client.publish(f"{self.s.root}/status",
-                                  _dumps(self._status_payload("offline", "shutdown")),
-                                  qos=1, retain=True)
+            info = client.publish(
+                f"{self.s.root}/status",
+                _dumps(self._status_payload("offline", "shutdown")),
+                qos=1,
+                retain=True,
+            )
             deadline = time.monotonic() + 2.0
-            while not info.is_published() and client.is_connected() and time.monotonic() < deadline:
+            # Polled, not awaited on an event: both conditions change on paho's thread.
+            while not info.is_published() and client.is_connected() and time.monotonic() < deadline:  # noqa: ASYNC110
                 await asyncio.sleep(0.02)
             # Give in-flight messages a moment to be acknowledged so they are not sent twice.
-            while self._inflight and client.is_connected() and time.monotonic() < deadline:
+            while self._inflight and client.is_connected() and time.monotonic() < deadline:  # noqa: ASYNC110
                 await asyncio.sleep(0.02)
         client.disconnect()
         await asyncio.to_thread(client.loop_stop)
@@ -366,8 +397,10 @@ class Publisher:
                 room = self._window() - reserve
                 if self.s.drain_rate_max > 0:
                     now = time.monotonic()
-                    backlog_tokens = min(self.s.drain_rate_max,
-                                         backlog_tokens + (now - last_refill) * self.s.drain_rate_max)
+                    backlog_tokens = min(
+                        self.s.drain_rate_max,
+                        backlog_tokens + (now - last_refill) * self.s.drain_rate_max,
+                    )
                     last_refill = now
                     room = min(room, int(backlog_tokens))
                 if room > 0:
@@ -387,8 +420,9 @@ class Publisher:
         sent = 0
         for lane in Lane:
             while room > 0 and self.connected.is_set():
-                rows = await self.outbox.fetch(lane, self._cursor[lane], self._boundary,
-                                               min(room, 500))
+                rows = await self.outbox.fetch(
+                    lane, self._cursor[lane], self._boundary, min(room, 500)
+                )
                 if not rows:
                     break
                 for row in rows:
@@ -422,6 +456,6 @@ def response_properties(correlation: bytes | None) -> Properties | None:
     """MQTT 5 properties that echo the request's correlation data."""
     if correlation is None:
         return None
-    props = Properties(PacketTypes.PUBLISH)
+    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
     props.CorrelationData = correlation
     return props

@@ -42,7 +42,9 @@ def drivers() -> dict[str, Any]:
     targets = dict(BUILTIN)
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name in targets:
-            log.warning("driver kind %r from entry point %s ignored: built-in kind", ep.name, ep.value)
+            log.warning(
+                "driver kind %r from entry point %s ignored: built-in kind", ep.name, ep.value
+            )
             continue
         targets[ep.name] = ep.value
     for kind, target in targets.items():

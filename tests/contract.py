@@ -26,11 +26,16 @@ def check_envelope(payload: bytes, kind: str, device: str | None = None) -> dict
     allowed = ENVELOPE_KEYS | {"quality", "type"}
     assert not (msg.keys() - allowed), f"unexpected keys {sorted(msg.keys() - allowed)}"
     assert msg["v"] == 1
-    assert isinstance(msg["msg_id"], str) and msg["msg_id"]
-    assert isinstance(msg["epoch"], str) and msg["epoch"]
-    assert isinstance(msg["seq"], int) and not isinstance(msg["seq"], bool) and msg["seq"] >= 1
+    assert isinstance(msg["msg_id"], str)
+    assert msg["msg_id"]
+    assert isinstance(msg["epoch"], str)
+    assert msg["epoch"]
+    assert isinstance(msg["seq"], int)
+    assert not isinstance(msg["seq"], bool)
+    assert msg["seq"] >= 1
     assert TS.match(msg["ts"]), f"ts {msg['ts']!r} is not UTC ISO-8601 with ms and Z"
-    assert isinstance(msg["device"], str) and ID.match(msg["device"])
+    assert isinstance(msg["device"], str)
+    assert ID.match(msg["device"])
     if device is not None:
         assert msg["device"] == device, f"device {msg['device']} on the topic of {device}"
     assert msg["kind"] == kind

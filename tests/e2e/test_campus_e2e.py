@@ -44,10 +44,28 @@ def campus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     layout_path = work / "layout.json"
     log = (work / "sim.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "simulators", "campus", "--classrooms", str(CLASSROOMS),
-         "--meters", str(METERS), "--base-port", "0", "--speed", "60", "--seed", "3",
-         "--layout-out", str(layout_path)],
-        cwd=REPO, env=_env(), stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "simulators",
+            "campus",
+            "--classrooms",
+            str(CLASSROOMS),
+            "--meters",
+            str(METERS),
+            "--base-port",
+            "0",
+            "--speed",
+            "60",
+            "--seed",
+            "3",
+            "--layout-out",
+            str(layout_path),
+        ],
+        cwd=REPO,
+        env=_env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     try:
         deadline = time.monotonic() + 20
@@ -70,16 +88,41 @@ def agent_config(tmp_path: Path, broker: MqttBroker, layout: dict[str, Any]) -> 
     buses, ids = [], {}
     for i, srv in enumerate(layout["servers"]):
         ids[(srv["host"], srv["port"])] = f"bus{i}"
-        buses.append({"id": f"bus{i}", "type": "tcp", "host": srv["host"], "port": srv["port"],
-                      "framer": srv["framer"]})
-    devices = [{"id": d["id"], "kind": "modbus", "profile": d["profile"],
-                "bus": ids[(d["host"], d["port"])], "unit": d["unit"], "interval_s": 1,
-                "timeout_s": 0.5, "retries": 0, "location": d["location"]} for d in layout["devices"]]
-    cfg = {"site": {"id": "e2e-school", "gateway_id": "gw1"},
-           "mqtt": {"host": broker.host, "port": broker.port, "protocol": broker.protocol,
-                    "health_interval_s": 2},
-           "outbox": {"path": str(tmp_path / "outbox.db"), "commit_interval_ms": 200},
-           "buses": buses, "devices": devices}
+        buses.append(
+            {
+                "id": f"bus{i}",
+                "type": "tcp",
+                "host": srv["host"],
+                "port": srv["port"],
+                "framer": srv["framer"],
+            }
+        )
+    devices = [
+        {
+            "id": d["id"],
+            "kind": "modbus",
+            "profile": d["profile"],
+            "bus": ids[(d["host"], d["port"])],
+            "unit": d["unit"],
+            "interval_s": 1,
+            "timeout_s": 0.5,
+            "retries": 0,
+            "location": d["location"],
+        }
+        for d in layout["devices"]
+    ]
+    cfg = {
+        "site": {"id": "e2e-school", "gateway_id": "gw1"},
+        "mqtt": {
+            "host": broker.host,
+            "port": broker.port,
+            "protocol": broker.protocol,
+            "health_interval_s": 2,
+        },
+        "outbox": {"path": str(tmp_path / "outbox.db"), "commit_interval_ms": 200},
+        "buses": buses,
+        "devices": devices,
+    }
     path = tmp_path / "agent.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
@@ -90,7 +133,10 @@ def start_agent(cfg: Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "edge_agent", "run", "-c", str(cfg)],
-            cwd=REPO, env=_env(), stdout=out, stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env=_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     proc.log = log  # type: ignore[attr-defined]
     return proc
@@ -105,7 +151,9 @@ def _json(m: Received) -> Any:
 
 
 def test_campus_to_platform_follows_the_contract(
-    tmp_path: Path, mqtt_broker: MqttBroker, campus: dict[str, Any],
+    tmp_path: Path,
+    mqtt_broker: MqttBroker,
+    campus: dict[str, Any],
 ) -> None:
     device_ids = [d["id"] for d in campus["devices"]]
     cfg = agent_config(tmp_path, mqtt_broker, campus)
@@ -128,9 +176,10 @@ def test_campus_to_platform_follows_the_contract(
     tracker = SeqTracker()
     epochs = set()
     for m in messages:
-        kind = m.topic[len(ROOT) + 1:].split("/")[0]
+        kind = m.topic[len(ROOT) + 1 :].split("/")[0]
         if kind == "telemetry":
-            assert m.qos == 1 and not m.retain
+            assert m.qos == 1
+            assert not m.retain
             msg = check_envelope(m.payload, "telemetry", device=m.topic.rsplit("/", 1)[1])
             tracker.add(msg)
             epochs.add(msg["epoch"])
@@ -138,12 +187,15 @@ def test_campus_to_platform_follows_the_contract(
             assert m.qos == 1
             body = _json(m)
             if m.topic.endswith("/meta"):
-                assert body["kind"] == "modbus" and body["model"] and body["metrics"]
+                assert body["kind"] == "modbus"
+                assert body["model"]
+                assert body["metrics"]
                 for info in body["metrics"].values():
                     assert {"unit", "description"} <= info.keys()
             else:
                 assert body["state"] in ("online", "offline", "degraded")
-                assert body["since"].endswith("Z") and "last_error" in body
+                assert body["since"].endswith("Z")
+                assert "last_error" in body
     assert len(epochs) == 1
     (epoch,) = epochs
     assert tracker.holes(epoch) == [], "seq has holes within one epoch"
@@ -151,13 +203,16 @@ def test_campus_to_platform_follows_the_contract(
     assert tracker.duplicates == 0
 
     statuses = [_json(m) for m in messages if m.topic == f"{ROOT}/status"]
-    assert statuses[0]["state"] == "online" and statuses[0]["epoch"] == epoch
+    assert statuses[0]["state"] == "online"
+    assert statuses[0]["epoch"] == epoch
     assert statuses[0]["devices"] == len(device_ids)
     assert statuses[-1] == {**statuses[-1], "state": "offline", "reason": "shutdown"}
 
     # Retained topics: a platform that subscribes later still learns the site.
-    with mqtt_subscriber(mqtt_broker, [f"{ROOT}/status", f"{ROOT}/devices/+/meta",
-                                       f"{ROOT}/devices/+/state", f"{ROOT}/health"]) as late:
+    with mqtt_subscriber(
+        mqtt_broker,
+        [f"{ROOT}/status", f"{ROOT}/devices/+/meta", f"{ROOT}/devices/+/state", f"{ROOT}/health"],
+    ) as late:
         got = late.wait_for_count(2 + 2 * len(device_ids), lambda m: m.retain, 10)
         topics = {m.topic for m in got}
         assert {f"{ROOT}/devices/{d}/meta" for d in device_ids} <= topics
@@ -165,7 +220,9 @@ def test_campus_to_platform_follows_the_contract(
 
 
 def test_killed_agent_is_reported_lost_and_resumes_its_seq(
-    tmp_path: Path, mqtt_broker: MqttBroker, campus: dict[str, Any],
+    tmp_path: Path,
+    mqtt_broker: MqttBroker,
+    campus: dict[str, Any],
 ) -> None:
     cfg = agent_config(tmp_path, mqtt_broker, campus)
     with mqtt_subscriber(mqtt_broker, [f"{ROOT}/status", f"{ROOT}/telemetry/#"]) as sub:
@@ -175,10 +232,12 @@ def test_killed_agent_is_reported_lost_and_resumes_its_seq(
         agent.wait(10)
         # the kernel closes the socket at once, so the broker sends the will at once
         lost = sub.wait_for(
-            lambda m: m.topic.endswith("/status") and _json(m).get("reason") == "lost", 10)
+            lambda m: m.topic.endswith("/status") and _json(m).get("reason") == "lost", 10
+        )
         assert _json(lost) == {"state": "offline", "reason": "lost"}
-        before = [check_envelope(m.payload, "telemetry") for m in sub.messages
-                  if "/telemetry/" in m.topic]
+        before = [
+            check_envelope(m.payload, "telemetry") for m in sub.messages if "/telemetry/" in m.topic
+        ]
         sub.clear()
 
         agent = start_agent(cfg)  # same outbox: same epoch, seq goes on
@@ -187,8 +246,9 @@ def test_killed_agent_is_reported_lost_and_resumes_its_seq(
         finally:
             agent.send_signal(signal.SIGTERM)
             agent.wait(30)
-        after = [check_envelope(m.payload, "telemetry") for m in sub.messages
-                 if "/telemetry/" in m.topic]
+        after = [
+            check_envelope(m.payload, "telemetry") for m in sub.messages if "/telemetry/" in m.topic
+        ]
     assert {m["epoch"] for m in before} == {m["epoch"] for m in after}
     assert min(m["seq"] for m in after) > 0
     # whatever was committed but not acknowledged before the kill is sent again

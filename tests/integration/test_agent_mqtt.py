@@ -27,25 +27,47 @@ pytestmark = pytest.mark.integration
 ROOT = "campus/test-school/gw1"
 
 
-def write_config(tmp_path: Path, broker: MqttBroker, sim: CampusSim,
-                 publish: dict[str, Any] | None = None) -> Path:
+def write_config(
+    tmp_path: Path, broker: MqttBroker, sim: CampusSim, publish: dict[str, Any] | None = None
+) -> Path:
     layout = sim.layout
     buses = []
     ids = {}
     for i, srv in enumerate(layout["servers"]):
         ids[(srv["host"], srv["port"])] = f"sim{i}"
-        buses.append({"id": f"sim{i}", "type": "tcp", "host": srv["host"], "port": srv["port"],
-                      "framer": srv["framer"]})
+        buses.append(
+            {
+                "id": f"sim{i}",
+                "type": "tcp",
+                "host": srv["host"],
+                "port": srv["port"],
+                "framer": srv["framer"],
+            }
+        )
     devices = [
-        {"id": d["id"], "kind": "modbus", "profile": d["profile"],
-         "bus": ids[(d["host"], d["port"])], "unit": d["unit"], "interval_s": 0.5,
-         "timeout_s": 0.2, "retries": 0, "offline_after": 2, "location": d["location"]}
+        {
+            "id": d["id"],
+            "kind": "modbus",
+            "profile": d["profile"],
+            "bus": ids[(d["host"], d["port"])],
+            "unit": d["unit"],
+            "interval_s": 0.5,
+            "timeout_s": 0.2,
+            "retries": 0,
+            "offline_after": 2,
+            "location": d["location"],
+        }
         for d in layout["devices"]
     ]
     cfg = {
         "site": {"id": "test-school", "gateway_id": "gw1", "language": "en"},
-        "mqtt": {"host": broker.host, "port": broker.port, "protocol": broker.protocol,
-                 "health_interval_s": 1, "reconnect_max_s": 1},
+        "mqtt": {
+            "host": broker.host,
+            "port": broker.port,
+            "protocol": broker.protocol,
+            "health_interval_s": 1,
+            "reconnect_max_s": 1,
+        },
         "publish": publish or {},
         "outbox": {"path": str(tmp_path / "outbox.db"), "commit_interval_ms": 50},
         "buses": buses,
@@ -73,7 +95,9 @@ class Running:
 
 
 @pytest.fixture
-async def running(tmp_path: Path, mqtt_broker: MqttBroker, sim: CampusSim) -> AsyncIterator[Running]:
+async def running(
+    tmp_path: Path, mqtt_broker: MqttBroker, sim: CampusSim
+) -> AsyncIterator[Running]:
     cfg_path = write_config(tmp_path, mqtt_broker, sim)
     agent = Agent(load_config(cfg_path), cfg_path)
     task = asyncio.create_task(agent.run())
@@ -93,26 +117,33 @@ def on(topic: str) -> Any:
 
 
 async def test_platform_sees_status_meta_state_and_gapless_telemetry(
-    mqtt_broker: MqttBroker, sim: CampusSim, running: Running,
+    mqtt_broker: MqttBroker,
+    sim: CampusSim,
+    running: Running,
 ) -> None:
     with mqtt_subscriber(mqtt_broker, f"{ROOT}/#") as sub:
         devices = sim.device_ids
         await wait(sub, 3 * len(devices), lambda m: "/telemetry/" in m.topic)
         status = (await wait(sub, 1, on(f"{ROOT}/status")))[0]
         st = json.loads(status.payload)
-        assert st["state"] == "online" and st["devices"] == len(devices)
-        assert st["epoch"] == running.agent.outbox.epoch and st["agent_version"]
+        assert st["state"] == "online"
+        assert st["devices"] == len(devices)
+        assert st["epoch"] == running.agent.outbox.epoch
+        assert st["agent_version"]
         for dev in devices:
             meta = json.loads((await wait(sub, 1, on(f"{ROOT}/devices/{dev}/meta")))[0].payload)
-            assert meta["kind"] == "modbus" and meta["location"]["building"]
+            assert meta["kind"] == "modbus"
+            assert meta["location"]["building"]
             assert all("unit" in m and "description" in m for m in meta["metrics"].values())
             state = json.loads((await wait(sub, 1, on(f"{ROOT}/devices/{dev}/state")))[0].payload)
-            assert state["state"] == "online" and state["last_error"] is None
+            assert state["state"] == "online"
+            assert state["last_error"] is None
 
         tracker = SeqTracker()
         for m in sub.messages:
             if "/telemetry/" in m.topic:
-                assert not m.retain and m.qos == 1
+                assert not m.retain
+                assert m.qos == 1
                 msg = check_envelope(m.payload, "telemetry", device=m.topic.rsplit("/", 1)[1])
                 assert msg["historical"] is False
                 tracker.add(msg)
@@ -138,7 +169,9 @@ async def test_platform_sees_status_meta_state_and_gapless_telemetry(
 
 
 async def test_dead_device_goes_offline_and_comes_back(
-    mqtt_broker: MqttBroker, sim: CampusSim, running: Running,
+    mqtt_broker: MqttBroker,
+    sim: CampusSim,
+    running: Running,
 ) -> None:
     dev = next(d for d in sim.device_ids if d.startswith("meter"))
     topic = f"{ROOT}/devices/{dev}/state"
@@ -146,8 +179,10 @@ async def test_dead_device_goes_offline_and_comes_back(
         await wait(sub, 1, lambda m: json.loads(m.payload)["state"] == "online")
         sim.set_fault(dev, "no_answer")
         off = await wait(sub, 1, lambda m: json.loads(m.payload)["state"] == "offline")
-        assert "0.2" in json.loads(off[0].payload)["last_error"] or json.loads(
-            off[0].payload)["last_error"]
+        assert (
+            "0.2" in json.loads(off[0].payload)["last_error"]
+            or json.loads(off[0].payload)["last_error"]
+        )
         sim.clear_fault(dev)
         # backoff after offline starts at 1 s: it is back within a few seconds
         sub.clear()
@@ -158,27 +193,43 @@ async def test_dead_device_goes_offline_and_comes_back(
 
 
 async def test_exception_response_and_out_of_range_are_reported(
-    mqtt_broker: MqttBroker, sim: CampusSim, running: Running,
+    mqtt_broker: MqttBroker,
+    sim: CampusSim,
+    running: Running,
 ) -> None:
     air = next(d for d in sim.device_ids if d.endswith("-air"))
-    with mqtt_subscriber(mqtt_broker, [f"{ROOT}/devices/{air}/state",
-                                       f"{ROOT}/telemetry/{air}"]) as sub:
+    with mqtt_subscriber(
+        mqtt_broker, [f"{ROOT}/devices/{air}/state", f"{ROOT}/telemetry/{air}"]
+    ) as sub:
         await wait(sub, 1, lambda m: "/telemetry/" in m.topic)
         sim.set_fault(air, "out_of_range", metric="co2", value=9000)
-        m = await wait(sub, 1, lambda m: "/telemetry/" in m.topic
-                       and json.loads(m.payload)["quality"] == "uncertain")
+        m = await wait(
+            sub,
+            1,
+            lambda m: "/telemetry/" in m.topic and json.loads(m.payload)["quality"] == "uncertain",
+        )
         assert json.loads(m[0].payload)["data"]["co2"] == 9000
-        state = await wait(sub, 1, lambda m: m.topic.endswith("/state")
-                           and json.loads(m.payload)["state"] == "degraded")
+        state = await wait(
+            sub,
+            1,
+            lambda m: m.topic.endswith("/state") and json.loads(m.payload)["state"] == "degraded",
+        )
         assert "co2" in json.loads(state[0].payload)["last_error"]
         sim.set_fault(air, "exception", code=4)
-        state = await wait(sub, 1, lambda m: m.topic.endswith("/state")
-                           and "exception" in (json.loads(m.payload)["last_error"] or "").lower())
+        state = await wait(
+            sub,
+            1,
+            lambda m: (
+                m.topic.endswith("/state")
+                and "exception" in (json.loads(m.payload)["last_error"] or "").lower()
+            ),
+        )
         sim.clear_fault(air)
 
 
-async def cmd(broker: MqttBroker, sub: Any, command: str, payload: bytes | str,
-              request_id: str) -> dict[str, Any]:
+async def cmd(
+    broker: MqttBroker, sub: Any, command: str, payload: bytes | str, request_id: str
+) -> dict[str, Any]:
     publish(broker, f"{ROOT}/cmd/{command}", payload)
     got = await wait(sub, 1, on(f"{ROOT}/cmd_result/{request_id}"))
     result: dict[str, Any] = json.loads(got[0].payload)
@@ -186,53 +237,97 @@ async def cmd(broker: MqttBroker, sub: Any, command: str, payload: bytes | str,
 
 
 async def test_commands_answer_and_bad_ones_change_nothing(
-    mqtt_broker: MqttBroker, sim: CampusSim, running: Running,
+    mqtt_broker: MqttBroker,
+    sim: CampusSim,
+    running: Running,
 ) -> None:
     air = next(d for d in sim.device_ids if d.endswith("-air"))
     with mqtt_subscriber(mqtt_broker, f"{ROOT}/#") as sub:
         await wait(sub, 1, lambda m: "/telemetry/" in m.topic)
         ping = await cmd(mqtt_broker, sub, "agent.ping", '{"request_id": "p1"}', "p1")
-        assert ping["ok"] is True and ping["result"]["pong"] is True
+        assert ping["ok"] is True
+        assert ping["result"]["pong"] is True
 
         bad = await cmd(mqtt_broker, sub, "agent.ping", b"{not json", "invalid")
-        assert bad["ok"] is False and "JSON" in bad["error"]
+        assert bad["ok"] is False
+        assert "JSON" in bad["error"]
         assert bad["request_id"] is None
 
         unknown = await cmd(mqtt_broker, sub, "agent.reboot", '{"request_id": "u1"}', "u1")
-        assert unknown["ok"] is False and "unknown command" in unknown["error"]
+        assert unknown["ok"] is False
+        assert "unknown command" in unknown["error"]
 
         big = json.dumps({"request_id": "big1", "pad": "x" * 70000})
         over = await cmd(mqtt_broker, sub, "agent.ping", big, "big1")
-        assert over["ok"] is False and "64 KiB" in over["error"]
+        assert over["ok"] is False
+        assert "64 KiB" in over["error"]
 
-        missing = await cmd(mqtt_broker, sub, "device.write",
-                            json.dumps({"request_id": "w0", "device": air, "point": "co2"}), "w0")
-        assert missing["ok"] is False and "value" in missing["error"]
+        missing = await cmd(
+            mqtt_broker,
+            sub,
+            "device.write",
+            json.dumps({"request_id": "w0", "device": air, "point": "co2"}),
+            "w0",
+        )
+        assert missing["ok"] is False
+        assert "value" in missing["error"]
 
-        nowhere = await cmd(mqtt_broker, sub, "device.write", json.dumps(
-            {"request_id": "w1", "device": "no-such", "point": "x", "value": 1}), "w1")
-        assert nowhere["ok"] is False and "unknown device" in nowhere["error"]
+        nowhere = await cmd(
+            mqtt_broker,
+            sub,
+            "device.write",
+            json.dumps({"request_id": "w1", "device": "no-such", "point": "x", "value": 1}),
+            "w1",
+        )
+        assert nowhere["ok"] is False
+        assert "unknown device" in nowhere["error"]
 
-        readonly = await cmd(mqtt_broker, sub, "device.write", json.dumps(
-            {"request_id": "w2", "device": air, "point": "co2", "value": 500}), "w2")
-        assert readonly["ok"] is False and "read-only" in readonly["error"]
+        readonly = await cmd(
+            mqtt_broker,
+            sub,
+            "device.write",
+            json.dumps({"request_id": "w2", "device": air, "point": "co2", "value": 500}),
+            "w2",
+        )
+        assert readonly["ok"] is False
+        assert "read-only" in readonly["error"]
         assert sim.truth(air)["co2"] != 500
 
-        out_of_range = await cmd(mqtt_broker, sub, "device.write", json.dumps(
-            {"request_id": "w3", "device": air, "point": "modbus_address", "value": 999}), "w3")
+        out_of_range = await cmd(
+            mqtt_broker,
+            sub,
+            "device.write",
+            json.dumps(
+                {"request_id": "w3", "device": air, "point": "modbus_address", "value": 999}
+            ),
+            "w3",
+        )
         assert out_of_range["ok"] is False
 
-        ok = await cmd(mqtt_broker, sub, "device.write", json.dumps(
-            {"request_id": "w4", "device": air, "point": "modbus_address", "value": 17}), "w4")
+        ok = await cmd(
+            mqtt_broker,
+            sub,
+            "device.write",
+            json.dumps({"request_id": "w4", "device": air, "point": "modbus_address", "value": 17}),
+            "w4",
+        )
         assert ok["ok"] is True, ok
 
-        ack = await cmd(mqtt_broker, sub, "alarm.ack", json.dumps(
-            {"request_id": "a1", "alarm_id": "nope", "by": "guard"}), "a1")
-        assert ack["ok"] is False and "nope" in ack["error"]
+        ack = await cmd(
+            mqtt_broker,
+            sub,
+            "alarm.ack",
+            json.dumps({"request_id": "a1", "alarm_id": "nope", "by": "guard"}),
+            "a1",
+        )
+        assert ack["ok"] is False
+        assert "nope" in ack["error"]
 
 
 async def test_broker_outage_backlog_is_delivered_marked_historical(
-    tmp_path: Path, fresh_mqtt_broker: MqttBroker, sim: CampusSim,
+    tmp_path: Path,
+    fresh_mqtt_broker: MqttBroker,
+    sim: CampusSim,
 ) -> None:
     broker = fresh_mqtt_broker
     # A slow drain, so that the backlog is still going out when our subscriber is back.
@@ -252,7 +347,8 @@ async def test_broker_outage_backlog_is_delivered_marked_historical(
             # everything committed during the outage arrives, flagged historical,
             # while live messages already flow (the backlog drains at 10/s)
             await asyncio.to_thread(
-                sub.wait_for, lambda m: json.loads(m.payload)["seq"] == backlog_top, 15)
+                sub.wait_for, lambda m: json.loads(m.payload)["seq"] == backlog_top, 15
+            )
             msgs = [check_envelope(m.payload, "telemetry") for m in sub.messages]
         by_seq = {m["seq"]: m for m in msgs}
         hist = sorted(s for s, m in by_seq.items() if m["historical"])

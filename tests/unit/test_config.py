@@ -27,7 +27,8 @@ def _subset(expected: Any, actual: Any, path: str = "") -> None:
             assert key in actual, f"{path}.{key} missing"
             _subset(value, actual[key], f"{path}.{key}")
     elif isinstance(expected, list):
-        assert isinstance(actual, list) and len(actual) == len(expected), f"{path}: {actual!r}"
+        assert isinstance(actual, list), f"{path}: expected a list, got {actual!r}"
+        assert len(actual) == len(expected), f"{path}: {actual!r}"
         for i, (e, a) in enumerate(zip(expected, actual, strict=True)):
             _subset(e, a, f"{path}[{i}]")
     else:
@@ -50,12 +51,15 @@ def test_config_case(case: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         _subset(expected, cfg.model_dump(mode="json"))
 
 
-EXAMPLES = sorted((ROOT / "config").glob("*.yaml")) + sorted((ROOT / "drivers").glob("*/sample.yaml"))
+EXAMPLES = sorted((ROOT / "config").glob("*.yaml")) + sorted(
+    (ROOT / "drivers").glob("*/sample.yaml")
+)
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
-def test_every_example_config_loads(path: Path, tmp_path: Path,
-                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_every_example_config_loads(
+    path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Examples refer to credentials that only exist on a gateway; give them here.
     for name in ("mqtt-password", "mqtt-key-password", "pseudonym-secret"):
         (tmp_path / name).write_text("test-secret\n")
@@ -74,8 +78,11 @@ def test_example_school_is_a_whole_school() -> None:
     notes: list[str] = []
     cfg = load_config(ROOT / "config" / "example-school.yaml", notes=notes)
     devices = cfg.devices  # type: ignore[attr-defined]
-    rooms = {(d.location.building, d.location.room) for d in devices
-             if d.location and d.profile == "air7in1"}
+    rooms = {
+        (d.location.building, d.location.room)
+        for d in devices
+        if d.location and d.profile == "air7in1"
+    }
     assert len(rooms) >= 30
     assert {d.profile for d in devices} >= {"air7in1", "lux_noise", "sdm630", "adl400"}
     assert len({d.location.building for d in devices if d.location}) >= 3

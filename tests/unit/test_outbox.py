@@ -14,8 +14,15 @@ from edge_agent.outbox import Outbox, Row
 
 def put_telemetry(ob: Outbox, n: int, device: str = "b1-r101-air") -> None:
     for i in range(n):
-        ob.put(Lane.TELEMETRY, f"campus/s/g/telemetry/{device}", device=device, kind="telemetry",
-               ts=1_790_000_000.0 + i, data={"co2": 400 + i}, quality="good")
+        ob.put(
+            Lane.TELEMETRY,
+            f"campus/s/g/telemetry/{device}",
+            device=device,
+            kind="telemetry",
+            ts=1_790_000_000.0 + i,
+            data={"co2": 400 + i},
+            quality="good",
+        )
 
 
 async def test_seq_is_gapless_and_survives_restart(tmp_path: Path) -> None:
@@ -57,13 +64,21 @@ async def test_envelope_fields_follow_the_contract(tmp_path: Path) -> None:
     (row,) = await ob.flush()
     msg = json.loads(row.payload)
     assert msg == {
-        "v": 1, "msg_id": msg["msg_id"], "epoch": ob.epoch, "seq": 1,
-        "ts": "2026-09-21T14:13:20.000Z", "device": "b1-r101-air", "kind": "telemetry",
-        "historical": False, "data": {"co2": 400}, "quality": "good",
+        "v": 1,
+        "msg_id": msg["msg_id"],
+        "epoch": ob.epoch,
+        "seq": 1,
+        "ts": "2026-09-21T14:13:20.000Z",
+        "device": "b1-r101-air",
+        "kind": "telemetry",
+        "historical": False,
+        "data": {"co2": 400},
+        "quality": "good",
     }
     assert re.fullmatch(r"[0-9A-HJKMNP-TV-Z]{26}", msg["msg_id"])
     hist = json.loads(mark_historical(row.payload))
-    assert hist["historical"] is True and hist["data"] == msg["data"]
+    assert hist["historical"] is True
+    assert hist["data"] == msg["data"]
     await ob.close()
 
 
@@ -72,8 +87,14 @@ async def test_unacked_rows_are_there_after_restart(tmp_path: Path) -> None:
     ob = Outbox(path)
     await ob.open()
     put_telemetry(ob, 3)
-    ob.put(Lane.ALARM, "campus/s/g/alarms", device="b1-r101-air", kind="alarm", ts=1.0,
-           data={"alarm_id": "a1"})
+    ob.put(
+        Lane.ALARM,
+        "campus/s/g/alarms",
+        device="b1-r101-air",
+        kind="alarm",
+        ts=1.0,
+        data={"alarm_id": "a1"},
+    )
     committed = await ob.flush()
     ob.ack([committed[0].seq])
     await ob.close()  # close commits the pending ack
@@ -107,8 +128,15 @@ async def test_cap_evicts_oldest_telemetry_first_and_counts(tmp_path: Path) -> N
     ob.put(Lane.ALARM, "campus/s/g/alarms", device="d", kind="alarm", ts=1.0, data={"x": 1})
     big = "x" * 900
     for i in range(3000):
-        ob.put(Lane.TELEMETRY, "campus/s/g/telemetry/d", device="d", kind="telemetry",
-               ts=float(i), data={"blob": big, "i": i}, quality="good")
+        ob.put(
+            Lane.TELEMETRY,
+            "campus/s/g/telemetry/d",
+            device="d",
+            kind="telemetry",
+            ts=float(i),
+            data={"blob": big, "i": i},
+            quality="good",
+        )
     await ob.flush()  # a commit checks the cap
     evicted = ob.dropped["telemetry"]
     assert evicted > 0
@@ -139,7 +167,8 @@ async def test_unencodable_data_does_not_poison_the_batch(tmp_path: Path) -> Non
     rows = await ob.flush()
     assert [r.seq for r in rows] == [1, 2, 3]
     bad = json.loads(rows[1].payload)
-    assert bad["quality"] == "bad" and "error" in bad["data"]
+    assert bad["quality"] == "bad"
+    assert "error" in bad["data"]
     await ob.close()
 
 
