@@ -17,10 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, registry
+from .alarms import AlarmBook
 from .commands import (
     INVALID_REQUEST_TOPIC,
     CommandRouter,
-    alarm_handler,
+    alarm_ack_handler,
+    alarm_shelve_handler,
     ping_handler,
     snapshot_handler,
     write_handler,
@@ -129,6 +131,9 @@ class Agent:
         self.drivers: dict[str, Any] = {}
         self.loops: dict[str, PollLoop] = {}
         self.router = CommandRouter(self._reply)
+        self.alarms = AlarmBook(
+            self.root, self.outbox.put, self.publisher.set_retained, cfg.site.language
+        )
         self._stop = asyncio.Event()
         self._last_flush_ok = time.monotonic()
         self._started = time.monotonic()
@@ -169,8 +174,8 @@ class Agent:
             ),
         )
         r.register("device.write", write_handler(self.drivers.get))
-        r.register("alarm.ack", alarm_handler("alarm.ack"))
-        r.register("alarm.shelve", alarm_handler("alarm.shelve"))
+        r.register("alarm.ack", alarm_ack_handler(self.alarms.ack))
+        r.register("alarm.shelve", alarm_shelve_handler(self.alarms.shelve))
         r.register("camera.snapshot", snapshot_handler(self.drivers.get))
         self.publisher.set_command_handler(r.handle)
 
@@ -220,6 +225,22 @@ class Agent:
             except (NotImplementedError, RuntimeError, ValueError):
                 pass  # not the main thread (tests) or not supported
         await self.outbox.open()
+        gw = self.cfg.site.gateway_id
+        if self.outbox.recovered_from is not None:
+            moved, why = self.outbox.recovered_from
+            # A one-off condition: raised and cleared at once, so it stays visible
+            # (cleared_unacked) until someone acknowledges it.
+            self.alarms.raise_(
+                "outbox_corrupt",
+                gw,
+                "critical",
+                value=moved,
+                en=f"Outbox database was unusable ({why}); moved to {moved}, new epoch "
+                f"{self.outbox.epoch}. Unsent data may be in the moved file.",
+                zh=f"本地缓存数据库损坏（{why}），已移至 {moved} 并启用新 epoch "
+                f"{self.outbox.epoch}；未发送的数据可能仍在旧文件中。",
+            )
+            self.alarms.clear("outbox_corrupt", gw)
         try:
             for dev_id, driver in self.drivers.items():
                 self.publisher.set_retained(
@@ -278,11 +299,25 @@ class Agent:
 
     async def _run_outbox(self) -> None:
         failing = False
+        gw = self.cfg.site.gateway_id
         while True:
             try:
-                await asyncio.sleep(self.outbox.commit_interval_s)
+                await self.outbox.wait_for_work()
                 await self.outbox.flush()
                 self._last_flush_ok = time.monotonic()
+                self.alarms.tick()
+                if self.outbox.mode == "memory":
+                    self.alarms.raise_(
+                        "outbox_disk_full",
+                        gw,
+                        "major",
+                        value=self.outbox.disk_error,
+                        en="Outbox cannot be written (disk full): data is held in memory "
+                        "and is lost if the gateway restarts.",
+                        zh="本地缓存无法写入（磁盘已满）：数据暂存内存，网关重启将丢失。",
+                    )
+                else:
+                    self.alarms.clear("outbox_disk_full", gw)
                 if failing:
                     log.info("outbox commits work again")
                     failing = False
@@ -343,7 +378,18 @@ class Agent:
         return {
             "ts": iso_ms(time.time()),
             "uptime_s": round(time.monotonic() - self._started, 1),
-            "outbox": {k: out[k] for k in ("depth", "bytes", "oldest_age_s", "epoch", "next_seq")},
+            "outbox": {
+                k: out[k]
+                for k in (
+                    "depth",
+                    "bytes",
+                    "oldest_age_s",
+                    "epoch",
+                    "next_seq",
+                    "mode",
+                    "disk_error",
+                )
+            },
             "dropped": out["dropped"],
             "publish": {
                 "rate_per_s": self.publisher.stats.rate(),

@@ -148,15 +148,22 @@ def write_handler(lookup: Callable[[str], Any]) -> Handler:
     return handle
 
 
-def alarm_handler(name: str) -> Handler:
-    """``alarm.ack`` / ``alarm.shelve`` until an alarm engine is configured: every id is unknown."""
+def alarm_ack_handler(ack: Callable[[str, str], dict[str, Any]]) -> Handler:
+    """``alarm.ack {alarm_id, by}``."""
+
+    async def handle(args: dict[str, Any]) -> dict[str, Any]:
+        return ack(_field(args, "alarm_id", str), _field(args, "by", str))
+
+    return handle
+
+
+def alarm_shelve_handler(shelve: Callable[[str, str, float], dict[str, Any]]) -> Handler:
+    """``alarm.shelve {alarm_id, by, minutes}``."""
 
     async def handle(args: dict[str, Any]) -> dict[str, Any]:
         alarm_id = _field(args, "alarm_id", str)
-        _field(args, "by", str)
-        if name == "alarm.shelve":
-            _field(args, "minutes", (int, float))
-        raise CommandError(f"no active alarm {alarm_id!r}")
+        by = _field(args, "by", str)
+        return shelve(alarm_id, by, float(_field(args, "minutes", (int, float))))
 
     return handle
 

@@ -69,6 +69,12 @@ class _Pending:
     type_: str | None
 
 
+def _is_disk_full(err: sqlite3.Error) -> bool:
+    """SQLITE_FULL (and I/O errors from ENOSPC underneath)."""
+    code = getattr(err, "sqlite_errorcode", None)
+    return code == sqlite3.SQLITE_FULL or "full" in str(err).lower()
+
+
 def _dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
@@ -83,6 +89,7 @@ class Outbox:
         max_bytes: int = 512 * 1024 * 1024,
         commit_interval_s: float = 0.5,
         commit_max_batch: int = 2000,
+        memory_max: int = 50_000,
     ) -> None:
         self.path = Path(path)
         self.max_bytes = max_bytes
@@ -97,52 +104,161 @@ class Outbox:
         self._urgent = False
         self._listeners: list[Callable[[list[Row]], None]] = []
         self._deleted_listeners: list[Callable[[list[int]], None]] = []
-        self.dropped: dict[str, int] = {name: 0 for name in LANE_NAMES.values()}
+        #: evictions by lane, plus ``lost_in_memory`` (died while the disk was full)
+        self.dropped: dict[str, int] = dict.fromkeys([*LANE_NAMES.values(), "lost_in_memory"], 0)
         self.committed_total = 0
         self._page_size = 4096
         self._size_check_due = 0.0
         self._closed = False
+        self.memory_max = memory_max
+        self._mem: list[Row] = []
+        self.disk_error: str | None = None
+        self.recovered_from: tuple[str, str] | None = None
 
     # -- lifecycle -------------------------------------------------------
     async def open(self) -> None:
-        """Open or create the database; a new database gets a new epoch."""
+        """Open or create the database; a new database gets a new epoch.
+
+        A database that cannot be opened or fails ``PRAGMA quick_check`` is moved
+        aside (never deleted: it may still hold data worth recovering by hand) and a
+        new one, with a new epoch, takes its place. ``recovered_from`` then names
+        the moved file and the reason, and the agent raises an alarm.
+        """
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            db = await aiosqlite.connect(self.path, isolation_level=None)
-        except sqlite3.Error as err:
+            await self._open_db(check=True)
+        except sqlite3.DatabaseError as err:
+            await self._close_quietly()
+            moved = self._move_aside()
+            self.recovered_from = (str(moved), str(err))
+            log.error(
+                "outbox %s is unusable (%s): moved to %s, starting a new epoch",
+                self.path,
+                err,
+                moved,
+            )
+            try:
+                await self._open_db(check=False)
+            except sqlite3.Error as err2:
+                await self._close_quietly()
+                raise OutboxError(f"cannot create a new outbox {self.path}: {err2}") from err2
+        except OSError as err:
+            await self._close_quietly()
             raise OutboxError(f"cannot open outbox {self.path}: {err}") from err
+
+    async def _open_db(self, *, check: bool) -> None:
+        db = await aiosqlite.connect(self.path, isolation_level=None)
         self._db = db
-        try:
-            await db.execute("PRAGMA journal_mode=WAL")
-            # NORMAL in WAL mode survives a process crash; a power cut may lose the
-            # last group commit of telemetry. Alarms switch to FULL per commit.
-            await db.execute("PRAGMA synchronous=NORMAL")
-            await db.execute("PRAGMA busy_timeout=5000")
-            await db.executescript(SCHEMA)
-            meta = dict(await db.execute_fetchall("SELECT key, value FROM meta"))  # type: ignore[arg-type]
-            if "epoch" not in meta:
-                meta["epoch"] = secrets.token_hex(8)
-                meta["next_seq"] = "1"
-                await db.execute("BEGIN IMMEDIATE")
-                await db.executemany(
-                    "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
-                    [("epoch", meta["epoch"]), ("next_seq", "1"), ("created", str(time.time()))],
-                )
-                await db.execute("COMMIT")
-                log.info("outbox %s created, epoch %s", self.path, meta["epoch"])
-            self.epoch = meta["epoch"]
-            row = await (await db.execute("SELECT MAX(seq) FROM outbox")).fetchone()
-            max_seq = row[0] if row and row[0] is not None else 0
-            self._next_seq = max(int(meta.get("next_seq", "1")), max_seq + 1)
-            for name in self.dropped:
-                self.dropped[name] = int(meta.get(f"dropped_{name}", "0"))
-            self._page_size = (await (await db.execute("PRAGMA page_size")).fetchone() or (4096,))[
-                0
-            ]
-        except sqlite3.Error as err:
-            await db.close()
+        await db.execute("PRAGMA busy_timeout=5000")
+        if check:
+            # quick_check reads every page (O(N)) but skips the index cross-checks of
+            # integrity_check, which take minutes on a large outbox on an SD card.
+            result = await db.execute_fetchall("PRAGMA quick_check")
+            verdict = [r[0] for r in result]
+            if verdict != ["ok"]:
+                raise sqlite3.DatabaseError("quick_check: " + "; ".join(map(str, verdict[:3])))
+        await db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode survives a process crash; a power cut may lose the
+        # last group commit of telemetry. Alarms switch to FULL per commit.
+        await db.execute("PRAGMA synchronous=NORMAL")
+        await db.executescript(SCHEMA)
+        meta = dict(await db.execute_fetchall("SELECT key, value FROM meta"))  # type: ignore[arg-type]
+        if "epoch" not in meta:
+            meta["epoch"] = secrets.token_hex(8)
+            meta["next_seq"] = "1"
+            await db.execute("BEGIN IMMEDIATE")
+            await db.executemany(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                [("epoch", meta["epoch"]), ("next_seq", "1"), ("created", str(time.time()))],
+            )
+            await db.execute("COMMIT")
+            log.info("outbox %s created, epoch %s", self.path, meta["epoch"])
+        self.epoch = meta["epoch"]
+        row = await (await db.execute("SELECT MAX(seq) FROM outbox")).fetchone()
+        max_seq = row[0] if row and row[0] is not None else 0
+        self._next_seq = max(int(meta.get("next_seq", "1")), max_seq + 1)
+        for name in self.dropped:
+            self.dropped[name] = int(meta.get(f"dropped_{name}", "0"))
+        guard = self._read_seq_guard(meta["epoch"])
+        if guard > self._next_seq:
+            # The agent died while the disk was full: messages it had numbered in
+            # memory are gone. Never reuse their seq; count them as lost.
+            lost = guard - self._next_seq
+            self.dropped["lost_in_memory"] = int(meta.get("dropped_lost_in_memory", "0")) + lost
+            log.error("%d messages held in memory while the disk was full were lost", lost)
+            self._next_seq = guard
+            await self._save_meta(
+                {
+                    "next_seq": str(guard),
+                    "dropped_lost_in_memory": str(self.dropped["lost_in_memory"]),
+                }
+            )
+        self._page_size = (await (await db.execute("PRAGMA page_size")).fetchone() or (4096,))[0]
+        self._write_seq_guard(self._next_seq)  # allocate its blocks while there is space
+
+    async def _save_meta(self, values: dict[str, str]) -> None:
+        db = self.db
+        await db.execute("BEGIN IMMEDIATE")
+        await db.executemany(
+            "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", list(values.items())
+        )
+        await db.execute("COMMIT")
+
+    async def _close_quietly(self) -> None:
+        if self._db is not None:
+            try:
+                await self._db.close()
+            except sqlite3.Error:
+                pass
             self._db = None
-            raise OutboxError(f"cannot initialise outbox {self.path}: {err}") from err
+
+    def _move_aside(self) -> Path:
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        n = 1
+        while target.exists():
+            target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{n}")
+            n += 1
+        # The WAL and shared-memory files belong to that database: they move with it.
+        for suffix in ("-wal", "-shm"):
+            side = self.path.with_name(self.path.name + suffix)
+            if side.exists():
+                side.rename(target.with_name(target.name + suffix))
+        if self.path.exists():
+            self.path.rename(target)
+        return target
+
+    # -- the seq guard: the only write that needs no free space ------------
+    @property
+    def _guard_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".seq")
+
+    def _read_seq_guard(self, epoch: str) -> int:
+        try:
+            text = self._guard_path.read_text().split()
+        except (OSError, UnicodeDecodeError):
+            return 0
+        if len(text) == 2 and text[0] == epoch and text[1].isdigit():
+            return int(text[1])
+        return 0
+
+    def _write_seq_guard(self, next_seq: int) -> None:
+        """Record the next seq while commits fail for lack of space.
+
+        The file is created (and its blocks allocated) at a time when there is
+        space; overwriting it in place needs none, so a restart after a crash in
+        memory mode never hands out a seq that was already published.
+        """
+        line = f"{self.epoch} {next_seq:020d}\n".encode()
+        try:
+            fd = os.open(self._guard_path, os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                os.pwrite(fd, line.ljust(64), 0)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as err:
+            log.debug("cannot write the seq guard: %s", err)
 
     async def close(self) -> None:
         """Commit what is pending and close."""
@@ -203,27 +319,80 @@ class Outbox:
     def pending_count(self) -> int:
         return len(self._pending)
 
-    async def run(self) -> None:
-        """Group-commit loop; runs until cancelled (then commits what is pending)."""
+    async def wait_for_work(self) -> None:
+        """Sleep until the next group commit is due: the interval, a full batch or an alarm."""
         try:
-            while True:
-                try:
-                    await asyncio.wait_for(self._wake.wait(), self.commit_interval_s)
-                except TimeoutError:
-                    pass
-                self._wake.clear()
-                await self.flush()
-        except asyncio.CancelledError:
-            await asyncio.shield(self.flush())
-            raise
+            await asyncio.wait_for(self._wake.wait(), self.commit_interval_s)
+        except TimeoutError:
+            pass
+        self._wake.clear()
 
     async def flush(self) -> list[Row]:
-        """Commit pending messages and delete acknowledged rows, in one transaction."""
-        if self._db is None or (not self._pending and not self._acked):
+        """Commit pending messages and delete acknowledged rows, in one transaction.
+
+        When the disk is full the outbox degrades to a bounded in-memory queue:
+        messages still get their seq and go to the publisher, rows wait in memory
+        (oldest telemetry evicted past ``memory_max``, and counted) and are written
+        as soon as a commit succeeds again.
+        """
+        if self._db is None or (not self._pending and not self._acked and not self._mem):
             return []
         pending, self._pending = self._pending, []
         acked, self._acked = self._acked, []
         urgent, self._urgent = self._urgent, False
+        rows = self._build_rows(pending)
+        seq = rows[-1].seq + 1 if rows else self._next_seq
+        acked_set = set(acked)
+        held = [r for r in self._mem if r.seq not in acked_set]
+        db = self.db
+        try:
+            if urgent:
+                await db.execute("PRAGMA synchronous=FULL")
+            await db.execute("BEGIN IMMEDIATE")
+            if rows or held:
+                await db.executemany(
+                    "INSERT OR IGNORE INTO outbox(seq, lane, topic, payload, created) "
+                    "VALUES (?,?,?,?,?)",
+                    [(r.seq, int(r.lane), r.topic, r.payload, r.created) for r in held + rows],
+                )
+                await db.execute("UPDATE meta SET value=? WHERE key='next_seq'", (str(seq),))
+            if acked:
+                await db.executemany("DELETE FROM outbox WHERE seq=?", [(s,) for s in acked])
+            await db.execute("COMMIT")
+            if urgent:
+                await db.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.Error as err:
+            try:
+                await db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            if not _is_disk_full(err):
+                # Keep everything in memory and try again with the next commit.
+                self._pending = pending + self._pending
+                self._acked = acked + self._acked
+                raise OutboxError(f"outbox commit failed: {err}") from err
+            self._hold_in_memory(rows, acked_set, str(err))
+            self._acked = acked + self._acked
+            self._next_seq = seq
+            self._write_seq_guard(seq)
+            self._notify(rows, [])
+            return rows
+        if self._mem:
+            log.info(
+                "outbox writes work again: %d messages held in memory are on disk now", len(held)
+            )
+            self._mem = []
+            self.disk_error = None
+        self._next_seq = seq
+        self.committed_total += len(rows)
+        self._notify(rows, acked)
+        now = time.time()
+        if now >= self._size_check_due:
+            self._size_check_due = now + 10
+            await self.enforce_cap()
+        return rows
+
+    def _build_rows(self, pending: list[_Pending]) -> list[Row]:
         rows: list[Row] = []
         seq = self._next_seq
         now = time.time()
@@ -244,52 +413,51 @@ class Outbox:
             except (TypeError, ValueError) as err:
                 # A driver bug (NaN, an object) must not poison the batch: keep the
                 # message, with the offending data replaced by an explanation.
-                log.error("unencodable message from %s dropped to error marker: %s", p.device, err)
+                log.error(
+                    "unencodable message from %s replaced by an error marker: %s", p.device, err
+                )
                 msg["data"] = {"error": f"unencodable: {err}"}
                 msg["quality"] = "bad"
                 payload = _dumps(msg)
             rows.append(Row(seq, p.lane, p.topic, payload, now))
             seq += 1
-        db = self.db
-        try:
-            if urgent:
-                await db.execute("PRAGMA synchronous=FULL")
-            await db.execute("BEGIN IMMEDIATE")
-            if rows:
-                await db.executemany(
-                    "INSERT INTO outbox(seq, lane, topic, payload, created) VALUES (?,?,?,?,?)",
-                    [(r.seq, int(r.lane), r.topic, r.payload, r.created) for r in rows],
-                )
-                await db.execute(
-                    "UPDATE meta SET value=? WHERE key='next_seq'",
-                    (str(seq),),
-                )
-            if acked:
-                await db.executemany("DELETE FROM outbox WHERE seq=?", [(s,) for s in acked])
-            await db.execute("COMMIT")
-            if urgent:
-                await db.execute("PRAGMA synchronous=NORMAL")
-        except sqlite3.Error as err:
-            try:
-                await db.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            # Keep everything in memory and try again with the next commit.
-            self._pending = pending + self._pending
-            self._acked = acked + self._acked
-            raise OutboxError(f"outbox commit failed: {err}") from err
-        self._next_seq = seq
-        self.committed_total += len(rows)
+        return rows
+
+    def _hold_in_memory(self, rows: list[Row], acked: set[int], reason: str) -> None:
+        if not self._mem:
+            log.error(
+                "outbox %s cannot be written (%s): holding up to %d messages in memory",
+                self.path,
+                reason,
+                self.memory_max,
+            )
+        self.disk_error = reason
+        self._mem = [r for r in self._mem if r.seq not in acked] + rows
+        over = len(self._mem) - self.memory_max
+        if over > 0:
+            # Same retention order as on disk: oldest telemetry first, alarms last.
+            for lane in (Lane.TELEMETRY, Lane.EVENT, Lane.ALARM):
+                victims = {r.seq for r in self._mem if r.lane is lane}
+                victims = set(sorted(victims)[:over])
+                if victims:
+                    self._mem = [r for r in self._mem if r.seq not in victims]
+                    self.dropped[LANE_NAMES[lane]] += len(victims)
+                    over -= len(victims)
+                if over <= 0:
+                    break
+
+    def _notify(self, rows: list[Row], deleted: list[int]) -> None:
         if rows:
             for listener in self._listeners:
                 listener(rows)
-        if acked:
+        if deleted:
             for deleted_listener in self._deleted_listeners:
-                deleted_listener(acked)
-        if now >= self._size_check_due:
-            self._size_check_due = now + 10
-            await self.enforce_cap()
-        return rows
+                deleted_listener(deleted)
+
+    @property
+    def mode(self) -> str:
+        """``disk`` normally; ``memory`` while commits fail for lack of space."""
+        return "memory" if self._mem or self.disk_error else "disk"
 
     # -- reading -----------------------------------------------------------
     async def fetch(self, lane: Lane, after_seq: int, before_seq: int, limit: int) -> list[Row]:
@@ -299,14 +467,21 @@ class Outbox:
             "WHERE lane=? AND seq>? AND seq<? ORDER BY seq LIMIT ?",
             (int(lane), after_seq, before_seq, limit),
         )
-        return [Row(r[0], Lane(r[1]), r[2], bytes(r[3]), r[4]) for r in await cur.fetchall()]
+        rows = [Row(r[0], Lane(r[1]), r[2], bytes(r[3]), r[4]) for r in await cur.fetchall()]
+        if self._mem:
+            rows += [r for r in self._mem if r.lane is lane and after_seq < r.seq < before_seq]
+            rows.sort(key=lambda r: r.seq)
+            rows = rows[:limit]
+        return rows
 
     async def stats(self) -> dict[str, Any]:
         """Depth, bytes and oldest age, for ``ROOT/health``."""
         row = await (await self.db.execute("SELECT COUNT(*), MIN(created) FROM outbox")).fetchone()
         count, oldest = (row[0], row[1]) if row else (0, None)
         return {
-            "depth": count + len(self._pending),
+            "depth": count + len(self._pending) + len(self._mem),
+            "mode": self.mode,
+            "disk_error": self.disk_error,
             "bytes": await self.size_bytes(),
             "oldest_age_s": round(time.time() - oldest, 1) if oldest else 0.0,
             "epoch": self.epoch,

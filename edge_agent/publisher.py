@@ -324,7 +324,9 @@ class Publisher:
             return False
         payload = mark_historical(row.payload) if historical else row.payload
         info = client.publish(row.topic, payload, qos=1, retain=False)
-        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+        # NO_CONN: the link dropped a moment ago; paho keeps the message queued and
+        # sends it after the reconnect, so it is in flight all the same.
+        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             return False
         self._inflight[info.mid] = row.seq
         self._inflight_seqs.add(row.seq)

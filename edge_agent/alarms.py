@@ -1,0 +1,167 @@
+"""Alarms with the ISA-18.2 lifecycle, and the gateway's own health alarms.
+
+Every state transition is an envelope on ``ROOT/alarms`` (through the outbox,
+alarm lane: committed at once with ``synchronous=FULL`` and drained before
+anything else), and the alarm's current state is retained on
+``ROOT/alarms/active/{alarm_id}`` while it is active or unacknowledged. An
+alarm that clears while unacknowledged stays visible until someone
+acknowledges it.
+
+The rule engine for device values (CO₂ too high, door forced …) comes with a
+later release; today the raisers are the agent itself (``outbox_corrupt``,
+``outbox_disk_full``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .envelope import Lane, iso_ms, new_ulid
+
+log = logging.getLogger(__name__)
+
+Severity = Literal["critical", "major", "minor", "warning"]
+AlarmState = Literal["active_unacked", "active_acked", "cleared_unacked", "cleared", "shelved"]
+
+Put = Callable[..., None]
+SetRetained = Callable[[str, dict[str, Any] | None], None]
+
+
+class AlarmError(ValueError):
+    """An alarm command that cannot be carried out (unknown id, wrong state)."""
+
+
+@dataclass
+class Alarm:
+    alarm_id: str
+    rule: str
+    device: str
+    severity: Severity
+    message: str
+    value: Any = None
+    threshold: Any = None
+    state: AlarmState = "active_unacked"
+    raised_at: float = field(default_factory=time.time)
+    acked_by: str | None = None
+    active: bool = True
+    shelved_until: float | None = None
+
+    def data(self) -> dict[str, Any]:
+        return {
+            "alarm_id": self.alarm_id,
+            "rule": self.rule,
+            "device": self.device,
+            "severity": self.severity,
+            "state": self.state,
+            "value": self.value,
+            "threshold": self.threshold,
+            "message": self.message,
+            "raised_at": iso_ms(self.raised_at),
+            "acked_by": self.acked_by,
+            "snapshot": None,
+        }
+
+
+class AlarmBook:
+    """The alarms this gateway currently knows, and their transitions."""
+
+    def __init__(
+        self, root: str, put: Put, set_retained: SetRetained, language: str = "zh"
+    ) -> None:
+        self.root = root
+        self._put = put
+        self._set_retained = set_retained
+        self.language = language
+        self.alarms: dict[str, Alarm] = {}
+
+    def _emit(self, alarm: Alarm) -> None:
+        self._put(
+            Lane.ALARM,
+            f"{self.root}/alarms",
+            device=alarm.device,
+            kind="alarm",
+            ts=time.time(),
+            data=alarm.data(),
+        )
+        visible = alarm.state != "cleared"
+        self._set_retained(
+            f"{self.root}/alarms/active/{alarm.alarm_id}", alarm.data() if visible else None
+        )
+        if not visible:
+            self.alarms.pop(alarm.alarm_id, None)
+
+    def find(self, rule: str, device: str) -> Alarm | None:
+        for alarm in self.alarms.values():
+            if alarm.rule == rule and alarm.device == device and alarm.active:
+                return alarm
+        return None
+
+    def raise_(
+        self,
+        rule: str,
+        device: str,
+        severity: Severity,
+        *,
+        en: str,
+        zh: str,
+        value: Any = None,
+        threshold: Any = None,
+    ) -> Alarm:
+        """Raise ``rule`` on ``device`` unless it is already active."""
+        existing = self.find(rule, device)
+        if existing is not None:
+            return existing
+        alarm_id = f"{rule}-{device}-{new_ulid()[-8:].lower()}".replace("_", "-")
+        alarm = Alarm(
+            alarm_id, rule, device, severity, zh if self.language == "zh" else en, value, threshold
+        )
+        self.alarms[alarm_id] = alarm
+        log.warning("alarm %s raised: %s", alarm_id, en)
+        self._emit(alarm)
+        return alarm
+
+    def clear(self, rule: str, device: str) -> None:
+        """The condition is gone: cleared, and removed once acknowledged."""
+        alarm = self.find(rule, device)
+        if alarm is None:
+            return
+        alarm.active = False
+        alarm.state = "cleared" if alarm.state == "active_acked" else "cleared_unacked"
+        log.info("alarm %s cleared", alarm.alarm_id)
+        self._emit(alarm)
+
+    def ack(self, alarm_id: str, by: str) -> dict[str, Any]:
+        alarm = self.alarms.get(alarm_id)
+        if alarm is None:
+            raise AlarmError(f"no active alarm {alarm_id!r}")
+        if alarm.state in ("active_acked", "cleared"):
+            raise AlarmError(f"alarm {alarm_id!r} is already acknowledged")
+        alarm.acked_by = by
+        alarm.state = "active_acked" if alarm.active else "cleared"
+        self._emit(alarm)
+        return {"alarm_id": alarm_id, "state": alarm.state}
+
+    def shelve(self, alarm_id: str, by: str, minutes: float) -> dict[str, Any]:
+        alarm = self.alarms.get(alarm_id)
+        if alarm is None:
+            raise AlarmError(f"no active alarm {alarm_id!r}")
+        if not 0 < minutes <= 24 * 60:
+            raise AlarmError("minutes must be between 0 and 1440")
+        alarm.acked_by = by
+        alarm.state = "shelved"
+        alarm.shelved_until = time.time() + minutes * 60
+        self._emit(alarm)
+        return {"alarm_id": alarm_id, "state": alarm.state, "until": iso_ms(alarm.shelved_until)}
+
+    def tick(self, now: float | None = None) -> None:
+        """Unshelve alarms whose time is up (called from the health loop)."""
+        now = time.time() if now is None else now
+        for alarm in list(self.alarms.values()):
+            if alarm.state == "shelved" and alarm.shelved_until and now >= alarm.shelved_until:
+                alarm.shelved_until = None
+                alarm.state = "active_unacked" if alarm.active else "cleared"
+                self._emit(alarm)
