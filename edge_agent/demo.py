@@ -203,7 +203,7 @@ async def run_demo(
                 broker.port,
                 agent.root,
                 mode="tail" if plain else "view",
-                protocol=broker.protocol,  # type: ignore[arg-type]
+                protocol=broker.protocol,
                 duration_s=duration_s,
                 language=language,  # type: ignore[arg-type]
             )

@@ -16,7 +16,8 @@ class Sink:
         self.retained: dict[str, dict[str, Any] | None] = {}
 
     def add(self, lane: Lane, topic: str, **kw: Any) -> None:
-        assert lane is Lane.ALARM and topic == "campus/s/g/alarms"
+        assert lane is Lane.ALARM
+        assert topic == "campus/s/g/alarms"
         self.put.append(kw["data"])
 
     def retain(self, topic: str, payload: dict[str, Any] | None) -> None:
@@ -69,7 +70,7 @@ def test_acked_then_cleared_goes_away(book: tuple[AlarmBook, Sink]) -> None:
 
 
 def test_shelve_expires(book: tuple[AlarmBook, Sink]) -> None:
-    alarms, sink = book
+    alarms, _ = book
     a = alarms.raise_("r", "gw1", "warning", en="e", zh="中文")
     alarms.shelve(a.alarm_id, "ops", 5)
     assert a.state == "shelved"

@@ -40,12 +40,14 @@ async def test_corrupt_outbox_is_moved_aside_and_a_new_epoch_starts(tmp_path: Pa
     await ob2.open()
     assert ob2.recovered_from is not None
     moved = Path(ob2.recovered_from[0])
-    assert moved.exists() and moved.name.startswith("outbox.db.corrupt-")
+    assert moved.exists()
+    assert moved.name.startswith("outbox.db.corrupt-")
     assert moved.read_bytes() == bytes(raw)  # moved, never deleted or changed
     assert ob2.epoch != old_epoch
     put(ob2, 1)
     (row,) = await ob2.flush()
-    assert row.seq == 1 and json.loads(row.payload)["epoch"] == ob2.epoch
+    assert row.seq == 1
+    assert json.loads(row.payload)["epoch"] == ob2.epoch
     await ob2.close()
 
 
@@ -71,14 +73,16 @@ async def test_disk_full_degrades_to_memory_and_recovers(tmp_path: Path) -> None
     await ob.db.execute(f"PRAGMA max_page_count={pages}")
     put(ob, 150, size=500)
     rows = await ob.flush()  # does not raise
-    assert ob.mode == "memory" and ob.disk_error
+    assert ob.mode == "memory"
+    assert ob.disk_error
     # the messages still got their seq and went to the publisher
     assert [r.seq for r in rows] == list(range(6, 156))
     assert seen[-1] == 155
     # bounded: the oldest telemetry beyond memory_max is evicted and counted
     assert ob.dropped["telemetry"] == 50
     stats = await ob.stats()
-    assert stats["mode"] == "memory" and stats["depth"] == 5 + 100
+    assert stats["mode"] == "memory"
+    assert stats["depth"] == 5 + 100
     # a publisher can still read them as backlog
     backlog = await ob.fetch(Lane.TELEMETRY, 0, ob.next_seq, 1000)
     assert [r.seq for r in backlog] == [1, 2, 3, 4, 5, *range(56, 156)]
@@ -87,7 +91,8 @@ async def test_disk_full_degrades_to_memory_and_recovers(tmp_path: Path) -> None
     await ob.db.execute("PRAGMA max_page_count=1073741823")  # space is back
     put(ob, 1)
     await ob.flush()
-    assert ob.mode == "disk" and ob.disk_error is None
+    assert ob.mode == "disk"
+    assert ob.disk_error is None
     on_disk = await ob.fetch(Lane.TELEMETRY, 0, ob.next_seq, 1000)
     assert [r.seq for r in on_disk] == [1, 2, 3, 4, 5, *range(66, 157)]
     await ob.close()
