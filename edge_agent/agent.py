@@ -18,6 +18,7 @@ from typing import Any
 
 from . import __version__, registry
 from .alarms import AlarmBook
+from .clock import Clock, ClockGate, SystemClock
 from .commands import (
     INVALID_REQUEST_TOPIC,
     CommandRouter,
@@ -112,7 +113,9 @@ def mqtt_settings(cfg: AgentConfigBase) -> MqttSettings:
 class Agent:
     """Builds everything from a validated config and runs it until stopped."""
 
-    def __init__(self, cfg: AgentConfigBase, config_path: str | Path) -> None:
+    def __init__(
+        self, cfg: AgentConfigBase, config_path: str | Path, clock: Clock | None = None
+    ) -> None:
         self.cfg = cfg
         self.config_path = Path(config_path)
         self.settings = mqtt_settings(cfg)
@@ -125,7 +128,9 @@ class Agent:
             commit_max_batch=o.commit_max_batch,
         )
         self.publisher = Publisher(self.settings, self.outbox)
-        self.emitter = OutboxEmitter(self.outbox, self.root)
+        self.clock: Clock = clock or SystemClock(cfg.clock.sync_check)
+        self.outbox_emitter = OutboxEmitter(self.outbox, self.root)
+        self.emitter = ClockGate(self.outbox_emitter, self.clock, cfg.clock.hold_max_s)
         self.stats = ProcessStats()
         self.notifier = SystemdNotifier()
         self.drivers: dict[str, Any] = {}
@@ -276,6 +281,7 @@ class Agent:
                 for t in main[4:]:
                     t.cancel()
                 await asyncio.gather(*main[4:], return_exceptions=True)
+                self.emitter.flush_all()
                 await self.outbox.flush()
                 for t in main[:4]:
                     t.cancel()
@@ -303,6 +309,7 @@ class Agent:
         while True:
             try:
                 await self.outbox.wait_for_work()
+                self.emitter.check()
                 await self.outbox.flush()
                 self._last_flush_ok = time.monotonic()
                 self.alarms.tick()
@@ -406,6 +413,12 @@ class Agent:
                 "degraded": sum(1 for p in self.loops.values() if p.health.state == "degraded"),
             },
             "commands": {"handled": self.router.handled, "refused": self.router.refused},
+            "clock": {
+                "synced": self.emitter.synced,
+                "held": self.emitter.held,
+                "corrected": self.emitter.corrected,
+                "uncertain": self.emitter.uncertain,
+            },
             "cpu_percent": proc.get("cpu_percent"),
             "rss_bytes": proc.get("rss_bytes"),
         }

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, Union
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import Field, ValidationError, create_model
@@ -48,6 +48,23 @@ class LoggingConfig(Strict):
     )
 
 
+class ClockConfig(Strict):
+    """How the agent learns that the system clock is right (a Pi has no RTC)."""
+
+    sync_check: Literal["adjtimex", "timesyncd", "none"] = Field(
+        default="adjtimex",
+        description="'adjtimex': ask the kernel (works with chrony, ntpd, timesyncd); "
+        "'timesyncd': /run/systemd/timesync/synchronized; 'none': trust the clock (RTC/GPS)",
+    )
+    hold_max_s: float = Field(
+        default=120,
+        ge=0,
+        le=86400,
+        description="Hold readings this long waiting for clock sync; then send them "
+        "with quality 'uncertain'",
+    )
+
+
 class PublishConfig(Strict):
     """How the backlog drains after an outage."""
 
@@ -68,6 +85,7 @@ class AgentConfigBase(Strict):
         default_factory=OutboxConfig, description="Store-and-forward database"
     )
     publish: PublishConfig = Field(default_factory=PublishConfig, description="Backlog draining")
+    clock: ClockConfig = Field(default_factory=ClockConfig, description="Clock synchronisation")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Log level")
     profile_dirs: list[str] = Field(
         default_factory=list,
@@ -355,7 +373,7 @@ def load_config(
         )
 
     # A section whose keys are all commented out is null in YAML: same as absent.
-    for section in ("mqtt", "outbox", "publish", "logging"):
+    for section in ("mqtt", "outbox", "publish", "logging", "clock"):
         if section in data and data[section] is None:
             del data[section]
     problems: list[tuple[Path_, str]] = []

@@ -120,6 +120,7 @@ def agent_config(tmp_path: Path, broker: MqttBroker, layout: dict[str, Any]) -> 
             "health_interval_s": 2,
         },
         "outbox": {"path": str(tmp_path / "outbox.db"), "commit_interval_ms": 200},
+        "clock": {"sync_check": "none"},
         "buses": buses,
         "devices": devices,
     }

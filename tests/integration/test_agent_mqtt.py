@@ -69,6 +69,7 @@ def write_config(
             "reconnect_max_s": 1,
         },
         "publish": publish or {},
+        "clock": {"sync_check": "none"},
         "outbox": {"path": str(tmp_path / "outbox.db"), "commit_interval_ms": 50},
         "buses": buses,
         "devices": devices,

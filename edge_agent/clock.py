@@ -1,0 +1,236 @@
+"""Honest timestamps on a gateway without a real-time clock.
+
+A Raspberry Pi has no RTC: it boots with the time it had at shutdown (or 1970)
+and jumps when NTP answers. Until the kernel says the clock is synchronised,
+readings and events are held in memory with a monotonic stamp; once it is
+synchronised their ``ts`` is computed from the monotonic clock, so it is right.
+What waits longer than ``hold_max_s`` is committed with its best-guess ``ts``
+and ``quality: "uncertain"`` rather than held for ever. Alarms are never held:
+security staff need them now, so they go out at once, marked uncertain.
+
+``seq`` is assigned at commit, never from a timestamp, so a clock that jumps
+backwards changes ``ts`` but never the order of ``seq``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from .driver import Quality, Value
+
+log = logging.getLogger(__name__)
+
+SyncCheck = Literal["adjtimex", "timesyncd", "none"]
+
+TIME_ERROR = 5  # adjtimex(2) return value: clock not synchronised
+STA_UNSYNC = 0x0040
+TIMESYNCD_FLAG = Path("/run/systemd/timesync/synchronized")
+
+
+class _Timeval(ctypes.Structure):
+    _fields_ = (("tv_sec", ctypes.c_long), ("tv_usec", ctypes.c_long))
+
+
+class _Timex(ctypes.Structure):
+    # struct timex from <sys/timex.h> (Linux); only `modes` (0 = read only) and
+    # `status` are used, the padding keeps the kernel's size.
+    _fields_ = (
+        ("modes", ctypes.c_uint),
+        ("offset", ctypes.c_long),
+        ("freq", ctypes.c_long),
+        ("maxerror", ctypes.c_long),
+        ("esterror", ctypes.c_long),
+        ("status", ctypes.c_int),
+        ("constant", ctypes.c_long),
+        ("precision", ctypes.c_long),
+        ("tolerance", ctypes.c_long),
+        ("time", _Timeval),
+        ("tick", ctypes.c_long),
+        ("ppsfreq", ctypes.c_long),
+        ("jitter", ctypes.c_long),
+        ("shift", ctypes.c_int),
+        ("stabil", ctypes.c_long),
+        ("jitcnt", ctypes.c_long),
+        ("calcnt", ctypes.c_long),
+        ("errcnt", ctypes.c_long),
+        ("stbcnt", ctypes.c_long),
+        ("tai", ctypes.c_int),
+        ("_pad", ctypes.c_int * 11),
+    )
+
+
+def adjtimex_synced() -> bool | None:
+    """The kernel's NTP status: True synchronised, False not, None unknown (not Linux)."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        libc = ctypes.CDLL(name, use_errno=True)
+        tx = _Timex()
+        state = libc.adjtimex(ctypes.byref(tx))
+    except (OSError, AttributeError):
+        return None
+    if state < 0:
+        return None
+    return state != TIME_ERROR and not tx.status & STA_UNSYNC
+
+
+class SystemClock:
+    """Wall and monotonic time plus "is the wall clock synchronised?"."""
+
+    def __init__(self, sync_check: SyncCheck = "adjtimex") -> None:
+        self.sync_check = sync_check
+
+    def wall(self) -> float:
+        return time.time()
+
+    def mono(self) -> float:
+        return time.monotonic()
+
+    def synced(self) -> bool:
+        if self.sync_check == "none":
+            return True
+        if self.sync_check == "timesyncd":
+            return TIMESYNCD_FLAG.exists()
+        state = adjtimex_synced()
+        # Where the kernel cannot be asked, trust the clock rather than hold data.
+        return True if state is None else state
+
+
+class Clock(Protocol):
+    """What the gate needs from a clock; tests inject a fake one."""
+
+    def wall(self) -> float: ...
+
+    def mono(self) -> float: ...
+
+    def synced(self) -> bool: ...
+
+
+@dataclass(slots=True)
+class _Held:
+    kind: Literal["telemetry", "event"]
+    device: str
+    payload: dict[str, Any]
+    mono: float
+    wall: float
+    quality: Quality
+    type_: str | None
+
+
+class ClockGate:
+    """An :class:`~edge_agent.driver.Emit` in front of another that holds messages
+    until the wall clock is known to be right."""
+
+    def __init__(
+        self,
+        inner: Any,
+        clock: Clock,
+        hold_max_s: float = 120.0,
+        on_change: Callable[[bool], None] | None = None,
+    ) -> None:
+        self.inner = inner
+        self.clock = clock
+        self.hold_max_s = hold_max_s
+        self.on_change = on_change
+        self._held: list[_Held] = []
+        self._synced = bool(clock.synced())
+        if not self._synced:
+            log.warning(
+                "the system clock is not synchronised (no NTP yet?): readings are held up to "
+                "%g s, then sent with quality 'uncertain'. If this clock is right (RTC, GPS), "
+                "set clock.sync_check: none / 系统时钟未同步：数据最多暂存 %g 秒",
+                hold_max_s,
+                hold_max_s,
+            )
+        self.corrected = 0
+        self.uncertain = 0
+
+    @property
+    def synced(self) -> bool:
+        return self._synced
+
+    @property
+    def held(self) -> int:
+        return len(self._held)
+
+    def _mono_of(self, ts: float | None) -> tuple[float, float]:
+        wall, mono = self.clock.wall(), self.clock.mono()
+        if ts is None:
+            return mono, wall
+        # The reading's own wall stamp, translated to the monotonic scale.
+        return mono - (wall - ts), ts
+
+    def telemetry(
+        self,
+        device_id: str,
+        data: dict[str, Value],
+        *,
+        ts: float | None = None,
+        quality: Quality = "good",
+    ) -> None:
+        if self._synced:
+            self.inner.telemetry(device_id, data, ts=ts, quality=quality)
+            return
+        mono, wall = self._mono_of(ts)
+        self._held.append(_Held("telemetry", device_id, dict(data), mono, wall, quality, None))
+
+    def event(
+        self, device_id: str, type_: str, data: dict[str, Any], *, ts: float | None = None
+    ) -> None:
+        if self._synced:
+            self.inner.event(device_id, type_, data, ts=ts)
+            return
+        mono, wall = self._mono_of(ts)
+        self._held.append(_Held("event", device_id, dict(data), mono, wall, "good", type_))
+
+    def check(self) -> None:
+        """Call about once a second: releases held messages on sync or after ``hold_max_s``."""
+        synced = bool(self.clock.synced())
+        if synced != self._synced:
+            self._synced = synced
+            log.info(
+                "system clock %s",
+                "synchronised" if synced else "NOT synchronised: holding readings until it is",
+            )
+            if self.on_change is not None:
+                self.on_change(synced)
+        if not self._held:
+            return
+        mono_now = self.clock.mono()
+        if synced:
+            offset = self.clock.wall() - mono_now
+            for h in self._held:
+                self._release(h, offset + h.mono, h.quality)
+                self.corrected += 1
+            self._held = []
+            return
+        keep: list[_Held] = []
+        for h in self._held:
+            if mono_now - h.mono >= self.hold_max_s:
+                self._release(h, h.wall, "uncertain")
+                self.uncertain += 1
+            else:
+                keep.append(h)
+        self._held = keep
+
+    def _release(self, h: _Held, ts: float, quality: Quality) -> None:
+        if h.kind == "telemetry":
+            self.inner.telemetry(h.device, h.payload, ts=ts, quality=quality)
+        else:
+            # Events carry no quality field: say it in the data instead.
+            data = h.payload if quality == "good" else {**h.payload, "ts_uncertain": True}
+            self.inner.event(h.device, h.type_ or "", data, ts=ts)
+
+    def flush_all(self) -> None:
+        """On shutdown: commit whatever is held, with the best time we have."""
+        for h in self._held:
+            self._release(h, h.wall, "uncertain" if not self._synced else h.quality)
+        self._held = []
