@@ -195,6 +195,8 @@ class Outbox:
             )
         self._page_size = (await (await db.execute("PRAGMA page_size")).fetchone() or (4096,))[0]
         self._write_seq_guard(self._next_seq)  # allocate its blocks while there is space
+        # A cap lowered in the config applies before anything is sent.
+        await self.enforce_cap()
 
     async def _save_meta(self, values: dict[str, str]) -> None:
         db = self.db
@@ -310,6 +312,10 @@ class Outbox:
             self._wake.set()
         elif len(self._pending) >= self.commit_max_batch:
             self._wake.set()
+
+    def request_commit(self) -> None:
+        """Commit at the next opportunity instead of at the end of the interval."""
+        self._wake.set()
 
     def ack(self, seqs: Iterable[int]) -> None:
         """Mark rows delivered (PUBACK received); they are deleted with the next commit."""
@@ -490,12 +496,14 @@ class Outbox:
         }
 
     async def size_bytes(self) -> int:
-        """Bytes the database really uses (pages minus free pages) plus its WAL."""
+        """Bytes the stored messages use: database pages minus free pages.
+
+        The WAL is not counted: it is folded back every ~4 MB (SQLite's automatic
+        checkpoint), so it adds at most that much on top of the cap, and counting
+        it would evict messages for a transient."""
         pages = (await (await self.db.execute("PRAGMA page_count")).fetchone() or (0,))[0]
         free = (await (await self.db.execute("PRAGMA freelist_count")).fetchone() or (0,))[0]
-        wal = self.path.with_name(self.path.name + "-wal")
-        wal_size = wal.stat().st_size if wal.exists() else 0
-        return int((pages - free) * self._page_size + wal_size)
+        return int((pages - free) * self._page_size)
 
     # -- retention -----------------------------------------------------------
     async def enforce_cap(self) -> int:
@@ -536,9 +544,7 @@ class Outbox:
                     (f"dropped_{name}", str(self.dropped[name])),
                 )
                 await db.execute("COMMIT")
-                # Freed pages are reused by later inserts; the WAL is folded back
-                # so its size stops counting against the cap.
-                await db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                # Freed pages are reused by later inserts.
                 evicted += deleted
                 log.warning(
                     "outbox over its cap of %d bytes: evicted %d oldest %s messages",

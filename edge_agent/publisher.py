@@ -111,14 +111,13 @@ class Publisher:
         self._cursor: dict[Lane, int] = {lane: 0 for lane in Lane}
         self._backlog_done = True
         self._work = asyncio.Event()
-        self._window_free = asyncio.Event()
         self._retained: dict[str, tuple[bytes, int]] = {}
         self._command_handler: CommandHandler | None = None
         self._device_count = 0
         self._last_disconnect_reason: str | None = None
         self._stopping = False
         outbox.subscribe(self._on_committed)
-        outbox.subscribe_deleted(self._acked_seqs.difference_update)
+        outbox.subscribe_deleted(self._on_deleted)
 
     # -- public API ----------------------------------------------------------
     @property
@@ -192,8 +191,11 @@ class Publisher:
         will = _dumps({"state": "offline", "reason": "lost"})
         client.will_set(f"{s.root}/status", will, qos=1, retain=True)
         client.reconnect_delay_set(int(max(1, s.reconnect_min_s)), int(max(1, s.reconnect_max_s)))
-        # Our own window decides what is handed to paho; paho must not queue more.
-        client.max_inflight_messages_set(s.inflight_max + 16)
+        # Our own window decides what is handed to paho, so paho's is unlimited (0).
+        # With a limit, paho 2.2 marks the excess "queued" at a reconnect and its
+        # CONNACK handler returns at the first queued message, never re-sending the
+        # unacknowledged ones behind it: those rows would wait for ever.
+        client.max_inflight_messages_set(0)
         client.max_queued_messages_set(0)
         client.on_connect = self._cb_connect
         client.on_disconnect = self._cb_disconnect
@@ -276,7 +278,10 @@ class Publisher:
         self._acked_seqs.add(seq)
         self.outbox.ack((seq,))
         self.stats.acked += 1
-        self._window_free.set()
+        if self._window() <= 0:
+            # The window is full of delivered rows whose delete is not committed
+            # yet: commit now rather than wait for the group-commit timer.
+            self.outbox.request_commit()
         self._work.set()
 
     def _on_message(
@@ -374,7 +379,15 @@ class Publisher:
         self._client = None
 
     def _window(self) -> int:
-        return self.s.inflight_max - len(self._inflight)
+        # A slot is free again only once the outbox has deleted the delivered row:
+        # after a crash every row still in the outbox is sent again, so sent-but-
+        # not-deleted rows are the duplicates a crash can cause, and that number
+        # must stay within the window.
+        return self.s.inflight_max - len(self._inflight) - len(self._acked_seqs)
+
+    def _on_deleted(self, seqs: list[int]) -> None:
+        self._acked_seqs.difference_update(seqs)
+        self._work.set()
 
     async def _drain_forever(self) -> None:
         backlog_tokens = 0.0

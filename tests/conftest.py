@@ -98,6 +98,14 @@ def _session_broker_left_running() -> Iterator[None]:
 
 
 @pytest.fixture
+def persistent_mqtt_broker(tmp_path: Path) -> Iterator[MqttBroker]:
+    """A broker of this test's own that keeps sessions across its restarts (fault tests)."""
+    broker = start_test_broker(tmp_path / "persistent_mqtt_broker", persistence=True)
+    yield broker
+    broker.close()
+
+
+@pytest.fixture
 def fresh_mqtt_broker(tmp_path: Path) -> Iterator[MqttBroker]:
     """A broker of this test's own, closed after it."""
     broker = start_test_broker(tmp_path / "fresh_mqtt_broker")

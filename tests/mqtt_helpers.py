@@ -108,7 +108,10 @@ class DockerMosquitto:
 
     image = "eclipse-mosquitto:2"
 
-    def __init__(self, workdir: Path, start_timeout_s: float = 60.0) -> None:
+    def __init__(
+        self, workdir: Path, start_timeout_s: float = 60.0, persistence: bool = False
+    ) -> None:
+        self.persistence = persistence
         self.host = "127.0.0.1"
         self._port = free_port(self.host)
         self.workdir = workdir
@@ -140,7 +143,12 @@ class DockerMosquitto:
             conf = self.workdir / "mosquitto.conf"
             self.workdir.mkdir(parents=True, exist_ok=True)
             conf.write_text(
-                "listener 1883\nallow_anonymous true\npersistence false\nlog_dest stdout\n",
+                "listener 1883\nallow_anonymous true\nlog_dest stdout\n"
+                + (
+                    "persistence true\npersistence_location /mosquitto/data/\n"
+                    if self.persistence
+                    else "persistence false\n"
+                ),
                 encoding="utf-8",
             )
             conf.chmod(0o644)
@@ -184,13 +192,13 @@ class DockerMosquitto:
 # -- choosing and starting ----------------------------------------------------------------
 
 
-def start_test_broker(workdir: Path) -> MqttBroker:
+def start_test_broker(workdir: Path, persistence: bool = False) -> MqttBroker:
     """Start mosquitto for tests (Docker or local process) or fail the test with a hint."""
     mode = os.environ.get("EDGE_AGENT_TEST_BROKER", "auto")
     if mode not in ("auto", "docker", "local"):
         pytest.fail(f"EDGE_AGENT_TEST_BROKER must be auto, docker or local, not {mode!r}")
     if mode == "docker" or (mode == "auto" and docker_engine_available()):
-        docker_broker = DockerMosquitto(workdir / "docker")
+        docker_broker = DockerMosquitto(workdir / "docker", persistence=persistence)
         try:
             docker_broker.start()
         except Exception as err:
@@ -203,7 +211,7 @@ def start_test_broker(workdir: Path) -> MqttBroker:
             return docker_broker
     if find_mosquitto() is None:
         pytest.fail(NO_BROKER_MESSAGE, pytrace=False)
-    local = LocalBroker(workdir=workdir / "mosquitto", backend="mosquitto")
+    local = LocalBroker(workdir=workdir / "mosquitto", backend="mosquitto", persistence=persistence)
     try:
         local.start()
     except BrokerError as err:

@@ -1,0 +1,320 @@
+"""Store-and-forward under faults: the agent as a real process, a real mosquitto, the campus.
+
+After each scenario a platform subscriber with a persistent session checks:
+no ``seq`` hole within an epoch (except evictions, which health reports),
+duplicates at most the in-flight window per interruption, ``historical`` right,
+live data not held back behind the backlog.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge_agent.envelope import Lane
+from edge_agent.outbox import Outbox
+from tests.contract import SeqTracker, check_envelope
+from tests.e2e.helpers import ROOT, PersistentSubscriber, agent_config, output, start_agent
+from tests.mqtt_helpers import MqttBroker
+
+pytestmark = pytest.mark.e2e
+
+INFLIGHT = 20
+# 8 devices read 5 times a second: 40 messages/s; the backlog drains at 40/s, so a
+# few seconds of outage make a drain long enough to interrupt.
+FAST = {
+    "device": {"interval_s": 0.2, "timeout_s": 0.1, "retries": 0},
+    "mqtt": {
+        "inflight_max": INFLIGHT,
+        "reconnect_min_s": 0.5,
+        "reconnect_max_s": 1,
+        "keepalive_s": 5,
+        "health_interval_s": 1,
+    },
+    "publish": {"backlog_rate_max": 40},
+    "outbox": {"commit_interval_ms": 100},
+}
+
+
+@pytest.fixture
+def platform(persistent_mqtt_broker: MqttBroker) -> Iterator[PersistentSubscriber]:
+    sub = PersistentSubscriber(persistent_mqtt_broker, f"{ROOT}/#")
+    yield sub
+    sub.close()
+
+
+def envelopes(sub: PersistentSubscriber, kind: str = "telemetry") -> list[dict[str, Any]]:
+    out = []
+    for _t, topic, payload in list(sub.messages):
+        if kind == "alarms" and topic == f"{ROOT}/alarms":
+            out.append(check_envelope(payload, "alarm"))
+        elif kind != "alarms" and topic.startswith(f"{ROOT}/{kind}/"):
+            out.append(check_envelope(payload, kind))
+    return out
+
+
+def n_historical(sub: PersistentSubscriber) -> int:
+    return sum(1 for m in envelopes(sub) if m["historical"])
+
+
+def wait_complete(sub: PersistentSubscriber, since: float, timeout: float = 40) -> None:
+    """Until the backlog is drained: a live reading taken well after ``since`` (when the
+    link came back) has arrived, and no seq below it is missing."""
+
+    def complete(_msgs: Any) -> bool:
+        msgs = envelopes(sub)
+        late_live = [
+            m["seq"] for m in msgs if not m["historical"] and _epoch_s(m["ts"]) > since + 2
+        ]
+        if not late_live:
+            return False
+        t = SeqTracker()
+        for m in msgs:
+            t.add(m)
+        return all(not t.holes(e, upto=min(late_live)) for e in t.seqs)
+
+    sub.wait(complete, timeout, "the backlog to drain")
+
+
+def stop(agent: subprocess.Popen[bytes]) -> None:
+    if agent.poll() is None:
+        agent.send_signal(signal.SIGTERM)
+        agent.wait(30)
+    assert agent.returncode in (0, -9), output(agent)
+
+
+def verdict(sub: PersistentSubscriber, interruptions: int) -> SeqTracker:
+    tracker = SeqTracker()
+    msgs = envelopes(sub)
+    for m in msgs:
+        tracker.add(m)
+    for epoch in tracker.seqs:
+        assert tracker.holes(epoch) == [], f"seq holes in epoch {epoch}"
+    assert tracker.duplicates <= INFLIGHT * interruptions, tracker.duplicates
+    return tracker
+
+
+def build_backlog(broker: MqttBroker, sub: PersistentSubscriber, seconds: float) -> None:
+    broker.stop()
+    time.sleep(seconds)  # the agent keeps polling; everything waits in the outbox
+    broker.start()
+    sub.wait(lambda _m: n_historical(sub) >= 20, 20, "the backlog to start draining")
+
+
+def test_broker_restarted_mid_drain(
+    tmp_path: Path,
+    persistent_mqtt_broker: MqttBroker,
+    platform: PersistentSubscriber,
+    campus: dict[str, Any],
+) -> None:
+    broker = persistent_mqtt_broker
+    agent = start_agent(agent_config(tmp_path, broker, campus, **FAST))
+    try:
+        platform.wait(lambda _m: len(envelopes(platform)) >= 20, 20, "live telemetry")
+        t_down = time.time()
+        build_backlog(broker, platform, 4)
+        t_up = time.time()
+        broker.stop()  # again, in the middle of the drain
+        time.sleep(2)
+        broker.start()
+        wait_complete(platform, time.time())
+    finally:
+        stop(agent)
+    verdict(platform, interruptions=2)
+    msgs = envelopes(platform)
+    # what was read while the broker was down waited, and says so
+    during = [m for m in msgs if t_down + 1 < _epoch_s(m["ts"]) < t_up - 1]
+    assert during
+    assert all(m["historical"] for m in during)
+    # live data went out while the backlog was still draining
+    order = [m["historical"] for m in msgs]
+    first_hist = order.index(True)
+    assert False in order[first_hist : first_hist + 200], "live data waited for the backlog"
+
+
+def _epoch_s(ts: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+
+
+def test_agent_killed_mid_drain(
+    tmp_path: Path,
+    persistent_mqtt_broker: MqttBroker,
+    platform: PersistentSubscriber,
+    campus: dict[str, Any],
+) -> None:
+    broker = persistent_mqtt_broker
+    cfg = agent_config(tmp_path, broker, campus, **FAST)
+    agent = start_agent(cfg)
+    try:
+        platform.wait(lambda _m: len(envelopes(platform)) >= 20, 20, "live telemetry")
+        build_backlog(broker, platform, 4)
+        agent.kill()  # SIGKILL in the middle of the drain
+        agent.wait(10)
+        agent = start_agent(cfg)
+        wait_complete(platform, time.time())
+    finally:
+        stop(agent)
+    tracker = verdict(platform, interruptions=1)
+    assert len(tracker.seqs) == 1  # same outbox, same epoch
+
+
+def test_agent_killed_and_broker_down_at_once(
+    tmp_path: Path,
+    persistent_mqtt_broker: MqttBroker,
+    platform: PersistentSubscriber,
+    campus: dict[str, Any],
+) -> None:
+    broker = persistent_mqtt_broker
+    cfg = agent_config(tmp_path, broker, campus, **FAST)
+    agent = start_agent(cfg)
+    try:
+        platform.wait(lambda _m: len(envelopes(platform)) >= 20, 20, "live telemetry")
+        build_backlog(broker, platform, 4)
+        agent.kill()
+        broker.stop()
+        agent.wait(10)
+        time.sleep(1)
+        agent = start_agent(cfg)  # starts while the broker is still down
+        time.sleep(2)
+        broker.start()
+        wait_complete(platform, time.time())
+    finally:
+        stop(agent)
+    tracker = verdict(platform, interruptions=2)
+    assert len(tracker.seqs) == 1
+
+
+def test_corrupt_outbox_between_runs(
+    tmp_path: Path,
+    persistent_mqtt_broker: MqttBroker,
+    platform: PersistentSubscriber,
+    campus: dict[str, Any],
+) -> None:
+    broker = persistent_mqtt_broker
+    cfg = agent_config(tmp_path, broker, campus, **FAST)
+    agent = start_agent(cfg)
+    try:
+        platform.wait(lambda _m: len(envelopes(platform)) >= 50, 20, "telemetry")
+    finally:
+        stop(agent)
+    first_epoch = envelopes(platform)[0]["epoch"]
+    db = tmp_path / "outbox.db"
+    raw = bytearray(db.read_bytes())
+    raw[4096 : 4096 * 3] = b"\x5a" * (4096 * 2)  # a dying SD card
+    db.write_bytes(bytes(raw))
+
+    agent = start_agent(cfg)
+    try:
+        platform.wait(
+            lambda _m: any(
+                m["data"]["rule"] == "outbox_corrupt" for m in envelopes(platform, "alarms")
+            ),
+            20,
+            "the alarm",
+        )
+        platform.wait(
+            lambda _m: len({m["epoch"] for m in envelopes(platform)}) == 2,
+            20,
+            "telemetry in the new epoch",
+        )
+    finally:
+        stop(agent)
+    assert list(tmp_path.glob("outbox.db.corrupt-*")), "the corrupt file must be kept"
+    alarm = [m for m in envelopes(platform, "alarms") if m["data"]["rule"] == "outbox_corrupt"]
+    assert [a["data"]["state"] for a in alarm] == ["active_unacked", "cleared_unacked"]
+    assert alarm[0]["data"]["severity"] == "critical"
+    new = [
+        m for m in envelopes(platform) + envelopes(platform, "alarms") if m["epoch"] != first_epoch
+    ]
+    assert min(m["seq"] for m in new) == 1  # the new epoch starts from 1: its first alarm
+    assert "outbox.db.corrupt-" in alarm[0]["data"]["value"]
+    # the alarm stays visible (retained) until someone acknowledges it
+    retained = [t for _x, t, p in platform.messages if t.startswith(f"{ROOT}/alarms/active/") and p]
+    assert retained
+
+
+def test_size_cap_evicts_oldest_telemetry_and_health_counts_it(
+    tmp_path: Path,
+    persistent_mqtt_broker: MqttBroker,
+    platform: PersistentSubscriber,
+    campus: dict[str, Any],
+) -> None:
+    import asyncio
+
+    # A night's backlog that no longer fits under the cap: 1.5 MiB before a 1 MiB cap.
+    async def fill() -> int:
+        ob = Outbox(tmp_path / "outbox.db")
+        await ob.open()
+        ob.put(
+            Lane.ALARM,
+            f"{ROOT}/alarms",
+            device="gw1",
+            kind="alarm",
+            ts=time.time(),
+            data={"alarm_id": "old", "rule": "r", "state": "active_unacked"},
+        )
+        for i in range(1500):
+            ob.put(
+                Lane.TELEMETRY,
+                f"{ROOT}/telemetry/old-meter",
+                device="old-meter",
+                kind="telemetry",
+                ts=time.time(),
+                data={"i": i, "pad": "x" * 1000},
+                quality="good",
+            )
+        await ob.flush()
+        top = ob.next_seq - 1
+        await ob.close()
+        return top
+
+    top = asyncio.run(fill())
+    cfg = agent_config(
+        tmp_path,
+        persistent_mqtt_broker,
+        campus,
+        **{**FAST, "outbox": {"commit_interval_ms": 100, "max_bytes": 1048576}},
+    )
+    agent = start_agent(cfg)
+    try:
+        platform.wait(
+            lambda _m: any(m["seq"] == top for m in envelopes(platform)),
+            30,
+            "the end of the old backlog",
+        )
+        platform.wait(
+            lambda msgs: any(
+                t == f"{ROOT}/health" and json.loads(p)["dropped"]["telemetry"] > 0
+                for _x, t, p in msgs
+            ),
+            10,
+            "health",
+        )
+    finally:
+        stop(agent)
+    # what the agent counted (and health reports) is kept in the outbox's meta table
+    import sqlite3
+
+    con = sqlite3.connect(tmp_path / "outbox.db")
+    (dropped,) = con.execute("SELECT value FROM meta WHERE key='dropped_telemetry'").fetchone()
+    con.close()
+    dropped = int(dropped)
+    tracker = SeqTracker()
+    for m in envelopes(platform) + envelopes(platform, "alarms"):
+        tracker.add(m)
+    (epoch,) = tracker.seqs
+    holes = tracker.holes(epoch, upto=top)
+    # every hole is an eviction that health reports, and the oldest telemetry went first
+    assert len(holes) == dropped > 0
+    assert holes == list(range(2, 2 + dropped))
+    # the alarm, the oldest message of all, survived the eviction
+    assert 1 in tracker.seqs[epoch]
