@@ -59,7 +59,8 @@ class ModbusDevice(PollingDeviceBase):
     scale_overrides: dict[str, float] = Field(
         default_factory=dict,
         description="Replace a metric's scale from the profile, e.g. CT ratio: "
-        "{current_l1: 0.4} for a 200/5 A CT on an ADL400 (0.01 A x 40); its range scales too",
+        "{current_l1: 0.4, power_total: 0.04, energy_total: 0.4} for a 200/5 A CT on an "
+        "ADL400 (profile scale x 40; scale every secondary-side value); its range scales too",
     )
 
     @model_validator(mode="after")
