@@ -365,3 +365,119 @@ async def test_broker_outage_backlog_is_delivered_marked_historical(
     finally:
         agent.stop()
         await asyncio.wait_for(task, 15)
+
+
+async def test_alarm_raised_during_outage_goes_out_before_the_backlog(
+    tmp_path: Path,
+    persistent_mqtt_broker: MqttBroker,
+    sim: CampusSim,
+) -> None:
+    from tests.e2e.helpers import PersistentSubscriber
+
+    broker = persistent_mqtt_broker
+    cfg_path = write_config(tmp_path, broker, sim, publish={"backlog_rate_max": 20})
+    agent = Agent(load_config(cfg_path), cfg_path)
+    task = asyncio.create_task(agent.run())
+    platform = await asyncio.to_thread(PersistentSubscriber, broker, f"{ROOT}/#")
+    try:
+        await asyncio.wait_for(agent.publisher.connected.wait(), 10)
+        await asyncio.to_thread(broker.stop)
+        await asyncio.sleep(2)  # telemetry piles up in the outbox
+        alarm = agent.alarms.raise_("outbox_disk_full", "gw1", "major", en="test", zh="测试")
+        await asyncio.sleep(0.5)
+        await asyncio.to_thread(broker.start)
+
+        def arrived(msgs: list[tuple[float, str, bytes]]) -> bool:
+            return any(t == f"{ROOT}/alarms" for _x, t, _p in msgs)
+
+        await asyncio.to_thread(platform.wait, arrived, 15, "the alarm")
+        await asyncio.sleep(1)
+    finally:
+        agent.stop()
+        await asyncio.wait_for(task, 15)
+        await asyncio.to_thread(platform.close)
+    kinds = []
+    for _x, topic, payload in platform.messages:
+        if topic == f"{ROOT}/alarms":
+            kinds.append("alarm")
+        elif "/telemetry/" in topic and json.loads(payload)["historical"]:
+            kinds.append("historical")
+    # the alarm was raised after the backlog had piled up, yet arrives before all of it
+    assert kinds.index("alarm") < kinds.index("historical")
+    assert kinds.count("historical") > 5
+    msg = next(json.loads(p) for _x, t, p in platform.messages if t == f"{ROOT}/alarms")
+    check_envelope(json.dumps(msg).encode(), "alarm")
+    assert msg["data"]["alarm_id"] == alarm.alarm_id
+    assert msg["historical"] is True  # it too waited for the link
+
+
+async def test_full_disk_holds_messages_in_memory_and_says_so(
+    tmp_path: Path,
+    persistent_mqtt_broker: MqttBroker,
+    sim: CampusSim,
+) -> None:
+    from tests.e2e.helpers import PersistentSubscriber
+
+    broker = persistent_mqtt_broker
+    cfg_path = write_config(tmp_path, broker, sim)
+    agent = Agent(load_config(cfg_path), cfg_path)
+    task = asyncio.create_task(agent.run())
+    platform = await asyncio.to_thread(PersistentSubscriber, broker, f"{ROOT}/#")
+
+    def seen(pred: Any) -> Any:
+        return lambda msgs: any(pred(t, p) for _x, t, p in msgs)
+
+    try:
+        await asyncio.wait_for(agent.publisher.connected.wait(), 10)
+        # While the link is down nothing is deleted, so every commit needs new pages;
+        # SQLite's max_page_count then fails it with SQLITE_FULL, as a full disk does.
+        await asyncio.to_thread(broker.stop)
+        db = agent.outbox.db
+        pages = (await (await db.execute("PRAGMA page_count")).fetchone())[0]
+        await db.execute(f"PRAGMA max_page_count={pages}")
+        for _ in range(100):
+            await asyncio.sleep(0.1)
+            if agent.outbox.mode == "memory":
+                break
+        assert agent.outbox.mode == "memory"
+        await asyncio.sleep(1)  # readings go on, into memory
+        health = await agent.health()  # what ROOT/health says now
+        assert health["outbox"]["mode"] == "memory"
+        assert "full" in health["outbox"]["disk_error"]
+        await asyncio.to_thread(broker.start)
+        await asyncio.to_thread(
+            platform.wait,
+            seen(
+                lambda t, p: (
+                    t == f"{ROOT}/alarms" and json.loads(p)["data"]["rule"] == "outbox_disk_full"
+                )
+            ),
+            15,
+            "the disk-full alarm",
+        )
+        await db.execute("PRAGMA max_page_count=1073741823")  # space is back
+        await asyncio.to_thread(
+            platform.wait,
+            seen(
+                lambda t, p: (
+                    t == f"{ROOT}/alarms" and json.loads(p)["data"]["state"] == "cleared_unacked"
+                )
+            ),
+            15,
+            "the alarm to clear",
+        )
+        await asyncio.sleep(1.5)
+    finally:
+        agent.stop()
+        await asyncio.wait_for(task, 15)
+        await asyncio.to_thread(platform.close)
+    tracker = SeqTracker()
+    for _x, topic, payload in platform.messages:
+        if "/telemetry/" in topic or topic == f"{ROOT}/alarms":
+            tracker.add(
+                check_envelope(payload, "alarm" if topic.endswith("/alarms") else "telemetry")
+            )
+    (epoch,) = tracker.seqs
+    # what was held in memory reached the platform: nothing is missing
+    assert tracker.holes(epoch) == []
+    assert agent.outbox.dropped["telemetry"] == 0
