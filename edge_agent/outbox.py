@@ -381,7 +381,10 @@ class Outbox:
             self._acked = acked + self._acked
             self._next_seq = seq
             self._write_seq_guard(seq)
-            self._notify(rows, [])
+            # The publisher may count these as done: held rows that were acked are
+            # dropped from memory; acked rows on disk are deleted once writes work
+            # again (until then a crash could send them twice).
+            self._notify(rows, acked)
             return rows
         if self._mem:
             log.info(

@@ -116,6 +116,7 @@ class Publisher:
         self._device_count = 0
         self._last_disconnect_reason: str | None = None
         self._stopping = False
+        self._commit_requested = False
         outbox.subscribe(self._on_committed)
         outbox.subscribe_deleted(self._on_deleted)
 
@@ -278,9 +279,11 @@ class Publisher:
         self._acked_seqs.add(seq)
         self.outbox.ack((seq,))
         self.stats.acked += 1
-        if self._window() <= 0:
-            # The window is full of delivered rows whose delete is not committed
-            # yet: commit now rather than wait for the group-commit timer.
+        if len(self._acked_seqs) * 2 >= self.s.inflight_max and not self._commit_requested:
+            # Half the window holds delivered rows whose delete is not committed yet:
+            # commit now rather than at the group-commit timer, while the other half
+            # keeps the link busy.
+            self._commit_requested = True
             self.outbox.request_commit()
         self._work.set()
 
@@ -387,6 +390,7 @@ class Publisher:
 
     def _on_deleted(self, seqs: list[int]) -> None:
         self._acked_seqs.difference_update(seqs)
+        self._commit_requested = False
         self._work.set()
 
     async def _drain_forever(self) -> None:
