@@ -137,10 +137,12 @@ class MqttConfig(Strict):
     keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keep-alive")
     topic_prefix: Id = Field(default="campus", description="First topic level")
     inflight_max: int = Field(
-        default=100,
+        default=500,
         ge=1,
         le=65535,
-        description="Messages published but not yet acknowledged (PUBACK) at most",
+        description="Messages sent whose outbox row is not yet deleted, at most: bounds the "
+        "duplicates one outage or crash can cause; a larger window drains faster over a "
+        "slow uplink",
     )
     reconnect_min_s: float = Field(default=1, gt=0, description="First reconnect delay")
     reconnect_max_s: float = Field(default=60, gt=0, description="Longest reconnect delay")

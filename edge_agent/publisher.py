@@ -61,7 +61,7 @@ class MqttSettings:
     tls: bool = False
     tls_insecure: bool = False
     keepalive_s: int = 30
-    inflight_max: int = 100
+    inflight_max: int = 500
     reconnect_min_s: float = 1.0
     reconnect_max_s: float = 60.0
     drain_rate_max: float = 0.0  # messages/s for the backlog; 0 = as fast as the window allows
@@ -109,6 +109,7 @@ class Publisher:
         self._live_max = max(1000, settings.inflight_max * 20)
         self._boundary = 0  # rows with seq < boundary are backlog
         self._cursor: dict[Lane, int] = {lane: 0 for lane in Lane}
+        self._buf: deque[Row] = deque()  # backlog rows read ahead
         self._backlog_done = True
         self._work = asyncio.Event()
         self._retained: dict[str, tuple[bytes, int]] = {}
@@ -253,6 +254,7 @@ class Publisher:
         self._boundary = self.outbox.next_seq
         self._live.clear()
         self._cursor = dict.fromkeys(Lane, 0)
+        self._buf.clear()
         self._backlog_done = False
         client.subscribe(f"{self.s.root}/cmd/+", qos=1)
         self._publish_direct(
@@ -279,7 +281,7 @@ class Publisher:
         self._acked_seqs.add(seq)
         self.outbox.ack((seq,))
         self.stats.acked += 1
-        if len(self._acked_seqs) * 2 >= self.s.inflight_max and not self._commit_requested:
+        if len(self._acked_seqs) * 4 >= self.s.inflight_max and not self._commit_requested:
             # Half the window holds delivered rows whose delete is not committed yet:
             # commit now rather than at the group-commit timer, while the other half
             # keeps the link busy.
@@ -436,31 +438,34 @@ class Publisher:
             loop.call_later(delay, self._work.set)
 
     async def _drain_backlog(self, room: int) -> int:
+        """Send up to ``room`` backlog rows: alarms, then events, then telemetry, oldest first."""
         sent = 0
-        for lane in Lane:
-            while room > 0 and self.connected.is_set():
-                rows = await self.outbox.fetch(
-                    lane, self._cursor[lane], self._boundary, min(room, 500)
-                )
-                if not rows:
+        while room > 0 and self.connected.is_set():
+            if not self._buf:
+                if not await self._refill():
+                    self._backlog_done = True
                     break
-                for row in rows:
-                    self._cursor[lane] = row.seq
-                    if row.seq in self._inflight_seqs or row.seq in self._acked_seqs:
-                        continue
-                    if not self._send_row(row, historical=True):
-                        self._cursor[lane] = row.seq - 1
-                        return sent
-                    sent += 1
-                    room -= 1
-                    if room == 0:
-                        break
-            if room == 0:
-                # Still work in this or a later lane; resume when the window frees up.
-                return sent
-        if self.connected.is_set():
-            self._backlog_done = True
+                continue
+            row = self._buf.popleft()
+            if row.seq in self._inflight_seqs or row.seq in self._acked_seqs:
+                continue
+            if not self._send_row(row, historical=True):
+                self._buf.appendleft(row)
+                break
+            sent += 1
+            room -= 1
         return sent
+
+    async def _refill(self) -> bool:
+        # Read ahead in large slices: one SQLite round trip per thousand rows, not
+        # one per few freed window slots.
+        for lane in Lane:
+            rows = await self.outbox.fetch(lane, self._cursor[lane], self._boundary, 1000)
+            if rows:
+                self._cursor[lane] = rows[-1].seq
+                self._buf.extend(rows)
+                return True
+        return False
 
 
 def _log_task_error(task: asyncio.Future[None]) -> None:
