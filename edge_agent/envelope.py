@@ -5,6 +5,7 @@ Kept free of I/O so the outbox, the publisher and the tests share one definition
 
 from __future__ import annotations
 
+import base64
 import os
 import time
 from datetime import UTC, datetime
@@ -13,6 +14,7 @@ from typing import Any
 
 CONTRACT_VERSION = 1
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_TO_CROCKFORD = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _CROCKFORD)
 
 
 class Lane(IntEnum):
@@ -34,17 +36,24 @@ def new_ulid(ts: float | None = None) -> str:
     """
     ms = int((time.time() if ts is None else ts) * 1000) & ((1 << 48) - 1)
     value = (ms << 80) | int.from_bytes(os.urandom(10), "big")
-    out = []
-    for _ in range(26):
-        out.append(_CROCKFORD[value & 31])
-        value >>= 5
-    return "".join(reversed(out))
+    # 26 characters are 130 bits: right-aligned in 160 bits, base32 gives 32 characters
+    # whose last 26 are the ULID, in RFC 4648's alphabet, translated to Crockford's.
+    return base64.b32encode(value.to_bytes(20, "big"))[6:].decode().translate(_TO_CROCKFORD)
+
+
+_second_cache: tuple[int, str] = (-1, "")
 
 
 def iso_ms(ts: float) -> str:
     """UTC ISO-8601 with milliseconds and ``Z``, as the contract requires."""
-    dt = datetime.fromtimestamp(ts, tz=UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+    global _second_cache
+    ms_total = int(ts * 1000)
+    sec, ms = divmod(ms_total, 1000)
+    cached_sec, text = _second_cache
+    if sec != cached_sec:  # readings come in bursts within one second: format it once
+        text = datetime.fromtimestamp(sec, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+        _second_cache = (sec, text)
+    return f"{text}{ms:03d}Z"
 
 
 def envelope(
