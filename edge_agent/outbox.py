@@ -75,8 +75,12 @@ def _is_disk_full(err: sqlite3.Error) -> bool:
     return code == sqlite3.SQLITE_FULL or "full" in str(err).lower()
 
 
+# One encoder for every message: json.dumps with options builds a new one per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    return _ENCODER.encode(obj).encode()
 
 
 class Outbox:
