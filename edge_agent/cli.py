@@ -147,6 +147,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 130
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import main as bench_main
+
+    _setup_logging("WARNING")
+    return bench_main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge-agent", description="Campus edge agent / 校园边缘网关")
     p.add_argument("--version", action="version", version=f"edge-agent {__version__}")
@@ -190,6 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--plain", action="store_true", help="print lines instead of the dashboard")
     d.add_argument("-v", "--verbose", action="store_true")
     d.set_defaults(fn=cmd_demo)
+
+    from .bench import add_arguments as bench_arguments
+
+    b = sub.add_parser("bench", help="measure CPU, memory, throughput, alarm latency / 性能测试")
+    bench_arguments(b)
+    b.set_defaults(fn=cmd_bench)
     return p
 
 

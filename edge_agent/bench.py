@@ -1,0 +1,1119 @@
+"""``edge-agent bench``: how fast is the agent on *this* gateway?
+
+Four figures, each next to the target from the project's performance issue:
+
+``campus``
+    The agent (``python -m edge_agent run``, a child process) reads a simulated school
+    (``python -m simulators campus``, another child process; production code never
+    imports the simulators) for ``--duration`` seconds after a warm-up, at the
+    devices' own polling intervals (profile defaults: 30 s sensors, 60 s meters).
+    Agent CPU (% of one core) comes from ``/proc/<pid>/stat`` (utime + stime deltas),
+    RSS from ``/proc/<pid>/status`` (VmRSS); the publish rate is counted by a
+    subscriber. The simulator's CPU is reported separately: it is not the agent.
+``ingest``
+    Readings per second committed to the SQLite outbox: ``Outbox.put`` of a 7-metric
+    air reading, ``Outbox.flush`` every ``commit_max_batch`` readings.
+``drain``
+    A backlog of ``--messages`` rows is written to the outbox, then the real
+    :class:`~edge_agent.publisher.Publisher` sends it to a local mosquitto at QoS 1
+    until the outbox is empty (every row acknowledged and deleted). The same number of
+    messages of the same size then goes through a bare paho-mqtt loop (``loop_start``
+    thread, the same in-flight window, waiting for every PUBACK); the figure is the
+    ratio of the two rates.
+``latency``
+    While the backlog drains, an alarm (lane ``ALARM``, topic ``ROOT/alarms``) is put
+    into the outbox every 50 ms with its emit time inside ``data``; a separate
+    subscriber records when it arrives. p50, p99 and max of emit -> receipt.
+
+A miss is printed as ``MISS`` but never fails the command: the exit code is 0 when the
+benchmark ran and 1 when it could not (no mosquitto, a part crashed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:  # paho is imported only when a part runs: `edge-agent --help` stays quick
+    import paho.mqtt.client as mqtt
+
+
+PARTS = ("campus", "ingest", "drain", "latency")
+SITE_ID = "bench-school"
+GATEWAY_ID = "gw1"
+ROOT = f"campus/{SITE_ID}/{GATEWAY_ID}"
+ALARM_PERIOD_S = 0.05
+#: A Raspberry Pi 4 core is roughly this many times slower than a current x86 server core.
+PI4_SLOWDOWN = (4.0, 6.0)
+_MIB = 1024 * 1024
+
+
+class BenchError(Exception):
+    """A part of the benchmark could not run (not a missed target)."""
+
+
+# -- pure helpers (unit-tested) -----------------------------------------------------------
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """The ``p``-th percentile (0-100) with linear interpolation between closest ranks.
+
+    The same definition as ``numpy.percentile``'s default and ``statistics.quantiles``
+    with ``method="inclusive"``. Raises ``ValueError`` for an empty sequence.
+    """
+    if not values:
+        raise ValueError("percentile of no values")
+    if not 0 <= p <= 100:
+        raise ValueError(f"percentile must be within 0..100, not {p}")
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * p / 100
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def parse_proc_stat(text: str) -> tuple[int, int]:
+    """``(utime, stime)`` in clock ticks from the text of ``/proc/<pid>/stat``.
+
+    The command name (field 2) is in parentheses and may contain spaces and ``)``, so
+    the fields are split after the *last* ``)``; utime and stime are fields 14 and 15
+    of proc(5).
+    """
+    fields = text[text.rfind(")") + 1 :].split()
+    try:
+        return int(fields[14 - 3]), int(fields[15 - 3])
+    except (IndexError, ValueError) as err:
+        raise ValueError(f"not a /proc/<pid>/stat line: {text[:80]!r}") from err
+
+
+def parse_vmrss(text: str) -> int:
+    """Resident set size in bytes from the text of ``/proc/<pid>/status`` (``VmRSS:``)."""
+    for line in text.splitlines():
+        if line.startswith("VmRSS:"):
+            parts = line.split()
+            if len(parts) >= 2 and parts[1].isdigit():
+                unit = parts[2].lower() if len(parts) > 2 else "kb"
+                factor = {"kb": 1024, "mb": _MIB, "b": 1}.get(unit, 1024)
+                return int(parts[1]) * factor
+    raise ValueError("no VmRSS line in /proc/<pid>/status (a kernel thread or a zombie?)")
+
+
+class ProcSampler:
+    """CPU seconds and resident memory of another process, read from ``/proc``."""
+
+    def __init__(self, pid: int, *, proc_root: str | os.PathLike[str] = "/proc") -> None:
+        self.pid = pid
+        self._dir = Path(proc_root) / str(pid)
+        ticks = 100
+        with contextlib.suppress(AttributeError, ValueError, OSError):
+            ticks = os.sysconf("SC_CLK_TCK")
+        self._ticks = ticks if ticks > 0 else 100
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time used so far (all threads), in seconds."""
+        utime, stime = parse_proc_stat((self._dir / "stat").read_text(encoding="ascii"))
+        return (utime + stime) / self._ticks
+
+    def rss_bytes(self) -> int:
+        """Current resident set size in bytes."""
+        return parse_vmrss((self._dir / "status").read_text(encoding="ascii", errors="replace"))
+
+
+@dataclass(frozen=True)
+class Target:
+    """One target of the performance issue (on a 2-core x86 box)."""
+
+    part: str
+    key: str
+    label: str
+    op: Literal["<=", ">="]
+    limit: float
+    unit: str
+    #: how the figure scales on a slower CPU: "time" (x slowdown), "rate" (/ slowdown), "same"
+    scales: Literal["time", "rate", "same"]
+
+
+TARGETS: tuple[Target, ...] = (
+    Target("campus", "agent_cpu_percent", "campus: agent CPU", "<=", 1.0, "% of 1 core", "time"),
+    Target("campus", "agent_rss_mib", "campus: agent RSS", "<=", 60.0, "MiB", "same"),
+    Target("ingest", "readings_per_s", "ingest: readings committed", ">=", 50_000, "/s", "rate"),
+    Target("drain", "ratio", "drain: publisher / bare paho", ">=", 0.70, "x", "same"),
+    Target("latency", "p99_ms", "alarm latency p99 (draining)", "<=", 100.0, "ms", "time"),
+)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A target evaluated against the measured figure (``value`` None: not measured)."""
+
+    target: Target
+    value: float | None
+
+    @property
+    def status(self) -> Literal["PASS", "MISS", "n/a"]:
+        if self.value is None:
+            return "n/a"
+        t = self.target
+        ok = self.value <= t.limit if t.op == "<=" else self.value >= t.limit
+        return "PASS" if ok else "MISS"
+
+
+def evaluate(results: dict[str, Any]) -> list[Verdict]:
+    """Compare each target with ``results[part][key]`` (missing or None: ``n/a``)."""
+    verdicts = []
+    for t in TARGETS:
+        part = results.get(t.part)
+        value = part.get(t.key) if isinstance(part, dict) else None
+        verdicts.append(Verdict(t, float(value) if isinstance(value, int | float) else None))
+    return verdicts
+
+
+def fmt_num(value: float) -> str:
+    """Three significant figures at most, thousands separated: 0.123, 12.3, 51,234."""
+    if value == 0:
+        return "0"
+    magnitude = abs(value)
+    if magnitude >= 1000:
+        return f"{value:,.0f}"
+    if magnitude >= 100:
+        return f"{value:.0f}"
+    if magnitude >= 10:
+        return f"{value:.1f}"
+    if magnitude >= 1:
+        return f"{value:.2f}"
+    return f"{value:.3f}"
+
+
+def pi4_estimate(value: float, scales: str) -> str:
+    """The figure a Raspberry Pi 4 would give, from ``PI4_SLOWDOWN`` (rough)."""
+    lo, hi = PI4_SLOWDOWN
+    if scales == "time":
+        return f"{fmt_num(value * lo)}-{fmt_num(value * hi)}"
+    if scales == "rate":
+        return f"{fmt_num(value / hi)}-{fmt_num(value / lo)}"
+    return f"~{fmt_num(value)}"
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A plain-text table: columns padded to their widest cell, a rule under the header."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        if len(row) != len(headers):
+            raise ValueError(f"row {row!r} has {len(row)} cells, expected {len(headers)}")
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+
+    out = [line(headers), "  ".join("-" * w for w in widths)]
+    out.extend(line(r) for r in rows)
+    return "\n".join(out)
+
+
+def _info_rows(results: dict[str, Any]) -> list[tuple[str, str, str, float]]:
+    """Figures without a target: (label, value text, unit, raw value for the Pi column)."""
+    rows: list[tuple[str, str, str, float]] = []
+    c = results.get("campus")
+    if isinstance(c, dict) and "publish_rate_per_s" in c:
+        rows.append(("campus: publish rate (acked)", fmt_num(c["publish_rate_per_s"]), "msg/s", 0))
+        rows.append(
+            ("campus: simulator CPU (not agent)", fmt_num(c["simulator_cpu_percent"]), "%", 0)
+        )
+    i = results.get("ingest")
+    if isinstance(i, dict) and "batch_size" in i:
+        rows.append(("ingest: commit batch", str(i["batch_size"]), "readings", 0))
+    d = results.get("drain")
+    if isinstance(d, dict) and "messages_per_s" in d:
+        rows.append(("drain: publisher", fmt_num(d["messages_per_s"]), "msg/s", 0))
+        if d.get("bare_paho_messages_per_s"):
+            rows.append(
+                ("drain: bare paho loop", fmt_num(d["bare_paho_messages_per_s"]), "msg/s", 0)
+            )
+    lat = results.get("latency")
+    if isinstance(lat, dict) and "p50_ms" in lat:
+        rows.append(
+            (
+                "alarm latency p50 / max",
+                f"{fmt_num(lat['p50_ms'])} / {fmt_num(lat['max_ms'])}",
+                "ms",
+                0,
+            )
+        )
+    return rows
+
+
+def render_report(results: dict[str, Any], meta: dict[str, Any]) -> str:
+    """The table printed at the end of a run."""
+    rows: list[list[str]] = []
+    for v in evaluate(results):
+        t = v.target
+        if v.value is None:
+            measured, pi = "-", "-"
+        else:
+            measured = f"{fmt_num(v.value)} {t.unit}"
+            pi = f"{pi4_estimate(v.value, t.scales)} {t.unit}"
+        rows.append([t.label, measured, f"{t.op} {fmt_num(t.limit)} {t.unit}", v.status, pi])
+    for label, text, unit, _ in _info_rows(results):
+        rows.append([label, f"{text} {unit}", "", "", ""])
+    head = (
+        f"edge-agent bench  {meta.get('date', '')}  {meta.get('cpus', '?')} CPUs  "
+        f"{meta.get('cpu_model', '?')}  Python {meta.get('python', '?')}"
+    )
+    table = format_table(
+        ["figure / 指标", "measured / 实测", "target / 目标", "result", "Pi 4 est. / 估计"], rows
+    )
+    notes = [
+        "PASS/MISS compare with the targets for a 2-core x86 gateway; a MISS does not fail "
+        "the command. / 目标针对双核 x86 网关；未达标不影响退出码。",
+        "Pi 4 estimate: a Pi 4 core is roughly 4-6x slower (rough). "
+        "/ 树莓派 4 约慢 4-6 倍（粗略估计）。",
+    ]
+    errors = results.get("errors") or {}
+    lines = [head, "", table, ""]
+    lines.extend(f"ERROR {part}: {msg}" for part, msg in errors.items())
+    lines.extend(notes)
+    return "\n".join(lines)
+
+
+def parse_only(text: str) -> list[str]:
+    """``"campus,drain"`` -> ``["campus", "drain"]``; unknown names raise ``ValueError``."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in PARTS]
+    if unknown or not names:
+        raise ValueError(f"--only takes a comma-separated subset of {','.join(PARTS)}")
+    return [p for p in PARTS if p in names]
+
+
+def machine_info() -> dict[str, Any]:
+    """Date, CPU count and model, Python and OS, for the JSON and the table heading."""
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in (
+            Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines()
+        ):
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "Model", "Hardware") and value.strip():
+                model = value.strip()
+                break
+    loadavg = ""
+    with contextlib.suppress(OSError):
+        loadavg = " ".join(Path("/proc/loadavg").read_text(encoding="ascii").split()[:3])
+    return {
+        "loadavg_at_start": loadavg,
+        "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+# -- shared plumbing ----------------------------------------------------------------------
+
+
+def _child_env() -> dict[str, str]:
+    """Environment for ``python -m ...`` children: they import what this process imports."""
+    env = dict(os.environ)
+    pkg_root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def _progress(text: str) -> None:
+    print(f"[bench] {text}", file=sys.stderr, flush=True)
+
+
+class _Subscriber:
+    """A paho client on its own thread that hands every message to ``on_message``."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        topics: Sequence[str],
+        on_message: Callable[[str, bytes, bool, float], None],
+        *,
+        protocol: str = "5",
+        client_id: str = "bench-sub",
+    ) -> None:
+        self.host, self.port, self.topics = host, port, list(topics)
+        self._on_message = on_message
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        proto = mqtt.MQTTv5 if protocol == "5" else mqtt.MQTTv311
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=proto)
+        self._subscribed = threading.Event()
+        self.client.on_connect = self._cb_connect
+        self.client.on_subscribe = self._cb_subscribe
+        self.client.on_message = self._cb_message
+
+    def _cb_connect(self, client: mqtt.Client, *_: Any) -> None:
+        client.subscribe([(t, 1) for t in self.topics])
+
+    def _cb_subscribe(self, *_: Any) -> None:
+        self._subscribed.set()
+
+    def _cb_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        self._on_message(msg.topic, bytes(msg.payload), bool(msg.retain), time.monotonic())
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        self.client.connect(self.host, self.port, keepalive=30)
+        self.client.loop_start()
+        if not self._subscribed.wait(timeout_s):
+            self.stop()
+            raise BenchError(f"subscriber could not subscribe on {self.host}:{self.port}")
+
+    def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            self.client.disconnect()
+        self.client.loop_stop()
+
+
+def _air_reading(i: int) -> dict[str, float | int]:
+    """A classroom 7-in-1 air reading (the ``air7in1`` profile's metrics)."""
+    return {
+        "humidity": 41.0 + (i % 7) * 0.1,
+        "temperature": 23.4 + (i % 5) * 0.1,
+        "co2": 600 + i % 400,
+        "pm25": 12 + i % 9,
+        "pm10": 20 + i % 11,
+        "tvoc": 0.12,
+        "hcho": 0.03,
+    }
+
+
+def _device_ids(n: int = 60) -> list[str]:
+    return [f"b{1 + k // 15}-r{101 + k % 15}-air" for k in range(n)]
+
+
+async def _fill_outbox(outbox: Any, n: int, batch: int) -> float:
+    """Put ``n`` telemetry readings, flushing every ``batch``; returns the seconds it took."""
+    from .envelope import Lane
+
+    devices = _device_ids()
+    topics = [f"{ROOT}/telemetry/{d}" for d in devices]
+    nd = len(devices)
+    t0 = time.perf_counter()
+    ts = time.time()
+    for i in range(n):
+        k = i % nd
+        outbox.put(
+            Lane.TELEMETRY,
+            topics[k],
+            device=devices[k],
+            kind="telemetry",
+            ts=ts,
+            data=_air_reading(i),
+            quality="good",
+        )
+        if (i + 1) % batch == 0:
+            await outbox.flush()
+    await outbox.flush()
+    return time.perf_counter() - t0
+
+
+async def _commit_loop(outbox: Any) -> None:
+    """The agent's group-commit loop: commit when due (interval, full batch, an alarm)."""
+    wait_for_work = getattr(outbox, "wait_for_work", None)
+    if wait_for_work is None:  # an outbox that runs its own loop
+        await outbox.run()
+        return
+    while True:
+        await wait_for_work()
+        await outbox.flush()
+
+
+def _remove_db(path: Path) -> None:
+    """The database and everything SQLite and the outbox keep next to it (-wal, -shm, .seq)."""
+    for file in path.parent.glob(f"{path.name}*"):
+        if file.is_file():
+            file.unlink(missing_ok=True)
+
+
+# -- ingest ---------------------------------------------------------------------------------
+
+
+async def run_ingest(
+    workdir: Path, *, readings: int, batch: int = 2000, repeat: int = 1
+) -> dict[str, Any]:
+    """Readings/s committed to a fresh outbox in ``workdir`` (put + flush every ``batch``).
+
+    With ``repeat`` > 1 the run is repeated on a new database each time and the
+    median is reported (a shared or thermally throttled box is noisy).
+    """
+    from .envelope import Lane
+    from .outbox import Outbox
+
+    db = workdir / "ingest-outbox.db"
+    rates: list[float] = []
+    payload_bytes = 0
+    for _ in range(max(1, repeat)):
+        _remove_db(db)
+        outbox = Outbox(db, max_bytes=64 * 1024**3, commit_max_batch=batch)
+        await outbox.open()
+        try:
+            elapsed = await _fill_outbox(outbox, readings, batch)
+            sample = await outbox.fetch(Lane.TELEMETRY, 0, outbox.next_seq, 1)
+            committed = outbox.committed_total
+        finally:
+            await outbox.close()
+            _remove_db(db)
+        if committed != readings:
+            raise BenchError(f"ingest committed {committed} of {readings} readings")
+        rates.append(readings / elapsed)
+        payload_bytes = len(sample[0].payload) if sample else 0
+    return {
+        "readings": readings,
+        "readings_per_s": round(percentile(rates, 50), 1),
+        "runs_readings_per_s": [round(r, 1) for r in rates],
+        "batch_size": batch,
+        "commits": math.ceil(readings / batch),
+        "payload_bytes": payload_bytes,
+    }
+
+
+# -- drain and alarm latency ------------------------------------------------------------------
+
+
+async def run_drain(
+    host: str,
+    port: int,
+    workdir: Path,
+    *,
+    messages: int,
+    inflight: int = 500,
+    batch: int = 2000,
+    alarms: bool = True,
+    protocol: str = "5",
+    stall_timeout_s: float = 60.0,
+) -> dict[str, Any]:
+    """Drain a ``messages`` backlog through the real Publisher; alarms on top when asked.
+
+    Returns the drain figures and, with ``alarms``, a ``"latency"`` sub-dict with the
+    raw latencies in ``latencies_ms``.
+    """
+    from .envelope import Lane
+    from .outbox import Outbox
+    from .publisher import MqttSettings, Publisher
+
+    db = workdir / "drain-outbox.db"
+    _remove_db(db)
+    outbox = Outbox(db, max_bytes=64 * 1024**3, commit_max_batch=batch)
+    await outbox.open()
+    received: dict[int, float] = {}
+    lock = threading.Lock()
+
+    def on_alarm(topic: str, payload: bytes, retain: bool, now: float) -> None:
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            data = json.loads(payload)["data"]
+            with lock:
+                received[int(data["bench_id"])] = now - float(data["emit_mono"])
+
+    sub: _Subscriber | None = None
+    tasks: list[asyncio.Task[None]] = []
+    deleted = [0]
+
+    def on_deleted(seqs: list[int]) -> None:
+        deleted[0] += len(seqs)
+
+    outbox.subscribe_deleted(on_deleted)
+    try:
+        _progress(f"drain: writing a backlog of {messages:,} messages to the outbox")
+        fill_s = await _fill_outbox(outbox, messages, batch)
+        sample = await outbox.fetch(Lane.TELEMETRY, 0, outbox.next_seq, 1)
+        payload = sample[0].payload if sample else b"{}"
+        if alarms:
+            sub = _Subscriber(
+                host,
+                port,
+                [f"{ROOT}/alarms"],
+                on_alarm,
+                protocol=protocol,
+                client_id="bench-alarms",
+            )
+            await asyncio.to_thread(sub.start)
+        settings = MqttSettings(
+            host=host,
+            port=port,
+            root=ROOT,
+            client_id="bench-publisher",
+            protocol=protocol,
+            inflight_max=inflight,
+        )
+        publisher = Publisher(settings, outbox)
+        _progress(f"drain: publishing {messages:,} messages at QoS 1 (window {inflight})")
+        tasks.append(asyncio.create_task(_commit_loop(outbox), name="bench-outbox"))
+        tasks.append(asyncio.create_task(publisher.run(), name="bench-publisher"))
+        try:
+            await asyncio.wait_for(publisher.connected.wait(), 15)
+        except TimeoutError:
+            raise BenchError(f"the publisher could not connect to {host}:{port}") from None
+        t0 = time.perf_counter()
+        sent = 0
+        next_alarm = time.monotonic()
+        last_acked, last_progress = -1, time.monotonic()
+        while True:
+            now = time.monotonic()
+            backlog_left = publisher.stats.acked < messages
+            if alarms and backlog_left and now >= next_alarm:
+                outbox.put(
+                    Lane.ALARM,
+                    f"{ROOT}/alarms",
+                    device="bench",
+                    kind="alarm",
+                    ts=time.time(),
+                    data={
+                        "alarm_id": f"bench-{sent}",
+                        "rule": "bench",
+                        "severity": "critical",
+                        "state": "active_unacked",
+                        "bench_id": sent,
+                        "emit_mono": time.monotonic(),
+                    },
+                )
+                sent += 1
+                next_alarm += ALARM_PERIOD_S
+            # Done when every row was acknowledged *and* its delete committed by the
+            # commit loop (the only task that may flush: the outbox has no lock).
+            if deleted[0] >= messages + sent:
+                break
+            for task in tasks:
+                if task.done():  # the commit loop or the publisher died: say why
+                    task.result()
+                    raise BenchError(f"{task.get_name()} stopped before the drain finished")
+            if publisher.stats.acked != last_acked:
+                last_acked, last_progress = publisher.stats.acked, now
+            elif now - last_progress > stall_timeout_s:
+                raise BenchError(
+                    f"drain stalled: {publisher.stats.acked} acknowledged "
+                    f"of {messages + sent} for {stall_timeout_s:.0f} s"
+                )
+            pause = 0.01
+            if alarms and backlog_left:
+                pause = min(pause, max(0.0, next_alarm - time.monotonic()))
+            await asyncio.sleep(pause)
+        elapsed = time.perf_counter() - t0
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        depth = (await outbox.stats())["depth"]
+        if depth:
+            raise BenchError(f"drain finished with {depth} rows left in the outbox")
+        if alarms:
+            # Let the last alarms reach the subscriber (they were acked by the broker).
+            deadline = time.monotonic() + 5
+            while len(received) < sent and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await outbox.close()
+        if sub is not None:
+            await asyncio.to_thread(sub.stop)
+        _remove_db(db)
+    result: dict[str, Any] = {
+        "messages": messages,
+        "seconds": round(elapsed, 3),
+        "messages_per_s": round(messages / elapsed, 1),
+        "inflight_max": inflight,
+        "payload_bytes": len(payload),
+        "fill_seconds": round(fill_s, 3),
+        "alarms_interleaved": sent,
+        "_payload": payload,
+    }
+    if alarms:
+        with lock:
+            lat_ms = [v * 1000 for v in received.values()]
+        result["latency"] = {
+            "alarms_sent": sent,
+            "alarms_received": len(lat_ms),
+            "p50_ms": round(percentile(lat_ms, 50), 2) if lat_ms else None,
+            "p99_ms": round(percentile(lat_ms, 99), 2) if lat_ms else None,
+            "max_ms": round(max(lat_ms), 2) if lat_ms else None,
+            "period_ms": ALARM_PERIOD_S * 1000,
+            "latencies_ms": [round(v, 3) for v in lat_ms],
+        }
+    return result
+
+
+def run_bare_paho(
+    host: str,
+    port: int,
+    *,
+    payload: bytes,
+    messages: int,
+    inflight: int = 500,
+    protocol: str = "5",
+    timeout_s: float = 600.0,
+) -> dict[str, Any]:
+    """The reference: a bare paho loop publishing ``messages`` at QoS 1 with ``inflight`` in flight.
+
+    paho's network loop runs in its own thread (``loop_start``) exactly as in the
+    publisher; the calling thread waits on a semaphore for a free slot in the window.
+    """
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    proto = mqtt.MQTTv5 if protocol == "5" else mqtt.MQTTv311
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-bare-paho", protocol=proto)
+    client.max_inflight_messages_set(inflight + 16)
+    window = threading.Semaphore(inflight)
+    connected, done = threading.Event(), threading.Event()
+    acked = [0]
+
+    def on_connect(*_: Any) -> None:
+        connected.set()
+
+    def on_publish(*_: Any) -> None:
+        acked[0] += 1  # only paho's thread writes it
+        window.release()
+        if acked[0] >= messages:
+            done.set()
+
+    client.on_connect = on_connect
+    client.on_publish = on_publish
+    topics = [f"{ROOT}/telemetry/{d}" for d in _device_ids()]
+    client.connect(host, port, keepalive=30)
+    client.loop_start()
+    try:
+        if not connected.wait(15):
+            raise BenchError(f"bare paho loop could not connect to {host}:{port}")
+        t0 = time.perf_counter()
+        for i in range(messages):
+            if not window.acquire(timeout=timeout_s):
+                raise BenchError("bare paho loop: no PUBACK within the timeout")
+            client.publish(topics[i % len(topics)], payload, qos=1)
+        if not done.wait(timeout_s):
+            raise BenchError(f"bare paho loop: {acked[0]} of {messages} acknowledged")
+        elapsed = time.perf_counter() - t0
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return {
+        "messages": messages,
+        "seconds": round(elapsed, 3),
+        "messages_per_s": round(messages / elapsed, 1),
+    }
+
+
+# -- campus ---------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _child(argv: list[str], log_path: Path, cwd: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """Run a child process; SIGTERM (then SIGKILL) it on exit."""
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(  # noqa: S603 - our own interpreter and modules, no shell
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            env=_child_env(),
+            start_new_session=True,
+        )
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    with contextlib.suppress(OSError):
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    return ""
+
+
+def campus_config(
+    layout: dict[str, Any],
+    *,
+    host: str,
+    port: int,
+    protocol: str,
+    outbox_path: str,
+    interval_s: float | None,
+) -> dict[str, Any]:
+    """An agent config for the simulator layout; ``interval_s`` None keeps profile defaults."""
+    from .demo import config_from_layout
+
+    cfg = config_from_layout(
+        layout,
+        broker_host=host,
+        broker_port=port,
+        protocol=protocol,
+        outbox_path=outbox_path,
+        interval_s=interval_s or 30.0,
+    )
+    cfg["site"]["id"] = SITE_ID
+    cfg["site"]["gateway_id"] = GATEWAY_ID
+    cfg["site"]["name"] = "Bench School / 基准测试学校"
+    # The agent's own defaults: health every 60 s, logging as shipped.
+    cfg["mqtt"].pop("health_interval_s", None)
+    if interval_s is None:
+        for dev in cfg["devices"]:
+            dev.pop("interval_s", None)
+    return cfg
+
+
+def run_campus(
+    host: str,
+    port: int,
+    workdir: Path,
+    *,
+    protocol: str = "5",
+    duration_s: float = 60.0,
+    warmup_s: float = 15.0,
+    classrooms: int = 60,
+    meters: int = 30,
+    interval_s: float | None = None,
+) -> dict[str, Any]:
+    """Run the simulated school and the agent as child processes; measure the agent."""
+    import yaml
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    layout_path = workdir / "layout.json"
+    layout_path.unlink(missing_ok=True)
+    _remove_db(workdir / "outbox.db")
+    sim_argv = [
+        sys.executable, "-m", "simulators", "campus",
+        "--classrooms", str(classrooms), "--meters", str(meters),
+        "--host", "127.0.0.1", "--base-port", "0", "--layout-out", str(layout_path),
+    ]  # fmt: skip
+    _progress(f"campus: starting the simulated school ({classrooms} classrooms, {meters} meters)")
+    with _child(sim_argv, workdir / "simulators.log", workdir) as sim:
+        deadline = time.monotonic() + 60
+        while not layout_path.exists():
+            if sim.poll() is not None:
+                raise BenchError(
+                    f"the simulators exited with code {sim.returncode}:\n"
+                    f"{_tail(workdir / 'simulators.log')}"
+                )
+            if time.monotonic() > deadline:
+                raise BenchError("the simulators did not write their layout within 60 s")
+            time.sleep(0.1)
+        time.sleep(0.2)  # the file is written in one go, but be kind to slow disks
+        layout = json.loads(layout_path.read_text())
+        cfg = campus_config(
+            layout,
+            host=host,
+            port=port,
+            protocol=protocol,
+            outbox_path=str(workdir / "outbox.db"),
+            interval_s=interval_s,
+        )
+        cfg_path = workdir / "agent.yaml"
+        cfg_path.write_text(
+            "## Generated by `edge-agent bench` from the simulators' layout.\n"
+            + yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True)
+        )
+        counts = {"messages": 0}
+        online = threading.Event()
+        lock = threading.Lock()
+
+        def on_message(topic: str, payload: bytes, retain: bool, now: float) -> None:
+            if topic == f"{ROOT}/status":
+                if b'"online"' in payload:
+                    online.set()
+            elif not retain and topic.startswith((f"{ROOT}/telemetry/", f"{ROOT}/events/")):
+                with lock:
+                    counts["messages"] += 1
+
+        sub = _Subscriber(
+            host, port, [f"{ROOT}/#"], on_message, protocol=protocol, client_id="bench-campus"
+        )
+        sub.start()
+        agent_argv = [sys.executable, "-m", "edge_agent", "run", "-c", str(cfg_path)]
+        try:
+            with _child(agent_argv, workdir / "agent.log", workdir) as agent:
+                if not online.wait(60):
+                    raise BenchError(
+                        f"the agent did not come online:\n{_tail(workdir / 'agent.log')}"
+                    )
+                _progress(f"campus: agent online (pid {agent.pid}), warming up {warmup_s:g} s")
+                time.sleep(warmup_s)
+                ap, sp = ProcSampler(agent.pid), ProcSampler(sim.pid)
+                _progress(f"campus: measuring for {duration_s:g} s")
+                t0, a0, s0 = time.monotonic(), ap.cpu_seconds(), sp.cpu_seconds()
+                with lock:
+                    m0 = counts["messages"]
+                rss: list[int] = []
+                end = t0 + duration_s
+                while (now := time.monotonic()) < end:
+                    if agent.poll() is not None:
+                        raise BenchError(
+                            f"the agent exited with code {agent.returncode}:\n"
+                            f"{_tail(workdir / 'agent.log')}"
+                        )
+                    rss.append(ap.rss_bytes())
+                    time.sleep(min(1.0, end - now))
+                t1, a1, s1 = time.monotonic(), ap.cpu_seconds(), sp.cpu_seconds()
+                rss.append(ap.rss_bytes())
+                sim_rss = sp.rss_bytes()
+                with lock:
+                    m1 = counts["messages"]
+        finally:
+            sub.stop()
+    wall = t1 - t0
+    intervals = sorted({str(d.get("interval_s", "profile default")) for d in cfg["devices"]})
+    return {
+        "devices": len(layout["devices"]),
+        "classrooms": classrooms,
+        "meters": meters,
+        "interval_s": interval_s
+        if interval_s is not None
+        else "profile defaults (30 s sensors, 60 s meters)",
+        "intervals_seen": intervals,
+        "warmup_s": warmup_s,
+        "duration_s": round(wall, 2),
+        "agent_cpu_percent": round(100 * (a1 - a0) / wall, 3),
+        "agent_rss_mib": round(rss[-1] / _MIB, 1),
+        "agent_rss_max_mib": round(max(rss) / _MIB, 1),
+        "publish_rate_per_s": round((m1 - m0) / wall, 2),
+        "messages": m1 - m0,
+        "simulator_cpu_percent": round(100 * (s1 - s0) / wall, 2),
+        "simulator_rss_mib": round(sim_rss / _MIB, 1),
+    }
+
+
+# -- command line ---------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``bench`` options to ``parser``."""
+    parser.add_argument(
+        "--only",
+        default=",".join(PARTS),
+        help=f"comma-separated parts to run (default: all): {','.join(PARTS)} / 只运行部分测试",
+    )
+    parser.add_argument(
+        "--duration", type=float, default=60.0, help="campus: seconds measured (default 60)"
+    )
+    parser.add_argument(
+        "--warmup", type=float, default=15.0, help="campus: seconds before measuring (default 15)"
+    )
+    parser.add_argument(
+        "--classrooms", type=int, default=60, help="campus: classrooms (default 60)"
+    )
+    parser.add_argument("--meters", type=int, default=30, help="campus: energy meters (default 30)")
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=None,
+        help="campus: poll every device every S s (default: profile defaults, 30 s / 60 s)",
+    )
+    parser.add_argument(
+        "--readings", type=int, default=200_000, help="ingest: readings committed (default 200000)"
+    )
+    parser.add_argument(
+        "--batch", type=int, default=2000, help="ingest/drain: commit batch (default 2000)"
+    )
+    parser.add_argument(
+        "--messages",
+        type=int,
+        default=1_000_000,
+        help="drain: backlog size (default 1000000) / 积压消息数",
+    )
+    parser.add_argument(
+        "--inflight",
+        type=int,
+        default=500,
+        help="drain: MQTT in-flight window (default 500, as the agent)",
+    )
+    parser.add_argument(
+        "--json",
+        default="bench-results.json",
+        help="write the results here (default ./bench-results.json)",
+    )
+    parser.add_argument(
+        "--workdir", help="keep configs and logs here (default: a temporary folder) / 工作目录"
+    )
+
+
+def _start_broker(workdir: Path) -> Any:
+    from .localbroker import BrokerError, LocalBroker
+
+    broker = LocalBroker(workdir=workdir / "broker", backend="mosquitto")
+    try:
+        broker.start()
+    except BrokerError as err:
+        raise BenchError(f"the benchmark needs mosquitto / 基准测试需要 mosquitto:\n{err}") from err
+    return broker
+
+
+async def _drain_and_latency(
+    host: str, port: int, protocol: str, workdir: Path, args: argparse.Namespace, parts: list[str]
+) -> dict[str, Any]:
+    drain = await run_drain(
+        host,
+        port,
+        workdir,
+        messages=args.messages,
+        inflight=args.inflight,
+        batch=args.batch,
+        alarms="latency" in parts,
+        protocol=protocol,
+    )
+    return drain
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the selected parts, print the table, write the JSON; 0 when it ran."""
+    try:
+        parts = parse_only(args.only)
+    except ValueError as err:
+        print(f"edge-agent bench: {err}", file=sys.stderr)
+        return 2
+    meta = machine_info()
+    meta["options"] = {k: v for k, v in vars(args).items() if k not in ("fn", "command")}
+    tmp: str | None = None
+    if args.workdir:
+        workdir = Path(args.workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+    else:
+        tmp = tempfile.mkdtemp(prefix="edge-agent-bench-")
+        workdir = Path(tmp)
+    results: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    broker = None
+    try:
+        if any(p in parts for p in ("campus", "drain", "latency")):
+            broker = _start_broker(workdir)
+            meta["broker"] = _mosquitto_version(broker.mosquitto_path)
+        if broker is not None and "campus" in parts:
+            try:
+                results["campus"] = run_campus(
+                    broker.host,
+                    broker.port,
+                    workdir / "campus",
+                    protocol=broker.protocol,
+                    duration_s=args.duration,
+                    warmup_s=args.warmup,
+                    classrooms=args.classrooms,
+                    meters=args.meters,
+                    interval_s=args.interval,
+                )
+            except Exception as err:
+                errors["campus"] = str(err) if isinstance(err, BenchError) else repr(err)
+        if "ingest" in parts:
+            _progress(
+                f"ingest: committing {args.readings:,} readings in batches of {args.batch}, "
+                "3 times (median reported)"
+            )
+            try:
+                results["ingest"] = asyncio.run(
+                    run_ingest(workdir, readings=args.readings, batch=args.batch, repeat=3)
+                )
+            except Exception as err:
+                errors["ingest"] = repr(err)
+        if broker is not None and ("drain" in parts or "latency" in parts):
+            try:
+                drain = asyncio.run(
+                    _drain_and_latency(
+                        broker.host, broker.port, broker.protocol, workdir, args, parts
+                    )
+                )
+                latency = drain.pop("latency", None)
+                payload = drain.pop("_payload")
+                if latency is not None:
+                    results["latency"] = latency
+                if "drain" in parts:
+                    _progress(
+                        f"drain: the same {args.messages:,} messages through a bare paho loop"
+                    )
+                    bare = run_bare_paho(
+                        broker.host,
+                        broker.port,
+                        payload=payload,
+                        messages=args.messages,
+                        inflight=args.inflight,
+                        protocol=broker.protocol,
+                    )
+                    drain["bare_paho_messages_per_s"] = bare["messages_per_s"]
+                    drain["bare_paho_seconds"] = bare["seconds"]
+                    drain["ratio"] = round(drain["messages_per_s"] / bare["messages_per_s"], 3)
+                    results["drain"] = drain
+            except Exception as err:
+                errors["drain" if "drain" in parts else "latency"] = repr(err)
+    except BenchError as err:
+        print(f"edge-agent bench: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        if broker is not None:
+            broker.close()
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    if errors:
+        results["errors"] = errors
+    meta["loadavg_at_end"] = machine_info()["loadavg_at_start"]
+    report = render_report(results, meta)
+    print(report)
+    out = {
+        "meta": meta,
+        "results": results,
+        "targets": [
+            {
+                "figure": v.target.label,
+                "part": v.target.part,
+                "key": v.target.key,
+                "measured": v.value,
+                "op": v.target.op,
+                "limit": v.target.limit,
+                "unit": v.target.unit,
+                "result": v.status,
+                "pi4_estimate": None if v.value is None else pi4_estimate(v.value, v.target.scales),
+            }
+            for v in evaluate(results)
+        ],
+    }
+    Path(args.json).write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n")
+    print(f"results written to {args.json} / 结果已写入 {args.json}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+def _mosquitto_version(path: str | None) -> str:
+    from .localbroker import find_mosquitto
+
+    exe = path or find_mosquitto()
+    if not exe:
+        return "mosquitto"
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        done = subprocess.run(  # noqa: S603 - the broker we are about to use
+            [exe, "-h"], capture_output=True, timeout=5, check=False
+        )
+        first = (done.stdout or done.stderr).decode(errors="replace").splitlines()
+        if first:
+            return first[0].strip()
+    return "mosquitto"
+
+
+if __name__ == "__main__":  # pragma: no cover - the CLI wires this in as `edge-agent bench`
+    _parser = argparse.ArgumentParser(prog="edge-agent bench", description=__doc__.split("\n")[0])
+    add_arguments(_parser)
+    sys.exit(main(_parser.parse_args()))

@@ -1,0 +1,262 @@
+"""``edge-agent bench``: the pure parts, and tiny real runs (never asserting speed)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge_agent import bench
+from tests.mqtt_helpers import MqttBroker, mqtt_subscriber
+
+# -- percentile ---------------------------------------------------------------------------
+
+
+def test_percentile_interpolates_between_ranks() -> None:
+    values = [float(v) for v in range(1, 101)]  # 1..100
+    assert bench.percentile(values, 50) == pytest.approx(50.5)
+    assert bench.percentile(values, 99) == pytest.approx(99.01)
+    assert bench.percentile(values, 0) == 1.0
+    assert bench.percentile(values, 100) == 100.0
+
+
+def test_percentile_ignores_input_order_and_matches_statistics() -> None:
+    values = [7.0, 1.0, 30.0, 3.0, 12.0, 2.0, 9.0]
+    expected = statistics.quantiles(values, n=100, method="inclusive")
+    for p in (1, 25, 50, 75, 99):
+        assert bench.percentile(values, p) == pytest.approx(expected[p - 1])
+
+
+def test_percentile_of_one_value_is_that_value() -> None:
+    assert bench.percentile([4.2], 99) == 4.2
+
+
+@pytest.mark.parametrize(("values", "p"), [([], 50), ([1.0], -1), ([1.0], 101)])
+def test_percentile_rejects_bad_input(values: list[float], p: float) -> None:
+    with pytest.raises(ValueError, match="percentile"):
+        bench.percentile(values, p)
+
+
+# -- /proc parsing ------------------------------------------------------------------------
+
+
+def _stat_line(comm: str, utime: int, stime: int) -> str:
+    # fields 3..52 of proc(5); utime and stime are fields 14 and 15
+    fields = ["S"] + [str(n) for n in range(4, 53)]
+    fields[14 - 3] = str(utime)
+    fields[15 - 3] = str(stime)
+    return f"4242 ({comm}) " + " ".join(fields) + "\n"
+
+
+def test_parse_proc_stat_survives_a_command_name_with_spaces_and_parens() -> None:
+    assert bench.parse_proc_stat(_stat_line("python3 (edge) x", 1234, 56)) == (1234, 56)
+
+
+def test_parse_proc_stat_rejects_garbage() -> None:
+    with pytest.raises(ValueError, match="stat"):
+        bench.parse_proc_stat("4242 (python) S 1 2")
+
+
+def test_parse_vmrss_reads_kilobytes() -> None:
+    text = "Name:\tpython3\nVmPeak:\t  99999 kB\nVmRSS:\t   48128 kB\nThreads:\t4\n"
+    assert bench.parse_vmrss(text) == 48128 * 1024
+
+
+def test_parse_vmrss_without_the_line_is_an_error() -> None:
+    with pytest.raises(ValueError, match="VmRSS"):
+        bench.parse_vmrss("Name:\tkthreadd\nState:\tS (sleeping)\n")
+
+
+def test_proc_sampler_reads_a_fake_proc(tmp_path: Path) -> None:
+    pid_dir = tmp_path / "4242"
+    pid_dir.mkdir()
+    (pid_dir / "stat").write_text(_stat_line("python3", 300, 100))
+    (pid_dir / "status").write_text("Name:\tpython3\nVmRSS:\t   2048 kB\n")
+    sampler = bench.ProcSampler(4242, proc_root=tmp_path)
+    ticks = os.sysconf("SC_CLK_TCK")
+    assert sampler.cpu_seconds() == pytest.approx(400 / ticks)
+    assert sampler.rss_bytes() == 2048 * 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_proc_sampler_reads_this_process() -> None:
+    sampler = bench.ProcSampler(os.getpid())
+    assert sampler.rss_bytes() > 1024 * 1024
+    assert sampler.cpu_seconds() > 0
+
+
+# -- targets, table, options ------------------------------------------------------------------
+
+
+def _results(**overrides: Any) -> dict[str, Any]:
+    results: dict[str, Any] = {
+        "campus": {"agent_cpu_percent": 0.4, "agent_rss_mib": 61.0},
+        "ingest": {"readings_per_s": 50_000.0, "batch_size": 2000},
+        "drain": {"ratio": 0.5, "messages_per_s": 5000.0, "bare_paho_messages_per_s": 10000.0},
+    }
+    results.update(overrides)
+    return results
+
+
+def test_evaluate_passes_misses_and_marks_what_did_not_run() -> None:
+    verdicts = {v.target.key: v for v in bench.evaluate(_results())}
+    assert verdicts["agent_cpu_percent"].status == "PASS"
+    assert verdicts["agent_rss_mib"].status == "MISS"  # 61 > 60
+    assert verdicts["readings_per_s"].status == "PASS"  # exactly on the target passes
+    assert verdicts["ratio"].status == "MISS"
+    assert verdicts["p99_ms"].status == "n/a"  # latency did not run
+    assert verdicts["p99_ms"].value is None
+
+
+def test_evaluate_treats_a_missing_figure_as_not_measured() -> None:
+    verdicts = bench.evaluate({"latency": {"p99_ms": None}})
+    assert {v.status for v in verdicts} == {"n/a"}
+
+
+def test_format_table_aligns_columns() -> None:
+    table = bench.format_table(["a", "bb"], [["long cell", "x"], ["y", "zzz"]])
+    lines = table.splitlines()
+    assert lines[0] == "a          bb"
+    assert lines[1] == "---------  ---"
+    assert lines[2] == "long cell  x"
+    assert lines[3] == "y          zzz"
+
+
+def test_format_table_rejects_a_short_row() -> None:
+    with pytest.raises(ValueError, match="cells"):
+        bench.format_table(["a", "b"], [["only one"]])
+
+
+def test_report_shows_verdicts_pi_estimate_and_errors() -> None:
+    results = _results(errors={"campus": "the agent did not come online"})
+    report = bench.render_report(results, {"date": "2026-01-01", "cpus": 2, "python": "3.11"})
+    rss_line = next(line for line in report.splitlines() if "agent RSS" in line)
+    assert "MISS" in rss_line
+    cpu_line = next(line for line in report.splitlines() if "agent CPU" in line)
+    assert "PASS" in cpu_line
+    assert "1.60-2.40" in cpu_line  # 0.4 % times 4..6 on a Pi 4
+    assert "ERROR campus: the agent did not come online" in report
+
+
+@pytest.mark.parametrize(
+    ("value", "text"), [(0, "0"), (0.1234, "0.123"), (12.34, "12.3"), (51234.5, "51,234")]
+)
+def test_fmt_num(value: float, text: str) -> None:
+    assert bench.fmt_num(value) == text
+
+
+def test_parse_only_keeps_the_canonical_order_and_rejects_unknown_parts() -> None:
+    assert bench.parse_only("drain, campus") == ["campus", "drain"]
+    with pytest.raises(ValueError, match="--only"):
+        bench.parse_only("campus,speed")
+    with pytest.raises(ValueError, match="--only"):
+        bench.parse_only(" , ")
+
+
+def _args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_defaults_are_the_issue_figures() -> None:
+    args = _args()
+    assert bench.parse_only(args.only) == list(bench.PARTS)
+    assert (args.duration, args.messages, args.json) == (60.0, 1_000_000, "bench-results.json")
+
+
+def test_unknown_part_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert bench.main(_args("--only", "nothing")) == 2
+    assert "--only" in capsys.readouterr().err
+
+
+def test_campus_config_keeps_profile_intervals_unless_told() -> None:
+    layout = {
+        "servers": [{"host": "127.0.0.1", "port": 5020}],
+        "devices": [{"id": "b1-r101-air", "profile": "air7in1", "host": "127.0.0.1",
+                     "port": 5020, "unit": 1}],
+    }  # fmt: skip
+    common: dict[str, Any] = {"host": "127.0.0.1", "port": 1883, "protocol": "5",
+                              "outbox_path": "o.db"}  # fmt: skip
+    cfg = bench.campus_config(layout, interval_s=None, **common)
+    assert "interval_s" not in cfg["devices"][0]
+    assert cfg["site"]["id"] == bench.SITE_ID
+    assert bench.campus_config(layout, interval_s=2.0, **common)["devices"][0]["interval_s"] == 2.0
+
+
+# -- tiny real runs ---------------------------------------------------------------------------
+
+
+def test_main_runs_ingest_and_writes_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "results.json"
+    args = _args(
+        "--only", "ingest", "--readings", "2000", "--batch", "500",
+        "--workdir", str(tmp_path / "wd"), "--json", str(out),
+    )  # fmt: skip
+    assert bench.main(args) == 0
+    data = json.loads(out.read_text())
+    ingest = data["results"]["ingest"]
+    assert ingest["readings"] == 2000
+    assert ingest["batch_size"] == 500
+    assert ingest["commits"] == 4
+    assert len(ingest["runs_readings_per_s"]) == 3  # the median of three runs is reported
+    assert ingest["payload_bytes"] > 100  # a real 7-metric envelope
+    assert {t["key"]: t["result"] for t in data["targets"]}["agent_cpu_percent"] == "n/a"
+    assert "ingest: readings committed" in capsys.readouterr().out
+    assert not list((tmp_path / "wd").glob("*.db*"))  # the outbox and its side files are gone
+
+
+@pytest.mark.integration
+async def test_drain_delivers_the_whole_backlog_and_alarms(
+    mqtt_broker: MqttBroker, tmp_path: Path
+) -> None:
+    with mqtt_subscriber(mqtt_broker, f"{bench.ROOT}/telemetry/#") as sub:
+        result = await bench.run_drain(
+            mqtt_broker.host, mqtt_broker.port, tmp_path, messages=2000, inflight=50, batch=500
+        )
+        telemetry = sub.wait_for_count(2000, timeout=20)
+    assert result["messages"] == 2000
+    assert all(m.json()["historical"] is True for m in telemetry)  # sent as backlog
+    assert len({m.json()["seq"] for m in telemetry}) == 2000  # every row, once
+    latency = result["latency"]
+    assert latency["alarms_sent"] >= 1
+    assert latency["alarms_received"] == latency["alarms_sent"]
+    assert latency["p99_ms"] >= latency["p50_ms"] > 0
+    assert not list(tmp_path.glob("*.db*"))
+
+
+@pytest.mark.integration
+def test_bare_paho_loop_waits_for_every_puback(mqtt_broker: MqttBroker) -> None:
+    with mqtt_subscriber(mqtt_broker, f"{bench.ROOT}/telemetry/#") as sub:
+        result = bench.run_bare_paho(
+            mqtt_broker.host, mqtt_broker.port, payload=b"x" * 300, messages=2000, inflight=50
+        )
+        sub.wait_for_count(2000, timeout=20)
+    assert result["messages"] == 2000
+    assert result["messages_per_s"] > 0
+
+
+@pytest.mark.integration
+@pytest.mark.e2e
+def test_campus_measures_a_real_agent(mqtt_broker: MqttBroker, tmp_path: Path) -> None:
+    result = bench.run_campus(
+        mqtt_broker.host,
+        mqtt_broker.port,
+        tmp_path,
+        duration_s=3.5,
+        warmup_s=0.5,
+        classrooms=1,
+        meters=1,
+        interval_s=3.0,  # every device reads at least once in the 3.5 s measured
+    )
+    assert result["devices"] == 3
+    assert result["messages"] > 0  # the agent published while we measured
+    assert result["agent_rss_mib"] > 5
+    assert result["agent_cpu_percent"] > 0
