@@ -91,19 +91,11 @@ class CommandRouter:
                     f"unknown command {command!r}; known: {', '.join(self.commands)}"
                 )
             result = await handler(args)
-        except CommandError as err:
+        except (CommandError, DeviceError, ValueError, OSError, TimeoutError) as err:
+            # Refused (a bad request) or failed (the device said no): either way one
+            # answer with ok:false, and nothing changed.
             self.refused += 1
             log.info("command %s refused: %s", command, err)
-            self._reply(
-                request_id,
-                {"request_id": request_id, "ok": False, "error": str(err)},
-                response_topic,
-                correlation,
-            )
-            return
-        except (DeviceError, ValueError, OSError, TimeoutError) as err:
-            self.refused += 1
-            log.info("command %s failed: %s", command, err)
             self._reply(
                 request_id,
                 {"request_id": request_id, "ok": False, "error": str(err)},
