@@ -48,7 +48,6 @@ class OutboxEmitter:
     def __init__(self, outbox: Outbox, root: str) -> None:
         self.outbox = outbox
         self.root = root
-        self.count = 0
 
     def telemetry(
         self,
@@ -58,7 +57,6 @@ class OutboxEmitter:
         ts: float | None = None,
         quality: Quality = "good",
     ) -> None:
-        self.count += 1
         self.outbox.put(
             Lane.TELEMETRY,
             f"{self.root}/telemetry/{device_id}",
@@ -72,7 +70,6 @@ class OutboxEmitter:
     def event(
         self, device_id: str, type_: str, data: dict[str, Any], *, ts: float | None = None
     ) -> None:
-        self.count += 1
         self.outbox.put(
             Lane.EVENT,
             f"{self.root}/events/{device_id}",
@@ -129,11 +126,14 @@ class Agent:
         )
         self.publisher = Publisher(self.settings, self.outbox)
         self.clock: Clock = clock or SystemClock(cfg.clock.sync_check)
-        self.outbox_emitter = OutboxEmitter(self.outbox, self.root)
-        self.emitter = ClockGate(self.outbox_emitter, self.clock, cfg.clock.hold_max_s)
+        self.emitter = ClockGate(
+            OutboxEmitter(self.outbox, self.root), self.clock, cfg.clock.hold_max_s
+        )
         self.stats = ProcessStats()
         self.notifier = SystemdNotifier()
         self.drivers: dict[str, Any] = {}
+        #: device configs by id, for meta and poll settings
+        self.devices: dict[str, Any] = {d.id: d for d in getattr(cfg, "devices", [])}
         self.loops: dict[str, PollLoop] = {}
         self.router = CommandRouter(self._reply)
         self.alarms = AlarmBook(
@@ -159,7 +159,7 @@ class Agent:
             pseudonym_key=pseudonym.encode() if pseudonym else None,
         )
         kinds = registry.drivers()
-        for dev in getattr(self.cfg, "devices", []):
+        for dev in self.devices.values():
             if not dev.enabled:
                 continue
             self.drivers[dev.id] = kinds[dev.kind](dev, ctx)
@@ -197,7 +197,7 @@ class Agent:
         )
 
     def _meta(self, dev_id: str, driver: Any) -> dict[str, Any]:
-        dev = next(d for d in getattr(self.cfg, "devices", []) if d.id == dev_id)
+        dev = self.devices[dev_id]
         meta: dict[str, Any] = {"kind": dev.kind, "name": dev.name, "ts": iso_ms(time.time())}
         meta.update(driver.meta())
         meta["location"] = dev.location.model_dump() if dev.location else None
@@ -334,7 +334,7 @@ class Agent:
                     failing = True
 
     async def _device_task(self, dev_id: str, driver: Any) -> None:
-        dev = next(d for d in getattr(self.cfg, "devices", []) if d.id == dev_id)
+        dev = self.devices[dev_id]
         if not isinstance(driver, PollingDriver):
             await self._supervise(dev_id, lambda: driver.run(self.emitter))
             return

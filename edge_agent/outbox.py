@@ -113,7 +113,6 @@ class Outbox:
         self.committed_total = 0
         self._page_size = 4096
         self._size_check_due = 0.0
-        self._closed = False
         self.memory_max = memory_max
         self._mem: list[Row] = []
         self.disk_error: str | None = None
@@ -273,7 +272,6 @@ class Outbox:
         try:
             await self.flush()
         finally:
-            self._closed = True
             await self._db.close()
             self._db = None
 
@@ -324,10 +322,6 @@ class Outbox:
     def ack(self, seqs: Iterable[int]) -> None:
         """Mark rows delivered (PUBACK received); they are deleted with the next commit."""
         self._acked.extend(seqs)
-
-    @property
-    def pending_count(self) -> int:
-        return len(self._pending)
 
     async def wait_for_work(self) -> None:
         """Sleep until the next group commit is due: the interval, a full batch or an alarm."""

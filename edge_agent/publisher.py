@@ -27,7 +27,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -75,7 +75,6 @@ class PublisherStats:
     live: int = 0
     backlog: int = 0
     connects: int = 0
-    started: float = field(default_factory=time.monotonic)
     _rate_mark: tuple[float, int] = (0.0, 0)
 
     def rate(self) -> float:
@@ -115,7 +114,6 @@ class Publisher:
         self._retained: dict[str, tuple[bytes, int]] = {}
         self._command_handler: CommandHandler | None = None
         self._device_count = 0
-        self._last_disconnect_reason: str | None = None
         self._stopping = False
         self._commit_requested = False
         outbox.subscribe(self._on_committed)
@@ -271,7 +269,6 @@ class Publisher:
         elif self.connected.is_set():
             log.warning("MQTT connection to %s:%s lost: %s", self.s.host, self.s.port, reason)
         self.connected.clear()
-        self._last_disconnect_reason = reason
 
     def _on_puback(self, mid: int) -> None:
         seq = self._inflight.pop(mid, None)

@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from edge_agent.demo import config_from_layout
 from tests.mqtt_helpers import MqttBroker, Received
 
 REPO = Path(__file__).resolve().parents[2]
@@ -28,49 +29,22 @@ def _env() -> dict[str, str]:
 def agent_config(
     tmp_path: Path, broker: MqttBroker, layout: dict[str, Any], **overrides: Any
 ) -> Path:
-    """An agent config for the simulated campus; ``overrides`` replace top-level sections
-    or, for ``device``, fields of every device."""
-    device_overrides = overrides.pop("device", {})
-    buses, ids = [], {}
-    for i, srv in enumerate(layout["servers"]):
-        ids[(srv["host"], srv["port"])] = f"bus{i}"
-        buses.append(
-            {
-                "id": f"bus{i}",
-                "type": "tcp",
-                "host": srv["host"],
-                "port": srv["port"],
-                "framer": srv["framer"],
-            }
-        )
-    devices = [
-        {
-            "id": d["id"],
-            "kind": "modbus",
-            "profile": d["profile"],
-            "bus": ids[(d["host"], d["port"])],
-            "unit": d["unit"],
-            "interval_s": 1,
-            "timeout_s": 0.5,
-            "retries": 0,
-            "location": d["location"],
-            **device_overrides,
-        }
-        for d in layout["devices"]
-    ]
-    cfg = {
-        "site": {"id": "e2e-school", "gateway_id": "gw1"},
-        "mqtt": {
-            "host": broker.host,
-            "port": broker.port,
-            "protocol": broker.protocol,
-            "health_interval_s": 2,
-        },
-        "outbox": {"path": str(tmp_path / "outbox.db"), "commit_interval_ms": 200},
-        "clock": {"sync_check": "none"},
-        "buses": buses,
-        "devices": devices,
-    }
+    """An agent config for the simulated campus, built by the demo's own
+    ``config_from_layout``; ``overrides`` are merged into top-level sections or, for
+    ``device``, into every device."""
+    device = {"interval_s": 1, "timeout_s": 0.5, "retries": 0, **overrides.pop("device", {})}
+    cfg = config_from_layout(
+        layout,
+        broker_host=broker.host,
+        broker_port=broker.port,
+        protocol=broker.protocol,
+        outbox_path=str(tmp_path / "outbox.db"),
+    )
+    cfg["site"]["id"] = "e2e-school"
+    cfg["mqtt"]["health_interval_s"] = 2
+    cfg["outbox"]["commit_interval_ms"] = 200
+    for dev in cfg["devices"]:
+        dev.update(device)
     for key, value in overrides.items():
         cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
     path = tmp_path / "agent.yaml"

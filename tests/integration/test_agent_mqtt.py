@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from edge_agent.agent import Agent
 from edge_agent.config import load_config
 from simulators.campus import CampusSim
 from tests.contract import SeqTracker, check_envelope
+from tests.e2e.helpers import agent_config
 from tests.mqtt_helpers import MqttBroker, Received, mqtt_subscriber, publish
 
 pytestmark = pytest.mark.integration
@@ -30,53 +30,16 @@ ROOT = "campus/test-school/gw1"
 def write_config(
     tmp_path: Path, broker: MqttBroker, sim: CampusSim, publish: dict[str, Any] | None = None
 ) -> Path:
-    layout = sim.layout
-    buses = []
-    ids = {}
-    for i, srv in enumerate(layout["servers"]):
-        ids[(srv["host"], srv["port"])] = f"sim{i}"
-        buses.append(
-            {
-                "id": f"sim{i}",
-                "type": "tcp",
-                "host": srv["host"],
-                "port": srv["port"],
-                "framer": srv["framer"],
-            }
-        )
-    devices = [
-        {
-            "id": d["id"],
-            "kind": "modbus",
-            "profile": d["profile"],
-            "bus": ids[(d["host"], d["port"])],
-            "unit": d["unit"],
-            "interval_s": 0.5,
-            "timeout_s": 0.2,
-            "retries": 0,
-            "offline_after": 2,
-            "location": d["location"],
-        }
-        for d in layout["devices"]
-    ]
-    cfg = {
-        "site": {"id": "test-school", "gateway_id": "gw1", "language": "en"},
-        "mqtt": {
-            "host": broker.host,
-            "port": broker.port,
-            "protocol": broker.protocol,
-            "health_interval_s": 1,
-            "reconnect_max_s": 1,
-        },
-        "publish": publish or {},
-        "clock": {"sync_check": "none"},
-        "outbox": {"path": str(tmp_path / "outbox.db"), "commit_interval_ms": 50},
-        "buses": buses,
-        "devices": devices,
-    }
-    path = tmp_path / "agent.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    return agent_config(
+        tmp_path,
+        broker,
+        sim.layout,
+        site={"id": "test-school"},
+        device={"interval_s": 0.5, "timeout_s": 0.2, "offline_after": 2},
+        mqtt={"health_interval_s": 1, "reconnect_max_s": 1},
+        outbox={"commit_interval_ms": 50},
+        publish=publish or {},
+    )
 
 
 @pytest.fixture
