@@ -326,7 +326,8 @@ class Outbox:
     async def wait_for_work(self) -> None:
         """Sleep until the next group commit is due: the interval, a full batch or an alarm."""
         try:
-            await asyncio.wait_for(self._wake.wait(), self.commit_interval_s)
+            async with asyncio.timeout(self.commit_interval_s):
+                await self._wake.wait()
         except TimeoutError:
             pass
         self._wake.clear()

@@ -108,7 +108,10 @@ class PollLoop:
         h = self.health
         did = h.device_id
         try:
-            reading = await asyncio.wait_for(self.driver.read(), self.read_timeout_s)
+            # asyncio.timeout, not wait_for: see drivers/modbus/driver.py (3.11 wait_for
+            # may swallow a cancellation that coincides with the read completing).
+            async with asyncio.timeout(self.read_timeout_s):
+                reading = await self.driver.read()
         except TimeoutError:
             err: str = f"no complete reading within {self.read_timeout_s:g} s"
             return self._failed(err)

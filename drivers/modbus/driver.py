@@ -162,7 +162,8 @@ class _Line:
             self.client = self._make_client()
         if not self.client.connected:
             try:
-                ok = await asyncio.wait_for(self.client.connect(), timeout_s)
+                async with asyncio.timeout(timeout_s):
+                    ok = await self.client.connect()
             except TimeoutError as err:
                 self.drop()
                 raise DeviceUnavailable(
@@ -443,7 +444,11 @@ class ModbusDriver:
             line.sink = self._frames
             try:
                 client = await line.connected_client(device_id, timeout_s)
-                response = await asyncio.wait_for(request(client), timeout_s)
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a
+                # cancellation that arrives as the request completes, and a device
+                # task that ignores its cancellation never lets the agent stop.
+                async with asyncio.timeout(timeout_s):
+                    response = await request(client)
             except TimeoutError as err:
                 line.timeouts += 1
                 if line.settings.type == "tcp" and line.timeouts >= TCP_TIMEOUTS_BEFORE_RECONNECT:

@@ -86,7 +86,12 @@ def wait_complete(sub: PersistentSubscriber, since: float, timeout: float = 40) 
 def stop(agent: subprocess.Popen[bytes]) -> None:
     if agent.poll() is None:
         agent.send_signal(signal.SIGTERM)
-        agent.wait(30)
+        try:
+            agent.wait(30)
+        except subprocess.TimeoutExpired:
+            agent.kill()  # do not leave it running into the next test
+            agent.wait()
+            raise AssertionError("agent ignored SIGTERM for 30 s:\n" + output(agent)) from None
     assert agent.returncode in (0, -9), output(agent)
 
 
