@@ -891,6 +891,8 @@ def run_campus(
         "warmup_s": warmup_s,
         "duration_s": round(wall, 2),
         "agent_cpu_percent": round(100 * (a1 - a0) / wall, 3),
+        # Since the agent started (imports, config, connect): shows the sampler read the agent.
+        "agent_cpu_s_since_start": round(a1, 2),
         "agent_rss_mib": round(rss[-1] / _MIB, 1),
         "agent_rss_max_mib": round(max(rss) / _MIB, 1),
         "publish_rate_per_s": round((m1 - m0) / wall, 2),

@@ -259,4 +259,7 @@ def test_campus_measures_a_real_agent(mqtt_broker: MqttBroker, tmp_path: Path) -
     assert result["devices"] == 3
     assert result["messages"] > 0  # the agent published while we measured
     assert result["agent_rss_mib"] > 5
-    assert result["agent_cpu_percent"] > 0
+    # An idle agent may use less than one clock tick (10 ms) in 3.5 s: that is the goal, so the
+    # window's figure may be 0. Its start-up (imports, config, connect) always costs more.
+    assert result["agent_cpu_percent"] >= 0
+    assert result["agent_cpu_s_since_start"] > 0.05
