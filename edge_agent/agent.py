@@ -125,7 +125,7 @@ class Agent:
             commit_max_batch=o.commit_max_batch,
         )
         self.publisher = Publisher(self.settings, self.outbox)
-        self.clock: Clock = clock or SystemClock(cfg.clock.sync_check)
+        self.clock: Clock = clock or SystemClock(cfg.clock.sync_check, cfg.clock.sync_file)
         self.emitter = ClockGate(
             OutboxEmitter(self.outbox, self.root), self.clock, cfg.clock.hold_max_s
         )

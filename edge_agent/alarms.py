@@ -48,6 +48,8 @@ class Alarm:
     raised_at: float = field(default_factory=time.time)
     acked_by: str | None = None
     active: bool = True
+    #: when the shelve ends, on the monotonic clock: a clock step (NTP at boot, a
+    #: wrong manual setting) must not shorten or stretch a 30-minute shelve
     shelved_until: float | None = None
 
     def data(self) -> dict[str, Any]:
@@ -153,13 +155,18 @@ class AlarmBook:
             raise AlarmError("minutes must be between 0 and 1440")
         alarm.acked_by = by
         alarm.state = "shelved"
-        alarm.shelved_until = time.time() + minutes * 60
+        alarm.shelved_until = time.monotonic() + minutes * 60
         self._emit(alarm)
-        return {"alarm_id": alarm_id, "state": alarm.state, "until": iso_ms(alarm.shelved_until)}
+        return {
+            "alarm_id": alarm_id,
+            "state": alarm.state,
+            "until": iso_ms(time.time() + minutes * 60),
+        }
 
     def tick(self, now: float | None = None) -> None:
-        """Unshelve alarms whose time is up (called from the health loop)."""
-        now = time.time() if now is None else now
+        """Unshelve alarms whose time is up (called from the health loop); ``now`` is
+        on the monotonic clock."""
+        now = time.monotonic() if now is None else now
         for alarm in list(self.alarms.values()):
             if alarm.state == "shelved" and alarm.shelved_until and now >= alarm.shelved_until:
                 alarm.shelved_until = None

@@ -27,7 +27,7 @@ from .driver import Quality, Value
 
 log = logging.getLogger(__name__)
 
-SyncCheck = Literal["adjtimex", "timesyncd", "none"]
+SyncCheck = Literal["adjtimex", "timesyncd", "file", "none"]
 
 TIME_ERROR = 5  # adjtimex(2) return value: clock not synchronised
 STA_UNSYNC = 0x0040
@@ -85,8 +85,11 @@ def adjtimex_synced() -> bool | None:
 class SystemClock:
     """Wall and monotonic time plus "is the wall clock synchronised?"."""
 
-    def __init__(self, sync_check: SyncCheck = "adjtimex") -> None:
+    def __init__(
+        self, sync_check: SyncCheck = "adjtimex", sync_file: str | Path = TIMESYNCD_FLAG
+    ) -> None:
         self.sync_check = sync_check
+        self.sync_file = Path(sync_file)
 
     def wall(self) -> float:
         return time.time()
@@ -99,6 +102,8 @@ class SystemClock:
             return True
         if self.sync_check == "timesyncd":
             return TIMESYNCD_FLAG.exists()
+        if self.sync_check == "file":
+            return self.sync_file.exists()
         state = adjtimex_synced()
         # Where the kernel cannot be asked, trust the clock rather than hold data.
         return True if state is None else state

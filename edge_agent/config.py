@@ -51,10 +51,17 @@ class LoggingConfig(Strict):
 class ClockConfig(Strict):
     """How the agent learns that the system clock is right (a Pi has no RTC)."""
 
-    sync_check: Literal["adjtimex", "timesyncd", "none"] = Field(
+    sync_check: Literal["adjtimex", "timesyncd", "file", "none"] = Field(
         default="adjtimex",
         description="'adjtimex': ask the kernel (works with chrony, ntpd, timesyncd); "
-        "'timesyncd': /run/systemd/timesync/synchronized; 'none': trust the clock (RTC/GPS)",
+        "'timesyncd': /run/systemd/timesync/synchronized exists; 'file': sync_file exists "
+        "(touched by your own NTP/GPS hook); 'none': trust the clock (RTC/GPS)",
+    )
+    sync_file: str = Field(
+        default="/run/systemd/timesync/synchronized",
+        min_length=1,
+        description="With sync_check 'file': the clock counts as synchronised while "
+        "this file exists",
     )
     hold_max_s: float = Field(
         default=120,

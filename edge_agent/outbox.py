@@ -394,7 +394,7 @@ class Outbox:
         self._next_seq = seq
         self.committed_total += len(rows)
         self._notify(rows, acked)
-        now = time.time()
+        now = time.monotonic()  # not the wall clock: a step backwards would stop the checks
         if now >= self._size_check_due:
             self._size_check_due = now + 10
             await self.enforce_cap()

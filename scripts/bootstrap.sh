@@ -5,6 +5,7 @@
 #   bootstrap_venv                # .venv with the project and its extras, quiet on success
 #   ensure_mosquitto required     # install mosquitto when root, else fail with a message
 #   ensure_mosquitto optional     # same, but only warn when it cannot be installed
+#   ensure_libfaketime            # the clock-jump fault test needs it: install or fail
 #
 # Sets REPO_ROOT, VENV and VENV_PY. Needs only Python >= 3.11 (with its venv module) and
 # bash; everything else comes from PyPI or, for mosquitto, from apt when run as root.
@@ -151,4 +152,24 @@ ensure_mosquitto() {
     fi
     die "the tests need the mosquitto MQTT broker. Install it with: sudo apt-get install -y mosquitto (or run this script as root to install it automatically)." \
         "测试需要 mosquitto MQTT 代理。请运行：sudo apt-get install -y mosquitto（或以 root 身份运行本脚本自动安装）。"
+}
+
+have_libfaketime() {
+    [ -n "${EDGE_AGENT_LIBFAKETIME:-}" ] && [ -e "$EDGE_AGENT_LIBFAKETIME" ] && return 0
+    compgen -G "/usr/lib/*/faketime/libfaketimeMT.so.1" >/dev/null ||
+        [ -e /usr/lib/faketime/libfaketimeMT.so.1 ] || [ -e /usr/local/lib/faketime/libfaketimeMT.so.1 ]
+}
+
+# The clock fault test moves the agent's wall clock with libfaketime (LD_PRELOAD).
+ensure_libfaketime() {
+    have_libfaketime && return 0
+    if is_root && command -v apt-get >/dev/null 2>&1; then
+        say "Installing libfaketime with apt-get ... / 正在用 apt-get 安装 libfaketime ..."
+        if apt_install libfaketime && have_libfaketime; then
+            return 0
+        fi
+        say "apt-get could not install libfaketime (see above). / apt-get 无法安装 libfaketime（见上方输出）。"
+    fi
+    die "the clock fault test needs libfaketime. Install it with: sudo apt-get install -y libfaketime (or run this script as root to install it automatically; EDGE_AGENT_LIBFAKETIME=/path/to/libfaketimeMT.so.1 points at another build)." \
+        "时钟故障测试需要 libfaketime。请运行：sudo apt-get install -y libfaketime（或以 root 身份运行本脚本自动安装；也可用 EDGE_AGENT_LIBFAKETIME 指定其路径）。"
 }

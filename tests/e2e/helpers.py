@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,13 +53,17 @@ def agent_config(
     return path
 
 
-def start_agent(cfg: Path) -> subprocess.Popen[bytes]:
+def start_agent(
+    cfg: Path, prefix: Sequence[str] = (), env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """``edge-agent run -c cfg`` as a process; ``prefix`` runs it through a wrapper that
+    ends with ``exec`` (so the pid is the agent's), ``env`` adds variables."""
     log = cfg.with_name(f"agent-{time.monotonic_ns()}.log")
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "edge_agent", "run", "-c", str(cfg)],
+            [*prefix, sys.executable, "-m", "edge_agent", "run", "-c", str(cfg)],
             cwd=REPO,
-            env=_env(),
+            env={**_env(), **(env or {})},
             stdout=out,
             stderr=subprocess.STDOUT,
         )

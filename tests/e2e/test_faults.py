@@ -21,6 +21,7 @@ import pytest
 from edge_agent.envelope import Lane
 from edge_agent.outbox import Outbox
 from tests.contract import SeqTracker, check_envelope
+from tests.e2e import system
 from tests.e2e.helpers import ROOT, PersistentSubscriber, agent_config, output, start_agent
 from tests.mqtt_helpers import MqttBroker
 
@@ -60,6 +61,11 @@ def envelopes(sub: PersistentSubscriber, kind: str = "telemetry") -> list[dict[s
     return out
 
 
+def sequenced(sub: PersistentSubscriber) -> list[dict[str, Any]]:
+    """Every message that takes a seq: telemetry, events and alarms share one sequence."""
+    return envelopes(sub) + envelopes(sub, "events") + envelopes(sub, "alarms")
+
+
 def n_historical(sub: PersistentSubscriber) -> int:
     return sum(1 for m in envelopes(sub) if m["historical"])
 
@@ -76,11 +82,18 @@ def wait_complete(sub: PersistentSubscriber, since: float, timeout: float = 40) 
         if not late_live:
             return False
         t = SeqTracker()
-        for m in msgs:
+        for m in sequenced(sub):
             t.add(m)
         return all(not t.holes(e, upto=min(late_live)) for e in t.seqs)
 
-    sub.wait(complete, timeout, "the backlog to drain")
+    try:
+        sub.wait(complete, timeout, "the backlog to drain")
+    except AssertionError as err:
+        t = SeqTracker()
+        for m in sequenced(sub):
+            t.add(m)
+        holes = {e: t.holes(e)[:20] for e in t.seqs}
+        raise AssertionError(f"{err}; first holes by epoch: {holes}") from None
 
 
 def stop(agent: subprocess.Popen[bytes]) -> None:
@@ -97,8 +110,7 @@ def stop(agent: subprocess.Popen[bytes]) -> None:
 
 def verdict(sub: PersistentSubscriber, interruptions: int) -> SeqTracker:
     tracker = SeqTracker()
-    msgs = envelopes(sub)
-    for m in msgs:
+    for m in sequenced(sub):
         tracker.add(m)
     for epoch in tracker.seqs:
         assert tracker.holes(epoch) == [], f"seq holes in epoch {epoch}"
@@ -150,34 +162,16 @@ def _epoch_s(ts: str) -> float:
     return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
 
 
+@pytest.mark.parametrize("broker_down", [False, True], ids=["broker-up", "broker-down-too"])
 def test_agent_killed_mid_drain(
     tmp_path: Path,
     persistent_mqtt_broker: MqttBroker,
     platform: PersistentSubscriber,
     campus: dict[str, Any],
+    broker_down: bool,
 ) -> None:
-    broker = persistent_mqtt_broker
-    cfg = agent_config(tmp_path, broker, campus, **FAST)
-    agent = start_agent(cfg)
-    try:
-        platform.wait(lambda _m: len(envelopes(platform)) >= 20, 20, "live telemetry")
-        build_backlog(broker, platform, 4)
-        agent.kill()  # SIGKILL in the middle of the drain
-        agent.wait(10)
-        agent = start_agent(cfg)
-        wait_complete(platform, time.time())
-    finally:
-        stop(agent)
-    tracker = verdict(platform, interruptions=1)
-    assert len(tracker.seqs) == 1  # same outbox, same epoch
-
-
-def test_agent_killed_and_broker_down_at_once(
-    tmp_path: Path,
-    persistent_mqtt_broker: MqttBroker,
-    platform: PersistentSubscriber,
-    campus: dict[str, Any],
-) -> None:
+    """SIGKILL in the middle of a drain; with ``broker_down`` the broker dies at the
+    same moment (a power cut of the whole cabinet) and the agent restarts without it."""
     broker = persistent_mqtt_broker
     cfg = agent_config(tmp_path, broker, campus, **FAST)
     agent = start_agent(cfg)
@@ -185,17 +179,20 @@ def test_agent_killed_and_broker_down_at_once(
         platform.wait(lambda _m: len(envelopes(platform)) >= 20, 20, "live telemetry")
         build_backlog(broker, platform, 4)
         agent.kill()
-        broker.stop()
+        if broker_down:
+            broker.stop()
         agent.wait(10)
-        time.sleep(1)
-        agent = start_agent(cfg)  # starts while the broker is still down
-        time.sleep(2)
-        broker.start()
+        if broker_down:
+            time.sleep(1)
+        agent = start_agent(cfg)
+        if broker_down:
+            time.sleep(2)  # the agent starts while the broker is still down
+            broker.start()
         wait_complete(platform, time.time())
     finally:
         stop(agent)
-    tracker = verdict(platform, interruptions=2)
-    assert len(tracker.seqs) == 1
+    tracker = verdict(platform, interruptions=2 if broker_down else 1)
+    assert len(tracker.seqs) == 1  # same outbox, same epoch
 
 
 def test_corrupt_outbox_between_runs(
@@ -323,3 +320,139 @@ def test_size_cap_evicts_oldest_telemetry_and_health_counts_it(
     assert holes == list(range(2, 2 + dropped))
     # the alarm, the oldest message of all, survived the eviction
     assert 1 in tracker.seqs[epoch]
+
+
+def health_of(sub: PersistentSubscriber) -> list[dict[str, Any]]:
+    return [json.loads(p) for _t, topic, p in list(sub.messages) if topic == f"{ROOT}/health"]
+
+
+def alarm_states(sub: PersistentSubscriber, rule: str) -> list[str]:
+    return [a["data"]["state"] for a in envelopes(sub, "alarms") if a["data"]["rule"] == rule]
+
+
+def test_disk_full_on_a_small_filesystem(
+    tmp_path: Path,
+    persistent_mqtt_broker: MqttBroker,
+    platform: PersistentSubscriber,
+    campus: dict[str, Any],
+) -> None:
+    """The outbox's filesystem really fills (ENOSPC from the kernel, a tmpfs of its
+    own); the agent goes on from memory, says so, rides out a broker outage in that
+    state, and goes back to disk by itself once space is freed."""
+    why = system.namespaces_unusable()
+    if why is not None:
+        pytest.skip(f"{why}; the in-process SQLITE_FULL test still covers memory mode")
+    broker = persistent_mqtt_broker
+    state = tmp_path / "state"
+    state.mkdir()
+    cfg = agent_config(
+        tmp_path,
+        broker,
+        campus,
+        **{**FAST, "outbox": {"commit_interval_ms": 100, "path": str(state / "outbox.db")}},
+    )
+    # 1 MiB of which 224 KiB are free: the WAL fills that within seconds.
+    agent = start_agent(cfg, prefix=system.tmpfs_prefix(state, size_kib=1024, free_kib=224))
+    try:
+        platform.wait(
+            lambda _m: any(h["outbox"]["mode"] == "memory" for h in health_of(platform)),
+            30,
+            "health to say mode: memory",
+        )
+        platform.wait(
+            lambda _m: "active_unacked" in alarm_states(platform, "outbox_disk_full"),
+            10,
+            "the disk-full alarm",
+        )
+        full = next(h for h in health_of(platform) if h["outbox"]["mode"] == "memory")
+        assert "full" in full["outbox"]["disk_error"].lower(), full["outbox"]
+        build_backlog(broker, platform, 3)  # an outage while the disk is full
+        system.inside(agent.pid, state / "filler").unlink()  # someone frees space
+        platform.wait(
+            lambda _m: "cleared_unacked" in alarm_states(platform, "outbox_disk_full"),
+            20,
+            "the disk-full alarm to clear",
+        )
+        n_health = len(health_of(platform))
+        platform.wait(
+            lambda _m: any(h["outbox"]["mode"] == "disk" for h in health_of(platform)[n_health:]),
+            10,
+            "health to say mode: disk",
+        )
+        wait_complete(platform, time.time())
+        assert agent.poll() is None, output(agent)
+        last = health_of(platform)[-1]
+    finally:
+        stop(agent)
+    tracker = verdict(platform, interruptions=1)
+    assert len(tracker.seqs) == 1
+    assert last["dropped"]["lost_in_memory"] == 0
+    assert "No space left" in output(agent) or "full" in output(agent)
+
+
+def test_clock_wrong_at_boot_then_synced_then_stepped_back(
+    tmp_path: Path,
+    persistent_mqtt_broker: MqttBroker,
+    platform: PersistentSubscriber,
+    campus: dict[str, Any],
+) -> None:
+    """A Pi without RTC boots in the past; NTP sets the clock; later someone steps it
+    back an hour. libfaketime moves the agent's wall clock, its monotonic clock is real."""
+    lib = system.libfaketime()
+    assert lib is not None, (
+        "libfaketime is not installed: sudo apt-get install -y libfaketime "
+        "(./scripts/test installs it when run as root) / 缺少 libfaketime"
+    )
+    control, synced = tmp_path / "faketime", tmp_path / "ntp-synced"
+    system.set_fake_time(control, "@2024-03-01 08:00:00")  # what fake-hwclock restored
+    cfg = agent_config(
+        tmp_path,
+        persistent_mqtt_broker,
+        campus,
+        **{**FAST, "clock": {"sync_check": "file", "sync_file": str(synced), "hold_max_s": 3}},
+    )
+    t_start = time.time()
+    agent = start_agent(cfg, env=system.faketime_env(control, lib))
+
+    def stamped(lo: float, hi: float) -> Any:
+        return lambda _m: sum(lo <= _epoch_s(m["ts"]) < hi for m in envelopes(platform))
+
+    try:
+        # Unsynchronised: held, then after hold_max_s sent with the wrong date, uncertain.
+        platform.wait(stamped(0, t_start - 86400), 20, "uncertain readings from 2024")
+        time.sleep(1)  # some readings wait in the gate, under 3 s old
+        system.set_fake_time(control, "+0")  # NTP steps the clock ...
+        synced.touch()  # ... and says so
+        t_sync = time.time()
+        platform.wait(stamped(t_sync + 1, t_sync + 3600), 20, "live readings after sync")
+        system.set_fake_time(control, "-1h")  # someone sets the clock an hour back
+        t_back = time.time()
+        behind = stamped(t_back - 3700, t_back - 3000)
+        platform.wait(lambda m: behind(m) >= 3 * 8, 20, "three rounds of readings, an hour behind")
+        system.set_fake_time(control, "+0")
+        t_fixed = time.time()
+        platform.wait(stamped(t_fixed + 1, t_fixed + 3600), 20, "live readings, clock right")
+    finally:
+        stop(agent)
+    msgs = envelopes(platform)
+    tracker = verdict(platform, interruptions=0)
+    assert tracker.duplicates == 0
+    wrong = [m for m in msgs if _epoch_s(m["ts"]) < t_start - 86400]
+    corrected = [
+        m for m in msgs if t_start - 2 <= _epoch_s(m["ts"]) < t_sync and m["quality"] == "good"
+    ]
+    stepped = [m for m in msgs if t_back - 3700 <= _epoch_s(m["ts"]) < t_back - 3000]
+    before_step = [m for m in msgs if t_sync <= _epoch_s(m["ts"]) < t_back]
+    # what the gate could not correct in time says so; nothing wrong is marked good
+    assert wrong
+    assert all(m["quality"] == "uncertain" for m in wrong)
+    # what was still held at sync got its real time from the monotonic clock
+    assert corrected, "no held reading was re-stamped at sync"
+    # the step back changed ts, not the order: seq still counts in reading order
+    assert stepped
+    assert before_step
+    assert max(m["seq"] for m in before_step) < min(m["seq"] for m in stepped)
+    health = health_of(platform)[-1]["clock"]
+    assert health["synced"] is True
+    assert health["corrected"] >= len(corrected) > 0
+    assert health["uncertain"] >= len(wrong)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from edge_agent.clock import ClockGate
+from edge_agent.clock import ClockGate, SystemClock
 
 
 class FakeClock:
@@ -92,3 +93,14 @@ def test_backwards_jump_while_synced_passes_through() -> None:
     clock._wall -= 3600  # a step back by an hour
     gate.telemetry("d", {"v": 2}, ts=clock.wall())
     assert [o[2] for o in sink.out] == [REAL_NOW, REAL_NOW - 3600]
+
+
+def test_file_sync_check_follows_the_file(tmp_path: Path) -> None:
+    flag = tmp_path / "synced"
+    clock = SystemClock("file", flag)
+    assert clock.synced() is False
+    flag.touch()
+    assert clock.synced() is True
+    flag.unlink()
+    assert clock.synced() is False
+    assert SystemClock("none", flag).synced() is True

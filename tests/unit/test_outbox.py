@@ -187,3 +187,33 @@ async def test_alarm_lane_commits_without_waiting(tmp_path: Path, lane: Lane) ->
     # only alarms wake the commit loop at once
     assert ob._wake.is_set() is (lane is Lane.ALARM)
     await ob.close()
+
+
+async def test_a_clock_stepped_back_does_not_stop_the_size_checks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import edge_agent.outbox as outbox_mod
+
+    clock = {"wall": 1_790_000_000.0, "mono": 100.0}
+    monkeypatch.setattr(outbox_mod.time, "time", lambda: clock["wall"])
+    monkeypatch.setattr(outbox_mod.time, "monotonic", lambda: clock["mono"])
+    ob = Outbox(tmp_path / "outbox.db")
+    await ob.open()
+    checks: list[float] = []
+
+    async def counting_cap() -> int:
+        checks.append(clock["mono"])
+        return 0
+
+    monkeypatch.setattr(ob, "enforce_cap", counting_cap)
+    try:
+        put_telemetry(ob, 1)
+        await ob.flush()
+        assert len(checks) == 1
+        clock["wall"] -= 3600  # someone sets the clock an hour back
+        clock["mono"] += 11  # while real time goes on
+        put_telemetry(ob, 1)
+        await ob.flush()
+        assert len(checks) == 2  # the cap is still checked every 10 s
+    finally:
+        await ob.close()

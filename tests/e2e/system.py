@@ -1,0 +1,100 @@
+"""System faults for an agent process: a small filesystem of its own, a clock that jumps.
+
+* :func:`tmpfs_prefix` runs the agent in its own user and mount namespace with a
+  tmpfs of a few hundred KiB mounted over its state directory, mostly taken by a
+  filler file. The disk really fills (``ENOSPC`` from the kernel) without touching
+  the machine's own filesystems, and the test frees space by deleting the filler
+  through ``/proc/PID/root``, which shows the agent's mounts.
+* :func:`faketime_env` preloads libfaketime: the agent's wall clock (``time.time``)
+  follows an offset the test writes into a file, its monotonic clock stays real.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+LIBFAKETIME_GLOBS = (
+    "/usr/lib/*/faketime/libfaketimeMT.so.1",
+    "/usr/lib/faketime/libfaketimeMT.so.1",
+    "/usr/local/lib/faketime/libfaketimeMT.so.1",
+)
+
+_SCRIPT = (
+    'mount -t tmpfs -o "size=$2" edge-agent-test "$1" && '
+    'head -c "$3" /dev/zero > "$1/filler" && shift 3 && exec "$@"'
+)
+
+
+def namespaces_unusable() -> str | None:
+    """Why a private tmpfs cannot be mounted here, or None when it can."""
+    if shutil.which("unshare") is None:
+        return "the unshare command (util-linux) is missing"
+    with tempfile.TemporaryDirectory() as d:
+        probe = ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", _SCRIPT, "sh"]
+        try:
+            res = subprocess.run(
+                [*probe, d, "64k", "1024", "true"], capture_output=True, text=True, timeout=10
+            )
+        except (OSError, subprocess.TimeoutExpired) as err:
+            return f"unshare failed: {err}"
+    if res.returncode != 0:
+        return f"unshare --user --mount fails here: {res.stderr.strip()[:200]}"
+    return None
+
+
+def tmpfs_prefix(directory: Path, size_kib: int, free_kib: int) -> list[str]:
+    """A command prefix that mounts a ``size_kib`` tmpfs over ``directory`` with
+    ``free_kib`` left free (the rest is ``directory/filler``), then execs the agent."""
+    filler = (size_kib - free_kib) * 1024
+    return [
+        "unshare",
+        "--user",
+        "--map-root-user",
+        "--mount",
+        "sh",
+        "-c",
+        _SCRIPT,
+        "sh",
+        str(directory),
+        f"{size_kib}k",
+        str(filler),
+    ]
+
+
+def inside(pid: int, path: Path) -> Path:
+    """``path`` as the process ``pid`` sees it (through its mount namespace)."""
+    return Path(f"/proc/{pid}/root") / str(path.resolve()).lstrip("/")
+
+
+def libfaketime() -> Path | None:
+    env = os.environ.get("EDGE_AGENT_LIBFAKETIME")
+    if env:
+        return Path(env) if Path(env).exists() else None
+    for pattern in LIBFAKETIME_GLOBS:
+        found = sorted(glob.glob(pattern))
+        if found:
+            return Path(found[0])
+    return None
+
+
+def faketime_env(control: Path, lib: Path) -> dict[str, str]:
+    """Environment for a process whose wall clock follows ``control`` (e.g. ``+0``,
+    ``-1h``, ``@2024-03-01 08:00:00``; read on every call), monotonic clock untouched."""
+    return {
+        "LD_PRELOAD": str(lib),
+        "FAKETIME_TIMESTAMP_FILE": str(control),
+        "FAKETIME_NO_CACHE": "1",
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+    }
+
+
+def set_fake_time(control: Path, spec: str) -> None:
+    """Atomically: libfaketime may read the file at any moment."""
+    tmp = control.with_suffix(".tmp")
+    tmp.write_text(spec + "\n")
+    tmp.replace(control)
