@@ -107,6 +107,40 @@ def mqtt_settings(cfg: AgentConfigBase) -> MqttSettings:
     )
 
 
+#: a clean stop takes a second or two; past this, say what it is waiting for
+STOP_REPORT_S = 15.0
+
+
+def _report_slow_stop() -> None:
+    """Log what the agent is still waiting for when a stop takes too long, so a hang
+    under systemd (which kills it after TimeoutStopSec) leaves a trace in the journal."""
+    tasks = [t for t in asyncio.all_tasks() if not t.done()]
+    log.error(
+        "still stopping after %g s; %d tasks pending / 停止超时，仍在等待:",
+        STOP_REPORT_S,
+        len(tasks),
+    )
+    for task in tasks:
+        log.error("  task %s: %s", task.get_name(), " -> ".join(_awaiting(task)))
+
+
+def _awaiting(task: asyncio.Task[Any]) -> list[str]:
+    """The chain of coroutines a task is suspended in, outermost first, and what the
+    innermost one awaits (``Task.get_stack`` shows only the outermost frame)."""
+    parts: list[str] = []
+    obj: Any = task.get_coro()
+    while obj is not None and len(parts) < 20:
+        frame = getattr(obj, "cr_frame", None) or getattr(obj, "gi_frame", None)
+        if frame is None:
+            parts.append(repr(obj)[:120])
+            break
+        parts.append(
+            f"{frame.f_code.co_filename.rsplit('/', 1)[-1]}:{frame.f_code.co_name}:{frame.f_lineno}"
+        )
+        obj = getattr(obj, "cr_await", None) or getattr(obj, "gi_yieldfrom", None)
+    return parts or ["(not started)"]
+
+
 class Agent:
     """Builds everything from a validated config and runs it until stopped."""
 
@@ -276,6 +310,7 @@ class Agent:
                 await self._stop.wait()
                 self.notifier.stopping()
                 log.info("stopping: flushing the outbox and saying goodbye to the broker")
+                slow_stop = loop.call_later(STOP_REPORT_S, _report_slow_stop)
                 # Devices first, so their last readings are committed before the
                 # outbox and the publisher stop.
                 for t in main[4:]:
@@ -285,6 +320,7 @@ class Agent:
                 await self.outbox.flush()
                 for t in main[:4]:
                     t.cancel()
+            slow_stop.cancel()
         finally:
             for driver in self.drivers.values():
                 close = getattr(driver, "close", None)

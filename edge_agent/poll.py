@@ -90,8 +90,16 @@ class PollLoop:
         # Random phase within the first interval spreads devices over the bus.
         await asyncio.sleep(self.rng.random() * min(self.interval_s, 5.0))
         next_at = time.monotonic()
+        task = asyncio.current_task()
         while True:
             delay = await self.poll_once()
+            if task is not None and task.cancelling():
+                # A stop arrived while the driver was reading, and the driver swallowed
+                # it: Python 3.11's asyncio.wait_for (which pymodbus uses for every
+                # request) returns the result when the answer and the cancellation
+                # arrive together. The request is still counted as cancelled, so honour
+                # it here; otherwise this device would poll on and the agent never stop.
+                raise asyncio.CancelledError
             if delay is None:
                 next_at += self.interval_s
                 now = time.monotonic()
