@@ -113,6 +113,7 @@ class Outbox:
         self.committed_total = 0
         self._page_size = 4096
         self._size_check_due = 0.0
+        self._flush_lock = asyncio.Lock()
         self.memory_max = memory_max
         self._mem: list[Row] = []
         self.disk_error: str | None = None
@@ -339,7 +340,15 @@ class Outbox:
         messages still get their seq and go to the publisher, rows wait in memory
         (oldest telemetry evicted past ``memory_max``, and counted) and are written
         as soon as a commit succeeds again.
+
+        Flushes run one at a time: the agent's stop flushes while the group-commit
+        task may be in the middle of one, and two transactions on one connection
+        would fail (and the failing one's ROLLBACK would undo the other's).
         """
+        async with self._flush_lock:
+            return await self._flush()
+
+    async def _flush(self) -> list[Row]:
         if self._db is None or (not self._pending and not self._acked and not self._mem):
             return []
         pending, self._pending = self._pending, []

@@ -217,3 +217,21 @@ async def test_a_clock_stepped_back_does_not_stop_the_size_checks(
         assert len(checks) == 2  # the cap is still checked every 10 s
     finally:
         await ob.close()
+
+
+async def test_concurrent_flushes_take_turns(tmp_path: Path) -> None:
+    import asyncio
+
+    ob = Outbox(tmp_path / "outbox.db")
+    await ob.open()
+    try:
+        put_telemetry(ob, 3)
+        first = asyncio.create_task(ob.flush())  # the group-commit task, mid-commit ...
+        await asyncio.sleep(0)
+        put_telemetry(ob, 2)
+        second = await ob.flush()  # ... when the agent's stop flushes too
+        assert [r.seq for r in await first] == [1, 2, 3]
+        assert [r.seq for r in second] == [4, 5]
+        assert (await ob.stats())["depth"] == 5
+    finally:
+        await ob.close()
