@@ -384,7 +384,9 @@ class _Subscriber:
     def stop(self) -> None:
         with contextlib.suppress(Exception):
             self.client.disconnect()
-        self.client.loop_stop()
+        from .publisher import stop_network_thread
+
+        stop_network_thread(self.client)
 
 
 def _air_reading(i: int) -> dict[str, float | int]:
@@ -707,7 +709,9 @@ def run_bare_paho(
         elapsed = time.perf_counter() - t0
     finally:
         client.disconnect()
-        client.loop_stop()
+        from .publisher import stop_network_thread
+
+        stop_network_thread(client)
     return {
         "messages": messages,
         "seconds": round(elapsed, 3),

@@ -40,6 +40,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from .publisher import stop_network_thread
+
 log = logging.getLogger(__name__)
 
 Mode = Literal["tail", "view"]
@@ -1542,7 +1544,7 @@ async def _stop_client(client: mqtt.Client, paho_thread: threading.Thread | None
 
     def stop() -> None:
         try:
-            client.loop_stop()
+            stop_network_thread(client)
             if paho_thread is not None:
                 paho_thread.join()
         finally:

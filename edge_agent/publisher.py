@@ -24,6 +24,7 @@ import asyncio
 import json
 import logging
 import ssl
+import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -100,6 +101,10 @@ class Publisher:
         self.stats = PublisherStats()
         self.connected = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Callbacks from paho's thread, run in order on the event loop, many per wake-up.
+        self._events: deque[tuple[Callable[..., None], tuple[Any, ...]]] = deque()
+        self._events_lock = threading.Lock()
+        self._events_scheduled = False
         self._client: mqtt.Client | None = None
         self._inflight: dict[int, int] = {}  # mid -> seq
         self._inflight_seqs: set[int] = set()
@@ -204,12 +209,38 @@ class Publisher:
         return client
 
     def _call(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run ``fn(*args)`` on the event loop (called on paho's thread).
+
+        During a drain a PUBACK arrives every few hundred microseconds. One wake-up of
+        the loop per PUBACK (a pipe write, a callback) costs more CPU than the ack
+        itself and queues up in front of everything else the loop has to do, alarms
+        included. So events are queued here in arrival order and the loop takes all
+        that have arrived in one go.
+        """
         loop = self._loop
-        if loop is not None and not loop.is_closed():
+        if loop is None or loop.is_closed():
+            return
+        with self._events_lock:
+            self._events.append((fn, args))
+            if self._events_scheduled:
+                return
+            self._events_scheduled = True
+        try:
+            loop.call_soon_threadsafe(self._run_events)
+        except RuntimeError:  # loop closing during shutdown
+            with self._events_lock:
+                self._events_scheduled = False
+
+    def _run_events(self) -> None:
+        with self._events_lock:
+            events = list(self._events)
+            self._events.clear()
+            self._events_scheduled = False
+        for fn, args in events:
             try:
-                loop.call_soon_threadsafe(fn, *args)
-            except RuntimeError:  # loop closing during shutdown
-                pass
+                fn(*args)
+            except Exception:  # one bad callback must not drop the acks behind it
+                log.exception("MQTT callback %s failed", getattr(fn, "__name__", fn))
 
     def _cb_connect(
         self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None
@@ -376,7 +407,7 @@ class Publisher:
             while self._inflight and client.is_connected() and time.monotonic() < deadline:  # noqa: ASYNC110
                 await asyncio.sleep(0.02)
         client.disconnect()
-        await asyncio.to_thread(client.loop_stop)
+        await asyncio.to_thread(stop_network_thread, client)
         self.connected.clear()
         self._client = None
 
@@ -463,6 +494,17 @@ class Publisher:
                 self._buf.extend(rows)
                 return True
         return False
+
+
+def stop_network_thread(client: mqtt.Client) -> None:
+    """``client.loop_stop()`` without paho 2.x's race: after a disconnect its thread
+    may end on its own and set ``client._thread = None`` between ``loop_stop``'s check
+    and its ``join()``, which then raises AttributeError. The thread is finishing
+    either way; there is nothing left to stop."""
+    try:
+        client.loop_stop()
+    except AttributeError:
+        pass
 
 
 def _log_task_error(task: asyncio.Future[None]) -> None:

@@ -36,6 +36,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.properties import Properties
 
 from edge_agent.localbroker import BrokerError, LocalBroker, find_mosquitto, free_port, mqtt_ping
+from edge_agent.publisher import stop_network_thread
 
 log = logging.getLogger(__name__)
 
@@ -355,7 +356,7 @@ def mqtt_subscriber(
         yield sub
     finally:
         client.disconnect()
-        client.loop_stop()
+        stop_network_thread(client)
 
 
 def publish(
@@ -386,4 +387,4 @@ def publish(
             pytest.fail(f"publish to {topic} not acknowledged within {timeout} s", pytrace=False)
     finally:
         client.disconnect()
-        client.loop_stop()
+        stop_network_thread(client)
