@@ -26,8 +26,10 @@ class ModbusDevice(PollingDeviceBase):
     unit: int = Field(
         default=1,
         ge=0,
-        le=247,
-        description="Modbus unit (slave) id of the device / 从站地址",
+        le=255,
+        description="Modbus unit (slave) id of the device: 1-247 on RS-485 and behind serial "
+        "servers; 0-255 for a Modbus TCP device reached with 'host:' (many answer on 1 or "
+        "255) / 从站地址",
     )
     bus: Id | None = Field(
         default=None,
@@ -69,6 +71,17 @@ class ModbusDevice(PollingDeviceBase):
             raise ValueError("set exactly one of 'bus' or 'host' / 'bus' 与 'host' 二选一")
         if self.bus is not None and {"port", "framer"} & self.model_fields_set:
             raise ValueError("'port' and 'framer' belong to the bus when 'bus' is set")
+        return self
+
+    @model_validator(mode="after")
+    def check_unit(self) -> ModbusDevice:
+        direct_tcp = self.host is not None and self.framer == "socket"
+        if not direct_tcp and not 1 <= self.unit <= 247:
+            raise ValueError(
+                f"unit {self.unit}: RTU devices (on a bus or behind a serial server) answer on "
+                "1-247; 0 is the broadcast address, which no device answers / "
+                "RTU 从站地址须为 1-247（0 为广播地址，设备不会应答）"
+            )
         return self
 
     @model_validator(mode="after")

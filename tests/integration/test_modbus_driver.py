@@ -454,8 +454,17 @@ def test_config_rules() -> None:
         ModbusDevice.model_validate({**base, "bus": "b", "port": 503})
     with pytest.raises(ValueError, match="must be less than interval_s"):
         ModbusDevice.model_validate({**base, "host": "h", "interval_s": 2, "timeout_s": 1})
-    with pytest.raises(ValueError, match="less than or equal to 247"):
-        ModbusDevice.model_validate({**base, "host": "h", "unit": 248})
+    # a Modbus TCP device reached directly may use any unit id, 255 included
+    assert ModbusDevice.model_validate({**base, "host": "h", "unit": 255}).unit == 255
+    assert ModbusDevice.model_validate({**base, "host": "h", "unit": 0}).unit == 0
+    with pytest.raises(ValueError, match="less than or equal to 255"):
+        ModbusDevice.model_validate({**base, "host": "h", "unit": 256})
+    # RTU (a bus, or RTU frames over TCP): 1-247; 0 is broadcast, nobody answers a read
+    for unit in (0, 248, 255):
+        with pytest.raises(ValueError, match="answer on 1-247"):
+            ModbusDevice.model_validate({**base, "bus": "b", "unit": unit})
+        with pytest.raises(ValueError, match="answer on 1-247"):
+            ModbusDevice.model_validate({**base, "host": "h", "framer": "rtu", "unit": unit})
     dev = ModbusDevice.model_validate({**base, "host": "h"})
     assert (dev.bus_id, dev.unit, dev.max_registers, dev.max_gap) == ("tcp:h:502", 1, 125, 16)
 
