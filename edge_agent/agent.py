@@ -171,7 +171,11 @@ class Agent:
         self.loops: dict[str, PollLoop] = {}
         self.router = CommandRouter(self._reply)
         self.alarms = AlarmBook(
-            self.root, self.outbox.put, self.publisher.set_retained, cfg.site.language
+            self.root,
+            self.outbox.put,
+            self.publisher.set_retained,
+            cfg.site.language,
+            store=self.outbox.path.with_name(self.outbox.path.name + ".alarms.json"),
         )
         self._stop = asyncio.Event()
         self._last_flush_ok = time.monotonic()
@@ -264,6 +268,7 @@ class Agent:
             except (NotImplementedError, RuntimeError, ValueError):
                 pass  # not the main thread (tests) or not supported
         await self.outbox.open()
+        self.alarms.load()
         gw = self.cfg.site.gateway_id
         if self.outbox.recovered_from is not None:
             moved, why = self.outbox.recovered_from

@@ -14,10 +14,14 @@ later release; today the raisers are the agent itself (``outbox_corrupt``,
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from .envelope import Lane, iso_ms, new_ulid
@@ -72,13 +76,70 @@ class AlarmBook:
     """The alarms this gateway currently knows, and their transitions."""
 
     def __init__(
-        self, root: str, put: Put, set_retained: SetRetained, language: str = "zh"
+        self,
+        root: str,
+        put: Put,
+        set_retained: SetRetained,
+        language: str = "zh",
+        store: Path | None = None,
     ) -> None:
         self.root = root
         self._put = put
         self._set_retained = set_retained
         self.language = language
         self.alarms: dict[str, Alarm] = {}
+        #: a small JSON file with the alarms that are still active or unacknowledged, so
+        #: a restart neither forgets them nor answers "no active alarm" to their ack
+        self.store = store
+        self._store_failed = False
+
+    # -- persistence -------------------------------------------------------------
+    def _save(self) -> None:
+        if self.store is None:
+            return
+        entries = []
+        for alarm in self.alarms.values():
+            entry = dataclasses.asdict(alarm)
+            entry.pop("shelved_until")  # monotonic: meaningless after a restart
+            entries.append(entry)
+        tmp = self.store.with_name(self.store.name + ".tmp")
+        try:
+            with tmp.open("w", encoding="utf-8") as f:
+                json.dump({"version": 1, "alarms": entries}, f, ensure_ascii=False)
+                f.flush()
+                os.fsync(f.fileno())
+            tmp.replace(self.store)
+            self._store_failed = False
+        except OSError as err:  # a full disk: the alarm still goes out, only its copy waits
+            if not self._store_failed:
+                log.warning("cannot save the active alarms to %s: %s", self.store, err)
+            self._store_failed = True
+
+    def load(self) -> int:
+        """Take back the alarms saved before a restart; returns how many.
+
+        Their retained topics are set again. A shelve does not outlive a restart: a
+        shelved alarm comes back as it would when its shelve ends.
+        """
+        if self.store is None or not self.store.exists():
+            return 0
+        try:
+            entries = json.loads(self.store.read_text(encoding="utf-8"))["alarms"]
+            names = {f.name for f in dataclasses.fields(Alarm)}
+            restored = [Alarm(**{k: v for k, v in e.items() if k in names}) for e in entries]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            log.error("the saved alarms in %s are unreadable and were ignored: %s", self.store, err)
+            return 0
+        for alarm in restored:
+            self.alarms[alarm.alarm_id] = alarm
+        for alarm in restored:
+            if alarm.state == "shelved":
+                self._unshelve(alarm)
+            else:
+                self._set_retained(f"{self.root}/alarms/active/{alarm.alarm_id}", alarm.data())
+        if restored:
+            log.info("%d alarms from before the restart are still open", len(restored))
+        return len(restored)
 
     def _emit(self, alarm: Alarm) -> None:
         self._put(
@@ -95,6 +156,7 @@ class AlarmBook:
         )
         if not visible:
             self.alarms.pop(alarm.alarm_id, None)
+        self._save()
 
     def find(self, rule: str, device: str) -> Alarm | None:
         for alarm in self.alarms.values():
@@ -169,6 +231,9 @@ class AlarmBook:
         now = time.monotonic() if now is None else now
         for alarm in list(self.alarms.values()):
             if alarm.state == "shelved" and alarm.shelved_until and now >= alarm.shelved_until:
-                alarm.shelved_until = None
-                alarm.state = "active_unacked" if alarm.active else "cleared"
-                self._emit(alarm)
+                self._unshelve(alarm)
+
+    def _unshelve(self, alarm: Alarm) -> None:
+        alarm.shelved_until = None
+        alarm.state = "active_unacked" if alarm.active else "cleared"
+        self._emit(alarm)
