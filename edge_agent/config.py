@@ -267,11 +267,51 @@ def check_kinds(data: dict[str, Any]) -> list[tuple[Path_, str]]:
     return problems
 
 
-def check_unique_ids(cfg: AgentConfigBase) -> list[tuple[Path_, str]]:
+Indexed = list[tuple[int, Any]]
+
+
+def _raw_ids(data: dict[str, Any], section: str) -> set[str]:
+    """The ids written in a section, valid items or not (a bus with a typo in its
+    parity still exists: a device naming it must not also get "unknown bus")."""
+    items = data.get(section)
+    if not isinstance(items, list):
+        return set()
+    return {str(it["id"]) for it in items if isinstance(it, dict) and "id" in it}
+
+
+def valid_items(data: dict[str, Any]) -> tuple[Indexed, Indexed]:
+    """Buses and devices that validate on their own, with their index in the file, so
+    the cross-field checks can run even when something else in the file is wrong."""
+    from pydantic import TypeAdapter
+
+    buses: Indexed = []
+    raw_buses = data.get("buses")
+    if isinstance(raw_buses, list):
+        adapter: TypeAdapter[Any] = TypeAdapter(BusConfig)
+        for i, bus in enumerate(raw_buses):
+            try:
+                buses.append((i, adapter.validate_python(bus)))
+            except ValidationError:
+                pass
+    devices: Indexed = []
+    raw_devices = data.get("devices")
+    known = registry.drivers()
+    if isinstance(raw_devices, list):
+        for i, dev in enumerate(raw_devices):
+            if not isinstance(dev, dict) or dev.get("kind") not in known:
+                continue
+            try:
+                devices.append((i, known[dev["kind"]].Config.model_validate(dev)))
+            except ValidationError:
+                pass
+    return buses, devices
+
+
+def check_unique_ids(buses: Indexed, devices: Indexed) -> list[tuple[Path_, str]]:
     """Device ids are topic levels: two devices with one id would mix their data."""
     problems: list[tuple[Path_, str]] = []
     seen: dict[str, int] = {}
-    for i, dev in enumerate(getattr(cfg, "devices", [])):
+    for i, dev in devices:
         if dev.id in seen:
             problems.append(
                 (
@@ -282,22 +322,21 @@ def check_unique_ids(cfg: AgentConfigBase) -> list[tuple[Path_, str]]:
         else:
             seen[dev.id] = i
     bus_seen: dict[str, int] = {}
-    for i, bus in enumerate(cfg.buses):
+    for i, bus in buses:
         if bus.id in bus_seen:
             problems.append((("buses", i, "id"), f"duplicate bus id {bus.id!r}"))
         bus_seen[bus.id] = i
     return problems
 
 
-def check_bus_references(cfg: AgentConfigBase) -> list[tuple[Path_, str]]:
+def check_bus_references(bus_ids: set[str], devices: Indexed) -> list[tuple[Path_, str]]:
     """A device's ``bus:`` must name a bus in ``buses:``; one unit id per bus."""
     problems: list[tuple[Path_, str]] = []
-    buses = {b.id for b in cfg.buses}
     units: dict[tuple[str, int], str] = {}
-    for i, dev in enumerate(getattr(cfg, "devices", [])):
+    for i, dev in devices:
         bus = getattr(dev, "bus", None)
-        if bus is not None and bus not in buses:
-            known = ", ".join(sorted(buses)) or "none defined"
+        if bus is not None and bus not in bus_ids:
+            known = ", ".join(sorted(bus_ids)) or "none defined"
             problems.append((("devices", i, "bus"), f"unknown bus {bus!r} (buses: {known})"))
         line = (
             bus
@@ -322,14 +361,14 @@ def check_bus_references(cfg: AgentConfigBase) -> list[tuple[Path_, str]]:
     return problems
 
 
-def check_drivers_build(cfg: AgentConfigBase, path: Path) -> list[tuple[Path_, str]]:
+def check_drivers_build(devices: Indexed, dirs: list[str]) -> list[tuple[Path_, str]]:
     """Build each device's driver once (no I/O): catches unknown profiles and points."""
     from .driver import DriverContext
 
     problems: list[tuple[Path_, str]] = []
-    ctx = DriverContext(buses={}, profile_dirs=profile_dirs(cfg, path))
+    ctx = DriverContext(buses={}, profile_dirs=dirs)
     kinds = registry.drivers()
-    for i, dev in enumerate(getattr(cfg, "devices", [])):
+    for i, dev in devices:
         try:
             kinds[dev.kind](dev, ctx)
         except (ValueError, KeyError, OSError) as err:
@@ -337,10 +376,11 @@ def check_drivers_build(cfg: AgentConfigBase, path: Path) -> list[tuple[Path_, s
     return problems
 
 
-def profile_dirs(cfg: AgentConfigBase, path: Path) -> list[str]:
+def profile_dirs(cfg: AgentConfigBase | list[str], path: Path) -> list[str]:
     """Folders searched for profiles: the file's own ``profiles/``, extras, then shipped ones."""
     base = path.resolve().parent
-    dirs = [str((base / d).resolve()) for d in cfg.profile_dirs]
+    extra = cfg if isinstance(cfg, list) else cfg.profile_dirs
+    dirs = [str((base / d).resolve()) for d in extra]
     own = base / "profiles"
     if own.is_dir():
         dirs.append(str(own))
@@ -401,11 +441,21 @@ def load_config(
             if e["type"] == "extra_forbidden":
                 msg = "unknown key (typo?) / 未知的配置项"
             problems.append((loc, msg))
+    # The cross-field checks run on every bus and device that is valid on its own, so
+    # one pass of check-config reports everything, not the structural errors first.
     if cfg is not None:
-        problems += check_unique_ids(cfg)
-        problems += check_bus_references(cfg)
-        if build_drivers and not problems:
-            problems += check_drivers_build(cfg, p)
+        buses: Indexed = list(enumerate(cfg.buses))
+        devices: Indexed = list(enumerate(getattr(cfg, "devices", [])))
+        dirs = profile_dirs(cfg, p)
+    else:
+        buses, devices = valid_items(data)
+        raw_dirs = data.get("profile_dirs")
+        ok_dirs = isinstance(raw_dirs, list) and all(isinstance(d, str) for d in raw_dirs)
+        dirs = profile_dirs(list(raw_dirs) if ok_dirs else [], p)  # type: ignore[arg-type]
+    problems += check_unique_ids(buses, devices)
+    problems += check_bus_references(_raw_ids(data, "buses"), devices)
+    if build_drivers:
+        problems += check_drivers_build(devices, dirs)
     if problems:
         problems.sort(key=lambda pr: lines.line(pr[0]))
         raise ConfigError(
