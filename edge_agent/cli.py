@@ -1,4 +1,4 @@
-"""``edge-agent``: run, check-config, tail, sim, demo.
+"""``edge-agent``: run, check-config, tail, sim, demo, bench, probe.
 
 Exit codes: 0 ok, 1 bad config or failed start, 2 usage, 130 interrupted.
 """
@@ -12,10 +12,13 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from . import __version__
 from .errors import ConfigError, EdgeAgentError
+
+if TYPE_CHECKING:  # the probe imports pymodbus: only `edge-agent probe` loads it
+    from drivers.modbus.probe import ProbeRequest
 
 log = logging.getLogger("edge_agent")
 
@@ -154,6 +157,76 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench_main(args)
 
 
+def _probe_request(args: argparse.Namespace) -> ProbeRequest:
+    """The ProbeRequest the options ask for; ValueError for options that do not go together."""
+    from drivers.modbus.driver import LineSettings
+    from drivers.modbus.probe import ProbeRequest
+
+    if args.host is not None:
+        given = [o for o in ("baudrate", "parity", "stopbits") if getattr(args, o) is not None]
+        if given:
+            raise ValueError(
+                f"--{', --'.join(given)} only with --serial; a serial server has them in its own "
+                "web page / 串口参数仅用于 --serial，串口服务器的串口参数在其网页中设置"
+            )
+        port = 502 if args.port is None else args.port
+        line = LineSettings("tcp", args.host, port, args.framer or "socket")
+    else:
+        given = [o for o in ("port", "framer") if getattr(args, o) is not None]
+        if given:
+            names = "--" + ", --".join(given)
+            raise ValueError(f"{names} only with --host / {names} 只能与 --host 一起使用")
+        line = LineSettings(
+            "serial",
+            args.serial,
+            baudrate=9600 if args.baudrate is None else args.baudrate,
+            parity=args.parity or "N",
+            stopbits=args.stopbits or 1,
+        )
+    return ProbeRequest(
+        line,
+        unit=args.unit,
+        fc=args.fc,
+        address=args.address,
+        count=args.count,
+        timeout_s=args.timeout,
+    )
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from drivers.modbus.probe import error_message, format_table, probe, rows_json
+
+    from .errors import DeviceError
+
+    try:
+        request = _probe_request(args)
+    except ValueError as err:
+        parser: argparse.ArgumentParser = args.probe_parser
+        parser.error(str(err))  # prints the usage, exits 2
+    try:
+        rows = asyncio.run(probe(request))
+    except DeviceError as err:
+        print(error_message(err), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    print(rows_json(rows) if args.json else format_table(rows, title=request.describe()))
+    return 0
+
+
+def _register_address(text: str) -> int:
+    """0-based address: decimal, ``0x0156`` or ``0156H`` as Chinese manuals write it."""
+    t = text.strip().lower()
+    try:
+        if t.startswith("0x"):
+            return int(t, 16)
+        if t.endswith("h"):
+            return int(t[:-1], 16)
+        return int(t, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an address: {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge-agent", description="Campus edge agent / 校园边缘网关")
     p.add_argument("--version", action="version", version=f"edge-agent {__version__}")
@@ -203,6 +276,55 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="measure CPU, memory, throughput, alarm latency / 性能测试")
     bench_arguments(b)
     b.set_defaults(fn=cmd_bench)
+
+    pr = sub.add_parser(
+        "probe",
+        help="read raw Modbus registers, every decoding / 读取并显示原始寄存器",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Read registers from a Modbus device; show each as uint16/int16, and each\n"
+        "pair as uint32/int32/float32 in the four byte/word orders of a profile.\n"
+        "读取 Modbus 设备的原始寄存器，按各种数据类型和字节序显示，用于编写设备模板。",
+        epilog="example / 示例:\n"
+        "  edge-agent probe --serial /dev/ttyUSB0 --baudrate 9600 --parity E --unit 3 --fc 4\n"
+        "  edge-agent probe --host 10.12.1.20 --port 4196 --framer rtu --unit 5 --count 8\n"
+        "exit 0 ok, 1 no answer or exception response, 2 bad option / "
+        "退出码 0 成功，1 无应答或异常应答，2 参数错误",
+    )
+    where = pr.add_mutually_exclusive_group(required=True)
+    where.add_argument("--host", help="Modbus TCP device, gateway or serial server / 设备 IP")
+    where.add_argument("--serial", help="serial port, e.g. /dev/ttyUSB0 / 串口")
+    pr.add_argument("--port", type=int, help="TCP port (default 502)")
+    pr.add_argument(
+        "--framer",
+        choices=["socket", "rtu"],
+        help="with --host: socket = Modbus TCP (default), rtu = RTU over TCP (serial server)",
+    )
+    pr.add_argument("--baudrate", type=int, help="with --serial (default 9600) / 波特率")
+    pr.add_argument("--parity", type=str.upper, choices=["N", "E", "O"], help="default N / 校验位")
+    pr.add_argument("--stopbits", type=int, choices=[1, 2], help="default 1 / 停止位")
+    pr.add_argument("--unit", type=int, default=1, help="unit id (default 1) / 设备地址")
+    pr.add_argument(
+        "--fc",
+        type=int,
+        choices=[3, 4],
+        default=3,
+        help="3 holding registers (default), 4 input registers / 功能码",
+    )
+    pr.add_argument(
+        "--address",
+        type=_register_address,
+        default=0,
+        help="first 0-based address as in a profile (30001/40001 = 0; 0x0156 or 0156H "
+        "for hex) / 起始地址（从 0 开始）",
+    )
+    pr.add_argument(
+        "--count", type=int, default=10, help="registers to read, 1-125 (default 10) / 数量"
+    )
+    pr.add_argument(
+        "--timeout", type=float, default=1.0, help="seconds to wait for the answer (default 1)"
+    )
+    pr.add_argument("--json", action="store_true", help="print the rows as JSON")
+    pr.set_defaults(fn=cmd_probe, probe_parser=pr)
     return p
 
 

@@ -30,6 +30,7 @@ from drivers.modbus.profile import Point, Profile, load_profile
 from edge_agent.config_models import SerialBus, TcpBus
 from edge_agent.driver import Bus, DriverContext, MetricInfo, Reading, Value
 from edge_agent.errors import (
+    DeviceError,
     DeviceProtocolError,
     DeviceTimeout,
     DeviceUnavailable,
@@ -44,7 +45,7 @@ FRAME_HISTORY = 8
 #: consecutive timeouts on a TCP line after which the connection is reopened: a serial
 #: server that rebooted leaves a half-open socket that would otherwise never answer again
 TCP_TIMEOUTS_BEFORE_RECONNECT = 3
-#: pymodbus' own per-request timeout; ours (``timeout_s`` via asyncio.wait_for) is shorter
+#: pymodbus' own per-request timeout; ours (``timeout_s`` via asyncio.timeout) is shorter
 #: and is the one that counts, so pymodbus never decides on its own to drop the line
 _CLIENT_TIMEOUT_S = 120.0
 
@@ -188,6 +189,20 @@ class _Line:
             self.client.close()
             self.client = None
         self.timeouts = 0
+
+
+def device_error(err: ModbusException | OSError, device_id: str, what: str) -> DeviceError:
+    """The :class:`DeviceError` for a pymodbus or socket error during one request
+    (``what``); the driver and ``edge-agent probe`` report the same way."""
+    if isinstance(err, ConnectionException):
+        return DeviceUnavailable(device_id, f"{what}: connection lost: {err}")
+    if isinstance(err, ModbusIOException):
+        if "no response" in str(err).lower():
+            return DeviceTimeout(device_id, f"{what}: no answer: {err}")
+        return DeviceProtocolError(device_id, f"{what}: {err}")
+    if isinstance(err, ModbusException):
+        return DeviceProtocolError(device_id, f"{what}: {err}")
+    return DeviceUnavailable(device_id, f"{what}: {err}")
 
 
 class ModbusDriver:
@@ -457,18 +472,10 @@ class ModbusDriver:
                     device_id,
                     f"{what}: no answer from unit {self.config.unit} within {timeout_s:g} s",
                 ) from err
-            except ConnectionException as err:
-                line.drop()
-                raise DeviceUnavailable(device_id, f"{what}: connection lost: {err}") from err
-            except ModbusIOException as err:
-                if "no response" in str(err).lower():
-                    raise DeviceTimeout(device_id, f"{what}: no answer: {err}") from err
-                raise DeviceProtocolError(device_id, f"{what}: {err}") from err
-            except ModbusException as err:
-                raise DeviceProtocolError(device_id, f"{what}: {err}") from err
-            except OSError as err:
-                line.drop()
-                raise DeviceUnavailable(device_id, f"{what}: {err}") from err
+            except (ModbusException, OSError) as err:
+                if isinstance(err, ConnectionException | OSError):
+                    line.drop()
+                raise device_error(err, device_id, what) from err
             finally:
                 line.sink = None
         line.timeouts = 0
