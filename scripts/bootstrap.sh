@@ -118,6 +118,19 @@ PY
     fi
 }
 
+# try_apt_install PACKAGE CHECK: as root with apt-get, install PACKAGE; succeed when the
+# command CHECK then passes. Says what it does and, on failure, that it failed.
+try_apt_install() {
+    local pkg="$1" check="$2"
+    is_root && command -v apt-get >/dev/null 2>&1 || return 1
+    say "Installing $pkg with apt-get ... / 正在用 apt-get 安装 $pkg ..."
+    if apt_install "$pkg" && "$check"; then
+        return 0
+    fi
+    say "apt-get could not install $pkg (see above). / apt-get 无法安装 $pkg（见上方输出）。"
+    return 1
+}
+
 have_mosquitto() {
     command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || [ -x /usr/local/sbin/mosquitto ]
 }
@@ -131,13 +144,7 @@ docker_engine_answers() {
 ensure_mosquitto() {
     local mode="${1:-required}"
     have_mosquitto && return 0
-    if is_root && command -v apt-get >/dev/null 2>&1; then
-        say "Installing mosquitto with apt-get ... / 正在用 apt-get 安装 mosquitto ..."
-        if apt_install mosquitto && have_mosquitto; then
-            return 0
-        fi
-        say "apt-get could not install mosquitto (see above). / apt-get 无法安装 mosquitto（见上方输出）。"
-    fi
+    try_apt_install mosquitto have_mosquitto && return 0
     if [ "$mode" = optional ]; then
         say "mosquitto is not installed; the embedded Python broker (amqtt) will be used." \
             "To use mosquitto instead: sudo apt-get install -y mosquitto" \
@@ -163,13 +170,7 @@ have_libfaketime() {
 # The clock fault test moves the agent's wall clock with libfaketime (LD_PRELOAD).
 ensure_libfaketime() {
     have_libfaketime && return 0
-    if is_root && command -v apt-get >/dev/null 2>&1; then
-        say "Installing libfaketime with apt-get ... / 正在用 apt-get 安装 libfaketime ..."
-        if apt_install libfaketime && have_libfaketime; then
-            return 0
-        fi
-        say "apt-get could not install libfaketime (see above). / apt-get 无法安装 libfaketime（见上方输出）。"
-    fi
+    try_apt_install libfaketime have_libfaketime && return 0
     die "the clock fault test needs libfaketime. Install it with: sudo apt-get install -y libfaketime (or run this script as root to install it automatically; EDGE_AGENT_LIBFAKETIME=/path/to/libfaketimeMT.so.1 points at another build)." \
         "时钟故障测试需要 libfaketime。请运行：sudo apt-get install -y libfaketime（或以 root 身份运行本脚本自动安装；也可用 EDGE_AGENT_LIBFAKETIME 指定其路径）。"
 }
