@@ -7,9 +7,13 @@ so that ``tests/e2e`` shares them; helpers to subscribe and publish are in
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+
+from simulators import CampusSim
+from tests.sim_helpers import LESSON, assert_no_leaked_tasks
 
 _HERE = Path(__file__).parent
 
@@ -18,3 +22,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if _HERE in item.path.parents:
             item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture
+async def rtu_sim() -> AsyncIterator[CampusSim]:
+    """One classroom and one meter speaking RTU frames over TCP (a serial server)."""
+    async with CampusSim(
+        classrooms=1, meters=1, framer="rtu", speed=0, seed=11, start=LESSON
+    ) as campus:
+        yield campus
+    await assert_no_leaked_tasks()

@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -23,29 +22,15 @@ from drivers.modbus.probe import ExceptionResponse, ProbeRequest, format_table, 
 from edge_agent.cli import main
 from edge_agent.errors import DeviceTimeout, DeviceUnavailable
 from simulators import CampusSim
+from tests.sim_helpers import LESSON, where
 
 REPO = Path(__file__).resolve().parents[2]
-# Tuesday 2025-03-04 08:30 China Standard Time: the first lesson is on.
-LESSON = datetime(2025, 3, 4, 8, 30, tzinfo=timezone(timedelta(hours=8)))
 
 
 @pytest.fixture
 async def sim() -> AsyncIterator[CampusSim]:
     async with CampusSim(classrooms=2, meters=1, speed=0, seed=11, start=LESSON) as campus:
         yield campus
-
-
-@pytest.fixture
-async def rtu_sim() -> AsyncIterator[CampusSim]:
-    async with CampusSim(
-        classrooms=1, meters=1, framer="rtu", speed=0, seed=11, start=LESSON
-    ) as campus:
-        yield campus
-
-
-def where(campus: CampusSim, device_id: str) -> tuple[str, int, int]:
-    entry = next(d for d in campus.layout["devices"] if d["id"] == device_id)
-    return entry["host"], entry["port"], entry["unit"]
 
 
 def request_for(

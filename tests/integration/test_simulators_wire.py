@@ -15,7 +15,6 @@ import struct
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -24,20 +23,11 @@ from pymodbus.exceptions import ModbusException
 from pymodbus.framer import FramerType
 
 from simulators import CampusSim, parse_schedule
+from tests.sim_helpers import LESSON, assert_no_leaked_tasks, where
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-# Tuesday 2025-03-04 08:30 China Standard Time: the first lesson is on.
-LESSON = datetime(2025, 3, 4, 8, 30, tzinfo=timezone(timedelta(hours=8)))
-
-
-async def assert_no_leaked_tasks() -> None:
-    for _ in range(5):
-        await asyncio.sleep(0)
-    current = asyncio.current_task()
-    pending = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
-    assert not pending, f"leaked tasks: {pending}"
 
 
 @pytest.fixture
@@ -45,20 +35,6 @@ async def sim() -> AsyncIterator[CampusSim]:
     async with CampusSim(classrooms=3, meters=2, speed=0, seed=11, start=LESSON) as campus:
         yield campus
     await assert_no_leaked_tasks()
-
-
-@pytest.fixture
-async def rtu_sim() -> AsyncIterator[CampusSim]:
-    async with CampusSim(
-        classrooms=1, meters=1, framer="rtu", speed=0, seed=11, start=LESSON
-    ) as campus:
-        yield campus
-    await assert_no_leaked_tasks()
-
-
-def where(campus: CampusSim, device_id: str) -> tuple[str, int, int]:
-    entry = next(d for d in campus.layout["devices"] if d["id"] == device_id)
-    return entry["host"], entry["port"], entry["unit"]
 
 
 async def client_for(
