@@ -39,7 +39,6 @@ import math
 import os
 import platform
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -725,6 +724,8 @@ def run_bare_paho(
 @contextlib.contextmanager
 def _child(argv: list[str], log_path: Path, cwd: Path) -> Iterator[subprocess.Popen[bytes]]:
     """Run a child process; SIGTERM (then SIGKILL) it on exit."""
+    from .localbroker import stop_process
+
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(  # noqa: S603 - our own interpreter and modules, no shell
             argv,
@@ -738,13 +739,7 @@ def _child(argv: list[str], log_path: Path, cwd: Path) -> Iterator[subprocess.Po
         try:
             yield proc
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_process(proc, 15, log_path.stem)
 
 
 def _tail(path: Path, lines: int = 15) -> str:

@@ -116,14 +116,16 @@ def mqtt_ping(host: str, port: int, timeout_s: float = 1.0) -> bool:
         return False
 
 
-def _stop_process(proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+def stop_process(proc: subprocess.Popen[bytes], timeout_s: float, what: str = "broker") -> None:
     """Terminate, wait, then kill: the child never outlives this call."""
     if proc.poll() is None:
         proc.terminate()
         try:
             proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            log.warning("broker pid %d ignored SIGTERM for %.0f s; killing it", proc.pid, timeout_s)
+            log.warning(
+                "%s pid %d ignored SIGTERM for %.0f s; killing it", what, proc.pid, timeout_s
+            )
             proc.kill()
             proc.wait()
 
@@ -131,7 +133,7 @@ def _stop_process(proc: subprocess.Popen[bytes], timeout_s: float) -> None:
 def _finalize(proc_box: list[subprocess.Popen[bytes]], tmpdir: str | None) -> None:
     # Runs at garbage collection or interpreter exit when the owner forgot stop().
     for proc in proc_box:
-        _stop_process(proc, 2.0)
+        stop_process(proc, 2.0)
     if tmpdir is not None:
         shutil.rmtree(tmpdir, ignore_errors=True)
 
@@ -395,7 +397,7 @@ class LocalBroker:
 
     def _cleanup_process(self) -> None:
         for proc in self._proc_box:
-            _stop_process(proc, self.stop_timeout_s)
+            stop_process(proc, self.stop_timeout_s)
         self._proc_box.clear()
         if self._log_file is not None:
             self._log_file.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from edge_agent.localbroker import stop_process
 from tests.e2e.helpers import CLASSROOMS, METERS, REPO, _env
 
 
@@ -52,10 +52,5 @@ def campus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
             time.sleep(0.05)
         yield json.loads(layout_path.read_text())
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, 10, "simulated campus")
         log.close()
