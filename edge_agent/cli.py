@@ -162,12 +162,14 @@ def _probe_request(args: argparse.Namespace) -> ProbeRequest:
     from drivers.modbus.driver import LineSettings
     from drivers.modbus.probe import ProbeRequest
 
+    # serial options left out take LineSettings' defaults (9600 8N1)
+    serial = {o: getattr(args, o) for o in ("baudrate", "parity", "stopbits")}
+    serial = {o: v for o, v in serial.items() if v is not None}
     if args.host is not None:
-        given = [o for o in ("baudrate", "parity", "stopbits") if getattr(args, o) is not None]
-        if given:
+        if serial:
             raise ValueError(
-                f"--{', --'.join(given)} only with --serial; a serial server has them in its own "
-                "web page / 串口参数仅用于 --serial，串口服务器的串口参数在其网页中设置"
+                f"--{', --'.join(serial)} only with --serial; a serial server has them in its "
+                "own web page / 串口参数仅用于 --serial，串口服务器的串口参数在其网页中设置"
             )
         port = 502 if args.port is None else args.port
         line = LineSettings("tcp", args.host, port, args.framer or "socket")
@@ -176,13 +178,7 @@ def _probe_request(args: argparse.Namespace) -> ProbeRequest:
         if given:
             names = "--" + ", --".join(given)
             raise ValueError(f"{names} only with --host / {names} 只能与 --host 一起使用")
-        line = LineSettings(
-            "serial",
-            args.serial,
-            baudrate=9600 if args.baudrate is None else args.baudrate,
-            parity=args.parity or "N",
-            stopbits=args.stopbits or 1,
-        )
+        line = LineSettings("serial", args.serial, **serial)
     return ProbeRequest(
         line,
         unit=args.unit,

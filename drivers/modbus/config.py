@@ -10,6 +10,12 @@ from drivers.modbus.profile import PROFILE_NAME_PATTERN
 from edge_agent.config_models import Id, PollingDeviceBase
 
 
+def unit_range(*, direct_tcp: bool) -> range:
+    """Unit ids a device can answer on: any byte for Modbus TCP reached directly; 1-247
+    for RTU frames (0 is the broadcast address, which no device answers)."""
+    return range(0, 256) if direct_tcp else range(1, 248)
+
+
 class ModbusDevice(PollingDeviceBase):
     """A Modbus RTU or TCP device read through a profile (register map).
 
@@ -76,7 +82,7 @@ class ModbusDevice(PollingDeviceBase):
     @model_validator(mode="after")
     def check_unit(self) -> ModbusDevice:
         direct_tcp = self.host is not None and self.framer == "socket"
-        if not direct_tcp and not 1 <= self.unit <= 247:
+        if self.unit not in unit_range(direct_tcp=direct_tcp):
             raise ValueError(
                 f"unit {self.unit}: RTU devices (on a bus or behind a serial server) answer on "
                 "1-247; 0 is the broadcast address, which no device answers / "

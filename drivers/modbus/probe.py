@@ -28,6 +28,7 @@ from pymodbus.exceptions import ModbusException
 from pymodbus.pdu import ModbusPDU
 
 from drivers.modbus import codec
+from drivers.modbus.config import unit_range
 from drivers.modbus.driver import EXCEPTION_NAMES, LineSettings, _Line, device_error
 from edge_agent.errors import (
     DeviceError,
@@ -125,12 +126,12 @@ class ProbeRequest:
             raise ValueError(f"--port {self.line.port}: must be 1-65535")
         if self.line.type == "serial" and self.line.baudrate <= 0:
             raise ValueError(f"--baudrate {self.line.baudrate}: must be more than 0")
-        if self.line.type == "tcp" and self.line.framer == "socket":
-            if not 0 <= self.unit <= 255:
-                raise ValueError(f"--unit {self.unit}: must be 0-255 for Modbus TCP")
-        elif not 1 <= self.unit <= 247:
+        direct_tcp = self.line.type == "tcp" and self.line.framer == "socket"
+        if self.unit not in unit_range(direct_tcp=direct_tcp):
             raise ValueError(
-                f"--unit {self.unit}: RTU devices answer on 1-247 (0 is broadcast, no answer)"
+                f"--unit {self.unit}: must be 0-255 for Modbus TCP"
+                if direct_tcp
+                else f"--unit {self.unit}: RTU devices answer on 1-247 (0 is broadcast, no answer)"
             )
         if not (math.isfinite(self.timeout_s) and 0 < self.timeout_s <= 60):
             raise ValueError(f"--timeout {self.timeout_s:g}: must be more than 0, at most 60 s")
