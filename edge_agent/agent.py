@@ -193,7 +193,7 @@ class Agent:
         pseudonym = self.cfg.site.pseudonym_secret
         ctx = DriverContext(
             buses=buses,
-            profile_dirs=profile_dirs(self.cfg, self.config_path),
+            profile_dirs=profile_dirs(self.cfg.profile_dirs, self.config_path),
             pseudonym_key=pseudonym.encode() if pseudonym else None,
         )
         kinds = registry.drivers()

@@ -376,10 +376,10 @@ def check_drivers_build(devices: Indexed, dirs: list[str]) -> list[tuple[Path_, 
     return problems
 
 
-def profile_dirs(cfg: AgentConfigBase | list[str], path: Path) -> list[str]:
-    """Folders searched for profiles: the file's own ``profiles/``, extras, then shipped ones."""
+def profile_dirs(extra: list[str], path: Path) -> list[str]:
+    """Folders searched for profiles: the file's own ``profiles/``, ``extra`` (the config's
+    ``profile_dirs``), then the shipped ones."""
     base = path.resolve().parent
-    extra = cfg if isinstance(cfg, list) else cfg.profile_dirs
     dirs = [str((base / d).resolve()) for d in extra]
     own = base / "profiles"
     if own.is_dir():
@@ -446,12 +446,14 @@ def load_config(
     if cfg is not None:
         buses: Indexed = list(enumerate(cfg.buses))
         devices: Indexed = list(enumerate(getattr(cfg, "devices", [])))
-        dirs = profile_dirs(cfg, p)
+        dirs = profile_dirs(cfg.profile_dirs, p)
     else:
         buses, devices = valid_items(data)
-        raw_dirs = data.get("profile_dirs")
-        ok_dirs = isinstance(raw_dirs, list) and all(isinstance(d, str) for d in raw_dirs)
-        dirs = profile_dirs(list(raw_dirs) if ok_dirs else [], p)  # type: ignore[arg-type]
+        raw = data.get("profile_dirs")
+        extra: list[str] = (
+            raw if isinstance(raw, list) and all(isinstance(d, str) for d in raw) else []
+        )
+        dirs = profile_dirs(extra, p)
     problems += check_unique_ids(buses, devices)
     problems += check_bus_references(_raw_ids(data, "buses"), devices)
     if build_drivers:
