@@ -66,6 +66,31 @@ def tmpfs_prefix(directory: Path, size_kib: int, free_kib: int) -> list[str]:
     ]
 
 
+_FULL_SCRIPT = (
+    'mount -t tmpfs -o "size=$2" edge-agent-test "$1" && cp -a "$3"/. "$1"/ && '
+    '{ cat /dev/zero > "$1/filler" 2>/dev/null; true; } && shift 3 && exec "$@"'
+)
+
+
+def full_tmpfs_prefix(directory: Path, seed: Path, size_kib: int) -> list[str]:
+    """Like :func:`tmpfs_prefix`, but the tmpfs starts with a copy of ``seed``'s files
+    (an outbox from an earlier run) and ``directory/filler`` takes every byte left:
+    the agent starts on a disk that is already full."""
+    return [
+        "unshare",
+        "--user",
+        "--map-root-user",
+        "--mount",
+        "sh",
+        "-c",
+        _FULL_SCRIPT,
+        "sh",
+        str(directory),
+        f"{size_kib}k",
+        str(seed),
+    ]
+
+
 def inside(pid: int, path: Path) -> Path:
     """``path`` as the process ``pid`` sees it (through its mount namespace)."""
     return Path(f"/proc/{pid}/root") / str(path.resolve()).lstrip("/")

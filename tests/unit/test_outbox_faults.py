@@ -1,12 +1,22 @@
-"""The outbox under corruption and a full disk (issue 3)."""
+"""The outbox under corruption, a full disk and a power cut (issues 3 and 7)."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import struct
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from edge_agent.envelope import Lane
 from edge_agent.outbox import Outbox
+from tests.e2e import system
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def put(ob: Outbox, n: int, lane: Lane = Lane.TELEMETRY, size: int = 10) -> None:
@@ -116,9 +126,194 @@ async def test_crash_while_disk_full_never_reuses_a_seq(tmp_path: Path) -> None:
 
     ob2 = Outbox(path)
     await ob2.open()
-    assert ob2.next_seq == top  # the seqs handed out in memory are never handed out again
+    # the seqs handed out in memory are never handed out again
     assert ob2.dropped["lost_in_memory"] == top - 4
+    assert ob2.lost_at_start == top - 4
+    # nor the rest of the reservation: the stop was not clean
+    assert ob2.skipped == (top, ob2.next_seq - 1)
     put(ob2, 1)
     (row,) = await ob2.flush()
-    assert row.seq == top
+    assert row.seq == ob2.next_seq - 1 >= top
     await ob2.close()
+
+    # the counts survive the next restart, and a clean stop skips nothing more
+    ob3 = Outbox(path)
+    await ob3.open()
+    assert ob3.dropped["lost_in_memory"] == top - 4
+    assert ob3.skipped is None
+    assert ob3.next_seq == row.seq + 1
+    await ob3.close()
+
+
+async def test_every_commit_is_synchronous_full(tmp_path: Path) -> None:
+    """A committed row survives a power cut: the group commit fsyncs the WAL."""
+    ob = Outbox(tmp_path / "o.db")
+    await ob.open()
+    put(ob, 3)  # telemetry, not only alarms
+    await ob.flush()
+    ((level,),) = await ob.db.execute_fetchall("PRAGMA synchronous")
+    assert level == 2  # FULL
+    await ob.close()
+
+
+async def test_a_clean_stop_skips_no_seq(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    ob = Outbox(path)
+    await ob.open()
+    put(ob, 5)
+    await ob.flush()
+    await ob.close()
+    ob2 = Outbox(path)
+    await ob2.open()
+    assert ob2.skipped is None
+    assert ob2.next_seq == 6
+    assert (await ob2.stats())["skipped"] == {"total": 0, "last": None}
+    await ob2.close()
+
+
+# The outbox in a process of its own: numbered batches, each printed once committed
+# (the publisher could send it from then on), until the test kills it.
+_CHILD = """
+import asyncio, json, sys
+from edge_agent.envelope import Lane
+from edge_agent.outbox import Outbox
+
+async def main():
+    ob = Outbox(sys.argv[1])
+    await ob.open()
+    for b in range(int(sys.argv[2])):
+        for i in range(10):
+            ob.put(Lane.TELEMETRY, "campus/s/g/telemetry/d", device="d", kind="telemetry",
+                   ts=1.8e9 + b, data={"b": b, "i": i}, quality="good")
+        for r in await ob.flush():
+            print(json.dumps({"seq": r.seq, "msg_id": json.loads(r.payload)["msg_id"]}),
+                  flush=True)
+    print("done", flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+def _drop_last_commits(wal: Path, commits: int) -> int:
+    """Cut the WAL after its last ``commits`` transactions, as storage that lost its
+    write cache in a power cut does; returns the frames dropped."""
+    raw = wal.read_bytes()
+    (page_size,) = struct.unpack(">I", raw[8:12])
+    frame = 24 + page_size
+    n = (len(raw) - 32) // frame
+    ends = [
+        i + 1
+        for i in range(n)
+        if struct.unpack(">I", raw[32 + i * frame + 4 : 32 + i * frame + 8])[0] != 0
+    ]
+    keep = ends[-commits - 1]
+    with wal.open("r+b") as f:
+        f.truncate(32 + keep * frame)
+    return n - keep
+
+
+async def test_power_cut_losing_the_wal_tail_never_reuses_a_seq(tmp_path: Path) -> None:
+    """kill -9, then the WAL loses its last commits: seqs already handed out (and
+    maybe published) are never handed out again with other content, and the skip
+    is reported."""
+    path = tmp_path / "o.db"
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, str(path), "20"],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    published: dict[int, str] = {}
+    try:
+        assert child.stdout is not None
+        for line in child.stdout:
+            if line.strip() == "done":
+                break
+            m = json.loads(line)
+            published[m["seq"]] = m["msg_id"]
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+        if child.stdout is not None:
+            child.stdout.close()
+    assert sorted(published) == list(range(1, 201))
+    assert _drop_last_commits(path.with_name("o.db-wal"), 3) > 0
+
+    ob = Outbox(path)
+    await ob.open()
+    on_disk = {r.seq for r in await ob.fetch(Lane.TELEMETRY, 0, 10**9, 10**6)}
+    lost = set(published) - on_disk
+    assert lost == set(range(171, 201))  # the storage really lost three batches
+    put(ob, 30)
+    new = await ob.flush()
+    assert not {r.seq for r in new} & set(published), "a published seq was handed out again"
+    assert ob.skipped is not None
+    first, last = ob.skipped
+    assert lost <= set(range(first, last + 1))  # the platform can tell the skip from a loss
+    assert first == 171
+    stats = await ob.stats()
+    assert stats["skipped"]["total"] == last - first + 1
+    assert stats["skipped"]["last"]["from"] == 171
+    await ob.close()
+
+
+# Open an outbox on a filesystem that is completely full, as the agent does at start.
+_FULL_CHILD = """
+import asyncio, json, sys
+from edge_agent.envelope import Lane
+from edge_agent.outbox import Outbox
+
+async def main():
+    ob = Outbox(sys.argv[1])
+    await ob.open()
+    rows = await ob.fetch(Lane.TELEMETRY, 0, ob.next_seq, 1000)
+    ob.put(Lane.TELEMETRY, "campus/s/g/telemetry/d", device="d", kind="telemetry",
+           ts=1.8e9, data={"new": 1}, quality="good")
+    new = await ob.flush()
+    print(json.dumps({"epoch": ob.epoch, "recovered_from": ob.recovered_from,
+                      "seqs": [r.seq for r in rows], "new": [r.seq for r in new],
+                      "mode": ob.mode}))
+    await ob.close()
+
+asyncio.run(main())
+"""
+
+
+async def test_a_full_disk_at_start_is_not_corruption(tmp_path: Path) -> None:
+    """A healthy outbox with unsent rows on a disk with no byte free: kept, same
+    epoch, its rows readable, new messages numbered after them (in memory)."""
+    why = system.namespaces_unusable()
+    if why is not None:
+        pytest.skip(why)
+    seed, state = tmp_path / "seed", tmp_path / "state"
+    seed.mkdir()
+    state.mkdir()
+    ob = Outbox(seed / "outbox.db")
+    await ob.open()
+    epoch = ob.epoch
+    put(ob, 27)
+    await ob.flush()
+    await ob.close()
+    res = subprocess.run(
+        [
+            *system.full_tmpfs_prefix(state, seed, size_kib=256),
+            sys.executable,
+            "-c",
+            _FULL_CHILD,
+            str(state / "outbox.db"),
+        ],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["recovered_from"] is None, res.stderr
+    assert out["epoch"] == epoch
+    assert out["seqs"] == list(range(1, 28))
+    assert out["new"][0] >= 28
+    assert out["mode"] == "memory"
