@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import ctypes.util
+import errno
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
-from edge_agent.clock import ClockGate, SystemClock
+import pytest
+
+from edge_agent.agent import Agent
+from edge_agent.clock import STA_UNSYNC, TIME_ERROR, ClockGate, SystemClock
+from edge_agent.config import load_config
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 class FakeClock:
@@ -104,3 +116,99 @@ def test_file_sync_check_follows_the_file(tmp_path: Path) -> None:
     flag.unlink()
     assert clock.synced() is False
     assert SystemClock("none", flag).synced() is True
+
+
+def eperm() -> tuple[int, int]:
+    """adjtimex as systemd's ProtectClock=yes leaves it: refused by the seccomp filter."""
+    raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+
+
+def test_adjtimex_refused_is_not_synchronised(tmp_path: Path) -> None:
+    clock = SystemClock("adjtimex", adjtimex=eperm, timesyncd_flag=tmp_path / "no" / "flag")
+    assert clock.synced() is False
+    assert "EPERM" in clock.reason
+    assert "ProtectClock" in clock.reason
+    # and readings are held, then marked uncertain, as on any unsynchronised clock
+    sink = Sink()
+    gate = ClockGate(sink, clock, hold_max_s=60)
+    gate.telemetry("d", {"co2": 500})
+    gate.check()
+    assert sink.out == []
+    assert gate.synced is False
+
+
+def test_adjtimex_refused_falls_back_to_timesyncd(tmp_path: Path) -> None:
+    flag = tmp_path / "timesync" / "synchronized"
+    flag.parent.mkdir()  # timesyncd runs
+    clock = SystemClock("adjtimex", adjtimex=eperm, timesyncd_flag=flag)
+    assert clock.synced() is False
+    assert "not synchronised yet" in clock.reason
+    flag.touch()  # timesyncd has set the clock
+    assert clock.synced() is True
+    assert "EPERM" in clock.reason
+    assert "timesyncd: synchronised" in clock.reason
+
+
+def test_adjtimex_answers_are_read() -> None:
+    assert SystemClock("adjtimex", adjtimex=lambda: (TIME_ERROR, STA_UNSYNC)).synced() is False
+    assert SystemClock("adjtimex", adjtimex=lambda: (0, 0)).synced() is True
+
+
+async def test_health_says_the_clock_is_not_synchronised_and_why(tmp_path: Path) -> None:
+    cfg_path = tmp_path / "agent.yaml"
+    cfg_path.write_text(
+        "site: {id: school-a, gateway_id: gw1}\n"
+        "mqtt: {host: 127.0.0.1}\n"
+        f"outbox: {{path: {tmp_path / 'outbox.db'}}}\n"
+    )
+    clock = SystemClock("adjtimex", adjtimex=eperm, timesyncd_flag=tmp_path / "no" / "flag")
+    agent = Agent(load_config(cfg_path), cfg_path, clock=clock)
+    await agent.outbox.open()
+    try:
+        health = (await agent.health())["clock"]
+    finally:
+        await agent.outbox.close()
+    assert health["synced"] is False
+    assert health["check"] == "adjtimex"
+    assert "EPERM" in health["reason"]
+
+
+# A process under a seccomp filter like systemd's ProtectClock=yes (@clock refused
+# with EPERM, as SystemCallErrorNumber=EPERM in the unit does), asking the clock.
+_SECCOMP_CHILD = """
+import ctypes, json, sys
+from pathlib import Path
+lib = ctypes.CDLL(sys.argv[1])
+lib.seccomp_init.restype = ctypes.c_void_p
+lib.seccomp_init.argtypes = [ctypes.c_uint32]
+lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+lib.seccomp_rule_add.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint]
+lib.seccomp_load.argtypes = [ctypes.c_void_p]
+ctx = lib.seccomp_init(0x7FFF0000)  # SCMP_ACT_ALLOW
+for name in (b"adjtimex", b"clock_adjtime", b"clock_adjtime64", b"clock_settime", b"settimeofday"):
+    nr = lib.seccomp_syscall_resolve_name(name)
+    if nr >= 0:
+        assert lib.seccomp_rule_add(ctx, 0x00050000 | 1, nr, 0) == 0  # SCMP_ACT_ERRNO(EPERM)
+assert lib.seccomp_load(ctx) == 0
+from edge_agent.clock import SystemClock
+clock = SystemClock("adjtimex", timesyncd_flag=Path(sys.argv[2]))
+print(json.dumps({"synced": clock.synced(), "reason": clock.reason}))
+"""
+
+
+def test_under_a_protectclock_seccomp_filter_the_clock_is_not_trusted(tmp_path: Path) -> None:
+    lib = ctypes.util.find_library("seccomp")
+    if lib is None:
+        pytest.skip("libseccomp is not installed; the injected EPERM tests still run")
+    res = subprocess.run(
+        [sys.executable, "-c", _SECCOMP_CHILD, lib, str(tmp_path / "no" / "flag")],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["synced"] is False, out
+    assert "EPERM" in out["reason"]
