@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -12,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from edge_agent.agent import Agent
+from edge_agent.config import load_config
 from edge_agent.envelope import Lane
 from edge_agent.outbox import Outbox
 from tests.e2e import system
@@ -106,6 +110,11 @@ async def test_disk_full_degrades_to_memory_and_recovers(tmp_path: Path) -> None
     on_disk = await ob.fetch(Lane.TELEMETRY, 0, ob.next_seq, 1000)
     assert [r.seq for r in on_disk] == [1, 2, 3, 4, 5, *range(66, 157)]
     await ob.close()
+    # the evictions from memory still explain their seq holes after a restart
+    ob2 = Outbox(tmp_path / "o.db")
+    await ob2.open()
+    assert ob2.dropped["telemetry"] == 50
+    await ob2.close()
 
 
 async def test_crash_while_disk_full_never_reuses_a_seq(tmp_path: Path) -> None:
@@ -175,6 +184,8 @@ async def test_a_clean_stop_skips_no_seq(tmp_path: Path) -> None:
 # (the publisher could send it from then on), until the test kills it.
 _CHILD = """
 import asyncio, json, sys
+from edge_agent.agent import Agent
+from edge_agent.config import load_config
 from edge_agent.envelope import Lane
 from edge_agent.outbox import Outbox
 
@@ -262,6 +273,8 @@ async def test_power_cut_losing_the_wal_tail_never_reuses_a_seq(tmp_path: Path) 
 # Open an outbox on a filesystem that is completely full, as the agent does at start.
 _FULL_CHILD = """
 import asyncio, json, sys
+from edge_agent.agent import Agent
+from edge_agent.config import load_config
 from edge_agent.envelope import Lane
 from edge_agent.outbox import Outbox
 
@@ -317,3 +330,89 @@ async def test_a_full_disk_at_start_is_not_corruption(tmp_path: Path) -> None:
     assert out["seqs"] == list(range(1, 28))
     assert out["new"][0] >= 28
     assert out["mode"] == "memory"
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _until(cond: object, what: str) -> None:
+    for _ in range(200):
+        if cond():  # type: ignore[operator]
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_messages_lost_in_memory_mode_reach_health_and_raise_an_alarm(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "outbox.db"
+    # An earlier run died while the disk was full, with messages held in memory.
+    ob = Outbox(path)
+    await ob.open()
+    put(ob, 3)
+    await ob.flush()
+    pages = (await (await ob.db.execute("PRAGMA page_count")).fetchone())[0]
+    await ob.db.execute(f"PRAGMA max_page_count={pages}")
+    put(ob, 40, size=1000)
+    await ob.flush()
+    assert ob.mode == "memory"
+    await ob.db.close()  # the crash
+    ob._db = None
+
+    cfg_path = tmp_path / "agent.yaml"
+    cfg_path.write_text(
+        "site: {id: school-a, gateway_id: gw1}\n"
+        f"mqtt: {{host: 127.0.0.1, port: {_closed_port()}, reconnect_max_s: 1}}\n"
+        f"outbox: {{path: {path}, commit_interval_ms: 50}}\n"
+        "clock: {sync_check: none}\n"
+    )
+    agent = Agent(load_config(cfg_path), cfg_path)
+    task = asyncio.create_task(agent.run())
+
+    def lost_alarm() -> list[object]:
+        return [a for a in agent.alarms.alarms.values() if a.rule == "outbox_data_lost"]
+
+    try:
+        await _until(lambda: agent.outbox.epoch and lost_alarm(), "the data-lost alarm")
+        (alarm,) = lost_alarm()
+        assert alarm.value == 40  # type: ignore[attr-defined]
+        assert alarm.state == "cleared_unacked"  # type: ignore[attr-defined]
+        health = await agent.health()
+        assert health["dropped"]["lost_in_memory"] == 40
+        assert health["lost"]["in_memory_at_last_stop"] == 40
+        # the seqs skipped after the unclean stop: on health and as an event
+        skipped = health["outbox"]["skipped"]["last"]
+        assert skipped["from"] == 44
+        await _until(lambda: agent.outbox.committed_total > 0, "the event's commit")
+        events = await agent.outbox.fetch(Lane.EVENT, 0, agent.outbox.next_seq, 10)
+        (event,) = [json.loads(r.payload) for r in events]
+        assert event["type"] == "seq_skipped"
+        assert event["seq"] == skipped["to"] + 1
+        assert (event["data"]["from"], event["data"]["to"]) == (skipped["from"], skipped["to"])
+
+        # Now the disk fills during this run and the memory queue overflows.
+        agent.alarms.ack(alarm.alarm_id, "test")  # type: ignore[attr-defined]
+        agent.outbox.memory_max = 10
+        db = agent.outbox.db
+        pages = (await (await db.execute("PRAGMA page_count")).fetchone())[0]
+        await db.execute(f"PRAGMA max_page_count={pages}")
+        for i in range(30):
+            agent.emitter.telemetry("d", {"i": i, "pad": "x" * 1000})
+        await _until(lambda: lost_alarm(), "the alarm for messages dropped from memory")
+        (alarm,) = lost_alarm()
+        assert alarm.state == "active_unacked"  # type: ignore[attr-defined]
+        health = await agent.health()
+        # 30 readings and the two alarms in a queue of 10: the oldest telemetry went
+        assert health["lost"]["evicted_from_memory"] == health["dropped"]["telemetry"] >= 20
+        await db.execute("PRAGMA max_page_count=1073741823")  # space is back
+        await _until(
+            lambda: lost_alarm()[0].state == "cleared_unacked",  # type: ignore[attr-defined]
+            "the alarm to clear",
+        )
+    finally:
+        agent.stop()
+        await asyncio.wait_for(task, 15)
