@@ -7,6 +7,8 @@
   through ``/proc/PID/root``, which shows the agent's mounts.
 * :func:`faketime_env` preloads libfaketime: the agent's wall clock (``time.time``)
   follows an offset the test writes into a file, its monotonic clock stays real.
+* :func:`drop_last_wal_commits` cuts the last transactions off a SQLite WAL, as
+  storage that loses its write cache in a power cut does.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import struct
 import subprocess
 import tempfile
 from pathlib import Path
@@ -123,3 +126,30 @@ def set_fake_time(control: Path, spec: str) -> None:
     tmp = control.with_suffix(".tmp")
     tmp.write_text(spec + "\n")
     tmp.replace(control)
+
+
+def drop_last_wal_commits(wal: Path, commits: int) -> int:
+    """Truncate ``wal`` after its last ``commits`` transactions; returns the frames cut.
+
+    Only the frames that belong to the WAL's current generation count: after a
+    checkpoint SQLite writes from the start again with new salts, and frames of the
+    old generation further on are already dead."""
+    raw = wal.read_bytes()
+    page_size, _seq, salt1, salt2 = struct.unpack(">IIII", raw[8:24])
+    frame = 24 + page_size
+    valid = 0
+    ends: list[int] = []
+    while 32 + (valid + 1) * frame <= len(raw):
+        head = raw[32 + valid * frame : 32 + valid * frame + 24]
+        _pgno, commit, s1, s2 = struct.unpack(">IIII", head[:16])
+        if (s1, s2) != (salt1, salt2):
+            break
+        valid += 1
+        if commit:
+            ends.append(valid)
+    if len(ends) <= commits:
+        raise AssertionError(f"the WAL holds only {len(ends)} commits")
+    keep = ends[-commits - 1]
+    with wal.open("r+b") as f:
+        f.truncate(32 + keep * frame)
+    return valid - keep

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import socket
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -206,24 +205,6 @@ asyncio.run(main())
 """
 
 
-def _drop_last_commits(wal: Path, commits: int) -> int:
-    """Cut the WAL after its last ``commits`` transactions, as storage that lost its
-    write cache in a power cut does; returns the frames dropped."""
-    raw = wal.read_bytes()
-    (page_size,) = struct.unpack(">I", raw[8:12])
-    frame = 24 + page_size
-    n = (len(raw) - 32) // frame
-    ends = [
-        i + 1
-        for i in range(n)
-        if struct.unpack(">I", raw[32 + i * frame + 4 : 32 + i * frame + 8])[0] != 0
-    ]
-    keep = ends[-commits - 1]
-    with wal.open("r+b") as f:
-        f.truncate(32 + keep * frame)
-    return n - keep
-
-
 async def test_power_cut_losing_the_wal_tail_never_reuses_a_seq(tmp_path: Path) -> None:
     """kill -9, then the WAL loses its last commits: seqs already handed out (and
     maybe published) are never handed out again with other content, and the skip
@@ -250,7 +231,7 @@ async def test_power_cut_losing_the_wal_tail_never_reuses_a_seq(tmp_path: Path) 
         if child.stdout is not None:
             child.stdout.close()
     assert sorted(published) == list(range(1, 201))
-    assert _drop_last_commits(path.with_name("o.db-wal"), 3) > 0
+    assert system.drop_last_wal_commits(path.with_name("o.db-wal"), 3) > 0
 
     ob = Outbox(path)
     await ob.open()
