@@ -9,15 +9,20 @@
   follows an offset the test writes into a file, its monotonic clock stays real.
 * :func:`drop_last_wal_commits` cuts the last transactions off a SQLite WAL, as
   storage that loses its write cache in a power cut does.
+* :func:`protectclock_prefix` runs the agent under a seccomp filter like systemd's
+  ``ProtectClock=yes`` with ``SystemCallErrorNumber=EPERM``: every ``@clock`` system
+  call, read-only ``adjtimex`` included, fails with EPERM.
 """
 
 from __future__ import annotations
 
+import ctypes.util
 import glob
 import os
 import shutil
 import struct
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -153,3 +158,34 @@ def drop_last_wal_commits(wal: Path, commits: int) -> int:
     with wal.open("r+b") as f:
         f.truncate(32 + keep * frame)
     return valid - keep
+
+
+# Loads the filter (libseccomp through ctypes), then execs the rest of argv: a seccomp
+# filter outlives execve, so the agent runs under it from its first instruction.
+_PROTECTCLOCK = """
+import ctypes, os, sys
+lib = ctypes.CDLL(sys.argv[1])
+lib.seccomp_init.restype = ctypes.c_void_p
+lib.seccomp_init.argtypes = [ctypes.c_uint32]
+lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+lib.seccomp_rule_add.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint]
+lib.seccomp_load.argtypes = [ctypes.c_void_p]
+ctx = lib.seccomp_init(0x7FFF0000)  # SCMP_ACT_ALLOW
+# systemd 252's @clock, the set ProtectClock=yes refuses
+for name in ("adjtimex", "clock_adjtime", "clock_adjtime64", "clock_settime",
+             "clock_settime64", "settimeofday", "stime"):
+    nr = lib.seccomp_syscall_resolve_name(name.encode())
+    if nr >= 0:
+        assert lib.seccomp_rule_add(ctx, 0x00050000 | 1, nr, 0) == 0  # SCMP_ACT_ERRNO(EPERM)
+assert lib.seccomp_load(ctx) == 0
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
+def protectclock_prefix() -> list[str] | None:
+    """A command prefix that runs what follows under a ProtectClock-like seccomp
+    filter, or None without libseccomp."""
+    lib = ctypes.util.find_library("seccomp")
+    if lib is None:
+        return None
+    return [sys.executable, "-c", _PROTECTCLOCK, lib]

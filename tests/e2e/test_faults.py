@@ -595,3 +595,36 @@ def test_clock_wrong_at_boot_then_synced_then_stepped_back(
     assert health["synced"] is True
     assert health["corrected"] >= len(corrected) > 0
     assert health["uncertain"] >= len(wrong)
+
+
+def test_clock_check_refused_by_a_protectclock_filter(
+    tmp_path: Path,
+    persistent_mqtt_broker: MqttBroker,
+    platform: PersistentSubscriber,
+    campus: dict[str, Any],
+) -> None:
+    """The agent process under a seccomp filter like the one systemd's ProtectClock=yes
+    installs: the kernel cannot be asked, so the clock is not trusted, readings say
+    so, and health says why."""
+    prefix = system.protectclock_prefix()
+    if prefix is None:
+        pytest.skip("libseccomp is not installed; tests/unit/test_clock.py injects EPERM")
+    cfg = agent_config(
+        tmp_path,
+        persistent_mqtt_broker,
+        campus,
+        **{**FAST, "clock": {"sync_check": "adjtimex", "hold_max_s": 1}},
+    )
+    agent = start_agent(cfg, prefix=prefix)
+    try:
+        platform.wait(lambda _m: len(health_of(platform)) >= 2, 20, "health")
+        platform.wait(lambda _m: len(envelopes(platform)) >= 20, 20, "telemetry")
+    finally:
+        stop(agent)
+    clock = health_of(platform)[-1]["clock"]
+    if Path("/run/systemd/timesync").is_dir():  # timesyncd runs here: its flag decides
+        assert "timesyncd" in clock["reason"], clock
+    else:
+        assert clock["synced"] is False, clock
+        assert {m["quality"] for m in envelopes(platform)} == {"uncertain"}
+    assert "EPERM" in clock["reason"], clock

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes.util
 import errno
 import json
 import os
@@ -16,6 +15,7 @@ import pytest
 from edge_agent.agent import Agent
 from edge_agent.clock import STA_UNSYNC, TIME_ERROR, ClockGate, SystemClock
 from edge_agent.config import load_config
+from tests.e2e import system
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -173,35 +173,22 @@ async def test_health_says_the_clock_is_not_synchronised_and_why(tmp_path: Path)
     assert "EPERM" in health["reason"]
 
 
-# A process under a seccomp filter like systemd's ProtectClock=yes (@clock refused
-# with EPERM, as SystemCallErrorNumber=EPERM in the unit does), asking the clock.
-_SECCOMP_CHILD = """
-import ctypes, json, sys
+_CLOCK_CHILD = """
+import json, sys
 from pathlib import Path
-lib = ctypes.CDLL(sys.argv[1])
-lib.seccomp_init.restype = ctypes.c_void_p
-lib.seccomp_init.argtypes = [ctypes.c_uint32]
-lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
-lib.seccomp_rule_add.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint]
-lib.seccomp_load.argtypes = [ctypes.c_void_p]
-ctx = lib.seccomp_init(0x7FFF0000)  # SCMP_ACT_ALLOW
-for name in (b"adjtimex", b"clock_adjtime", b"clock_adjtime64", b"clock_settime", b"settimeofday"):
-    nr = lib.seccomp_syscall_resolve_name(name)
-    if nr >= 0:
-        assert lib.seccomp_rule_add(ctx, 0x00050000 | 1, nr, 0) == 0  # SCMP_ACT_ERRNO(EPERM)
-assert lib.seccomp_load(ctx) == 0
 from edge_agent.clock import SystemClock
-clock = SystemClock("adjtimex", timesyncd_flag=Path(sys.argv[2]))
+clock = SystemClock("adjtimex", timesyncd_flag=Path(sys.argv[1]))
 print(json.dumps({"synced": clock.synced(), "reason": clock.reason}))
 """
 
 
 def test_under_a_protectclock_seccomp_filter_the_clock_is_not_trusted(tmp_path: Path) -> None:
-    lib = ctypes.util.find_library("seccomp")
-    if lib is None:
+    """A process under a real seccomp filter like systemd's ProtectClock=yes."""
+    prefix = system.protectclock_prefix()
+    if prefix is None:
         pytest.skip("libseccomp is not installed; the injected EPERM tests still run")
     res = subprocess.run(
-        [sys.executable, "-c", _SECCOMP_CHILD, lib, str(tmp_path / "no" / "flag")],
+        [*prefix, sys.executable, "-c", _CLOCK_CHILD, str(tmp_path / "no" / "flag")],
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
         capture_output=True,
