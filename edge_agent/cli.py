@@ -49,6 +49,10 @@ def _load(path: str, notes: list[str] | None = None, exit_code: int = 1) -> obje
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    if args.file is None and args.config is None or None not in (args.file, args.config):
+        parser: argparse.ArgumentParser = args.check_parser
+        parser.error("give the config file once: FILE or -c FILE / 请指定一个配置文件")
+    args.file = args.file or args.config
     notes: list[str] = []
     cfg = _load(args.file, notes)
     for note in notes:
@@ -234,8 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(fn=cmd_run)
 
     c = sub.add_parser("check-config", help="validate a config file / 检查配置文件")
-    c.add_argument("file")
-    c.set_defaults(fn=cmd_check_config)
+    c.add_argument("file", nargs="?", help="YAML config file")
+    # `-c FILE` as `run`, `tail` and `doctor` take it: an installer types what they know
+    c.add_argument("-c", "--config", dest="config", help="YAML config file (same as FILE)")
+    c.set_defaults(fn=cmd_check_config, check_parser=c)
 
     t = sub.add_parser("tail", help="subscribe and pretty-print the contract topics / 查看上报数据")
     t.add_argument("-c", "--config", help="take broker and site from this config")
