@@ -49,7 +49,7 @@ def _load(path: str, notes: list[str] | None = None, exit_code: int = 1) -> obje
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    if args.file is None and args.config is None or None not in (args.file, args.config):
+    if (args.file is None and args.config is None) or None not in (args.file, args.config):
         parser: argparse.ArgumentParser = args.check_parser
         parser.error("give the config file once: FILE or -c FILE / 请指定一个配置文件")
     args.file = args.file or args.config
@@ -127,10 +127,46 @@ def cmd_tail(args: argparse.Namespace) -> int:
 def cmd_sim(args: argparse.Namespace) -> int:
     # The simulators are a separate program: production code never imports them.
     cmd = [sys.executable, "-m", "simulators", *args.sim_args]
+    return run_child(cmd, "simulators")
+
+
+def run_child(cmd: list[str], what: str, stop_timeout_s: float = 10.0) -> int:
+    """Run ``cmd`` until it exits; SIGINT/SIGTERM to us are passed on to it, and we wait
+    for it to stop (killing it after ``stop_timeout_s``), so it is never left orphaned
+    when a service manager or a script stops us. 130 after SIGINT, else its exit code."""
+    import signal
+    import time
+
+    from .localbroker import stop_process
+
+    proc = subprocess.Popen(cmd)  # noqa: S603 - our own interpreter and module
+    received: list[int] = []
+
+    def forward(signum: int, _frame: object) -> None:
+        received.append(signum)
+        if proc.poll() is None:
+            proc.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return subprocess.call(cmd)  # noqa: S603 - our own interpreter and module
-    except KeyboardInterrupt:
-        return 130
+        deadline: float | None = None
+        while True:
+            try:
+                code = proc.wait(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                if received and deadline is None:
+                    deadline = time.monotonic() + stop_timeout_s
+                if deadline is not None and time.monotonic() > deadline:
+                    log.warning(
+                        "%s ignored the stop signal for %.0f s; killing it", what, stop_timeout_s
+                    )
+                    proc.kill()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        stop_process(proc, stop_timeout_s, what)
+    return 130 if signal.SIGINT in received else code
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
