@@ -1,4 +1,4 @@
-"""``edge-agent``: run, check-config, tail, sim, demo, bench, probe.
+"""``edge-agent``: run, check-config, doctor, tail, sim, demo, bench, probe.
 
 Exit codes: 0 ok, 1 bad config or failed start, 2 usage, 130 interrupted.
 """
@@ -61,6 +61,30 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     buses = getattr(cfg, "buses", [])
     print(f"{args.file}: OK ({len(devices)} devices, {len(buses)} buses) / 配置正确")
     return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .config import AgentConfigBase
+    from .doctor import exit_code, format_table, run_checks
+
+    notes: list[str] = []
+    cfg = _load(args.config, notes)
+    assert isinstance(cfg, AgentConfigBase)
+    _setup_logging("ERROR")
+    # each failed read is one row of the table, with its reason: no log lines around it
+    pymodbus_log = logging.getLogger("pymodbus")
+    level = pymodbus_log.level
+    pymodbus_log.setLevel(logging.CRITICAL)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    try:
+        rows = asyncio.run(run_checks(cfg, Path(args.config)))
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        pymodbus_log.setLevel(level)
+    print(format_table(rows))
+    return exit_code(rows)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -278,6 +302,16 @@ def build_parser() -> argparse.ArgumentParser:
     # `-c FILE` as `run`, `tail` and `doctor` take it: an installer types what they know
     c.add_argument("-c", "--config", dest="config", help="YAML config file (same as FILE)")
     c.set_defaults(fn=cmd_check_config, check_parser=c)
+
+    dr = sub.add_parser(
+        "doctor",
+        help="check broker, TLS files, serial ports, clock, outbox, devices / 安装自检",
+        description="Check that this gateway can run the config: broker reachable, TLS files, "
+        "serial ports, clock synchronised, outbox writable, every device answers one read. "
+        "Exit 1 when a check fails / 检查网关能否运行该配置，有检查失败时退出码为 1",
+    )
+    dr.add_argument("-c", "--config", required=True, help="YAML config file")
+    dr.set_defaults(fn=cmd_doctor)
 
     t = sub.add_parser("tail", help="subscribe and pretty-print the contract topics / 查看上报数据")
     t.add_argument("-c", "--config", help="take broker and site from this config")
