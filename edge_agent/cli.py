@@ -194,12 +194,21 @@ def run_child(cmd: list[str], what: str, stop_timeout_s: float = 10.0) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    import signal
+
     from .demo import run_demo
 
     _setup_logging("WARNING" if not args.verbose else "INFO")
-    try:
-        return asyncio.run(
-            run_demo(
+
+    async def demo() -> int:
+        # SIGTERM (a script, `timeout`, systemd) stops the demo as Ctrl-C does, so its
+        # simulators and broker are stopped too instead of being left orphaned
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        try:
+            return await run_demo(
                 duration_s=args.duration,
                 broker_port=args.broker_port,
                 classrooms=args.classrooms,
@@ -209,9 +218,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 language=args.language,
                 plain=args.plain,
             )
-        )
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+
+    try:
+        return asyncio.run(demo())
     except KeyboardInterrupt:
         return 130
+    except asyncio.CancelledError:
+        return 128 + signal.SIGTERM
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 
 from edge_agent.demo import run_demo
-from edge_agent.localbroker import LocalBroker, stop_process
-BrokerPortInUse = Exception
+from edge_agent.localbroker import BrokerPortInUse, LocalBroker, free_port, stop_process
 from tests.mqtt_helpers import MqttBroker, mqtt_subscriber
 
 REPO = Path(__file__).resolve().parents[2]
@@ -104,6 +103,49 @@ def test_stopping_sim_stops_the_simulators(tmp_path: Path, signum: signal.Signal
     finally:
         stop_process(proc, 5, "edge-agent sim")
         for pid in children:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        out.close()
+
+
+def _descendants(pid: int) -> list[int]:
+    found = []
+    for child in _children(pid):
+        found += [child, *_descendants(child)]
+    return found
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_stopping_demo_stops_its_broker_and_simulators(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    work = tmp_path / "demo"
+    out = (tmp_path / "demo.out").open("wb")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge_agent", "demo", "--broker-port", str(free_port()),
+         "--duration", "300", "--plain", "--classrooms", "1", "--meters", "0",
+         "--workdir", str(work)],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=REPO,
+    )  # fmt: skip
+    family: list[int] = []
+    try:
+        # the agent config is written once the broker and the simulators are up
+        while not (work / "demo-agent.yaml").exists():
+            assert proc.poll() is None, (tmp_path / "demo.out").read_text()
+            time.sleep(0.05)
+        family = _descendants(proc.pid)
+        assert len(family) >= 2, "expected a broker and the simulators"
+        proc.send_signal(signum)
+        proc.wait(timeout=60)
+        left = [pid for pid in family if _alive(pid)]
+        assert not left, f"process(es) {left} outlived `edge-agent demo`"
+    finally:
+        stop_process(proc, 5, "edge-agent demo")
+        for pid in family:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
         out.close()
