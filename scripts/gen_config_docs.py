@@ -107,14 +107,15 @@ rule in one message (1-247 for RTU, 0-255 only for Modbus TCP reached with `host
 从站地址超出范围时一次说明完整规则（RTU 为 1-247，仅 `host:` 直连的 Modbus TCP 可用 0-255）。
 
 ```text
-agent.yaml:9  devices[0].intervall_s  unknown key; did you mean 'interval_s'? / 未知的配置项，是否应为 interval_s？
-agent.yaml:14  devices[1].profile  profile 'air7inl' not found: no air7inl.yaml in /etc/edge-agent/profiles, ...; did you mean 'air7in1'? / 找不到设备模板 air7inl.yaml，是否应为 air7in1？
-/etc/edge-agent/profiles/school-air.yaml:8  points[1](temperature).adress  unknown key; did you mean 'address'? / 未知的配置项，是否应为 address？
+agent.yaml:9  devices[0].intervall_s  unknown key; did you mean 'interval_s'? / …
+agent.yaml:14  devices[1].profile  profile 'air7inl' not found: …; did you mean 'air7in1'? / …
+profiles/school-air.yaml:8  points[1](temperature).adress  unknown key; did you mean 'address'? …
 agent.yaml: 3 problems / 配置有 3 处错误
 ```
 
 Whether the gateway can actually reach the broker, the serial ports and every device is
-`edge-agent doctor -c agent.yaml`'s job: see [installing on a Raspberry Pi](install-raspberry-pi.md#doctor).
+`edge-agent doctor -c agent.yaml`'s job: see
+[installing on a Raspberry Pi](install-raspberry-pi.md#doctor).
 网关能否连上代理、串口和每台设备，用 `edge-agent doctor -c agent.yaml` 检查（见安装文档）。
 
 ## File encoding, anchors and `x-` keys / 文件编码、锚点与 `x-` 键
@@ -129,7 +130,8 @@ ignored by the agent: they are the place for such anchors (profiles accept them 
 
 配置文件必须是 UTF-8 编码（带 BOM 也可以）。中文 Windows 记事本以 "ANSI" 保存的文件是 GBK 编码：
 `check-config` 会指出第一个非 UTF-8 字节所在的行和疑似的编码，`run` 以 78 退出；请另存为 UTF-8。
-支持 YAML 锚点和合并键（`<<: *air`），多台设备共用的设置只需写一次，与 `<<:` 并列写出的键覆盖合并来的值。
+支持 YAML 锚点和合并键（`<<: *air`），多台设备共用的设置只需写一次，
+与 `<<:` 并列写出的键覆盖合并来的值。
 以 `x-` 开头的顶层键会被忽略，专门用来放这些锚点（设备模板同样支持）。
 
 ```yaml
