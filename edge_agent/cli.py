@@ -1,4 +1,4 @@
-"""``edge-agent``: run, check-config, tail, sim, demo, bench, probe.
+"""``edge-agent``: run, check-config, doctor, tail, sim, demo, bench, probe.
 
 Exit codes: 0 ok, 1 bad config or failed start, 2 usage, 130 interrupted.
 """
@@ -49,6 +49,10 @@ def _load(path: str, notes: list[str] | None = None, exit_code: int = 1) -> obje
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    if (args.file is None and args.config is None) or None not in (args.file, args.config):
+        parser: argparse.ArgumentParser = args.check_parser
+        parser.error("give the config file once: FILE or -c FILE / 请指定一个配置文件")
+    args.file = args.file or args.config
     notes: list[str] = []
     cfg = _load(args.file, notes)
     for note in notes:
@@ -57,6 +61,30 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     buses = getattr(cfg, "buses", [])
     print(f"{args.file}: OK ({len(devices)} devices, {len(buses)} buses) / 配置正确")
     return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .config import AgentConfigBase
+    from .doctor import exit_code, format_table, run_checks
+
+    notes: list[str] = []
+    cfg = _load(args.config, notes)
+    assert isinstance(cfg, AgentConfigBase)
+    _setup_logging("ERROR")
+    # each failed read is one row of the table, with its reason: no log lines around it
+    pymodbus_log = logging.getLogger("pymodbus")
+    level = pymodbus_log.level
+    pymodbus_log.setLevel(logging.CRITICAL)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    try:
+        rows = asyncio.run(run_checks(cfg, Path(args.config)))
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        pymodbus_log.setLevel(level)
+    print(format_table(rows))
+    return exit_code(rows)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -123,19 +151,64 @@ def cmd_tail(args: argparse.Namespace) -> int:
 def cmd_sim(args: argparse.Namespace) -> int:
     # The simulators are a separate program: production code never imports them.
     cmd = [sys.executable, "-m", "simulators", *args.sim_args]
+    return run_child(cmd, "simulators")
+
+
+def run_child(cmd: list[str], what: str, stop_timeout_s: float = 10.0) -> int:
+    """Run ``cmd`` until it exits; SIGINT/SIGTERM to us are passed on to it, and we wait
+    for it to stop (killing it after ``stop_timeout_s``), so it is never left orphaned
+    when a service manager or a script stops us. 130 after SIGINT, else its exit code."""
+    import signal
+    import time
+
+    from .localbroker import stop_process
+
+    proc = subprocess.Popen(cmd)  # noqa: S603 - our own interpreter and module
+    received: list[int] = []
+
+    def forward(signum: int, _frame: object) -> None:
+        received.append(signum)
+        if proc.poll() is None:
+            proc.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return subprocess.call(cmd)  # noqa: S603 - our own interpreter and module
-    except KeyboardInterrupt:
-        return 130
+        deadline: float | None = None
+        while True:
+            try:
+                code = proc.wait(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                if received and deadline is None:
+                    deadline = time.monotonic() + stop_timeout_s
+                if deadline is not None and time.monotonic() > deadline:
+                    log.warning(
+                        "%s ignored the stop signal for %.0f s; killing it", what, stop_timeout_s
+                    )
+                    proc.kill()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        stop_process(proc, stop_timeout_s, what)
+    return 130 if signal.SIGINT in received else code
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    import signal
+
     from .demo import run_demo
 
     _setup_logging("WARNING" if not args.verbose else "INFO")
-    try:
-        return asyncio.run(
-            run_demo(
+
+    async def demo() -> int:
+        # SIGTERM (a script, `timeout`, systemd) stops the demo as Ctrl-C does, so its
+        # simulators and broker are stopped too instead of being left orphaned
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        try:
+            return await run_demo(
                 duration_s=args.duration,
                 broker_port=args.broker_port,
                 classrooms=args.classrooms,
@@ -145,9 +218,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 language=args.language,
                 plain=args.plain,
             )
-        )
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+
+    try:
+        return asyncio.run(demo())
     except KeyboardInterrupt:
         return 130
+    except asyncio.CancelledError:
+        return 128 + signal.SIGTERM
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -234,8 +313,20 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(fn=cmd_run)
 
     c = sub.add_parser("check-config", help="validate a config file / 检查配置文件")
-    c.add_argument("file")
-    c.set_defaults(fn=cmd_check_config)
+    c.add_argument("file", nargs="?", help="YAML config file")
+    # `-c FILE` as `run`, `tail` and `doctor` take it: an installer types what they know
+    c.add_argument("-c", "--config", dest="config", help="YAML config file (same as FILE)")
+    c.set_defaults(fn=cmd_check_config, check_parser=c)
+
+    dr = sub.add_parser(
+        "doctor",
+        help="check broker, TLS files, serial ports, clock, outbox, devices / 安装自检",
+        description="Check that this gateway can run the config: broker reachable, TLS files, "
+        "serial ports, clock synchronised, outbox writable, every device answers one read. "
+        "Exit 1 when a check fails / 检查网关能否运行该配置，有检查失败时退出码为 1",
+    )
+    dr.add_argument("-c", "--config", required=True, help="YAML config file")
+    dr.set_defaults(fn=cmd_doctor)
 
     t = sub.add_parser("tail", help="subscribe and pretty-print the contract topics / 查看上报数据")
     t.add_argument("-c", "--config", help="take broker and site from this config")
