@@ -32,6 +32,19 @@ class TlsSettings:
     insecure: bool = False
 
 
+class _ClosingSSLSocket(ssl.SSLSocket):
+    """Closes itself when its handshake fails. paho 2.x drops the socket of a failed
+    handshake without closing it: one file descriptor per retry, until the garbage
+    collector finds it (a ResourceWarning)."""
+
+    def do_handshake(self, block: bool = False) -> None:
+        try:
+            super().do_handshake(block)
+        except BaseException:
+            self.close()
+            raise
+
+
 def check_readable(key: str, path: str) -> None:
     """Raise :class:`TlsFileError` when ``path`` (the setting ``key``) cannot be read."""
     try:
@@ -72,6 +85,7 @@ def client_context(tls: TlsSettings, *, check_key: bool = True) -> ssl.SSLContex
                 "不是 PEM 格式的 CA 证书",
             ) from None
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.sslsocket_class = _ClosingSSLSocket
     if tls.insecure:
         ctx.check_hostname = False  # still CERT_REQUIRED: only the host name is not checked
     if tls.cert_file is not None and check_key:
