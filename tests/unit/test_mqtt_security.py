@@ -131,3 +131,19 @@ def test_run_exits_78_on_a_missing_ca_file(tmp_path: Path) -> None:
     assert proc.returncode == EXIT_CONFIG, proc.stderr
     assert f"{cfg}:6  mqtt.tls.ca_file  file not found: {missing}" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_tls_file_reported_also_when_a_device_is_wrong(tmp_path: Path) -> None:
+    # One pass of check-config lists everything, not the structural errors first.
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text(
+        "site: {id: school-a, gateway_id: gw1}\n"
+        "mqtt:\n  host: broker.example.cn\n  tls: {ca_file: /nonexistent/edge-agent/ca.pem}\n"
+        "devices:\n  - {id: Bad Id, kind: modbus, profile: air7in1, host: 10.0.0.5}\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(cfg)
+    keys = [line.split("  ")[1] for line in info.value.problems]
+    assert "mqtt.tls.ca_file" in keys
+    assert "devices[0].id" in keys
