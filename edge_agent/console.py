@@ -42,6 +42,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from .publisher import stop_network_thread
+from .tls import describe_error as describe_tls_error
 
 log = logging.getLogger(__name__)
 
@@ -1518,7 +1519,12 @@ def _make_client(
 
     def on_connect_fail(_c: mqtt.Client, _u: Any) -> None:
         if not stopping.is_set():
-            inbox.append((False, "connection failed"))
+            # Called inside paho's ``except OSError``: a TLS failure says why.
+            err = sys.exc_info()[1]
+            if isinstance(err, ssl.SSLError | ssl.CertificateError):
+                inbox.append((False, describe_tls_error(err, None)))
+            else:
+                inbox.append((False, "connection failed"))
 
     def on_message(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         inbox.append((msg.topic, bytes(msg.payload), bool(msg.retain)))

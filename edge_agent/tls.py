@@ -116,13 +116,14 @@ def describe_error(err: BaseException, tls: TlsSettings | None) -> str:
     """The reason a TLS handshake failed, in words an installer can act on."""
     if isinstance(err, ssl.SSLCertVerificationError):
         what = err.verify_message or err.reason or str(err)
-        where = (
-            f"against {tls.ca_file}"
-            if tls is not None and tls.ca_file
-            else "against the system CAs (mqtt.tls.ca_file not set)"
-        )
+        if tls is None:  # the caller does not know the settings (a given SSLContext)
+            where = ""
+        elif tls.ca_file:
+            where = f" against {tls.ca_file}"
+        else:
+            where = " against the system CAs (mqtt.tls.ca_file not set)"
         return (
-            f"TLS certificate verification failed {where}: {what} / TLS 证书校验失败，"
+            f"TLS certificate verification failed{where}: {what} / TLS 证书校验失败，"
             "请检查 mqtt.tls.ca_file"
         )
     if isinstance(err, ssl.SSLError):

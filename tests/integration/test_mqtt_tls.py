@@ -150,3 +150,13 @@ def test_tail_connects_with_tls_and_password_and_escapes_a_hostile_payload(
     assert "\x1b" not in out
     assert "\x9b" not in out
     assert "\r" not in out
+
+
+def test_tail_says_why_the_tls_handshake_failed(
+    tmp_path: Path, tls_broker: TlsBroker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = write_config(tmp_path, tls_broker, {})  # system CAs: the private CA is unknown
+    assert main(["tail", "-c", str(cfg), "--duration", "1.5"]) == 0
+    out = capsys.readouterr().out
+    assert "broker disconnected (TLS certificate verification failed" in out
+    assert "self-signed certificate" in out
