@@ -77,7 +77,8 @@ Passwords never appear in the file. The three secret keys — `mqtt.password`,
   fills from `LoadCredential=` (see [installing on a Raspberry Pi](install-raspberry-pi.md)).
 
 A user name and password go to a broker off the gateway only over TLS, or with
-`mqtt.allow_plaintext_credentials: true`: see [TLS and credentials](mqtt.md#tls-and-credentials--tls-与账号).
+`mqtt.allow_plaintext_credentials: true`: see
+[TLS and credentials](mqtt.md#tls-and-credentials--tls-与账号).
 References are resolved only in these three keys; anywhere else `${...}` is plain text.
 When a secret is not available on the machine where you run `check-config` (a laptop), it
 prints a `note:` instead of an error; `edge-agent run` refuses to start without it.
@@ -86,7 +87,8 @@ prints a `note:` instead of an error; `edge-agent run` refuses to start without 
 `site.pseudonym_secret` 只接受引用，写明文会被 `check-config` 拒绝：`${环境变量名}`，或
 `${cred:凭据名}`（即 `$CREDENTIALS_DIRECTORY/凭据名` 文件，由 systemd 的 `LoadCredential=` 提供）。
 没有 TLS 时，用户名和密码只有设置了 `mqtt.allow_plaintext_credentials: true`
-才会发往本机以外的代理。只有这三项会替换引用，其他配置项里的 `${...}` 按普通文字处理。在没有密钥的电脑上运行
+才会发往本机以外的代理。
+只有这三项会替换引用，其他配置项里的 `${...}` 按普通文字处理。在没有密钥的电脑上运行
 `check-config` 时只给出 `note:` 提示；`edge-agent run` 缺少密钥则拒绝启动。
 
 ## Checking a file / 检查配置
