@@ -413,6 +413,14 @@ def check_credentials_encrypted(mqtt: MqttConfig) -> list[tuple[Path_, str]]:
     ]
 
 
+def _unresolved(secret: str | None) -> bool:
+    """A secret not available here (check-config on a laptop) or that failed to resolve
+    (already reported): nothing to check it against."""
+    from .secrets import is_reference
+
+    return secret is not None and (secret == _UNRESOLVED or is_reference(secret))
+
+
 def check_tls_files(mqtt: MqttConfig) -> list[tuple[Path_, str]]:
     """Every CA, certificate and key file exists, is readable, and loads."""
     from .tls import TlsFileError, TlsSettings, check_readable, client_context
@@ -434,7 +442,7 @@ def check_tls_files(mqtt: MqttConfig) -> list[tuple[Path_, str]]:
     try:
         # The key passphrase may be a credential only the gateway has (check-config on a
         # laptop): then the files are checked, the key is not loaded.
-        client_context(settings, check_key=tls.key_password != _UNRESOLVED)
+        client_context(settings, check_key=not _unresolved(tls.key_password))
     except TlsFileError as err:
         return [(("mqtt", "tls", err.key), str(err))]
     return []

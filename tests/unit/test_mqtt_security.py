@@ -147,3 +147,23 @@ def test_tls_file_reported_also_when_a_device_is_wrong(tmp_path: Path) -> None:
     keys = [line.split("  ")[1] for line in info.value.problems]
     assert "mqtt.tls.ca_file" in keys
     assert "devices[0].id" in keys
+
+
+def test_unavailable_key_passphrase_is_one_problem_not_two(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("EDGE_TEST_NO_SUCH_VAR", raising=False)
+    ca = make_ca(tmp_path / "ca")
+    cfg = _write(
+        tmp_path / "agent.yaml",
+        f"  host: broker.example.cn\n  tls:\n    ca_file: {ca.ca_file}\n"
+        f"    cert_file: {ca.client_cert}\n    key_file: {ca.client_key}\n"
+        "    key_password: ${EDGE_TEST_NO_SUCH_VAR}\n",
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(cfg)
+    assert [line.split("  ")[1] for line in info.value.problems] == ["mqtt.tls.key_password"]
+    # check-config on a laptop: a note for the passphrase, the files are still checked
+    notes: list[str] = []
+    load_config(cfg, notes=notes)
+    assert len(notes) == 1
