@@ -28,6 +28,7 @@ from tests.mqtt_helpers import NO_BROKER_MESSAGE
 
 USER = "campus-agent"
 PASSWORD = "tls-test-secret"
+CLIENT_KEY_PASSWORD = "client-key-secret"
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,8 @@ class TestCa:
     ca_file: Path
     server_cert: Path
     server_key: Path
+    client_cert: Path
+    client_key: Path  # encrypted with CLIENT_KEY_PASSWORD
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -79,7 +82,33 @@ def make_ca(folder: Path) -> TestCa:
         "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "server.ext",
         cwd=folder,
     )  # fmt: skip
-    return TestCa(folder / "ca.pem", folder / "server.pem", folder / "server.key")
+    _openssl(
+        "req", *ec, "-keyout", "client-plain.key", "-out", "client.csr",
+        "-subj", "/CN=campus-agent", cwd=folder,
+    )  # fmt: skip
+    (folder / "client.ext").write_text(
+        "basicConstraints=critical,CA:FALSE\n"
+        "keyUsage=critical,digitalSignature\n"
+        "extendedKeyUsage=clientAuth\n"
+        "authorityKeyIdentifier=keyid,issuer\n",
+        encoding="utf-8",
+    )
+    _openssl(
+        "x509", "-req", "-in", "client.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", "client.pem", "-days", "2", "-extfile", "client.ext",
+        cwd=folder,
+    )  # fmt: skip
+    _openssl(
+        "pkey", "-in", "client-plain.key", "-aes256", "-passout", f"pass:{CLIENT_KEY_PASSWORD}",
+        "-out", "client.key", cwd=folder,
+    )  # fmt: skip
+    return TestCa(
+        folder / "ca.pem",
+        folder / "server.pem",
+        folder / "server.key",
+        folder / "client.pem",
+        folder / "client.key",
+    )
 
 
 def mosquitto_password_line(user: str, password: str) -> str:
@@ -92,13 +121,15 @@ def mosquitto_password_line(user: str, password: str) -> str:
 
 
 class TlsBroker(LocalBroker):
-    """mosquitto with a plain anonymous listener (``.port``) and a TLS one with a password
-    (``.tls_port``), both on 127.0.0.1."""
+    """mosquitto with a plain anonymous listener (``.port``), a TLS one with a password
+    (``.tls_port``) and one that also wants a client certificate (``.mtls_port``), all on
+    127.0.0.1."""
 
     def __init__(self, workdir: Path, ca: TestCa) -> None:
         super().__init__(workdir=workdir, backend="mosquitto")
         self.ca = ca
         self.tls_port = free_port(self.host)
+        self.mtls_port = free_port(self.host)
 
     def _write_mosquitto_config(self) -> Path:
         passwords = self.workdir / "passwords"
@@ -122,7 +153,14 @@ class TlsBroker(LocalBroker):
             f"password_file {passwords}\n"
             f"cafile {self.ca.ca_file}\n"
             f"certfile {self.ca.server_cert}\n"
-            f"keyfile {self.ca.server_key}\n",
+            f"keyfile {self.ca.server_key}\n"
+            f"listener {self.mtls_port} {self.host}\n"
+            "allow_anonymous false\n"
+            f"password_file {passwords}\n"
+            f"cafile {self.ca.ca_file}\n"
+            f"certfile {self.ca.server_cert}\n"
+            f"keyfile {self.ca.server_key}\n"
+            "require_certificate true\n",
             encoding="utf-8",
         )
         return conf

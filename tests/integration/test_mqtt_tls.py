@@ -21,7 +21,13 @@ from edge_agent.agent import Agent
 from edge_agent.cli import main
 from edge_agent.config import load_config
 from tests.mqtt_helpers import mqtt_subscriber, publish
-from tests.tls_helpers import PASSWORD, USER, TlsBroker, start_tls_broker
+from tests.tls_helpers import (
+    CLIENT_KEY_PASSWORD,
+    PASSWORD,
+    USER,
+    TlsBroker,
+    start_tls_broker,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -35,12 +41,14 @@ def tls_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsBroker]:
     broker.close()
 
 
-def write_config(tmp_path: Path, broker: TlsBroker, tls: dict[str, Any]) -> Path:
+def write_config(
+    tmp_path: Path, broker: TlsBroker, tls: dict[str, Any], port: int | None = None
+) -> Path:
     cfg = {
         "site": {"id": "tls-school", "gateway_id": "gw1"},
         "mqtt": {
             "host": "localhost",  # the name in the broker's certificate
-            "port": broker.tls_port,
+            "port": port or broker.tls_port,
             "username": USER,
             "password": "${EDGE_TEST_MQTT_PASSWORD}",
             "tls": tls,
@@ -84,6 +92,27 @@ async def test_agent_connects_with_ca_file_and_password(
             sub.wait_for, lambda m: json.loads(m.payload).get("state") == "online", 15
         )
     assert json.loads(online.payload)["devices"] == 0
+
+
+async def test_agent_connects_with_a_client_certificate_and_key_passphrase(
+    tmp_path: Path,
+    tls_broker: TlsBroker,
+    agent_factory: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("EDGE_TEST_KEY_PASSWORD", CLIENT_KEY_PASSWORD)
+    tls = {
+        "ca_file": str(tls_broker.ca.ca_file),
+        "cert_file": str(tls_broker.ca.client_cert),
+        "key_file": str(tls_broker.ca.client_key),
+        "key_password": "${EDGE_TEST_KEY_PASSWORD}",
+    }
+    cfg = write_config(tmp_path, tls_broker, tls, port=tls_broker.mtls_port)
+    with mqtt_subscriber(tls_broker, f"{ROOT}/status") as sub:
+        agent_factory(cfg)
+        await asyncio.to_thread(
+            sub.wait_for, lambda m: json.loads(m.payload).get("state") == "online", 15
+        )
 
 
 async def test_system_cas_refuse_the_private_ca_with_a_logged_reason(
