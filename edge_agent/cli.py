@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import logging
 import os
+import ssl
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,8 @@ from .errors import ConfigError, EdgeAgentError
 
 if TYPE_CHECKING:  # the probe imports pymodbus: only `edge-agent probe` loads it
     from drivers.modbus.probe import ProbeRequest
+
+    from .publisher import MqttSettings
 
 log = logging.getLogger("edge_agent")
 
@@ -96,6 +99,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     _setup_logging(args.log_level or cfg.logging.level)
     try:
         asyncio.run(Agent(cfg, args.config).run())
+    except ConfigError as err:  # e.g. a TLS file removed after the config was loaded
+        for line in err.problems:
+            log.error("%s: %s", args.config, line)
+        return EXIT_CONFIG
     except EdgeAgentError as err:
         log.error("%s", err)
         return 1
@@ -104,8 +111,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _root_from_args(args: argparse.Namespace) -> tuple[str, int, str, str]:
-    """host, port, root, protocol from --config or from explicit flags."""
+def _root_from_args(
+    args: argparse.Namespace,
+) -> tuple[str, int, str, str, MqttSettings | None]:
+    """host, port, root, protocol from --config or from explicit flags, and the config's
+    MQTT settings (credentials, TLS) when there is one."""
     if args.config:
         from .agent import mqtt_settings
         from .config import AgentConfigBase
@@ -118,20 +128,40 @@ def _root_from_args(args: argparse.Namespace) -> tuple[str, int, str, str]:
             args.port or s.port,
             args.root or s.root,
             args.protocol or s.protocol,
+            s,
         )
     return (
         args.host or "localhost",
         args.port or 1883,
         args.root or "campus/+/+",
         args.protocol or "5",
+        None,
     )
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
     from .console import run_console
+    from .tls import TlsFileError, TlsSettings, client_context
 
-    host, port, root, protocol = _root_from_args(args)
+    host, port, root, protocol, settings = _root_from_args(args)
     proto: Literal["5", "3.1.1"] = "3.1.1" if protocol == "3.1.1" else "5"
+    tls: bool | ssl.SSLContext = False
+    if settings is not None and settings.tls:
+        # The same verification as the agent's: the config's CA (else the system CAs),
+        # client certificate and host-name check.
+        try:
+            tls = client_context(
+                TlsSettings(
+                    settings.ca_file,
+                    settings.cert_file,
+                    settings.key_file,
+                    settings.key_password,
+                    settings.tls_insecure,
+                )
+            )
+        except TlsFileError as err:
+            print(f"{args.config}: mqtt.tls.{err.key}  {err}", file=sys.stderr)
+            return 1
     try:
         asyncio.run(
             run_console(
@@ -141,6 +171,9 @@ def cmd_tail(args: argparse.Namespace) -> int:
                 mode="view" if args.view else "tail",
                 protocol=proto,
                 duration_s=args.duration,
+                username=settings.username if settings else None,
+                password=settings.password if settings else None,
+                tls=tls,
             )
         )
     except KeyboardInterrupt:
@@ -329,7 +362,12 @@ def build_parser() -> argparse.ArgumentParser:
     dr.set_defaults(fn=cmd_doctor)
 
     t = sub.add_parser("tail", help="subscribe and pretty-print the contract topics / 查看上报数据")
-    t.add_argument("-c", "--config", help="take broker and site from this config")
+    t.add_argument(
+        "-c",
+        "--config",
+        help="take broker, site, credentials and TLS from this config / 使用配置文件中的代理、"
+        "账号和 TLS 设置",
+    )
     t.add_argument("--host")
     t.add_argument("--port", type=int)
     t.add_argument("--root", help="topic root, e.g. campus/school-a/gw1 (default campus/+/+)")

@@ -39,6 +39,9 @@ SECRET_FIELDS: tuple[tuple[str, ...], ...] = (
 
 Path_ = tuple[str | int, ...]
 
+#: A secret reference check-config cannot resolve on this machine (see ``notes``).
+_UNRESOLVED = "<unresolved>"
+
 
 class LoggingConfig(Strict):
     """Logging to stderr (journald under systemd)."""
@@ -234,7 +237,7 @@ def _resolve_secrets(
                 problems.append((path, str(err)))
             else:
                 notes.append((path, f"not available on this machine, needed at run time: {err}"))
-                parent[path[-1]] = "<unresolved>"
+                parent[path[-1]] = _UNRESOLVED
 
 
 # -- cross-field checks --------------------------------------------------------------
@@ -353,6 +356,90 @@ def check_bus_references(bus_ids: set[str], devices: Indexed) -> list[tuple[Path
     return problems
 
 
+def prepare_tls(data: dict[str, Any], base: Path) -> None:
+    """An empty ``tls:`` (every key commented out) means TLS with the defaults, not plain TCP;
+    relative CA/certificate/key paths are taken from the config file's folder."""
+    mqtt = data.get("mqtt")
+    if not isinstance(mqtt, dict) or "tls" not in mqtt:
+        return
+    if mqtt["tls"] is None:
+        mqtt["tls"] = {}
+    tls = mqtt["tls"]
+    if isinstance(tls, dict):
+        for key in ("ca_file", "cert_file", "key_file"):
+            value = tls.get(key)
+            if isinstance(value, str) and value and not Path(value).is_absolute():
+                tls[key] = str(base / value)
+
+
+def _mqtt_section(cfg: AgentConfigBase | None, data: dict[str, Any]) -> MqttConfig | None:
+    """The validated ``mqtt`` section, also when something else in the file is wrong."""
+    if cfg is not None:
+        return cfg.mqtt
+    try:
+        return MqttConfig.model_validate(data.get("mqtt") or {})
+    except ValidationError:
+        return None
+
+
+def check_credentials_encrypted(mqtt: MqttConfig) -> list[tuple[Path_, str]]:
+    """A user name and password go over TLS, to this gateway itself, or with an explicit opt-in."""
+    if mqtt.username is None and mqtt.password is None:
+        return []
+    if mqtt.tls is not None or mqtt.allow_plaintext_credentials:
+        return []
+    from .tls import is_loopback
+
+    if is_loopback(mqtt.host):
+        return []
+    key = "username" if mqtt.username is not None else "password"
+    return [
+        (
+            ("mqtt", key),
+            f"the user name and password would travel to {mqtt.host} unencrypted: add 'tls: {{}}' "
+            "(system CAs) or 'tls: {ca_file: ...}' under mqtt, or set "
+            "mqtt.allow_plaintext_credentials: true on a trusted network / "
+            "用户名和密码将以明文发送：请配置 mqtt.tls，"
+            "或设置 mqtt.allow_plaintext_credentials: true",
+        )
+    ]
+
+
+def _unresolved(secret: str | None) -> bool:
+    """A secret not available here (check-config on a laptop) or that failed to resolve
+    (already reported): nothing to check it against."""
+    from .secrets import is_reference
+
+    return secret is not None and (secret == _UNRESOLVED or is_reference(secret))
+
+
+def check_tls_files(mqtt: MqttConfig) -> list[tuple[Path_, str]]:
+    """Every CA, certificate and key file exists, is readable, and loads."""
+    from .tls import TlsFileError, TlsSettings, check_readable, client_context
+
+    tls = mqtt.tls
+    if tls is None:
+        return []
+    problems: list[tuple[Path_, str]] = []
+    for key in ("ca_file", "cert_file", "key_file"):
+        path = getattr(tls, key)
+        try:
+            if path is not None:
+                check_readable(key, path)
+        except TlsFileError as err:
+            problems.append((("mqtt", "tls", key), str(err)))
+    if problems:
+        return problems
+    settings = TlsSettings(tls.ca_file, tls.cert_file, tls.key_file, tls.key_password)
+    try:
+        # The key passphrase may be a credential only the gateway has (check-config on a
+        # laptop): then the files are checked, the key is not loaded.
+        client_context(settings, check_key=not _unresolved(tls.key_password))
+    except TlsFileError as err:
+        return [(("mqtt", "tls", err.key), str(err))]
+    return []
+
+
 def check_drivers_build(
     devices: Indexed, dirs: list[str], other_files: list[str] | None = None
 ) -> list[tuple[Path_, str]]:
@@ -424,6 +511,7 @@ def load_config(
     for section in ("mqtt", "outbox", "publish", "logging", "clock"):
         if section in data and data[section] is None:
             del data[section]
+    prepare_tls(data, p.resolve().parent)
     problems: list[tuple[Path_, str]] = []
     secret_notes: list[tuple[Path_, str]] | None = [] if notes is not None else None
     _resolve_secrets(data, problems, secret_notes)
@@ -460,6 +548,10 @@ def load_config(
             raw if isinstance(raw, list) and all(isinstance(d, str) for d in raw) else []
         )
         dirs = profile_dirs(extra, p)
+    mqtt = _mqtt_section(cfg, data)
+    if mqtt is not None:
+        problems += check_credentials_encrypted(mqtt)
+        problems += check_tls_files(mqtt)
     problems += check_unique_ids(buses, devices)
     problems += check_bus_references(_raw_ids(data, "buses"), devices)
     other_files: list[str] = []

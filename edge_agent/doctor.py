@@ -31,6 +31,7 @@ from .config import AgentConfigBase, profile_dirs
 from .config_models import SerialBus, TcpBus
 from .driver import Bus, DriverContext
 from .errors import DeviceError, DeviceTimeout, DeviceUnavailable
+from .tls import TlsFileError, TlsSettings, check_readable, client_context
 
 Status = Literal["ok", "fail", "warn", "skip"]
 
@@ -96,18 +97,14 @@ def connect_packet(client_id: str, username: str | None, password: str | None) -
 
 
 def tls_context(cfg: AgentConfigBase) -> ssl.SSLContext | None:
-    """The TLS context the agent would use, or None for plain TCP (``OSError``/``ssl.SSLError``
-    when a file cannot be loaded)."""
+    """The TLS context the agent would use (the publisher's own builder), or None for plain
+    TCP. Raises :class:`~edge_agent.tls.TlsFileError` naming the file that cannot be used."""
     tls = cfg.mqtt.tls
     if tls is None:
         return None
-    ctx = ssl.create_default_context(cafile=tls.ca_file)
-    if tls.cert_file:
-        password = tls.key_password if tls.key_password != UNRESOLVED else None
-        ctx.load_cert_chain(tls.cert_file, tls.key_file, password)
-    if tls.insecure:
-        ctx.check_hostname = False
-    return ctx
+    password = tls.key_password if tls.key_password != UNRESOLVED else None
+    settings = TlsSettings(tls.ca_file, tls.cert_file, tls.key_file, password, tls.insecure)
+    return client_context(settings, check_key=tls.key_password != UNRESOLVED)
 
 
 async def check_broker(cfg: AgentConfigBase, timeout_s: float = BROKER_TIMEOUT_S) -> Row:
@@ -121,7 +118,7 @@ async def check_broker(cfg: AgentConfigBase, timeout_s: float = BROKER_TIMEOUT_S
 
     try:
         ctx = tls_context(cfg)
-    except (OSError, ssl.SSLError) as err:
+    except TlsFileError as err:
         return fail(f"TLS files cannot be loaded: {err} / TLS 文件无法加载")
     try:
         reader, writer = await asyncio.wait_for(
@@ -182,7 +179,8 @@ async def check_broker(cfg: AgentConfigBase, timeout_s: float = BROKER_TIMEOUT_S
 
 # -- files, ports, clock, outbox ---------------------------------------------------------
 def check_tls_files(cfg: AgentConfigBase) -> list[Row]:
-    """Each TLS file the config names: present, readable and of the right kind."""
+    """Each TLS file the config names: present, readable by this user, and loadable. The
+    config loader checked them too, but doctor runs as the service user, maybe later."""
     tls = cfg.mqtt.tls
     if tls is None:
         return []
@@ -191,17 +189,16 @@ def check_tls_files(cfg: AgentConfigBase) -> list[Row]:
         name = getattr(tls, key)
         if name is None:
             continue
-        path = Path(name)
-        if not path.is_file():
-            rows.append(Row(f"tls {key}", name, "fail", "file not found / 文件不存在"))
-        elif not os.access(path, os.R_OK):
-            rows.append(Row(f"tls {key}", name, "fail", "not readable by this user / 无读取权限"))
+        try:
+            check_readable(key, name)
+        except TlsFileError as err:
+            rows.append(Row(f"tls {key}", name, "fail", str(err)))
         else:
             rows.append(Row(f"tls {key}", name, "ok", "readable / 可读取"))
     if rows and all(r.status == "ok" for r in rows):
         try:
             tls_context(cfg)
-        except (OSError, ssl.SSLError) as err:
+        except TlsFileError as err:
             rows.append(Row("tls", "certificates", "fail", f"cannot be loaded: {err} / 无法加载"))
     return rows
 

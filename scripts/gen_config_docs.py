@@ -76,6 +76,9 @@ Passwords never appear in the file. The three secret keys — `mqtt.password`,
 - `${cred:mqtt-password}` — the file `$CREDENTIALS_DIRECTORY/mqtt-password`, which systemd
   fills from `LoadCredential=` (see [installing on a Raspberry Pi](install-raspberry-pi.md)).
 
+A user name and password go to a broker off the gateway only over TLS, or with
+`mqtt.allow_plaintext_credentials: true`: see
+[TLS and credentials](mqtt.md#tls-and-credentials--tls-与账号).
 References are resolved only in these three keys; anywhere else `${...}` is plain text.
 When a secret is not available on the machine where you run `check-config` (a laptop), it
 prints a `note:` instead of an error; `edge-agent run` refuses to start without it.
@@ -83,6 +86,8 @@ prints a `note:` instead of an error; `edge-agent run` refuses to start without 
 密码等密钥不写进配置文件。三个密钥项 `mqtt.password`、`mqtt.tls.key_password`、
 `site.pseudonym_secret` 只接受引用，写明文会被 `check-config` 拒绝：`${环境变量名}`，或
 `${cred:凭据名}`（即 `$CREDENTIALS_DIRECTORY/凭据名` 文件，由 systemd 的 `LoadCredential=` 提供）。
+没有 TLS 时，用户名和密码只有设置了 `mqtt.allow_plaintext_credentials: true`
+才会发往本机以外的代理。
 只有这三项会替换引用，其他配置项里的 `${...}` 按普通文字处理。在没有密钥的电脑上运行
 `check-config` 时只给出 `note:` 提示；`edge-agent run` 缺少密钥则拒绝启动。
 
@@ -354,7 +359,8 @@ def _table(section: Section, links: dict[type[BaseModel], Section]) -> list[str]
 ZH: dict[str, str] = {
     "SiteConfig": "学校与本网关。",
     "MqttConfig": "上行 MQTT 代理（平台）。",
-    "TlsConfig": "与代理之间的 TLS 加密；路径指网关上的文件，私钥口令属于密钥。",
+    "TlsConfig": "与代理之间的 TLS 加密；路径指网关上的文件（相对路径从配置文件所在目录算起），"
+    "私钥口令属于密钥；`check-config` 会读取这里的每个文件。",
     "OutboxConfig": "本地存储转发队列（SQLite）：数据先写入本地再发送。",
     "PublishConfig": "断网恢复后积压数据的补传方式。",
     "ClockConfig": "如何确认系统时间已校准（树莓派没有实时时钟）。",

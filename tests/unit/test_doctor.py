@@ -21,6 +21,7 @@ from edge_agent.doctor import (
     exit_code,
     format_table,
 )
+from tests.tls_helpers import make_ca
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -87,15 +88,19 @@ def test_connect_packet_with_long_credentials() -> None:
 
 
 def test_tls_files_missing(tmp_path: Path) -> None:
+    # The loader refuses a missing file; doctor still sees one removed after loading.
+    (tmp_path / "ca.pem").write_bytes(make_ca(tmp_path / "ca").ca_file.read_bytes())
     cfg = config(tmp_path, f"mqtt: {{tls: {{ca_file: {tmp_path}/ca.pem}}}}\n")
+    (tmp_path / "ca.pem").unlink()
     rows = check_tls_files(cfg)
     assert [(r.check, r.status) for r in rows] == [("tls ca_file", "fail")]
     assert "not found" in rows[0].detail
 
 
 def test_tls_file_that_is_not_a_certificate(tmp_path: Path) -> None:
-    (tmp_path / "ca.pem").write_text("not a certificate\n")
+    (tmp_path / "ca.pem").write_bytes(make_ca(tmp_path / "ca").ca_file.read_bytes())
     cfg = config(tmp_path, f"mqtt: {{tls: {{ca_file: {tmp_path}/ca.pem}}}}\n")
+    (tmp_path / "ca.pem").write_text("not a certificate\n")
     rows = check_tls_files(cfg)
     assert rows[-1].status == "fail"
     assert "cannot be loaded" in rows[-1].detail
