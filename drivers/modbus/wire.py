@@ -176,7 +176,9 @@ def mbap_answer(frame: bytes, tid: int, request: Request) -> bytes:
     if got_tid != tid:
         raise AnswerError(f"answer has transaction id {got_tid}, the request {tid}")
     if frame[6] != request.unit:
-        raise AnswerError(f"answer comes from unit {frame[6]}, the request went to {request.unit}")
+        raise AnswerError(
+            f"answer comes from unit {frame[6]}, the request went to unit {request.unit}"
+        )
     return request.check(frame[MBAP_HEADER:])
 
 
@@ -212,7 +214,9 @@ def rtu_answer(frame: bytes, request: Request) -> bytes:
     if crc16(frame[:-2]) != frame[-2:]:
         raise GarbageError(f"answer with a bad CRC: {frame.hex(' ')}")
     if frame[0] != request.unit:
-        raise AnswerError(f"answer comes from unit {frame[0]}, the request went to {request.unit}")
+        raise AnswerError(
+            f"answer comes from unit {frame[0]}, the request went to unit {request.unit}"
+        )
     return request.check(frame[1:-2])
 
 
