@@ -163,6 +163,9 @@ class HostileModbus:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writers.add(writer)
+        # a device handles one request at a time: after a late answer, the next answers
+        # follow it on the wire (they cannot overtake it)
+        pending: asyncio.Task[None] | None = None
         try:
             while True:
                 tid, unit, pdu = await self._read_request(reader)
@@ -178,14 +181,17 @@ class HostileModbus:
                 answer = self._answer(behaviour, tid, seen)
                 if answer is None:
                     continue
+                if pending is not None:
+                    await pending
+                    pending = None
                 if behaviour == "close_mid_frame":
                     writer.write(answer[: len(answer) // 2])
                     await writer.drain()
                     break
                 if behaviour == "late":
-                    task = asyncio.create_task(self._later(writer, answer))
-                    self._late.add(task)
-                    task.add_done_callback(self._late.discard)
+                    pending = asyncio.create_task(self._later(writer, answer))
+                    self._late.add(pending)
+                    pending.add_done_callback(self._late.discard)
                     continue
                 writer.write(answer)
                 await writer.drain()
