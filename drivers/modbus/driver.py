@@ -281,6 +281,9 @@ class _Line:
                     pdu = await self._answer(link, request, tid, device_id, what)
             except TimeoutError as err:
                 raise self._timed_out(link, request, device_id, what, timeout_s) from err
+            except (ExceptionResponse, DeviceTimeout):
+                done = True  # a whole exception answer: nothing late to wait for
+                raise
             done = True
         finally:
             if not done:
