@@ -32,6 +32,7 @@ Behaviour = Literal[
     "garbage",  # bytes that are no Modbus frame
     "close_mid_frame",  # half an answer, then the connection closes
     "late",  # the right answer after ``late_s``
+    "twice",  # the right answer, sent two times (seen on gateways that retry on their own)
     "silent",  # no answer at all
 ]
 
@@ -193,7 +194,7 @@ class HostileModbus:
                     self._late.add(pending)
                     pending.add_done_callback(self._late.discard)
                     continue
-                writer.write(answer)
+                writer.write(answer * (2 if behaviour == "twice" else 1))
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass

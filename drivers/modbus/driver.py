@@ -174,8 +174,8 @@ class _Line:
         #: frame buffer of the device that holds the bus right now
         self.sink: collections.deque[Frame] | None = None
         self._tid = 0
-        #: Modbus TCP: transaction ids of requests that never got their answer; their
-        #: late answers are dropped, not taken for a later request
+        #: Modbus TCP: transaction ids of the last requests; a late (or repeated) answer
+        #: to one of them is dropped, never taken for a later request
         self._stale: collections.deque[int] = collections.deque(maxlen=16)
         #: RTU: until when (loop time) whatever arrives is a late answer to throw away
         self._flush_until = 0.0
@@ -286,12 +286,11 @@ class _Line:
                 raise
             done = True
         finally:
-            if not done:
-                # no answer taken (timeout, error, cancellation): its answer may still come
-                if self.rtu:
-                    self._flush_until = loop.time() + timeout_s
-                else:
-                    self._stale.append(tid)
+            if not self.rtu:
+                self._stale.append(tid)
+            elif not done:
+                # no answer taken (timeout, error, cancellation): it may still come
+                self._flush_until = loop.time() + timeout_s
         self.timeouts = 0
         return pdu
 
@@ -339,7 +338,7 @@ class _Line:
                     if self.rtu:
                         return wire.rtu_answer(frame, request)
                     if int.from_bytes(frame[:2], "big") in self._stale:
-                        # the late answer of an earlier request that timed out
+                        # the late answer of an earlier request (or a repeated one)
                         log.debug("%s: dropped a late answer %s", device_id, frame.hex(" "))
                         continue
                     return wire.mbap_answer(frame, tid, request)

@@ -184,6 +184,17 @@ async def test_a_late_tcp_answer_is_dropped_not_taken_for_the_next_request(
     assert second.data == {"a": 111, "b": 222}
 
 
+async def test_a_repeated_tcp_answer_is_dropped(
+    devices: list[HostileModbus], drivers: list[ModbusDriver], tmp_path: Path
+) -> None:
+    dev, port = await hostile(devices, holding={0: 111, 100: 222})
+    d = driver(drivers, tmp_path, port)
+    dev.script = ["twice"]
+    for _ in range(3):
+        reading = await d.read()
+        assert (reading.data, reading.missing) == ({"a": 111, "b": 222}, {})
+
+
 async def test_a_late_rtu_answer_is_flushed_not_taken_for_the_next_block(
     devices: list[HostileModbus], drivers: list[ModbusDriver], tmp_path: Path
 ) -> None:
