@@ -8,7 +8,10 @@ device that misbehaves for hours must not fill the SD card with log lines.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,11 +20,11 @@ import pytest
 
 from drivers.modbus import ModbusDevice, ModbusDriver
 from drivers.modbus.profile import clear_profile_cache
-from edge_agent.config_models import TcpBus
+from edge_agent.config_models import SerialBus, TcpBus
 from edge_agent.driver import Bus, DriverContext, Value
 from edge_agent.errors import DeviceProtocolError, DeviceUnavailable
 from edge_agent.poll import SUMMARY_S, PollLoop
-from tests.hostile_modbus import HostileModbus
+from tests.hostile_modbus import HostileModbus, crc16
 
 pytestmark = pytest.mark.integration
 
@@ -211,6 +214,61 @@ async def test_a_late_rtu_answer_is_flushed_not_taken_for_the_next_block(
     second = await d.read()
     assert second.data == {"a": 111, "b": 222}
     assert second.quality == "good"
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="needs a pseudo-terminal")
+async def test_a_late_answer_on_a_serial_line_is_flushed(
+    drivers: list[ModbusDriver], tmp_path: Path
+) -> None:
+    """The same on a real serial port: an RTU responder on the master side of a pty
+    answers the request for b 1.2 x timeout_s late, and the next answers queue behind it."""
+    import tty
+
+    master, slave = os.openpty()
+    tty.setraw(master)
+    tty.setraw(slave)
+    loop = asyncio.get_running_loop()
+    holding = {0: 111, 100: 222}
+    pending = bytearray()
+    busy_until = [0.0]
+    timers: list[asyncio.TimerHandle] = []
+    late = [True]
+
+    def answer() -> None:
+        pending.extend(os.read(master, 256))
+        while len(pending) >= 8:
+            frame, pending[:] = bytes(pending[:8]), pending[8:]
+            assert frame[6:] == crc16(frame[:6])
+            start = int.from_bytes(frame[2:4], "big")
+            body = bytes([frame[0], 3, 2]) + holding[start].to_bytes(2, "big")
+            delay = 0.36 if start == 100 and late[0] else 0.0
+            late[0] = late[0] and start != 100
+            at = max(loop.time() + delay, busy_until[0] + 0.001)
+            busy_until[0] = at
+            timers.append(loop.call_at(at, os.write, master, body + crc16(body)))
+
+    loop.add_reader(master, answer)
+    try:
+        (tmp_path / "p.yaml").write_text(TWO_BLOCKS)
+        bus = Bus("rs485", 0.0)
+        bus.resources["config"] = SerialBus(id="rs485", type="serial", port=os.ttyname(slave))
+        config = ModbusDevice.model_validate(
+            {"kind": "modbus", "id": "dev", "profile": "p", "bus": "rs485"}
+            | {"timeout_s": 0.3, "retries": 0}
+        )
+        d = ModbusDriver(config, DriverContext({"rs485": bus}, [str(tmp_path)]))
+        drivers.append(d)
+        first = await d.read()
+        assert first.data == {"a": 111}
+        second = await d.read()
+        assert second.data == {"a": 111, "b": 222}
+        await d.close()
+    finally:
+        for timer in timers:
+            timer.cancel()
+        loop.remove_reader(master)
+        os.close(master)
+        os.close(slave)
 
 
 # -- reserved registers and partial readings -------------------------------------------
