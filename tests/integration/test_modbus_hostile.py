@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 
 from drivers.modbus import ModbusDevice, ModbusDriver
+from drivers.modbus.driver import LineSettings
+from drivers.modbus.probe import ProbeRequest, error_message, probe
 from drivers.modbus.profile import clear_profile_cache
 from edge_agent.config_models import SerialBus, TcpBus
 from edge_agent.driver import Bus, DriverContext, Value
@@ -269,6 +271,18 @@ async def test_a_late_answer_on_a_serial_line_is_flushed(
         loop.remove_reader(master)
         os.close(master)
         os.close(slave)
+
+
+async def test_probe_checks_answers_as_the_driver_does(devices: list[HostileModbus]) -> None:
+    dev, port = await hostile(devices, holding={0: 111, 1: 222})
+    request = ProbeRequest(LineSettings("tcp", "127.0.0.1", port, "socket"), count=2, timeout_s=0.3)
+    dev.script = ["tid0", "wrong_fc"]
+    with pytest.raises(DeviceProtocolError, match="transaction id 0") as info:
+        await probe(request)
+    assert "设备应答报文有误" in error_message(info.value)
+    with pytest.raises(DeviceProtocolError, match="function code 4"):
+        await probe(request)
+    assert [row.uint16 for row in await probe(request)] == [111, 222]
 
 
 # -- reserved registers and partial readings -------------------------------------------
