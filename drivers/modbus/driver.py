@@ -533,13 +533,14 @@ class ModbusDriver:
                             out_of_range.append(point.name)
         if refused:
             self._plan = plan
+            shown = [f"{_FC_NAMES[r.fc]} {r.start}+{r.count}" for r in plan[:12]]
             log.warning(
                 "%s: the device refused %s; reading them in %d requests from now on: %s / "
                 "设备拒绝合并读取，已自动拆分为较小的请求",
                 self.device_id,
                 "; ".join(refused),
                 len(plan),
-                ", ".join(f"{_FC_NAMES[r.fc]} {r.start}+{r.count}" for r in plan),
+                ", ".join(shown) + (", …" if len(plan) > len(shown) else ""),
             )
         if not data:
             assert first_error is not None  # a plan is never empty: a profile has points
