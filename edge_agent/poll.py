@@ -136,15 +136,6 @@ class PollLoop:
         except DeviceError as exc:
             return self._failed(exc.reason)
         h.reads += 1
-        self._log.poll(None)
-        if h.failures and h.state == "offline":
-            self._log.line(
-                logging.INFO, "device %s is back online after %d failed polls", did, h.failures
-            )
-        elif h.failures:
-            self._log.line(logging.INFO, "device %s answers again", did)
-        h.failures = 0
-        self.emit.telemetry(did, reading.data, ts=reading.ts, quality=reading.quality)
         problems = []
         if reading.missing:
             by_reason: dict[str, list[str]] = {}
@@ -153,8 +144,17 @@ class PollLoop:
             problems += [f"not read: {', '.join(n)} ({r})" for r, n in by_reason.items()]
         if reading.out_of_range:
             problems.append("out of range: " + ", ".join(reading.out_of_range))
-        if problems:
-            error = "; ".join(problems)
+        error = "; ".join(problems) or None
+        self._log.poll(failed=False, error=error if reading.missing else None)
+        if h.failures and h.state == "offline":
+            self._log.line(
+                logging.INFO, "device %s is back online after %d failed polls", did, h.failures
+            )
+        elif h.failures:
+            self._log.line(logging.INFO, "device %s answers again", did)
+        h.failures = 0
+        self.emit.telemetry(did, reading.data, ts=reading.ts, quality=reading.quality)
+        if error is not None:
             if reading.missing and error != h.last_error:
                 self._log.line(logging.WARNING, "device %s is degraded: %s", did, error)
             self._set_state("degraded", error)
@@ -165,7 +165,7 @@ class PollLoop:
     def _failed(self, reason: str) -> float | None:
         h = self.health
         h.failures += 1
-        self._log.poll(reason)
+        self._log.poll(failed=True, error=reason)
         if h.failures == 1:
             frames = getattr(self.driver, "last_frames", None)
             raw = ""
@@ -203,29 +203,33 @@ class _DeviceLog:
         self.suppressed = 0
         self.polls = 0
         self.failed = 0
+        self.incomplete = 0
         self.last_error: str | None = None
 
-    def poll(self, error: str | None) -> None:
-        """Count one poll (``error`` when it failed); log the summary of a full window."""
+    def poll(self, *, failed: bool, error: str | None) -> None:
+        """Count one poll: ``failed``, or with ``error`` when only some points were read.
+        Logs the summary of the window before, if it suppressed any line."""
         now = self.clock()
         if now - self.window_start >= SUMMARY_S:
             if self.suppressed:
                 log.info(
-                    "device %s: %d of %d polls failed in the last %.0f s (%d log lines "
-                    "suppressed); last error: %s",
+                    "device %s: %d of %d polls failed, %d incomplete, in the last %.0f s "
+                    "(%d log lines suppressed); last error: %s",
                     self.device_id,
                     self.failed,
                     self.polls,
+                    self.incomplete,
                     now - self.window_start,
                     self.suppressed,
                     self.last_error,
                 )
             self.window_start = now
             self.logged.clear()
-            self.suppressed = self.polls = self.failed = 0
+            self.suppressed = self.polls = self.failed = self.incomplete = 0
         self.polls += 1
+        self.failed += failed
+        self.incomplete += error is not None and not failed
         if error is not None:
-            self.failed += 1
             self.last_error = error
 
     def line(self, level: int, msg: str, *args: object) -> None:
