@@ -178,9 +178,9 @@ async def test_closed_mid_frame_is_reported_as_such(
 async def test_a_late_tcp_answer_is_dropped_not_taken_for_the_next_request(
     devices: list[HostileModbus], drivers: list[ModbusDriver], tmp_path: Path
 ) -> None:
-    dev, port = await hostile(devices, holding={0: 111, 100: 222}, late_s=0.36)
-    d = driver(drivers, tmp_path, port)
-    dev.script = ["ok", "late"]  # b's answer comes 1.2 x timeout_s late
+    dev, port = await hostile(devices, holding={0: 111, 100: 222}, late_s=0.6)
+    d = driver(drivers, tmp_path, port, timeout_s=0.4)
+    dev.script = ["ok", "late"]  # b's answer comes 1.5 x timeout_s late
     first = await d.read()
     assert first.data == {"a": 111}
     assert "b" in first.missing
@@ -205,13 +205,14 @@ async def test_a_late_rtu_answer_is_flushed_not_taken_for_the_next_block(
 ) -> None:
     """RTU frames carry no transaction id: only flushing the line tells a late answer
     from the answer to the next request (same unit, fc and byte count)."""
-    dev, port = await hostile(devices, framer="rtu", holding={0: 111, 100: 222}, late_s=0.36)
-    d = driver(drivers, tmp_path, port, framer="rtu")
+    # 1.5 x timeout_s late: well after the timeout, well within the flush (2 x timeout_s)
+    dev, port = await hostile(devices, framer="rtu", holding={0: 111, 100: 222}, late_s=0.6)
+    d = driver(drivers, tmp_path, port, framer="rtu", timeout_s=0.4)
     dev.script = ["ok", "late"]
     first = await d.read()
     assert first.data == {"a": 111}
     assert first.missing == {
-        "b": "read holding registers 100+1: no answer from unit 1 within 0.3 s"
+        "b": "read holding registers 100+1: no answer from unit 1 within 0.4 s"
     }
     second = await d.read()
     assert second.data == {"a": 111, "b": 222}
@@ -223,7 +224,7 @@ async def test_a_late_answer_on_a_serial_line_is_flushed(
     drivers: list[ModbusDriver], tmp_path: Path
 ) -> None:
     """The same on a real serial port: an RTU responder on the master side of a pty
-    answers the request for b 1.2 x timeout_s late, and the next answers queue behind it."""
+    answers the request for b 1.5 x timeout_s late, and the next answers queue behind it."""
     import tty
 
     master, slave = os.openpty()
@@ -243,7 +244,7 @@ async def test_a_late_answer_on_a_serial_line_is_flushed(
             assert frame[6:] == crc16(frame[:6])
             start = int.from_bytes(frame[2:4], "big")
             body = bytes([frame[0], 3, 2]) + holding[start].to_bytes(2, "big")
-            delay = 0.36 if start == 100 and late[0] else 0.0
+            delay = 0.6 if start == 100 and late[0] else 0.0
             late[0] = late[0] and start != 100
             at = max(loop.time() + delay, busy_until[0] + 0.001)
             busy_until[0] = at
@@ -256,7 +257,7 @@ async def test_a_late_answer_on_a_serial_line_is_flushed(
         bus.resources["config"] = SerialBus(id="rs485", type="serial", port=os.ttyname(slave))
         config = ModbusDevice.model_validate(
             {"kind": "modbus", "id": "dev", "profile": "p", "bus": "rs485"}
-            | {"timeout_s": 0.3, "retries": 0}
+            | {"timeout_s": 0.4, "retries": 0}
         )
         d = ModbusDriver(config, DriverContext({"rs485": bus}, [str(tmp_path)]))
         drivers.append(d)
