@@ -602,7 +602,7 @@ async def test_short_answer_is_protocol_error(drivers: list[ModbusDriver]) -> No
     port = fake.sockets[0].getsockname()[1]
     try:
         air = make(drivers, ctx(), id="air", profile="air7in1", host="127.0.0.1", port=port)
-        with pytest.raises(DeviceProtocolError, match="got 1 registers, expected 7"):
+        with pytest.raises(DeviceProtocolError, match="answer has byte count 2, expected 14"):
             await air.read()
         await air.close()
     finally:
