@@ -19,6 +19,7 @@ from pydantic import Field, ValidationError, create_model
 from . import registry
 from .config_models import (
     BusConfig,
+    CommandsConfig,
     MqttConfig,
     OutboxConfig,
     SiteConfig,
@@ -33,6 +34,7 @@ SECRET_FIELDS: tuple[tuple[str, ...], ...] = (
     ("mqtt", "password"),
     ("mqtt", "tls", "key_password"),
     ("site", "pseudonym_secret"),
+    ("commands", "key"),
 )
 
 Path_ = tuple[str | int, ...]
@@ -94,6 +96,9 @@ class AgentConfigBase(Strict):
     publish: PublishConfig = Field(default_factory=PublishConfig, description="Backlog draining")
     clock: ClockConfig = Field(default_factory=ClockConfig, description="Clock synchronisation")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Log level")
+    commands: CommandsConfig = Field(
+        default_factory=CommandsConfig, description="Command signing, queues and deadlines"
+    )
     profile_dirs: list[str] = Field(
         default_factory=list,
         description="Extra folders with device profiles (relative to this file); "
