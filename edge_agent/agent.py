@@ -180,7 +180,7 @@ class Agent:
             deadline_s=c.deadline_s,
             wall=self.clock.wall,
             audit=lambda device, data: self.emitter.event(device, "command_audit", data),
-            last_value=lambda device, point: self.outbox_emitter.last.get(device, {}).get(point),
+            last_values=self.outbox_emitter.last,
         )
         self.alarms = AlarmBook(
             self.root,

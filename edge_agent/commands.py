@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import re
 import time
 from collections import OrderedDict
@@ -64,8 +65,8 @@ Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any] | None]]
 Reply = Callable[[str, dict[str, Any], bytes | None], None]
 #: ``audit(device, data)``: publish a ``command_audit`` event on ``device``
 Audit = Callable[[str, dict[str, Any]], None]
-#: ``last_value(device, point)``: the last value read, or None
-LastValue = Callable[[str, str], Any]
+#: the last value of every point by device (read by polls, or written by a command)
+LastValues = dict[str, dict[str, Any]]
 
 
 def _field(args: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
@@ -165,7 +166,7 @@ class CommandRouter:
         wall: Callable[[], float] = time.time,
         mono: Callable[[], float] = time.monotonic,
         audit: Audit | None = None,
-        last_value: LastValue | None = None,
+        last_values: LastValues | None = None,
     ) -> None:
         self._reply = reply
         self.root = root
@@ -176,7 +177,7 @@ class CommandRouter:
         self._wall = wall
         self._mono = mono
         self._audit = audit
-        self._last_value = last_value
+        self._last = last_values if last_values is not None else {}
         self._handlers: dict[str, Handler] = {}
         self._recent: OrderedDict[str, _Recent] = OrderedDict()
         self._queues: dict[str, _DeviceQueue] = {}
@@ -321,7 +322,12 @@ class CommandRouter:
                 m.group(1).decode() if m else None,
                 f"payload of {len(payload)} bytes is over the 64 KiB limit",
             )
-        args = parse_request(payload)
+        try:
+            args = parse_request(payload)
+        except CommandError as err:
+            # Answer where the requester listens when its id can still be found.
+            m = _REQUEST_ID_PEEK.search(payload[:1024])
+            raise _Refusal(m.group(1).decode() if m else None, str(err)) from None
         rid = args.get("request_id")
         if not isinstance(rid, str) or not REQUEST_ID.fullmatch(rid):
             raise CommandError("request_id must be a string of 1-64 characters [A-Za-z0-9_-]")
@@ -452,8 +458,13 @@ class CommandRouter:
         by = args.get("by")
         who = by[:64] if isinstance(by, str) and by else "unknown"
         old = None
-        if self._last_value is not None and isinstance(device, str) and isinstance(point, str):
-            old = self._last_value(device, point)
+        if isinstance(device, str) and isinstance(point, str):
+            values = self._last.get(device, {})
+            old = values.get(point)
+            if answer["ok"] and command == "device_write":
+                # a setting that is never polled (report: false) still shows its old value
+                values[point] = args.get("value")
+                self._last[device] = values
         data: dict[str, Any] = {
             "command": command,
             "request_id": answer["request_id"],
@@ -512,6 +523,9 @@ def write_handler(lookup: Callable[[str], Any]) -> Handler:
         device = _field(args, "device", str)
         point = _field(args, "point", str)
         value = _field(args, "value", (int, float, bool))
+        if not math.isfinite(value) or abs(value) > 2**53:
+            # 1e400 parses as inf, a 400-digit int parses fine: neither fits a register.
+            raise CommandError(f"value {str(value)[:20]} is out of any register's range")
         driver = lookup(device)
         if driver is None:
             raise CommandError(f"unknown device {device!r}")
