@@ -183,6 +183,7 @@ class CommandRouter:
         self._queues: dict[str, _DeviceQueue] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._throttle = Throttle(clock=mono)
+        self._closed = False
         self.stats = RouterStats()
 
     @property
@@ -207,6 +208,7 @@ class CommandRouter:
     async def close(self) -> None:
         """Cancel requests still waiting or running (the agent is stopping); each is
         answered ``agent stopping`` on its way out."""
+        self._closed = True
         tasks = [t for t in self._tasks if not t.done()]
         for task in tasks:
             task.cancel()
@@ -231,13 +233,18 @@ class CommandRouter:
         return prefix + (request_id or INVALID_REQUEST_TOPIC)
 
     def _quiet_warning(self, key: str, msg: str, *args: Any) -> None:
+        self._quiet(logging.WARNING, key, msg, *args)
+
+    def _quiet(self, level: int, key: str, msg: str, *args: Any) -> None:
+        """Log once per key, then one summary a minute (a flood of bad requests must
+        not fill the SD card); the rest at DEBUG."""
         quiet = self._throttle.hit(key)
         if quiet is None:
             log.debug(msg, *args)
         elif quiet:
-            log.warning("%s (and %d more like it in the last minute)", msg % args, quiet)
+            log.log(level, "%s (and %d more like it in the last minute)", msg % args, quiet)
         else:
-            log.warning(msg, *args)
+            log.log(level, msg, *args)
 
     # -- the request -------------------------------------------------------------
     async def handle(
@@ -260,6 +267,8 @@ class CommandRouter:
         try:
             try:
                 args, request_id = self._parse(payload)
+                if self._closed:
+                    raise CommandError("agent stopping; not executed")
                 handler = self._handlers.get(command)
                 if handler is None:
                     raise CommandError(
@@ -432,7 +441,18 @@ class CommandRouter:
         else:
             self.stats.refused += 1
             answer["error"] = str(outcome)
-            log.info("command %s %s refused: %s", command, request_id, outcome)
+            # The key must not hold what a sender chooses freely (command names, ids,
+            # values), or every forged request would be a new key and a new log line.
+            kind = re.split(r"[:'\"{0-9]", str(outcome), maxsplit=1)[0][:40]
+            known = command if command in self._handlers else "?"
+            self._quiet(
+                logging.INFO,
+                f"refused:{known}:{kind}",
+                "command %s %s refused: %s",
+                command,
+                request_id,
+                outcome,
+            )
         if recent is not None:
             recent.answer = answer
             self._audit_write(command, args, signed, answer)

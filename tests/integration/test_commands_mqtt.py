@@ -200,6 +200,51 @@ async def test_commands_have_underscore_names_and_answers_iso_times(
                 assert name in old["error"]
 
 
+TIME_KEYS = {"ts", "since", "until", "raised_at"}
+
+
+def times_in(doc: Any, path: str = "") -> list[tuple[str, Any]]:
+    """Every value under a time-like key (``ts``, ``since``, ``*_at`` ...), anywhere in ``doc``."""
+    found: list[tuple[str, Any]] = []
+    if isinstance(doc, dict):
+        for k, v in doc.items():
+            if k in TIME_KEYS or k.endswith("_at"):
+                found.append((f"{path}.{k}", v))
+            found += times_in(v, f"{path}.{k}")
+    elif isinstance(doc, list):
+        for i, v in enumerate(doc):
+            found += times_in(v, f"{path}[{i}]")
+    return found
+
+
+async def test_every_time_in_every_payload_is_iso_utc_with_ms(
+    tmp_path: Path, mqtt_broker: MqttBroker, sim: CampusSim
+) -> None:
+    async with running_agent(tmp_path, mqtt_broker, sim) as agent:
+        with mqtt_subscriber(mqtt_broker, f"{ROOT}/#") as sub, platform(mqtt_broker) as p:
+            await wait(sub, 1, lambda m: m.topic == f"{ROOT}/health")
+            await wait(sub, 1, lambda m: "/state" in m.topic)
+            alarm = agent.alarms.raise_("outbox_disk_full", "gw1", "major", en="t", zh="t")
+            p.send("agent_ping", {"request_id": "t1"})
+            p.send(
+                "alarm_shelve",
+                {"request_id": "t2", "alarm_id": alarm.alarm_id, "by": "ops", "minutes": 5},
+            )
+            await answer(sub, "t1")
+            assert (await answer(sub, "t2"))["ok"] is True
+            await wait(sub, 2, lambda m: m.topic == f"{ROOT}/alarms")
+            msgs = [m for m in sub.messages if m.payload and not m.topic.startswith(f"{ROOT}/cmd/")]
+    kinds = {m.topic.split("/")[3] for m in msgs}
+    assert {"status", "health", "devices", "telemetry", "alarms", "cmd_result"} <= kinds
+    checked = 0
+    for m in msgs:
+        for where, value in times_in(m.json()):
+            assert isinstance(value, str), (m.topic, where, value)
+            assert TS.match(value), (m.topic, where, value)
+            checked += 1
+    assert checked > len(msgs)
+
+
 # -- where answers go -------------------------------------------------------------------------
 
 

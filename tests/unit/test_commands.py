@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -120,3 +121,28 @@ async def test_signed_request_ids_are_not_forgotten_while_a_replay_could_pass() 
     await router.handle("alarm_ack", g1, None, None)
     assert executed == ["g1", "g2"]
     assert "replay" in answers[-1][1]["error"]
+
+
+async def test_a_flood_of_bad_requests_is_one_log_line_then_a_summary(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    answers: list[dict[str, Any]] = []
+    router = CommandRouter(lambda _t, a, _c: answers.append(a), root="campus/s/gw1", key=KEY)
+
+    async def ack(args: dict[str, Any]) -> dict[str, Any]:
+        raise AssertionError("a forged request was executed")
+
+    router.register("alarm_ack", ack)
+    caplog.set_level(logging.INFO, logger="edge_agent.commands")
+    for i in range(200):
+        forged = {"request_id": f"f{i}", "alarm_id": f"a{i}", "by": "x", "sig": "0" * 64}
+        await router.handle(
+            "alarm_ack", json.dumps({**forged, "sig_ts": "bad"}).encode(), None, None
+        )
+        await router.handle(f"cmd{i}", json.dumps({"request_id": f"u{i}"}).encode(), None, None)
+    assert len(answers) == 400
+    assert all(a["ok"] is False for a in answers)
+    lines = [r for r in caplog.records if r.levelno >= logging.INFO]
+    # one WARNING for the unauthorised, one INFO per kind of refusal; not 400 lines
+    assert len(lines) <= 4, [r.getMessage() for r in lines]
+    assert router.stats.unauthorised == 200
