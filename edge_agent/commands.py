@@ -306,6 +306,14 @@ class CommandRouter:
                     command, request_id, args, recent, signed, False, str(err),
                     response_topic, correlation,
                 )  # fmt: skip
+                if (
+                    recent is not None
+                    and request_id is not None
+                    and not isinstance(err, DeviceError | OSError | TimeoutError)
+                ):
+                    # Refused before anything reached the device (a missing field, a
+                    # read-only point, no such alarm): a corrected request may reuse the id.
+                    self._recent.pop(request_id, None)
                 return
             except Exception as err:  # a bug in a handler: still exactly one answer
                 log.exception("command %s %s failed", command, request_id)

@@ -412,7 +412,10 @@ async def test_a_request_id_is_executed_at_most_once(
             mqtt_subscriber(mqtt_broker, f"{ROOT}/cmd_result/#") as sub,
             platform(mqtt_broker) as p,
         ):
-            p.send("device_write", {**write, "value": 17})
+            p.send("device_write", write)  # no value: refused, nothing reached the device
+            assert "value" in (await answer(sub, "once1"))["error"]
+            sub.clear()
+            p.send("device_write", {**write, "value": 17})  # corrected, same id: runs
             first = await answer(sub, "once1")
             assert first["ok"] is True, first
             assert sim.devices[air].written["modbus_address"] == 17
