@@ -272,14 +272,20 @@ class CommandRouter:
                 handler = self._handlers.get(command)
                 if handler is None:
                     raise CommandError(
-                        f"unknown command {command!r}; known: {', '.join(self.commands)}"
+                        f"unknown command {command[:64]!r}; known: {', '.join(self.commands)}"
                     )
                 signed = self._authorise(command, args)
                 seen = self._recent.get(request_id)
                 if seen is not None:
                     self.stats.duplicate += 1
                     if seen.answer is not None:
-                        log.info("command %s %s: repeated, answered again", command, request_id)
+                        self._quiet(
+                            logging.INFO,
+                            f"repeated:{command}",
+                            "command %s %s: repeated, answered again, not executed",
+                            command,
+                            request_id,
+                        )
                         self._send(request_id, seen.answer, response_topic, correlation)
                         return
                     raise CommandError("duplicate request_id: the first request is still running")
