@@ -146,3 +146,27 @@ async def test_a_flood_of_bad_requests_is_one_log_line_then_a_summary(
     # one WARNING for the unauthorised, one INFO per kind of refusal; not 400 lines
     assert len(lines) <= 4, [r.getMessage() for r in lines]
     assert router.stats.unauthorised == 200
+
+
+@pytest.mark.parametrize(
+    ("response_topic", "honoured"),
+    [
+        ("campus/s/gw1/cmd_result/p1", True),
+        ("campus/s/gw1/cmd_result/platform-1/a/b/c", True),
+        ("campus/s/gw1/cmd_result/a/b/c/d/e", False),  # more than four levels
+        ("campus/s/gw1/cmd_result/", False),
+        ("campus/s/gw1/cmd_result/a//b", False),
+        ("campus/s/gw1/cmd_result/#", False),
+        ("campus/s/gw1/cmd_result/a.b", False),  # RabbitMQ would make it a/b
+        ("campus/s/gw1/cmd_resultx/p1", False),
+        ("campus/s/gw1/cmd/device_write", False),
+        ("campus/s/gw2/cmd_result/p1", False),
+        ("campus/s/gw1/telemetry/b1-r101-air", False),
+    ],
+)
+def test_response_topics_are_honoured_only_under_cmd_result(
+    response_topic: str, honoured: bool
+) -> None:
+    router = CommandRouter(lambda *_a: None, root="campus/s/gw1")
+    expected = response_topic if honoured else "campus/s/gw1/cmd_result/r1"
+    assert router.answer_topic("r1", response_topic) == expected
