@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field, ValidationError, create_model
 from . import registry
 from .config_models import (
     BusConfig,
+    CommandsConfig,
     MqttConfig,
     OutboxConfig,
     SiteConfig,
@@ -35,6 +36,7 @@ SECRET_FIELDS: tuple[tuple[str, ...], ...] = (
     ("mqtt", "password"),
     ("mqtt", "tls", "key_password"),
     ("site", "pseudonym_secret"),
+    ("commands", "key"),
 )
 
 Path_ = tuple[str | int, ...]
@@ -99,6 +101,9 @@ class AgentConfigBase(Strict):
     publish: PublishConfig = Field(default_factory=PublishConfig, description="Backlog draining")
     clock: ClockConfig = Field(default_factory=ClockConfig, description="Clock synchronisation")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Log level")
+    commands: CommandsConfig = Field(
+        default_factory=CommandsConfig, description="Command signing, queues and deadlines"
+    )
     profile_dirs: list[str] = Field(
         default_factory=list,
         description="Extra folders with device profiles (relative to this file); "

@@ -213,3 +213,27 @@ class SiteConfig(Strict):
         default=None,
         description="Per-site HMAC secret for card numbers: only as ${ENV} or ${cred:NAME}",
     )
+
+
+class CommandsConfig(Strict):
+    """Commands from the platform (``ROOT/cmd/{command}``): signing, queueing, deadlines."""
+
+    key: str | None = Field(
+        default=None,
+        description="HMAC-SHA256 key that device_write, door_open, alarm_ack and alarm_shelve "
+        "must be signed with (docs/mqtt.md#signed-commands); only as ${ENV} or ${cred:NAME}. "
+        "Unset: these commands are accepted unsigned",
+    )
+    queue_max: int = Field(
+        default=8,
+        ge=1,
+        le=1000,
+        description="Commands per device running or waiting, at most; more are refused 'busy'",
+    )
+    deadline_s: float = Field(
+        default=30,
+        gt=0,
+        le=3600,
+        description="A command not started within this many seconds is refused, not executed "
+        "(an MQTT 5 message expiry interval on the request overrides it)",
+    )

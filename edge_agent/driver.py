@@ -135,7 +135,7 @@ class PollingDriver(Driver, Protocol):
         ...
 
     async def write(self, point: str, value: float | int | bool) -> None:
-        """Write one writable point (``device.write`` command). Validate before touching the bus."""
+        """Write one writable point (``device_write`` command). Validate before touching the bus."""
         ...
 
     async def close(self) -> None:

@@ -45,7 +45,8 @@ from .tls import describe_error as describe_tls_error
 
 log = logging.getLogger(__name__)
 
-CommandHandler = Callable[[str, bytes, str | None, bytes | None], Awaitable[None]]
+#: ``handler(command, payload, response_topic, correlation_data, message_expiry_s)``
+CommandHandler = Callable[[str, bytes, str | None, bytes | None, float | None], Awaitable[None]]
 
 
 @dataclass
@@ -136,7 +137,8 @@ class Publisher:
         return self.s.root
 
     def set_command_handler(self, handler: CommandHandler) -> None:
-        """``handler(command, payload, response_topic, correlation_data)`` for ``ROOT/cmd/#``."""
+        """``handler(command, payload, response_topic, correlation_data, expiry_s)`` for
+        ``ROOT/cmd/+``; ``expiry_s`` is the MQTT 5 message expiry interval left, or None."""
         self._command_handler = handler
 
     def set_device_count(self, n: int) -> None:
@@ -284,11 +286,15 @@ class Publisher:
     def _cb_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         response_topic = None
         correlation = None
+        expiry = None
         props = getattr(msg, "properties", None)
         if props is not None:
             response_topic = getattr(props, "ResponseTopic", None)
             correlation = getattr(props, "CorrelationData", None)
-        self._call(self._on_message, msg.topic, bytes(msg.payload), response_topic, correlation)
+            expiry = getattr(props, "MessageExpiryInterval", None)
+        self._call(
+            self._on_message, msg.topic, bytes(msg.payload), response_topic, correlation, expiry
+        )
 
     # -- event-loop side -------------------------------------------------------
     def _on_connect(self, failed: bool, reason: str) -> None:
@@ -343,14 +349,22 @@ class Publisher:
         self._work.set()
 
     def _on_message(
-        self, topic: str, payload: bytes, response_topic: str | None, correlation: bytes | None
+        self,
+        topic: str,
+        payload: bytes,
+        response_topic: str | None,
+        correlation: bytes | None,
+        expiry: int | None = None,
     ) -> None:
         prefix = f"{self.s.root}/cmd/"
         if not topic.startswith(prefix) or self._command_handler is None:
             return
         command = topic[len(prefix) :]
         handler = self._command_handler
-        task = asyncio.ensure_future(handler(command, payload, response_topic, correlation))
+        expiry_s = None if expiry is None else float(expiry)
+        task = asyncio.ensure_future(
+            handler(command, payload, response_topic, correlation, expiry_s)
+        )
         task.add_done_callback(_log_task_error)
 
     def _on_committed(self, rows: list[Row]) -> None:

@@ -83,7 +83,7 @@ class Point(BaseModel):
     )
     writable: bool = Field(
         default=False,
-        description="May be written with the device.write command (fc 1 or 3 only)",
+        description="May be written with the device_write command (fc 1 or 3 only)",
     )
     report: bool = Field(
         default=True,
