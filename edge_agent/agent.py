@@ -20,10 +20,10 @@ from . import __version__, registry
 from .alarms import AlarmBook
 from .clock import Clock, ClockGate, SystemClock
 from .commands import (
-    INVALID_REQUEST_TOPIC,
     CommandRouter,
     alarm_ack_handler,
     alarm_shelve_handler,
+    door_handler,
     ping_handler,
     snapshot_handler,
     write_handler,
@@ -48,6 +48,8 @@ class OutboxEmitter:
     def __init__(self, outbox: Outbox, root: str) -> None:
         self.outbox = outbox
         self.root = root
+        #: the last value of every metric by device: the "old" value of a write's audit
+        self.last: dict[str, dict[str, Value]] = {}
 
     def telemetry(
         self,
@@ -57,6 +59,7 @@ class OutboxEmitter:
         ts: float | None = None,
         quality: Quality = "good",
     ) -> None:
+        self.last.setdefault(device_id, {}).update(data)
         self.outbox.put(
             Lane.TELEMETRY,
             f"{self.root}/telemetry/{device_id}",
@@ -160,16 +163,25 @@ class Agent:
         )
         self.publisher = Publisher(self.settings, self.outbox)
         self.clock: Clock = clock or SystemClock(cfg.clock.sync_check, cfg.clock.sync_file)
-        self.emitter = ClockGate(
-            OutboxEmitter(self.outbox, self.root), self.clock, cfg.clock.hold_max_s
-        )
+        self.outbox_emitter = OutboxEmitter(self.outbox, self.root)
+        self.emitter = ClockGate(self.outbox_emitter, self.clock, cfg.clock.hold_max_s)
         self.stats = ProcessStats()
         self.notifier = SystemdNotifier()
         self.drivers: dict[str, Any] = {}
         #: device configs by id, for meta and poll settings
         self.devices: dict[str, Any] = {d.id: d for d in getattr(cfg, "devices", [])}
         self.loops: dict[str, PollLoop] = {}
-        self.router = CommandRouter(self._reply)
+        c = cfg.commands
+        self.router = CommandRouter(
+            self._reply,
+            root=self.root,
+            key=c.key,
+            queue_max=c.queue_max,
+            deadline_s=c.deadline_s,
+            wall=self.clock.wall,
+            audit=lambda device, data: self.emitter.event(device, "command_audit", data),
+            last_values=self.outbox_emitter.last,
+        )
         self.alarms = AlarmBook(
             self.root,
             self.outbox.put,
@@ -207,7 +219,7 @@ class Agent:
     def _register_commands(self) -> None:
         r = self.router
         r.register(
-            "agent.ping",
+            "agent_ping",
             ping_handler(
                 lambda: {
                     "agent_version": __version__,
@@ -217,20 +229,19 @@ class Agent:
                 }
             ),
         )
-        r.register("device.write", write_handler(self.drivers.get))
-        r.register("alarm.ack", alarm_ack_handler(self.alarms.ack))
-        r.register("alarm.shelve", alarm_shelve_handler(self.alarms.shelve))
-        r.register("camera.snapshot", snapshot_handler(self.drivers.get))
+        r.register("device_write", write_handler(self.drivers.get))
+        r.register("door_open", door_handler(self.drivers.get))
+        r.register("alarm_ack", alarm_ack_handler(self.alarms.ack))
+        r.register("alarm_shelve", alarm_shelve_handler(self.alarms.shelve))
+        r.register("camera_snapshot", snapshot_handler(self.drivers.get))
         self.publisher.set_command_handler(r.handle)
+        if not r.signing:
+            log.info(
+                "commands.key is not set: device_write, door_open, alarm_ack and alarm_shelve "
+                "are accepted unsigned / 未设置 commands.key，写命令无需签名"
+            )
 
-    def _reply(
-        self,
-        request_id: str | None,
-        answer: dict[str, Any],
-        response_topic: str | None,
-        correlation: bytes | None,
-    ) -> None:
-        topic = response_topic or f"{self.root}/cmd_result/{request_id or INVALID_REQUEST_TOPIC}"
+    def _reply(self, topic: str, answer: dict[str, Any], correlation: bytes | None) -> None:
         self.publisher.publish_direct(
             topic, answer, qos=1, properties=response_properties(correlation)
         )
@@ -318,8 +329,9 @@ class Agent:
                 self.notifier.stopping()
                 log.info("stopping: flushing the outbox and saying goodbye to the broker")
                 slow_stop = loop.call_later(STOP_REPORT_S, _report_slow_stop)
-                # Devices first, so their last readings are committed before the
-                # outbox and the publisher stop.
+                # Commands first (each still gets its answer), then devices, so their
+                # last readings are committed before the outbox and the publisher stop.
+                await self.router.close()
                 for t in main[4:]:
                     t.cancel()
                 await asyncio.gather(*main[4:], return_exceptions=True)
@@ -502,7 +514,7 @@ class Agent:
                 "offline": sum(1 for p in self.loops.values() if p.health.state == "offline"),
                 "degraded": sum(1 for p in self.loops.values() if p.health.state == "degraded"),
             },
-            "commands": {"handled": self.router.handled, "refused": self.router.refused},
+            "commands": self.router.stats.as_dict(),
             "clock": {
                 "synced": self.emitter.synced,
                 "check": self.cfg.clock.sync_check,

@@ -1,4 +1,4 @@
-"""``edge-agent``: run, check-config, tail, sim, demo, bench, probe.
+"""``edge-agent``: run, check-config, doctor, tail, sim, demo, bench, probe.
 
 Exit codes: 0 ok, 1 bad config or failed start, 2 usage, 130 interrupted.
 """
@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import logging
 import os
+import ssl
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,8 @@ from .errors import ConfigError, EdgeAgentError
 
 if TYPE_CHECKING:  # the probe imports pymodbus: only `edge-agent probe` loads it
     from drivers.modbus.probe import ProbeRequest
+
+    from .publisher import MqttSettings
 
 log = logging.getLogger("edge_agent")
 
@@ -49,6 +52,10 @@ def _load(path: str, notes: list[str] | None = None, exit_code: int = 1) -> obje
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    if (args.file is None and args.config is None) or None not in (args.file, args.config):
+        parser: argparse.ArgumentParser = args.check_parser
+        parser.error("give the config file once: FILE or -c FILE / 请指定一个配置文件")
+    args.file = args.file or args.config
     notes: list[str] = []
     cfg = _load(args.file, notes)
     for note in notes:
@@ -57,6 +64,30 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     buses = getattr(cfg, "buses", [])
     print(f"{args.file}: OK ({len(devices)} devices, {len(buses)} buses) / 配置正确")
     return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .config import AgentConfigBase
+    from .doctor import exit_code, format_table, run_checks
+
+    notes: list[str] = []
+    cfg = _load(args.config, notes)
+    assert isinstance(cfg, AgentConfigBase)
+    _setup_logging("ERROR")
+    # each failed read is one row of the table, with its reason: no log lines around it
+    pymodbus_log = logging.getLogger("pymodbus")
+    level = pymodbus_log.level
+    pymodbus_log.setLevel(logging.CRITICAL)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    try:
+        rows = asyncio.run(run_checks(cfg, Path(args.config)))
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        pymodbus_log.setLevel(level)
+    print(format_table(rows))
+    return exit_code(rows)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -68,6 +99,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     _setup_logging(args.log_level or cfg.logging.level)
     try:
         asyncio.run(Agent(cfg, args.config).run())
+    except ConfigError as err:  # e.g. a TLS file removed after the config was loaded
+        for line in err.problems:
+            log.error("%s: %s", args.config, line)
+        return EXIT_CONFIG
     except EdgeAgentError as err:
         log.error("%s", err)
         return 1
@@ -76,8 +111,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _root_from_args(args: argparse.Namespace) -> tuple[str, int, str, str]:
-    """host, port, root, protocol from --config or from explicit flags."""
+def _root_from_args(
+    args: argparse.Namespace,
+) -> tuple[str, int, str, str, MqttSettings | None]:
+    """host, port, root, protocol from --config or from explicit flags, and the config's
+    MQTT settings (credentials, TLS) when there is one."""
     if args.config:
         from .agent import mqtt_settings
         from .config import AgentConfigBase
@@ -90,20 +128,40 @@ def _root_from_args(args: argparse.Namespace) -> tuple[str, int, str, str]:
             args.port or s.port,
             args.root or s.root,
             args.protocol or s.protocol,
+            s,
         )
     return (
         args.host or "localhost",
         args.port or 1883,
         args.root or "campus/+/+",
         args.protocol or "5",
+        None,
     )
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
     from .console import run_console
+    from .tls import TlsFileError, TlsSettings, client_context
 
-    host, port, root, protocol = _root_from_args(args)
+    host, port, root, protocol, settings = _root_from_args(args)
     proto: Literal["5", "3.1.1"] = "3.1.1" if protocol == "3.1.1" else "5"
+    tls: bool | ssl.SSLContext = False
+    if settings is not None and settings.tls:
+        # The same verification as the agent's: the config's CA (else the system CAs),
+        # client certificate and host-name check.
+        try:
+            tls = client_context(
+                TlsSettings(
+                    settings.ca_file,
+                    settings.cert_file,
+                    settings.key_file,
+                    settings.key_password,
+                    settings.tls_insecure,
+                )
+            )
+        except TlsFileError as err:
+            print(f"{args.config}: mqtt.tls.{err.key}  {err}", file=sys.stderr)
+            return 1
     try:
         asyncio.run(
             run_console(
@@ -113,6 +171,9 @@ def cmd_tail(args: argparse.Namespace) -> int:
                 mode="view" if args.view else "tail",
                 protocol=proto,
                 duration_s=args.duration,
+                username=settings.username if settings else None,
+                password=settings.password if settings else None,
+                tls=tls,
             )
         )
     except KeyboardInterrupt:
@@ -123,19 +184,64 @@ def cmd_tail(args: argparse.Namespace) -> int:
 def cmd_sim(args: argparse.Namespace) -> int:
     # The simulators are a separate program: production code never imports them.
     cmd = [sys.executable, "-m", "simulators", *args.sim_args]
+    return run_child(cmd, "simulators")
+
+
+def run_child(cmd: list[str], what: str, stop_timeout_s: float = 10.0) -> int:
+    """Run ``cmd`` until it exits; SIGINT/SIGTERM to us are passed on to it, and we wait
+    for it to stop (killing it after ``stop_timeout_s``), so it is never left orphaned
+    when a service manager or a script stops us. 130 after SIGINT, else its exit code."""
+    import signal
+    import time
+
+    from .localbroker import stop_process
+
+    proc = subprocess.Popen(cmd)  # noqa: S603 - our own interpreter and module
+    received: list[int] = []
+
+    def forward(signum: int, _frame: object) -> None:
+        received.append(signum)
+        if proc.poll() is None:
+            proc.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return subprocess.call(cmd)  # noqa: S603 - our own interpreter and module
-    except KeyboardInterrupt:
-        return 130
+        deadline: float | None = None
+        while True:
+            try:
+                code = proc.wait(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                if received and deadline is None:
+                    deadline = time.monotonic() + stop_timeout_s
+                if deadline is not None and time.monotonic() > deadline:
+                    log.warning(
+                        "%s ignored the stop signal for %.0f s; killing it", what, stop_timeout_s
+                    )
+                    proc.kill()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        stop_process(proc, stop_timeout_s, what)
+    return 130 if signal.SIGINT in received else code
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    import signal
+
     from .demo import run_demo
 
     _setup_logging("WARNING" if not args.verbose else "INFO")
-    try:
-        return asyncio.run(
-            run_demo(
+
+    async def demo() -> int:
+        # SIGTERM (a script, `timeout`, systemd) stops the demo as Ctrl-C does, so its
+        # simulators and broker are stopped too instead of being left orphaned
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        try:
+            return await run_demo(
                 duration_s=args.duration,
                 broker_port=args.broker_port,
                 classrooms=args.classrooms,
@@ -145,9 +251,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 language=args.language,
                 plain=args.plain,
             )
-        )
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+
+    try:
+        return asyncio.run(demo())
     except KeyboardInterrupt:
         return 130
+    except asyncio.CancelledError:
+        return 128 + signal.SIGTERM
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -234,11 +346,28 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(fn=cmd_run)
 
     c = sub.add_parser("check-config", help="validate a config file / 检查配置文件")
-    c.add_argument("file")
-    c.set_defaults(fn=cmd_check_config)
+    c.add_argument("file", nargs="?", help="YAML config file")
+    # `-c FILE` as `run`, `tail` and `doctor` take it: an installer types what they know
+    c.add_argument("-c", "--config", dest="config", help="YAML config file (same as FILE)")
+    c.set_defaults(fn=cmd_check_config, check_parser=c)
+
+    dr = sub.add_parser(
+        "doctor",
+        help="check broker, TLS files, serial ports, clock, outbox, devices / 安装自检",
+        description="Check that this gateway can run the config: broker reachable, TLS files, "
+        "serial ports, clock synchronised, outbox writable, every device answers one read. "
+        "Exit 1 when a check fails / 检查网关能否运行该配置，有检查失败时退出码为 1",
+    )
+    dr.add_argument("-c", "--config", required=True, help="YAML config file")
+    dr.set_defaults(fn=cmd_doctor)
 
     t = sub.add_parser("tail", help="subscribe and pretty-print the contract topics / 查看上报数据")
-    t.add_argument("-c", "--config", help="take broker and site from this config")
+    t.add_argument(
+        "-c",
+        "--config",
+        help="take broker, site, credentials and TLS from this config / 使用配置文件中的代理、"
+        "账号和 TLS 设置",
+    )
     t.add_argument("--host")
     t.add_argument("--port", type=int)
     t.add_argument("--root", help="topic root, e.g. campus/school-a/gw1 (default campus/+/+)")

@@ -9,22 +9,25 @@ the YAML: they are ``${ENV_NAME}`` or ``${cred:NAME}`` (a file in
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args
 
-import yaml
-from pydantic import Field, ValidationError, create_model
+from pydantic import BaseModel, Field, ValidationError, create_model
 
 from . import registry
 from .config_models import (
     BusConfig,
+    CommandsConfig,
     MqttConfig,
     OutboxConfig,
     SiteConfig,
     Strict,
 )
 from .errors import ConfigError
+from .yamlsrc import FileProblems, KeyProblem, SourceError
+from .yamlsrc import load as load_yaml
 
 #: Shipped profiles (config/profiles next to the package in a source checkout or wheel data).
 BUILTIN_PROFILES = Path(__file__).resolve().parent.parent / "config" / "profiles"
@@ -33,9 +36,13 @@ SECRET_FIELDS: tuple[tuple[str, ...], ...] = (
     ("mqtt", "password"),
     ("mqtt", "tls", "key_password"),
     ("site", "pseudonym_secret"),
+    ("commands", "key"),
 )
 
 Path_ = tuple[str | int, ...]
+
+#: A secret reference check-config cannot resolve on this machine (see ``notes``).
+_UNRESOLVED = "<unresolved>"
 
 
 class LoggingConfig(Strict):
@@ -94,6 +101,9 @@ class AgentConfigBase(Strict):
     publish: PublishConfig = Field(default_factory=PublishConfig, description="Backlog draining")
     clock: ClockConfig = Field(default_factory=ClockConfig, description="Clock synchronisation")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Log level")
+    commands: CommandsConfig = Field(
+        default_factory=CommandsConfig, description="Command signing, queues and deadlines"
+    )
     profile_dirs: list[str] = Field(
         default_factory=list,
         description="Extra folders with device profiles (relative to this file); "
@@ -128,58 +138,6 @@ def config_model() -> type[AgentConfigBase]:
     return model
 
 
-# -- YAML with line numbers --------------------------------------------------------------
-class _Lines:
-    """Maps key paths to the line where that key (or list item) starts."""
-
-    def __init__(self) -> None:
-        self.lines: dict[Path_, int] = {}
-
-    def walk(self, node: yaml.Node, path: Path_) -> None:
-        self.lines.setdefault(path, node.start_mark.line + 1)
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                k = key.value
-                self.lines[(*path, k)] = key.start_mark.line + 1
-                self.walk(value, (*path, k))
-        elif isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                self.lines[(*path, i)] = item.start_mark.line + 1
-                self.walk(item, (*path, i))
-
-    def line(self, path: Path_) -> int:
-        for n in range(len(path), -1, -1):
-            if path[:n] in self.lines:
-                return self.lines[path[:n]]
-        return 1
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate keys (YAML silently keeps the last one)."""
-
-
-def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    loader.flatten_mapping(node)  # YAML merge keys (<<: *anchor) stay usable
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None,
-                None,
-                f"duplicate key {key!r}",
-                key_node.start_mark,
-            )
-        seen.add(key)
-    return dict(loader.construct_pairs(node))
-
-
-_UniqueKeyLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-    _construct_mapping,
-)
-
-
 def fmt_path(path: Path_) -> str:
     out = ""
     for part in path:
@@ -212,6 +170,48 @@ def _clean_loc(data: Any, loc: tuple[Any, ...]) -> Path_:
     return tuple(out)
 
 
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models an annotation can hold (through Optional, list, unions)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in get_args(annotation) for m in _models_in(arg)]
+
+
+def allowed_keys(model: type[BaseModel], data: Any, path: Path_) -> list[str]:
+    """The keys the mapping at ``path`` may hold; a union picks the member its
+    ``kind:`` / ``type:`` names."""
+    models: list[type[BaseModel]] = [model]
+    cur = data
+    for part in path:
+        if isinstance(part, str):
+            cur = cur.get(part) if isinstance(cur, dict) else None
+        else:
+            cur = cur[part] if isinstance(cur, list) and 0 <= part < len(cur) else None
+        if isinstance(part, int):
+            continue  # list item: same candidate models as the list
+        nxt: list[type[BaseModel]] = []
+        for m in models:
+            field = m.model_fields.get(part)
+            if field is not None:
+                nxt += _models_in(field.annotation)
+        models = nxt
+    if isinstance(cur, dict) and len(models) > 1:
+        tagged = [
+            m
+            for m in models
+            for tag in ("kind", "type")
+            if tag in m.model_fields and cur.get(tag) in get_args(m.model_fields[tag].annotation)
+        ]
+        models = tagged or models
+    return sorted({name for m in models for name in m.model_fields})
+
+
+def close_match(word: str, choices: list[str] | set[str]) -> str | None:
+    """The one of ``choices`` that ``word`` is most likely a typo of, or None."""
+    close = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
 def _resolve_secrets(
     data: dict[str, Any], problems: list[tuple[Path_, str]], notes: list[tuple[Path_, str]] | None
 ) -> None:
@@ -242,7 +242,7 @@ def _resolve_secrets(
                 problems.append((path, str(err)))
             else:
                 notes.append((path, f"not available on this machine, needed at run time: {err}"))
-                parent[path[-1]] = "<unresolved>"
+                parent[path[-1]] = _UNRESOLVED
 
 
 # -- cross-field checks --------------------------------------------------------------
@@ -361,16 +361,115 @@ def check_bus_references(bus_ids: set[str], devices: Indexed) -> list[tuple[Path
     return problems
 
 
-def check_drivers_build(devices: Indexed, dirs: list[str]) -> list[tuple[Path_, str]]:
-    """Build each device's driver once (no I/O): catches unknown profiles and points."""
+def prepare_tls(data: dict[str, Any], base: Path) -> None:
+    """An empty ``tls:`` (every key commented out) means TLS with the defaults, not plain TCP;
+    relative CA/certificate/key paths are taken from the config file's folder."""
+    mqtt = data.get("mqtt")
+    if not isinstance(mqtt, dict) or "tls" not in mqtt:
+        return
+    if mqtt["tls"] is None:
+        mqtt["tls"] = {}
+    tls = mqtt["tls"]
+    if isinstance(tls, dict):
+        for key in ("ca_file", "cert_file", "key_file"):
+            value = tls.get(key)
+            if isinstance(value, str) and value and not Path(value).is_absolute():
+                tls[key] = str(base / value)
+
+
+def _mqtt_section(cfg: AgentConfigBase | None, data: dict[str, Any]) -> MqttConfig | None:
+    """The validated ``mqtt`` section, also when something else in the file is wrong."""
+    if cfg is not None:
+        return cfg.mqtt
+    try:
+        return MqttConfig.model_validate(data.get("mqtt") or {})
+    except ValidationError:
+        return None
+
+
+def check_credentials_encrypted(mqtt: MqttConfig) -> list[tuple[Path_, str]]:
+    """A user name and password go over TLS, to this gateway itself, or with an explicit opt-in."""
+    if mqtt.username is None and mqtt.password is None:
+        return []
+    if mqtt.tls is not None or mqtt.allow_plaintext_credentials:
+        return []
+    from .tls import is_loopback
+
+    if is_loopback(mqtt.host):
+        return []
+    key = "username" if mqtt.username is not None else "password"
+    return [
+        (
+            ("mqtt", key),
+            f"the user name and password would travel to {mqtt.host} unencrypted: add 'tls: {{}}' "
+            "(system CAs) or 'tls: {ca_file: ...}' under mqtt, or set "
+            "mqtt.allow_plaintext_credentials: true on a trusted network / "
+            "用户名和密码将以明文发送：请配置 mqtt.tls，"
+            "或设置 mqtt.allow_plaintext_credentials: true",
+        )
+    ]
+
+
+def _unresolved(secret: str | None) -> bool:
+    """A secret not available here (check-config on a laptop) or that failed to resolve
+    (already reported): nothing to check it against."""
+    from .secrets import is_reference
+
+    return secret is not None and (secret == _UNRESOLVED or is_reference(secret))
+
+
+def check_tls_files(mqtt: MqttConfig) -> list[tuple[Path_, str]]:
+    """Every CA, certificate and key file exists, is readable, and loads."""
+    from .tls import TlsFileError, TlsSettings, check_readable, client_context
+
+    tls = mqtt.tls
+    if tls is None:
+        return []
+    problems: list[tuple[Path_, str]] = []
+    for key in ("ca_file", "cert_file", "key_file"):
+        path = getattr(tls, key)
+        try:
+            if path is not None:
+                check_readable(key, path)
+        except TlsFileError as err:
+            problems.append((("mqtt", "tls", key), str(err)))
+    if problems:
+        return problems
+    settings = TlsSettings(tls.ca_file, tls.cert_file, tls.key_file, tls.key_password)
+    try:
+        # The key passphrase may be a credential only the gateway has (check-config on a
+        # laptop): then the files are checked, the key is not loaded.
+        client_context(settings, check_key=not _unresolved(tls.key_password))
+    except TlsFileError as err:
+        return [(("mqtt", "tls", err.key), str(err))]
+    return []
+
+
+def check_drivers_build(
+    devices: Indexed, dirs: list[str], other_files: list[str] | None = None
+) -> list[tuple[Path_, str]]:
+    """Build each device's driver once (no I/O): catches unknown profiles and points.
+
+    A broken profile is reported once, at its own lines, into ``other_files``; not once
+    per device that uses it."""
     from .driver import DriverContext
 
     problems: list[tuple[Path_, str]] = []
+    reported: set[str] = set()
     ctx = DriverContext(buses={}, profile_dirs=dirs)
     kinds = registry.drivers()
     for i, dev in devices:
         try:
             kinds[dev.kind](dev, ctx)
+        except FileProblems as err:
+            if str(err.path) not in reported:
+                reported.add(str(err.path))
+                if other_files is not None:
+                    other_files.extend(err.problems)
+                else:
+                    problems.append((("devices", i), str(err)))
+        except KeyProblem as err:
+            problems.append((("devices", i, err.key) if err.key else ("devices", i), str(err)))
         except (ValueError, KeyError, OSError) as err:
             problems.append((("devices", i), str(err)))
     return problems
@@ -399,30 +498,25 @@ def load_config(
     p = Path(path)
     name = str(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        data, lines = load_yaml(p)
     except OSError as err:
         raise ConfigError([f"{name}:1  (file)  cannot read: {err.strerror or err}"]) from err
-    lines = _Lines()
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - SafeLoader subclass
-    except yaml.MarkedYAMLError as err:
-        mark = err.problem_mark or err.context_mark
-        line = mark.line + 1 if mark else 1
-        raise ConfigError([f"{name}:{line}  (yaml)  {err.problem or err}"]) from err
-    except yaml.YAMLError as err:
-        raise ConfigError([f"{name}:1  (yaml)  {err}"]) from err
-    if node is not None:
-        lines.walk(node, ())
+    except SourceError as err:
+        raise ConfigError([f"{name}:{err.line}  {err.where}  {err.message}"]) from err
     if not isinstance(data, dict):
         raise ConfigError(
             [f"{name}:1  (top)  the file must be a mapping with site:, mqtt:, devices: ..."]
         )
+    # Top-level keys starting with "x-" are the installer's own (docker-compose's habit):
+    # a place for anchors such as ``x-air: &air {kind: modbus, profile: air7in1}``.
+    for key in [k for k in data if isinstance(k, str) and k.startswith("x-")]:
+        del data[key]
 
     # A section whose keys are all commented out is null in YAML: same as absent.
     for section in ("mqtt", "outbox", "publish", "logging", "clock"):
         if section in data and data[section] is None:
             del data[section]
+    prepare_tls(data, p.resolve().parent)
     problems: list[tuple[Path_, str]] = []
     secret_notes: list[tuple[Path_, str]] | None = [] if notes is not None else None
     _resolve_secrets(data, problems, secret_notes)
@@ -439,7 +533,12 @@ def load_config(
                 continue  # already reported as an unknown kind
             msg = e["msg"].removeprefix("Value error, ")
             if e["type"] == "extra_forbidden":
-                msg = "unknown key (typo?) / 未知的配置项"
+                guess = close_match(str(loc[-1]), allowed_keys(model, data, loc[:-1]))
+                msg = (
+                    f"unknown key; did you mean {guess!r}? / 未知的配置项，是否应为 {guess}？"
+                    if guess
+                    else "unknown key (typo?) / 未知的配置项"
+                )
             problems.append((loc, msg))
     # The cross-field checks run on every bus and device that is valid on its own, so
     # one pass of check-config reports everything, not the structural errors first.
@@ -454,14 +553,20 @@ def load_config(
             raw if isinstance(raw, list) and all(isinstance(d, str) for d in raw) else []
         )
         dirs = profile_dirs(extra, p)
+    mqtt = _mqtt_section(cfg, data)
+    if mqtt is not None:
+        problems += check_credentials_encrypted(mqtt)
+        problems += check_tls_files(mqtt)
     problems += check_unique_ids(buses, devices)
     problems += check_bus_references(_raw_ids(data, "buses"), devices)
+    other_files: list[str] = []
     if build_drivers:
-        problems += check_drivers_build(devices, dirs)
-    if problems:
+        problems += check_drivers_build(devices, dirs, other_files)
+    if problems or other_files:
         problems.sort(key=lambda pr: lines.line(pr[0]))
         raise ConfigError(
             [f"{name}:{lines.line(path_)}  {fmt_path(path_)}  {msg}" for path_, msg in problems]
+            + other_files
         )
     assert cfg is not None
     if notes is not None and secret_notes:

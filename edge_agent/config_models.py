@@ -103,18 +103,29 @@ BusConfig = Annotated[SerialBus | TcpBus, Field(discriminator="type")]
 
 
 class TlsConfig(Strict):
-    """TLS to the broker. Paths are on the gateway; the key passphrase is a secret."""
+    """TLS to the broker. Paths are on the gateway (relative ones from the config file's
+    folder); the key passphrase is a secret. ``check-config`` reads every file named here."""
 
     ca_file: str | None = Field(
-        default=None, description="CA bundle that signed the broker certificate"
+        default=None,
+        description="CA bundle (PEM) that signed the broker certificate; default: the system CAs",
     )
     cert_file: str | None = Field(default=None, description="Client certificate (mutual TLS)")
-    key_file: str | None = Field(default=None, description="Client private key (mutual TLS)")
+    key_file: str | None = Field(
+        default=None,
+        description="Client private key (mutual TLS); default: the key is in cert_file",
+    )
     key_password: str | None = Field(
         default=None,
         description="Key passphrase: only as ${ENV} or ${cred:NAME}, never literal",
     )
     insecure: bool = Field(default=False, description="Skip host-name verification (testing only)")
+
+    @model_validator(mode="after")
+    def check_key_has_cert(self) -> TlsConfig:
+        if self.key_file is not None and self.cert_file is None:
+            raise ValueError("key_file needs cert_file (the client certificate it belongs to)")
+        return self
 
 
 class MqttConfig(Strict):
@@ -133,7 +144,16 @@ class MqttConfig(Strict):
         default=None,
         description="Password: only as ${ENV} or ${cred:NAME}, never literal",
     )
-    tls: TlsConfig | None = Field(default=None, description="TLS settings; omit for plain TCP")
+    tls: TlsConfig | None = Field(
+        default=None,
+        description="TLS settings; 'tls: {}' (or an empty 'tls:') = TLS verified against the "
+        "system CAs; omit for plain TCP",
+    )
+    allow_plaintext_credentials: bool = Field(
+        default=False,
+        description="Send username/password without TLS to a broker that is not on this "
+        "gateway (localhost/127.0.0.1/::1 need no opt-in): anyone on the network can read them",
+    )
     keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keep-alive")
     topic_prefix: Id = Field(default="campus", description="First topic level")
     inflight_max: int = Field(
@@ -192,4 +212,28 @@ class SiteConfig(Strict):
     pseudonym_secret: str | None = Field(
         default=None,
         description="Per-site HMAC secret for card numbers: only as ${ENV} or ${cred:NAME}",
+    )
+
+
+class CommandsConfig(Strict):
+    """Commands from the platform (``ROOT/cmd/{command}``): signing, queueing, deadlines."""
+
+    key: str | None = Field(
+        default=None,
+        description="HMAC-SHA256 key that device_write, door_open, alarm_ack and alarm_shelve "
+        "must be signed with (docs/mqtt.md#signed-commands); only as ${ENV} or ${cred:NAME}. "
+        "Unset: these commands are accepted unsigned",
+    )
+    queue_max: int = Field(
+        default=8,
+        ge=1,
+        le=1000,
+        description="Commands per device running or waiting, at most; more are refused 'busy'",
+    )
+    deadline_s: float = Field(
+        default=30,
+        gt=0,
+        le=3600,
+        description="A command not started within this many seconds is refused, not executed "
+        "(an MQTT 5 message expiry interval on the request overrides it)",
     )

@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import ssl
 import sys
@@ -41,6 +42,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from .publisher import stop_network_thread
+from .tls import describe_error as describe_tls_error
 
 log = logging.getLogger(__name__)
 
@@ -578,6 +580,7 @@ class ContractState:
     # -- feeding -------------------------------------------------------------------------
     def feed(self, topic: str, payload: bytes, retain: bool = False) -> str:
         """Apply one message; returns its kind (``telemetry``, ``malformed``, ``foreign`` ...)."""
+        topic = escape_controls(topic)
         split = self.pattern.split(topic)
         if split is None:
             return "foreign"
@@ -788,13 +791,50 @@ class ContractState:
         return True
 
 
+# -- terminal safety ---------------------------------------------------------------------------
+#: What a message must not send to the operator's terminal: C0 controls (ESC starts CSI/OSC
+#: sequences that retitle, recolour or clear it; BEL, \r, backspace), DEL, C1 controls
+#: (U+009B is a one-character CSI), line/paragraph separators and bidirectional overrides
+#: that reorder what the operator reads.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    ch = match.group()
+    if ch in _NAMED:
+        return _NAMED[ch]
+    code = ord(ch)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with every terminal control character written out (ESC as ``\\x1b``,
+    CR as ``\\r``): topics, ids and payload values come from the network."""
+    return _CONTROL.sub(_escape_char, text)
+
+
+def _escape_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return escape_controls(value)
+    if isinstance(value, list):
+        return [_escape_value(v) for v in value]
+    return value  # numbers, booleans, null, and objects (already escaped by the hook)
+
+
+def _escaped_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    return {escape_controls(k): _escape_value(v) for k, v in pairs}
+
+
 class _Malformed(Exception):
     """A JSON message that does not have the shape the contract gives it."""
 
 
 def _decode(payload: bytes) -> tuple[dict[str, Any] | None, str]:
     try:
-        doc = json.loads(payload.decode("utf-8"))
+        # Every key and string comes out escaped, so nothing built from the payload
+        # (tail lines, the dashboard, error notes) can carry a control sequence.
+        doc = json.loads(payload.decode("utf-8"), object_pairs_hook=_escaped_object)
     except UnicodeDecodeError:
         return None, "not UTF-8"
     except json.JSONDecodeError as err:
@@ -969,6 +1009,7 @@ def render_line(
     units from ``meta``; without it ROOT is taken as the first three topic levels.
     Times are the message's own ``ts`` (else ``received``/now) in ``tz`` (default local).
     """
+    topic = escape_controls(topic)
     pattern = state.pattern if state is not None else _RootPattern("+/+/+")
     split = pattern.split(topic)
     now = received if received is not None else time.time()
@@ -1069,8 +1110,7 @@ def render_line(
 
 
 def _preview(payload: bytes, limit: int = 80) -> str:
-    text = payload[:limit].decode("utf-8", errors="replace")
-    text = text.replace("\n", " ")
+    text = escape_controls(payload[:limit].decode("utf-8", errors="replace"))
     return text + ("…" if len(payload) > limit else "")
 
 
@@ -1479,7 +1519,12 @@ def _make_client(
 
     def on_connect_fail(_c: mqtt.Client, _u: Any) -> None:
         if not stopping.is_set():
-            inbox.append((False, "connection failed"))
+            # Called inside paho's ``except OSError``: a TLS failure says why.
+            err = sys.exc_info()[1]
+            if isinstance(err, ssl.SSLError | ssl.CertificateError):
+                inbox.append((False, describe_tls_error(err, None)))
+            else:
+                inbox.append((False, "connection failed"))
 
     def on_message(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         inbox.append((msg.topic, bytes(msg.payload), bool(msg.retain)))

@@ -127,7 +127,7 @@ async def run_demo(
     """Run the whole demo; returns the process exit code."""
     from .agent import Agent
     from .console import run_console
-    from .localbroker import BrokerError, LocalBroker
+    from .localbroker import BrokerError, BrokerPortInUse, LocalBroker
 
     tmp = None
     if workdir is None:
@@ -137,6 +137,15 @@ async def run_demo(
     broker = LocalBroker(port=broker_port, workdir=workdir / "broker", embedded_ok=True)
     try:
         await asyncio.to_thread(broker.start)
+    except BrokerPortInUse as err:
+        print(
+            f"{err}\nPick a free port: edge-agent demo --broker-port 18830 "
+            "(./scripts/demo --broker-port 18830), or stop the other broker "
+            "(sudo systemctl stop mosquitto) / 请换一个端口：--broker-port 18830，"
+            "或停止占用该端口的代理（sudo systemctl stop mosquitto）",
+            file=sys.stderr,
+        )
+        return 1
     except BrokerError as err:
         print(
             f"cannot start a local MQTT broker on port {broker_port}: {err}\n"
@@ -150,6 +159,7 @@ async def run_demo(
     )
     layout_path = workdir / "layout.json"
     layout_path.unlink(missing_ok=True)
+    sim_log = (workdir / "simulators.log").open("wb")
     sim = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -168,7 +178,7 @@ async def run_demo(
         "--layout-out",
         str(layout_path),
         stdout=asyncio.subprocess.DEVNULL,
-        stderr=(workdir / "simulators.log").open("wb"),
+        stderr=sim_log,
     )
     agent: Agent | None = None
     agent_task: asyncio.Task[None] | None = None
@@ -231,6 +241,7 @@ async def run_demo(
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(agent_task, 15)
         await _stop_process(sim)
+        sim_log.close()
         await asyncio.to_thread(broker.stop)
         if tmp is not None:
             tmp.cleanup()

@@ -29,6 +29,9 @@ class Reading:
     ts: float = field(default_factory=time.time)
     #: metrics whose value was outside the profile's valid range (so quality is "uncertain")
     out_of_range: list[str] = field(default_factory=list)
+    #: metrics that could not be read this time (left out of ``data``), with the reason;
+    #: the device is then ``degraded`` and ``last_error`` names them
+    missing: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +135,7 @@ class PollingDriver(Driver, Protocol):
         ...
 
     async def write(self, point: str, value: float | int | bool) -> None:
-        """Write one writable point (``device.write`` command). Validate before touching the bus."""
+        """Write one writable point (``device_write`` command). Validate before touching the bus."""
         ...
 
     async def close(self) -> None:

@@ -60,6 +60,26 @@ class BrokerNotFound(BrokerError):
     """Neither mosquitto nor (when allowed) the embedded amqtt broker is available."""
 
 
+class BrokerPortInUse(BrokerError):
+    """Another program (often a system mosquitto) already listens on the port."""
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """True when something already listens on ``host:port`` (or it cannot be bound).
+
+    ``SO_REUSEADDR`` as mosquitto sets it: connections of a broker we just stopped,
+    still in TIME_WAIT, do not count; another listener does.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
 def find_mosquitto() -> str | None:
     """Return the path of the ``mosquitto`` executable, or ``None`` when it is not installed.
 
@@ -237,6 +257,17 @@ class LocalBroker:
         for attempt in range(1, attempts + 1):
             if self._port == 0 or (attempt > 1 and self._port_chosen_by_us):
                 self._port = free_port(self.host)
+            if port_in_use(self.host, self._port):
+                # Our broker would fail to bind, but until it exits the readiness check
+                # would reach the other broker and we would use someone else's broker.
+                if attempt < attempts:
+                    continue
+                raise BrokerPortInUse(
+                    f"port {self._port} on {self.host} is already in use (another MQTT broker, "
+                    "e.g. the system's mosquitto service?); not using someone else's broker / "
+                    f"端口 {self._port} 已被占用（可能是系统自带的 mosquitto 服务），"
+                    "不会使用他人的代理"
+                )
             try:
                 self._spawn(kind, executable)
                 self._wait_ready()

@@ -7,6 +7,12 @@ runs, bounds every read with a timeout, and turns failures into the device's
 ``online``/``degraded``/``offline`` state. A device that is offline is retried
 with exponential backoff (1 s doubling to 300 s, with jitter) instead of its
 interval, so a dead meter costs the bus almost nothing.
+
+Logs live on an SD card, so a device that keeps failing (or fails every other poll)
+costs a few lines, not one per poll: the first failure is logged at WARNING with the
+reason and the last raw frames, the first recovery at INFO, and everything after that
+within the same minute only at DEBUG, followed by one summary line per minute
+(:data:`SUMMARY_S`) that counts what happened.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ StateSink = Callable[[str, dict[str, Any]], None]
 
 BACKOFF_MIN_S = 1.0
 BACKOFF_MAX_S = 300.0
+#: a device's repeated failures are summed up in one log line per this many seconds
+SUMMARY_S = 60.0
 
 
 @dataclass
@@ -66,6 +74,7 @@ class PollLoop:
         emit: Emit,
         state_sink: StateSink,
         rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.driver = driver
         self.interval_s = interval_s
@@ -75,6 +84,7 @@ class PollLoop:
         self.state_sink = state_sink
         self.rng = rng or random.Random()
         self.health = DeviceHealth(driver.device_id)
+        self._log = _DeviceLog(driver.device_id, clock)
 
     def _set_state(self, state: DeviceStateName, error: str | None) -> None:
         h = self.health
@@ -126,14 +136,28 @@ class PollLoop:
         except DeviceError as exc:
             return self._failed(exc.reason)
         h.reads += 1
+        problems = []
+        if reading.missing:
+            by_reason: dict[str, list[str]] = {}
+            for name, reason in reading.missing.items():
+                by_reason.setdefault(reason, []).append(name)
+            problems += [f"not read: {', '.join(n)} ({r})" for r, n in by_reason.items()]
+        if reading.out_of_range:
+            problems.append("out of range: " + ", ".join(reading.out_of_range))
+        error = "; ".join(problems) or None
+        self._log.poll(failed=False, error=error if reading.missing else None)
         if h.failures and h.state == "offline":
-            log.info("device %s is back online after %d failed polls", did, h.failures)
+            self._log.line(
+                logging.INFO, "device %s is back online after %d failed polls", did, h.failures
+            )
         elif h.failures:
-            log.info("device %s answers again", did)
+            self._log.line(logging.INFO, "device %s answers again", did)
         h.failures = 0
         self.emit.telemetry(did, reading.data, ts=reading.ts, quality=reading.quality)
-        if reading.out_of_range:
-            self._set_state("degraded", "out of range: " + ", ".join(reading.out_of_range))
+        if error is not None:
+            if reading.missing and error != h.last_error:
+                self._log.line(logging.WARNING, "device %s is degraded: %s", did, error)
+            self._set_state("degraded", error)
         else:
             self._set_state("online", None)
         return None
@@ -141,6 +165,7 @@ class PollLoop:
     def _failed(self, reason: str) -> float | None:
         h = self.health
         h.failures += 1
+        self._log.poll(failed=True, error=reason)
         if h.failures == 1:
             frames = getattr(self.driver, "last_frames", None)
             raw = ""
@@ -148,13 +173,70 @@ class PollLoop:
                 lines = [str(f) for f in frames()]
                 if lines:
                     raw = "; last frames: " + " | ".join(lines[-6:])
-            log.warning("device %s failed: %s%s", h.device_id, reason, raw)
+            self._log.line(logging.WARNING, "device %s failed: %s%s", h.device_id, reason, raw)
         else:
             log.debug("device %s still failing (%d): %s", h.device_id, h.failures, reason)
         if h.failures >= self.offline_after:
             if h.state != "offline":
-                log.warning("device %s is offline after %d failed polls", h.device_id, h.failures)
+                self._log.line(
+                    logging.WARNING,
+                    "device %s is offline after %d failed polls",
+                    h.device_id,
+                    h.failures,
+                )
             self._set_state("offline", reason)
             return max(self.interval_s, backoff_delay(h.failures - self.offline_after, self.rng))
         self._set_state("degraded", reason)
         return None
+
+
+class _DeviceLog:
+    """One device's log lines, limited: a line of each kind (``failed``, ``answers
+    again`` ...) at most once per :data:`SUMMARY_S`; repeats go to DEBUG and into one
+    summary line per window that counts polls and failures."""
+
+    def __init__(self, device_id: str, clock: Callable[[], float]) -> None:
+        self.device_id = device_id
+        self.clock = clock
+        self.window_start = clock()
+        self.logged: set[str] = set()
+        self.suppressed = 0
+        self.polls = 0
+        self.failed = 0
+        self.incomplete = 0
+        self.last_error: str | None = None
+
+    def poll(self, *, failed: bool, error: str | None) -> None:
+        """Count one poll: ``failed``, or with ``error`` when only some points were read.
+        Logs the summary of the window before, if it suppressed any line."""
+        now = self.clock()
+        if now - self.window_start >= SUMMARY_S:
+            if self.suppressed:
+                log.info(
+                    "device %s: %d of %d polls failed, %d incomplete, in the last %.0f s "
+                    "(%d log lines suppressed); last error: %s",
+                    self.device_id,
+                    self.failed,
+                    self.polls,
+                    self.incomplete,
+                    now - self.window_start,
+                    self.suppressed,
+                    self.last_error,
+                )
+            self.window_start = now
+            self.logged.clear()
+            self.suppressed = self.polls = self.failed = self.incomplete = 0
+        self.polls += 1
+        self.failed += failed
+        self.incomplete += error is not None and not failed
+        if error is not None:
+            self.last_error = error
+
+    def line(self, level: int, msg: str, *args: object) -> None:
+        """Log ``msg`` at ``level`` if this kind of line was not logged in this window."""
+        if msg in self.logged:
+            self.suppressed += 1
+            log.debug(msg, *args)
+            return
+        self.logged.add(msg)
+        log.log(level, msg, *args)

@@ -24,6 +24,7 @@ import asyncio
 import json
 import logging
 import ssl
+import sys
 import threading
 import time
 from collections import deque
@@ -37,11 +38,15 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from .envelope import Lane, iso_ms, mark_historical
+from .errors import ConfigError
 from .outbox import Outbox, Row
+from .tls import TlsFileError, TlsSettings, client_context
+from .tls import describe_error as describe_tls_error
 
 log = logging.getLogger(__name__)
 
-CommandHandler = Callable[[str, bytes, str | None, bytes | None], Awaitable[None]]
+#: ``handler(command, payload, response_topic, correlation_data, message_expiry_s)``
+CommandHandler = Callable[[str, bytes, str | None, bytes | None, float | None], Awaitable[None]]
 
 
 @dataclass
@@ -121,6 +126,8 @@ class Publisher:
         self._device_count = 0
         self._stopping = False
         self._commit_requested = False
+        self._tls_context = _tls_context(settings)
+        self._connect_failures: dict[str, int] = {}  # TLS failure reason -> repeats
         outbox.subscribe(self._on_committed)
         outbox.subscribe_deleted(self._on_deleted)
 
@@ -130,7 +137,8 @@ class Publisher:
         return self.s.root
 
     def set_command_handler(self, handler: CommandHandler) -> None:
-        """``handler(command, payload, response_topic, correlation_data)`` for ``ROOT/cmd/#``."""
+        """``handler(command, payload, response_topic, correlation_data, expiry_s)`` for
+        ``ROOT/cmd/+``; ``expiry_s`` is the MQTT 5 message expiry interval left, or None."""
         self._command_handler = handler
 
     def set_device_count(self, n: int) -> None:
@@ -183,16 +191,8 @@ class Publisher:
         client = mqtt.Client(CallbackAPIVersion.VERSION2, **kwargs)
         if s.username:
             client.username_pw_set(s.username, s.password)
-        if s.tls or s.ca_file or s.cert_file:
-            client.tls_set(
-                ca_certs=s.ca_file,
-                certfile=s.cert_file,
-                keyfile=s.key_file,
-                cert_reqs=ssl.CERT_REQUIRED,
-                keyfile_password=s.key_password,
-            )
-            if s.tls_insecure:
-                client.tls_insecure_set(True)
+        if self._tls_context is not None:
+            client.tls_set_context(self._tls_context)
         will = _dumps({"state": "offline", "reason": "lost"})
         client.will_set(f"{s.root}/status", will, qos=1, retain=True)
         client.reconnect_delay_set(int(max(1, s.reconnect_min_s)), int(max(1, s.reconnect_max_s)))
@@ -205,6 +205,7 @@ class Publisher:
         client.on_connect = self._cb_connect
         client.on_disconnect = self._cb_disconnect
         client.on_publish = self._cb_publish
+        client.on_connect_fail = self._cb_connect_fail
         client.on_message = self._cb_message
         return client
 
@@ -252,6 +253,31 @@ class Publisher:
     ) -> None:
         self._call(self._on_disconnect, str(rc))
 
+    def _cb_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        # paho calls this inside its ``except OSError`` around the connect, and passes no
+        # exception: the one being handled is the reason.
+        err = sys.exc_info()[1]
+        if isinstance(err, ssl.SSLError | ssl.CertificateError):
+            self._call(self._on_tls_fail, describe_tls_error(err, self._tls_settings()))
+
+    def _tls_settings(self) -> TlsSettings:
+        s = self.s
+        return TlsSettings(s.ca_file, s.cert_file, s.key_file, None, s.tls_insecure)
+
+    def _on_tls_fail(self, reason: str) -> None:
+        # The SD card gets the first failure with its reason, then a count now and then.
+        n = self._connect_failures[reason] = self._connect_failures.get(reason, 0) + 1
+        if n == 1 or n % 100 == 0:
+            log.warning(
+                "MQTT broker %s:%s: %s%s",
+                self.s.host,
+                self.s.port,
+                reason,
+                f" ({n} attempts so far)" if n > 1 else "",
+            )
+        else:
+            log.debug("MQTT broker %s:%s: %s", self.s.host, self.s.port, reason)
+
     def _cb_publish(
         self, client: mqtt.Client, userdata: Any, mid: int, rc: Any, props: Any = None
     ) -> None:
@@ -260,11 +286,15 @@ class Publisher:
     def _cb_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         response_topic = None
         correlation = None
+        expiry = None
         props = getattr(msg, "properties", None)
         if props is not None:
             response_topic = getattr(props, "ResponseTopic", None)
             correlation = getattr(props, "CorrelationData", None)
-        self._call(self._on_message, msg.topic, bytes(msg.payload), response_topic, correlation)
+            expiry = getattr(props, "MessageExpiryInterval", None)
+        self._call(
+            self._on_message, msg.topic, bytes(msg.payload), response_topic, correlation, expiry
+        )
 
     # -- event-loop side -------------------------------------------------------
     def _on_connect(self, failed: bool, reason: str) -> None:
@@ -277,6 +307,7 @@ class Publisher:
             )
             return
         self.stats.connects += 1
+        self._connect_failures.clear()
         log.info("MQTT connected to %s:%s (protocol %s)", self.s.host, self.s.port, self.s.protocol)
         # paho re-sends its own unacknowledged QoS 1 messages after a reconnect;
         # everything else committed before now is backlog.
@@ -318,14 +349,22 @@ class Publisher:
         self._work.set()
 
     def _on_message(
-        self, topic: str, payload: bytes, response_topic: str | None, correlation: bytes | None
+        self,
+        topic: str,
+        payload: bytes,
+        response_topic: str | None,
+        correlation: bytes | None,
+        expiry: int | None = None,
     ) -> None:
         prefix = f"{self.s.root}/cmd/"
         if not topic.startswith(prefix) or self._command_handler is None:
             return
         command = topic[len(prefix) :]
         handler = self._command_handler
-        task = asyncio.ensure_future(handler(command, payload, response_topic, correlation))
+        expiry_s = None if expiry is None else float(expiry)
+        task = asyncio.ensure_future(
+            handler(command, payload, response_topic, correlation, expiry_s)
+        )
         task.add_done_callback(_log_task_error)
 
     def _on_committed(self, rows: list[Row]) -> None:
@@ -494,6 +533,18 @@ class Publisher:
                 self._buf.extend(rows)
                 return True
         return False
+
+
+def _tls_context(s: MqttSettings) -> ssl.SSLContext | None:
+    """The client's TLS context, built before the first connect: a CA, certificate or key
+    that cannot be used is a configuration error (exit 78), not a crash in the network task."""
+    if not (s.tls or s.ca_file or s.cert_file):
+        return None
+    tls = TlsSettings(s.ca_file, s.cert_file, s.key_file, s.key_password, s.tls_insecure)
+    try:
+        return client_context(tls)
+    except TlsFileError as err:
+        raise ConfigError([f"mqtt.tls.{err.key}  {err}"]) from err
 
 
 def stop_network_thread(client: mqtt.Client) -> None:

@@ -76,6 +76,9 @@ Passwords never appear in the file. The three secret keys — `mqtt.password`,
 - `${cred:mqtt-password}` — the file `$CREDENTIALS_DIRECTORY/mqtt-password`, which systemd
   fills from `LoadCredential=` (see [installing on a Raspberry Pi](install-raspberry-pi.md)).
 
+A user name and password go to a broker off the gateway only over TLS, or with
+`mqtt.allow_plaintext_credentials: true`: see
+[TLS and credentials](mqtt.md#tls-and-credentials--tls-与账号).
 References are resolved only in these three keys; anywhere else `${...}` is plain text.
 When a secret is not available on the machine where you run `check-config` (a laptop), it
 prints a `note:` instead of an error; `edge-agent run` refuses to start without it.
@@ -83,30 +86,64 @@ prints a `note:` instead of an error; `edge-agent run` refuses to start without 
 密码等密钥不写进配置文件。三个密钥项 `mqtt.password`、`mqtt.tls.key_password`、
 `site.pseudonym_secret` 只接受引用，写明文会被 `check-config` 拒绝：`${环境变量名}`，或
 `${cred:凭据名}`（即 `$CREDENTIALS_DIRECTORY/凭据名` 文件，由 systemd 的 `LoadCredential=` 提供）。
+没有 TLS 时，用户名和密码只有设置了 `mqtt.allow_plaintext_credentials: true`
+才会发往本机以外的代理。
 只有这三项会替换引用，其他配置项里的 `${...}` 按普通文字处理。在没有密钥的电脑上运行
 `check-config` 时只给出 `note:` 提示；`edge-agent run` 缺少密钥则拒绝启动。
 
 ## Checking a file / 检查配置
 
 ```sh
-edge-agent check-config agent.yaml
+edge-agent check-config agent.yaml        # or: edge-agent check-config -c agent.yaml
 ```
 
 prints every problem it finds as `file:line  key.path  message` and exits 1, or prints `OK`
 and exits 0. `edge-agent run` checks the same way and exits 78 on a bad file (systemd then
-stops restarting it). Problems in the file's structure (unknown keys, wrong types) are listed
-first; checks across keys (duplicate ids, unknown bus, one unit id twice on a bus) and
-profile errors appear once those are fixed, so run it again until it says `OK`.
+stops restarting it). One pass lists everything: wrong keys and types, checks across keys
+(duplicate ids, unknown bus, one unit id twice on a bus) and profile errors. An unknown key or
+profile name comes with the closest known one. A broken profile of your own is reported once,
+at its own `file:line`, however many devices use it. A unit id out of range gets the whole
+rule in one message (1-247 for RTU, 0-255 only for Modbus TCP reached with `host:`).
 
 逐条列出所有问题（格式 `文件:行号  配置项路径  说明`）并以 1 退出；没有问题则显示 `OK`。
-`edge-agent run` 做同样的检查，配置错误时以 78 退出（systemd 不再重启）。先列出结构错误
-（未知配置项、类型不对）；跨项检查（重复的 id、不存在的总线、同一总线上重复的地址）和设备模板的
-错误在前者修正后才会出现，所以请反复运行直到显示 `OK`。
+`edge-agent run` 做同样的检查，配置错误时以 78 退出（systemd 不再重启）。一次列出全部问题：
+结构错误、跨项检查（重复的 id、不存在的总线、同一总线上重复的地址）以及设备模板错误。拼错的配置项
+或模板名会提示最接近的正确名称；自定义模板的错误只在模板文件的对应行报告一次，不会每台设备重复一遍；
+从站地址超出范围时一次说明完整规则（RTU 为 1-247，仅 `host:` 直连的 Modbus TCP 可用 0-255）。
 
 ```text
-agent.yaml:9  devices[0].intervall_s  unknown key (typo?) / 未知的配置项
-agent.yaml:14  devices[1].unit  Input should be less than or equal to 247
-agent.yaml: 2 problems / 配置有 2 处错误
+agent.yaml:9  devices[0].intervall_s  unknown key; did you mean 'interval_s'? / …
+agent.yaml:14  devices[1].profile  profile 'air7inl' not found: …; did you mean 'air7in1'? / …
+profiles/school-air.yaml:8  points[1](temperature).adress  unknown key; did you mean 'address'? …
+agent.yaml: 3 problems / 配置有 3 处错误
+```
+
+Whether the gateway can actually reach the broker, the serial ports and every device is
+`edge-agent doctor -c agent.yaml`'s job: see
+[installing on a Raspberry Pi](install-raspberry-pi.md#doctor).
+网关能否连上代理、串口和每台设备，用 `edge-agent doctor -c agent.yaml` 检查（见安装文档）。
+
+## File encoding, anchors and `x-` keys / 文件编码、锚点与 `x-` 键
+
+The file must be UTF-8 (a UTF-8 byte order mark is fine). A file saved as "ANSI" by Notepad
+on Chinese Windows is GBK: `check-config` names the line of the first non-UTF-8 byte and the
+encoding it looks like, and `run` exits 78; save it again as UTF-8.
+
+YAML anchors and merge keys work, so settings shared by many devices are written once. Keys
+written next to `<<:` override the merged ones. Top-level keys that start with `x-` are
+ignored by the agent: they are the place for such anchors (profiles accept them too).
+
+配置文件必须是 UTF-8 编码（带 BOM 也可以）。中文 Windows 记事本以 "ANSI" 保存的文件是 GBK 编码：
+`check-config` 会指出第一个非 UTF-8 字节所在的行和疑似的编码，`run` 以 78 退出；请另存为 UTF-8。
+支持 YAML 锚点和合并键（`<<: *air`），多台设备共用的设置只需写一次，
+与 `<<:` 并列写出的键覆盖合并来的值。
+以 `x-` 开头的顶层键会被忽略，专门用来放这些锚点（设备模板同样支持）。
+
+```yaml
+x-air: &air {kind: modbus, profile: air7in1, bus: rs485-1, interval_s: 30}
+devices:
+  - {<<: *air, id: b1-r101-air, unit: 1}
+  - {<<: *air, id: b1-r102-air, unit: 2, interval_s: 10}   # overrides the anchor / 覆盖锚点中的值
 ```
 
 <a id="profile-search"></a>
@@ -322,7 +359,8 @@ def _table(section: Section, links: dict[type[BaseModel], Section]) -> list[str]
 ZH: dict[str, str] = {
     "SiteConfig": "学校与本网关。",
     "MqttConfig": "上行 MQTT 代理（平台）。",
-    "TlsConfig": "与代理之间的 TLS 加密；路径指网关上的文件，私钥口令属于密钥。",
+    "TlsConfig": "与代理之间的 TLS 加密；路径指网关上的文件（相对路径从配置文件所在目录算起），"
+    "私钥口令属于密钥；`check-config` 会读取这里的每个文件。",
     "OutboxConfig": "本地存储转发队列（SQLite）：数据先写入本地再发送。",
     "PublishConfig": "断网恢复后积压数据的补传方式。",
     "ClockConfig": "如何确认系统时间已校准（树莓派没有实时时钟）。",

@@ -105,18 +105,40 @@ def _is_integral(x: float) -> bool:
     return float(x).is_integer()
 
 
+def shortest_float32(x: float) -> float:
+    """The shortest decimal that reads back as the same float32 as ``x`` (``x`` is a
+    float32 value): 0x4366199A is 230.1, not 230.10000610351562, and 16777215 stays
+    16777215 (rounding to 7 significant digits would make it 16777220)."""
+    if not math.isfinite(x):
+        return x
+    for digits in range(1, 10):  # 9 significant digits always round-trip a float32
+        candidate = float(f"{x:.{digits}g}")
+        try:
+            if struct.unpack(">f", struct.pack(">f", candidate))[0] == x:
+                return candidate
+        except OverflowError:  # rounded up past the largest float32
+            continue
+    return x
+
+
 def to_engineering(point: Point, raw: Number) -> Number | None:
-    """Apply ``raw * scale + offset``; None for NaN/infinity (a failed float sensor)."""
+    """Apply ``raw * scale + offset``; None for NaN/infinity (a failed float sensor).
+
+    A float is taken as the shortest decimal that is the same float32/float64 (what the
+    device's display shows), and scale and offset are applied in decimal, so that
+    230.1 x 0.001 is 0.2301 and an energy counter keeps every digit it has.
+    """
     if isinstance(raw, float):
         if not math.isfinite(raw):
             return None
         if point.type == "float32":
-            # a float32 has ~7 significant digits; 0x4366199A is 230.1 on the meter's display,
-            # not 230.10000610351562
-            raw = float(f"{raw:.7g}")
-        value = raw * point.scale + point.offset
-        if point.scale != 1 or point.offset != 0:
-            value = float(f"{value:.{15 if point.type == 'float64' else 7}g}")
+            raw = shortest_float32(raw)
+        if point.scale == 1 and point.offset == 0:
+            return raw
+        exact = Decimal(repr(raw)) * Decimal(repr(float(point.scale))) + Decimal(
+            repr(float(point.offset))
+        )
+        value = float(exact)
         return value if math.isfinite(value) else None
     if _is_integral(point.scale) and _is_integral(point.offset):
         return int(raw * int(point.scale) + int(point.offset))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from drivers.modbus.profile import PROFILE_NAME_PATTERN
 from edge_agent.config_models import Id, PollingDeviceBase
@@ -29,14 +29,6 @@ class ModbusDevice(PollingDeviceBase):
         pattern=PROFILE_NAME_PATTERN,
         description="Profile (register map) name: config/profiles/<profile>.yaml, e.g. 'sdm630'",
     )
-    unit: int = Field(
-        default=1,
-        ge=0,
-        le=255,
-        description="Modbus unit (slave) id of the device: 1-247 on RS-485 and behind serial "
-        "servers; 0-255 for a Modbus TCP device reached with 'host:' (many answer on 1 or "
-        "255) / 从站地址",
-    )
     bus: Id | None = Field(
         default=None,
         description="Id of a bus in 'buses:' (RS-485 line or serial server)",
@@ -50,6 +42,13 @@ class ModbusDevice(PollingDeviceBase):
     framer: Literal["socket", "rtu"] = Field(
         default="socket",
         description="With 'host:': 'socket' = Modbus TCP, 'rtu' = RTU frames over TCP",
+    )
+    # after bus/host/port/framer: its validator needs them to know which rule applies
+    unit: int = Field(
+        default=1,
+        description="Modbus unit (slave) id of the device: 1-247 on RS-485 and behind serial "
+        "servers; 0-255 for a Modbus TCP device reached with 'host:' (many answer on 1 or "
+        "255) / 从站地址",
     )
     max_registers: int = Field(
         default=125,
@@ -79,16 +78,21 @@ class ModbusDevice(PollingDeviceBase):
             raise ValueError("'port' and 'framer' belong to the bus when 'bus' is set")
         return self
 
-    @model_validator(mode="after")
-    def check_unit(self) -> ModbusDevice:
-        direct_tcp = self.host is not None and self.framer == "socket"
-        if self.unit not in unit_range(direct_tcp=direct_tcp):
+    @field_validator("unit")
+    @classmethod
+    def check_unit(cls, unit: int, info: ValidationInfo) -> int:
+        # One message with the whole rule: an installer told only "at most 255" fixes
+        # 300 to 250, then learns about 1-247 on the next try.
+        direct_tcp = info.data.get("host") is not None and info.data.get("framer") == "socket"
+        if unit not in unit_range(direct_tcp=direct_tcp):
             raise ValueError(
-                f"unit {self.unit}: RTU devices (on a bus or behind a serial server) answer on "
-                "1-247; 0 is the broadcast address, which no device answers / "
-                "RTU 从站地址须为 1-247（0 为广播地址，设备不会应答）"
+                f"unit {unit} is out of range: RTU devices (on an RS-485 bus or behind a serial "
+                "server) answer on 1-247 (0 is the broadcast address, which no device answers); "
+                "0-255 only for a Modbus TCP device reached directly with 'host:' / "
+                f"从站地址 {unit} 超出范围：RS-485 总线上或串口服务器后的 RTU 设备为 1-247"
+                "（0 为广播地址，设备不会应答）；仅用 host: 直连的 Modbus TCP 设备可用 0-255"
             )
-        return self
+        return unit
 
     @model_validator(mode="after")
     def check_timeout(self) -> ModbusDevice:

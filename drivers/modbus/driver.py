@@ -1,10 +1,14 @@
-"""The Modbus driver: reads a device's profile points over RTU or TCP with pymodbus.
+"""The Modbus driver: reads a device's profile points over RTU or TCP.
 
-Devices on one bus share one pymodbus client (one TCP connection or one serial
-port) kept in :attr:`edge_agent.driver.Bus.resources`; every request holds the
-bus lock, so an RS-485 line carries one exchange at a time with the bus's quiet
-gap between exchanges. All pymodbus errors are turned into the agent's
-:class:`~edge_agent.errors.DeviceError` tree at this edge.
+Devices on one bus share one connection (one TCP socket or one serial port, opened
+with pymodbus' serial transport) kept in :attr:`edge_agent.driver.Bus.resources`;
+every request holds the bus lock, so an RS-485 line carries one exchange at a time
+with the bus's quiet gap between exchanges. The driver frames requests itself
+(:mod:`drivers.modbus.wire`) and takes an answer only when its transaction id, unit,
+function code and byte count match the request; anything else becomes the agent's
+:class:`~edge_agent.errors.DeviceError` tree at this edge, naming what was wrong.
+After a request without an answer, an RTU line is flushed: a late answer is thrown
+away, never taken for the answer to the next request.
 """
 
 from __future__ import annotations
@@ -12,20 +16,15 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Any, ClassVar, Literal
 
-from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
-from pymodbus.client.base import ModbusBaseClient
-from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
-from pymodbus.framer import FramerType
-from pymodbus.pdu import ModbusPDU
+from pymodbus.transport.serialtransport import create_serial_connection
 
-from drivers.modbus import codec
+from drivers.modbus import codec, wire
 from drivers.modbus.config import ModbusDevice
-from drivers.modbus.plan import ReadRequest, plan_reads
+from drivers.modbus.plan import ReadRequest, plan_reads, split_request
 from drivers.modbus.profile import Point, Profile, load_profile
 from edge_agent.config_models import SerialBus, TcpBus
 from edge_agent.driver import Bus, DriverContext, MetricInfo, Reading, Value
@@ -45,9 +44,6 @@ FRAME_HISTORY = 8
 #: consecutive timeouts on a TCP line after which the connection is reopened: a serial
 #: server that rebooted leaves a half-open socket that would otherwise never answer again
 TCP_TIMEOUTS_BEFORE_RECONNECT = 3
-#: pymodbus' own per-request timeout; ours (``timeout_s`` via asyncio.timeout) is shorter
-#: and is the one that counts, so pymodbus never decides on its own to drop the line
-_CLIENT_TIMEOUT_S = 120.0
 
 #: Modbus exception codes (Modbus Application Protocol V1.1b3, section 7)
 EXCEPTION_NAMES: dict[int, str] = {
@@ -64,8 +60,6 @@ EXCEPTION_NAMES: dict[int, str] = {
 }
 
 _FC_NAMES = {1: "coils", 2: "discrete inputs", 3: "holding registers", 4: "input registers"}
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,95 +108,261 @@ class Frame:
         return f"{clock}Z {'>>' if self.sent else '<<'} {self.data.hex(' ')}"
 
 
+class _Link(asyncio.Protocol):
+    """The byte stream of one connection (TCP socket or serial port) into a buffer.
+
+    ``data_received`` only appends: whatever a device sends, nothing here raises, so
+    asyncio never logs a ``protocol.data_received()`` traceback for a hostile device.
+    """
+
+    def __init__(self) -> None:
+        self.transport: asyncio.BaseTransport | None = None
+        self.buffer = bytearray()
+        self.closed = False
+        self.made = asyncio.Event()
+        self.changed = asyncio.Event()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self.made.set()
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        self.changed.set()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.changed.set()
+
+    def write(self, data: bytes) -> None:
+        if self.transport is None or self.closed:
+            raise ConnectionError("connection is closed")
+        self.transport.write(data)  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    async def more(self) -> None:
+        """Wait until bytes arrive or the connection closes."""
+        self.changed.clear()
+        if not self.closed:
+            await self.changed.wait()
+
+
+class ExceptionResponse(DeviceProtocolError):
+    """The device answered with a Modbus exception; ``code`` is its exception code."""
+
+    def __init__(self, device_id: str, message: str, code: int) -> None:
+        super().__init__(device_id, message)
+        self.code = code
+
+
 class _Line:
-    """One shared connection on a bus: the pymodbus client and the devices using it."""
+    """One shared connection on a bus and the devices using it.
+
+    Frames its own requests (:mod:`drivers.modbus.wire`) and takes an answer only when
+    it matches the request: transaction id (Modbus TCP), unit, function code, byte count.
+    """
 
     def __init__(self, settings: LineSettings) -> None:
         self.settings = settings
-        self.client: ModbusBaseClient | None = None
+        self.link: _Link | None = None
         self.users = 0
         self.timeouts = 0
         #: frame buffer of the device that holds the bus right now
         self.sink: collections.deque[Frame] | None = None
+        self._tid = 0
+        #: Modbus TCP: transaction ids of the last requests; a late (or repeated) answer
+        #: to one of them is dropped, never taken for a later request
+        self._stale: collections.deque[int] = collections.deque(maxlen=16)
+        #: RTU: until when (loop time) whatever arrives is a late answer to throw away
+        self._flush_until = 0.0
 
-    def _trace(self, sending: bool, data: bytes) -> bytes:
-        if self.sink is not None:
+    @property
+    def rtu(self) -> bool:
+        """RTU frames (serial, or a serial server in transparent mode) carry no
+        transaction id: a late answer looks like the answer to the next request."""
+        return self.settings.type == "serial" or self.settings.framer == "rtu"
+
+    def _trace(self, sending: bool, data: bytes | bytearray) -> None:
+        if self.sink is not None and data:
             self.sink.append(Frame(datetime.now(UTC).timestamp(), sending, bytes(data)))
-        return data
 
-    def _make_client(self) -> ModbusBaseClient:
+    async def _open(self) -> _Link:
         s = self.settings
-        # reconnect_delay=0: pymodbus must not start its own reconnect task; we reconnect
-        # on the next request, under the bus lock and with our timeout
+        loop = asyncio.get_running_loop()
         if s.type == "serial":
-            return AsyncModbusSerialClient(
+            _, protocol = await create_serial_connection(
+                loop,
+                _Link,
                 s.target,
-                framer=FramerType.RTU,
                 baudrate=s.baudrate,
+                bytesize=s.bytesize,
                 parity=s.parity,
                 stopbits=s.stopbits,
-                bytesize=s.bytesize,
-                timeout=_CLIENT_TIMEOUT_S,
-                retries=0,
-                reconnect_delay=0,
-                trace_packet=self._trace,
+                timeout=0,
             )
-        return AsyncModbusTcpClient(
-            s.target,
-            port=s.port,
-            framer=FramerType.SOCKET if s.framer == "socket" else FramerType.RTU,
-            timeout=_CLIENT_TIMEOUT_S,
-            retries=0,
-            reconnect_delay=0,
-            trace_packet=self._trace,
-        )
+            assert isinstance(protocol, _Link)
+            await protocol.made.wait()  # the transport calls connection_made soon
+            return protocol
+        _, link = await loop.create_connection(_Link, s.target, s.port)
+        return link
 
-    async def connected_client(self, device_id: str, timeout_s: float) -> ModbusBaseClient:
-        """The client, (re)connected if needed. Call with the bus held."""
-        if self.client is None:
-            self.client = self._make_client()
-        if not self.client.connected:
-            try:
-                async with asyncio.timeout(timeout_s):
-                    ok = await self.client.connect()
-            except TimeoutError as err:
-                self.drop()
-                raise DeviceUnavailable(
-                    device_id,
-                    f"cannot connect to {self.settings.describe()}: timed out",
-                ) from err
-            except (OSError, ModbusException) as err:
-                self.drop()
-                raise DeviceUnavailable(
-                    device_id,
-                    f"cannot open {self.settings.describe()}: {err}",
-                ) from err
-            if not ok:
-                self.drop()
-                raise DeviceUnavailable(device_id, f"cannot connect to {self.settings.describe()}")
-            log.debug("modbus line %s connected", self.settings.describe())
-        return self.client
+    async def connect(self, device_id: str, timeout_s: float) -> _Link:
+        """The connection, (re)opened if needed. Call with the bus held."""
+        if self.link is not None and not self.link.closed:
+            return self.link
+        self.drop()
+        verb = "open" if self.settings.type == "serial" else "connect to"
+        try:
+            async with asyncio.timeout(timeout_s):
+                self.link = await self._open()
+        except TimeoutError as err:
+            raise DeviceUnavailable(
+                device_id, f"cannot {verb} {self.settings.describe()}: timed out"
+            ) from err
+        except (OSError, ValueError) as err:  # SerialException is an OSError
+            raise DeviceUnavailable(
+                device_id, f"cannot {verb} {self.settings.describe()}: {err}"
+            ) from err
+        log.debug("modbus line %s connected", self.settings.describe())
+        return self.link
 
     def drop(self) -> None:
         """Close the connection; the next request reconnects."""
-        if self.client is not None:
-            self.client.close()
-            self.client = None
+        if self.link is not None:
+            self.link.close()
+            self.link = None
         self.timeouts = 0
+        self._stale.clear()
 
+    def _next_tid(self) -> int:
+        # never 0: a device that answers transaction id 0 does not echo ours
+        self._tid = self._tid % 0xFFFF + 1
+        return self._tid
 
-def device_error(err: ModbusException | OSError, device_id: str, what: str) -> DeviceError:
-    """The :class:`DeviceError` for a pymodbus or socket error during one request
-    (``what``); the driver and ``edge-agent probe`` report the same way."""
-    if isinstance(err, ConnectionException):
-        return DeviceUnavailable(device_id, f"{what}: connection lost: {err}")
-    if isinstance(err, ModbusIOException):
-        if "no response" in str(err).lower():
-            return DeviceTimeout(device_id, f"{what}: no answer: {err}")
-        return DeviceProtocolError(device_id, f"{what}: {err}")
-    if isinstance(err, ModbusException):
-        return DeviceProtocolError(device_id, f"{what}: {err}")
-    return DeviceUnavailable(device_id, f"{what}: {err}")
+    async def exchange(
+        self, device_id: str, request: wire.Request, what: str, timeout_s: float
+    ) -> bytes:
+        """Send ``request`` and return its checked answer PDU. Call with the bus held.
+
+        Raises DeviceTimeout (no answer), DeviceProtocolError (an answer that is not
+        the answer to this request, saying why), ExceptionResponse, DeviceUnavailable.
+        """
+        link = await self.connect(device_id, timeout_s)
+        loop = asyncio.get_running_loop()
+        if self.rtu:
+            wait = self._flush_until - loop.time()
+            if wait > 0:  # a late answer may still be on its way: let it arrive unread
+                await asyncio.sleep(wait)
+            # on a half-duplex line everything before our request is a late answer
+            self._trace(False, link.buffer)
+            link.buffer.clear()
+            tid = 0
+            frame = wire.rtu_frame(request)
+        else:
+            tid = self._next_tid()
+            frame = wire.mbap_frame(tid, request)
+        done = False
+        try:
+            try:
+                link.write(frame)
+            except (OSError, RuntimeError) as err:
+                self.drop()
+                raise DeviceUnavailable(device_id, f"{what}: cannot send: {err}") from err
+            self._trace(True, frame)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a
+            # cancellation that arrives as the request completes, and a device
+            # task that ignores its cancellation never lets the agent stop.
+            try:
+                async with asyncio.timeout(timeout_s):
+                    pdu = await self._answer(link, request, tid, device_id, what)
+            except TimeoutError as err:
+                raise self._timed_out(link, request, device_id, what, timeout_s) from err
+            except (ExceptionResponse, DeviceTimeout):
+                done = True  # a whole exception answer: nothing late to wait for
+                raise
+            done = True
+        finally:
+            if not self.rtu:
+                self._stale.append(tid)
+            elif not done:
+                # no answer taken (timeout, error, cancellation): it may still come
+                self._flush_until = loop.time() + timeout_s
+        self.timeouts = 0
+        return pdu
+
+    def _timed_out(
+        self, link: _Link, request: wire.Request, device_id: str, what: str, timeout_s: float
+    ) -> DeviceError:
+        partial = bytes(link.buffer)
+        self._trace(False, partial)
+        link.buffer.clear()
+        if partial:
+            if not self.rtu:
+                self.drop()  # the stream is out of step
+            return DeviceProtocolError(
+                device_id,
+                f"{what}: incomplete answer within {timeout_s:g} s: {partial.hex(' ')}",
+            )
+        self.timeouts += 1
+        if not self.rtu and self.timeouts >= TCP_TIMEOUTS_BEFORE_RECONNECT:
+            self.drop()
+        return DeviceTimeout(
+            device_id,
+            f"{what}: no answer from unit {request.unit} within {timeout_s:g} s",
+        )
+
+    async def _answer(
+        self, link: _Link, request: wire.Request, tid: int, device_id: str, what: str
+    ) -> bytes:
+        while True:
+            try:
+                if self.rtu:
+                    length = wire.rtu_length(link.buffer, request)
+                else:
+                    length = wire.mbap_length(link.buffer)
+            except wire.GarbageError as err:
+                self._trace(False, link.buffer)
+                link.buffer.clear()
+                if not self.rtu:
+                    self.drop()  # no way to find the next frame in the stream
+                raise DeviceProtocolError(device_id, f"{what}: {err}") from err
+            if length is not None and len(link.buffer) >= length:
+                frame = bytes(link.buffer[:length])
+                del link.buffer[:length]
+                self._trace(False, frame)
+                try:
+                    if self.rtu:
+                        return wire.rtu_answer(frame, request)
+                    if int.from_bytes(frame[:2], "big") in self._stale:
+                        # the late answer of an earlier request (or a repeated one)
+                        log.debug("%s: dropped a late answer %s", device_id, frame.hex(" "))
+                        continue
+                    return wire.mbap_answer(frame, tid, request)
+                except wire.ExceptionAnswer as err:
+                    name = EXCEPTION_NAMES.get(err.code, "unknown exception")
+                    message = f"{what}: exception {err.code} {name}"
+                    if err.code == 11:
+                        # a gateway/serial server answers for a device behind it that stayed silent
+                        raise DeviceTimeout(device_id, message) from err
+                    raise ExceptionResponse(device_id, message, err.code) from err
+                except wire.AnswerError as err:
+                    raise DeviceProtocolError(device_id, f"{what}: {err}") from err
+            if link.closed:
+                got = bytes(link.buffer)
+                self._trace(False, got)
+                self.drop()
+                if got:
+                    raise DeviceUnavailable(
+                        device_id,
+                        f"{what}: connection closed in the middle of an answer "
+                        f"({len(got)} bytes: {got.hex(' ')})",
+                    )
+                raise DeviceUnavailable(device_id, f"{what}: connection closed without an answer")
+            await link.more()
 
 
 class ModbusDriver:
@@ -325,34 +485,103 @@ class ModbusDriver:
         return [str(f) for f in self._frames]
 
     async def read(self) -> Reading:
+        """Read every block of the plan; a block that fails leaves only its own points out.
+
+        A coalesced block the device refuses with exception 2 or 3 (a reserved register
+        inside it) is split, down to single points if need be, and the plan that works is
+        kept for the next polls. Raises the first DeviceError only when nothing was read.
+        """
         data: dict[str, Value] = {}
         bad: list[str] = []
         out_of_range: list[str] = []
+        missing: dict[str, str] = {}
+        plan: list[ReadRequest] = []
+        refused: list[str] = []
+        first_error: DeviceError | None = None
+        stop: DeviceError | None = None  # the line is down or the device went silent
+        timed_out = False
         for request in self._plan:
-            block = await self._read_block(request)
-            for point in request.points:
-                offset = point.address - request.start
-                value: Value
-                if point.is_bit_fc:
-                    value = bool(block[offset])
-                else:
-                    value = codec.decode(
-                        point, [int(w) for w in block[offset : offset + point.count]]
-                    )
-                data[point.name] = value
-                if value is None:
-                    bad.append(point.name)
-                elif point.range is not None and not isinstance(value, bool):
-                    low, high = point.range
-                    if not low <= value <= high:
-                        out_of_range.append(point.name)
+            if stop is not None:
+                plan.append(request)
+                missing.update((p.name, stop.reason) for p in request.points)
+                continue
+            try:
+                parts = await self._read_parts(request, refused)
+            except DeviceError as err:
+                plan.append(request)
+                missing.update((p.name, err.reason) for p in request.points)
+                first_error = first_error or err
+                silent = isinstance(err, DeviceTimeout) and (timed_out or not data)
+                if isinstance(err, DeviceUnavailable) or silent:
+                    stop = err
+                timed_out = timed_out or isinstance(err, DeviceTimeout)
+                continue
+            for part, block in parts:
+                plan.append(part)
+                if isinstance(block, DeviceError):
+                    missing.update((p.name, block.reason) for p in part.points)
+                    first_error = first_error or block
+                    continue
+                for point in part.points:
+                    value = self._decode(point, part, block)
+                    data[point.name] = value
+                    if value is None:
+                        bad.append(point.name)
+                    elif point.range is not None and not isinstance(value, bool):
+                        low, high = point.range
+                        if not low <= value <= high:
+                            out_of_range.append(point.name)
+        if refused:
+            self._plan = plan
+            shown = [f"{_FC_NAMES[r.fc]} {r.start}+{r.count}" for r in plan[:12]]
+            log.warning(
+                "%s: the device refused %s; reading them in %d requests from now on: %s / "
+                "设备拒绝合并读取，已自动拆分为较小的请求",
+                self.device_id,
+                "; ".join(refused),
+                len(plan),
+                ", ".join(shown) + (", …" if len(plan) > len(shown) else ""),
+            )
+        if not data:
+            assert first_error is not None  # a plan is never empty: a profile has points
+            raise first_error
         if bad and len(bad) == len(data):
             quality: Literal["good", "uncertain", "bad"] = "bad"
         elif bad or out_of_range:
             quality = "uncertain"
         else:
             quality = "good"
-        return Reading(data=data, quality=quality, out_of_range=out_of_range)
+        return Reading(data=data, quality=quality, out_of_range=out_of_range, missing=missing)
+
+    @staticmethod
+    def _decode(
+        point: Point, request: ReadRequest, block: list[int] | list[bool]
+    ) -> codec.Number | bool | None:
+        offset = point.address - request.start
+        if point.is_bit_fc:
+            return bool(block[offset])
+        return codec.decode(point, [int(w) for w in block[offset : offset + point.count]])
+
+    async def _read_parts(
+        self, request: ReadRequest, refused: list[str]
+    ) -> list[tuple[ReadRequest, list[int] | list[bool] | DeviceError]]:
+        """Read ``request``, split in halves while the device refuses it (exception 2/3).
+
+        Returns each part read with its values, or with the exception response of a
+        single point the device refuses; any other DeviceError is raised.
+        """
+        try:
+            return [(request, await self._read_block(request))]
+        except ExceptionResponse as err:
+            halves = split_request(request)
+            if err.code not in (2, 3) or not halves:
+                return [(request, err)]
+            if len(refused) < 5:  # the log line names a few, not a hundred
+                refused.append(err.reason)
+        parts: list[tuple[ReadRequest, list[int] | list[bool] | DeviceError]] = []
+        for half in halves:
+            parts += await self._read_parts(half, refused)
+        return parts
 
     async def write(self, point: str, value: float | int | bool) -> None:
         p = self._points.get(point)
@@ -367,18 +596,13 @@ class ModbusDriver:
         unit = self.config.unit
         what = f"write {point}={value!r}"
         if p.fc == 1:
-            bit = codec.encode_bit(p, value)
-            await self._call(what, lambda c: c.write_coil(p.address, bit, device_id=unit))
+            await self._call(what, wire.write_coil(unit, p.address, codec.encode_bit(p, value)))
             return
         registers = codec.encode(p, value)
         if len(registers) == 1:
-            await self._call(
-                what, lambda c: c.write_register(p.address, registers[0], device_id=unit)
-            )
+            await self._call(what, wire.write_register(unit, p.address, registers[0]))
         else:
-            await self._call(
-                what, lambda c: c.write_registers(p.address, registers, device_id=unit)
-            )
+            await self._call(what, wire.write_registers(unit, p.address, registers))
         log.info("%s: wrote %s = %r (registers %s)", self.device_id, point, value, registers)
 
     async def close(self) -> None:
@@ -397,36 +621,12 @@ class ModbusDriver:
     # -- requests -------------------------------------------------------------------------
 
     async def _read_block(self, request: ReadRequest) -> list[int] | list[bool]:
-        unit, start, count = self.config.unit, request.start, request.count
-        calls: dict[int, Callable[[ModbusBaseClient], Awaitable[ModbusPDU]]] = {
-            1: lambda c: c.read_coils(start, count=count, device_id=unit),
-            2: lambda c: c.read_discrete_inputs(start, count=count, device_id=unit),
-            3: lambda c: c.read_holding_registers(start, count=count, device_id=unit),
-            4: lambda c: c.read_input_registers(start, count=count, device_id=unit),
-        }
-        what = f"read {_FC_NAMES[request.fc]} {start}+{count}"
-        response = await self._call(what, calls[request.fc])
-        if request.fc in (1, 2):
-            bits = list(response.bits)
-            if len(bits) < count:  # bits arrive padded to whole bytes
-                raise DeviceProtocolError(
-                    self.device_id,
-                    f"{what}: got {len(bits)} bits, expected {count}",
-                )
-            return bits[:count]
-        registers = list(response.registers)
-        if len(registers) != count:
-            raise DeviceProtocolError(
-                self.device_id,
-                f"{what}: got {len(registers)} registers, expected {count}",
-            )
-        return registers
+        fc, start, count = request.fc, request.start, request.count
+        what = f"read {_FC_NAMES[fc]} {start}+{count}"
+        pdu = await self._call(what, wire.read_request(self.config.unit, fc, start, count))
+        return wire.bits(pdu, count) if fc in (1, 2) else wire.registers(pdu)
 
-    async def _call(
-        self,
-        what: str,
-        request: Callable[[ModbusBaseClient], Awaitable[ModbusPDU]],
-    ) -> ModbusPDU:
+    async def _call(self, what: str, request: wire.Request) -> bytes:
         """Run one request with the bus held, the device's timeout and retries."""
         if self._closed:
             raise DeviceUnavailable(self.device_id, "driver is closed")
@@ -434,8 +634,9 @@ class ModbusDriver:
         while True:
             try:
                 return await self._attempt(what, request)
-            except (DeviceTimeout, DeviceUnavailable) as err:
-                # exception responses are not retried: the device answered and will again
+            except ExceptionResponse:
+                raise  # not retried: the device answered and will again
+            except DeviceError as err:
                 if attempt >= attempts:
                     raise
                 log.debug(
@@ -443,51 +644,19 @@ class ModbusDriver:
                 )
                 attempt += 1
 
-    async def _attempt(
-        self,
-        what: str,
-        request: Callable[[ModbusBaseClient], Awaitable[ModbusPDU]],
-    ) -> ModbusPDU:
+    async def _attempt(self, what: str, request: wire.Request) -> bytes:
         line, bus = self._line, self._bus
-        timeout_s, device_id = self.config.timeout_s, self.device_id
         if line is None or bus is None:
             raise DeviceUnavailable(
-                device_id,
+                self.device_id,
                 f"bus '{self.config.bus_id}' is not defined or has no settings",
             )
         async with bus:
             line.sink = self._frames
             try:
-                client = await line.connected_client(device_id, timeout_s)
-                # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a
-                # cancellation that arrives as the request completes, and a device
-                # task that ignores its cancellation never lets the agent stop.
-                async with asyncio.timeout(timeout_s):
-                    response = await request(client)
-            except TimeoutError as err:
-                line.timeouts += 1
-                if line.settings.type == "tcp" and line.timeouts >= TCP_TIMEOUTS_BEFORE_RECONNECT:
-                    line.drop()
-                raise DeviceTimeout(
-                    device_id,
-                    f"{what}: no answer from unit {self.config.unit} within {timeout_s:g} s",
-                ) from err
-            except (ModbusException, OSError) as err:
-                if isinstance(err, ConnectionException | OSError):
-                    line.drop()
-                raise device_error(err, device_id, what) from err
+                return await line.exchange(self.device_id, request, what, self.config.timeout_s)
             finally:
                 line.sink = None
-        line.timeouts = 0
-        if response.isError():
-            code = int(getattr(response, "exception_code", 0))
-            name = EXCEPTION_NAMES.get(code, "unknown exception")
-            message = f"{what}: exception {code} {name}"
-            if code == 11:
-                # a gateway/serial server answers for a device behind it that stayed silent
-                raise DeviceTimeout(device_id, message)
-            raise DeviceProtocolError(device_id, message)
-        return response
 
 
-__all__ = ["EXCEPTION_NAMES", "Frame", "LineSettings", "ModbusDriver"]
+__all__ = ["EXCEPTION_NAMES", "ExceptionResponse", "Frame", "LineSettings", "ModbusDriver"]

@@ -87,3 +87,26 @@ def plan_reads(
         if group:
             requests.append(ReadRequest(fc, start, end - start + 1, tuple(group)))
     return requests
+
+
+def split_request(request: ReadRequest) -> list[ReadRequest]:
+    """``request`` as two requests, each holding half of its points; [] for a request
+    of a single point (or of points at the very same registers), which cannot be split.
+
+    Used when a device refuses a coalesced read (exception 2 or 3: a reserved register
+    inside the block): halving again and again finds the points it serves.
+    """
+    spans = sorted({(p.address, p.end) for p in request.points})
+    if len(spans) < 2:
+        return []
+    cut = spans[len(spans) // 2][0]
+    halves = (
+        [p for p in request.points if p.address < cut],
+        [p for p in request.points if p.address >= cut],
+    )
+    out = []
+    for points in halves:
+        start = min(p.address for p in points)
+        end = max(p.end for p in points)
+        out.append(ReadRequest(request.fc, start, end - start + 1, tuple(points)))
+    return out

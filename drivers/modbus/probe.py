@@ -7,35 +7,25 @@ orders a profile can name (``byte_order``/``word_order``, see ``docs/modbus.md``
 line that shows the expected value gives the profile's ``address``, ``type``,
 ``byte_order`` and ``word_order``.
 
-The connection is the driver's (:class:`~drivers.modbus.driver._Line`), pymodbus errors
-become the :class:`~edge_agent.errors.DeviceError` tree as in the driver, and every
-decoding is :func:`drivers.modbus.codec.decode_raw`. Formatting is pure (:func:`make_rows`,
+The connection is the driver's (:class:`~drivers.modbus.driver._Line`): answers are
+checked and errors named as in the driver, and every decoding is
+:func:`drivers.modbus.codec.decode_raw`. Formatting is pure (:func:`make_rows`,
 :func:`format_table`, :func:`rows_json`) so it is tested without a device.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
 import math
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal
 
-from pymodbus.exceptions import ModbusException
-from pymodbus.pdu import ModbusPDU
-
-from drivers.modbus import codec
+from drivers.modbus import codec, wire
 from drivers.modbus.config import unit_range
-from drivers.modbus.driver import EXCEPTION_NAMES, LineSettings, _Line, device_error
-from edge_agent.errors import (
-    DeviceError,
-    DeviceProtocolError,
-    DeviceTimeout,
-    DeviceUnavailable,
-)
+from drivers.modbus.driver import ExceptionResponse, LineSettings, _Line
+from edge_agent.errors import DeviceError, DeviceTimeout, DeviceUnavailable
 
 #: most registers in one read request (Modbus Application Protocol, FC 03/04)
 MAX_COUNT = 125
@@ -75,29 +65,6 @@ _TIMEOUT_HINTS = {
     "needs --framer socket",
     "serial": "check --unit, --baudrate, --parity and the A/B wiring",
 }
-
-
-class _LastMessage(logging.Handler):
-    """Keeps pymodbus' last warning (why a connect failed), instead of printing it.
-
-    While it is attached, logging's last-resort handler no longer prints pymodbus'
-    messages on stderr next to the probe's own one-line message.
-    """
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.message: str | None = None
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.message = record.getMessage()
-
-
-class ExceptionResponse(DeviceProtocolError):
-    """The device answered with a Modbus exception; ``code`` is its exception code."""
-
-    def __init__(self, device_id: str, message: str, code: int) -> None:
-        super().__init__(device_id, message)
-        self.code = code
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,46 +266,38 @@ def rows_json(rows: Sequence[Row]) -> str:
 
 
 async def read_registers(request: ProbeRequest) -> list[int]:
-    """Connect, read ``count`` registers from ``address``, close; raises DeviceError."""
+    """Connect, read ``count`` registers from ``address``, close; raises DeviceError.
+
+    The answer is checked as the driver checks it (transaction id, unit, function code,
+    byte count), so a probe never shows the registers of another request or unit.
+    """
     who = request.target
     what = f"read {FC_NAMES[request.fc][0]} {request.address}+{request.count}"
     kind = request.line.framer if request.line.type == "tcp" else "serial"
     line = _Line(request.line)
-    pymodbus_log = logging.getLogger("pymodbus")
-    last = _LastMessage()
-    pymodbus_log.addHandler(last)
     try:
         try:
-            client = await line.connected_client(who, request.timeout_s)
+            await line.connect(who, request.timeout_s)
         except DeviceUnavailable as err:
-            detail = last.message.removeprefix("Failed to connect ") if last.message else None
-            raise DeviceUnavailable(who, f"cannot connect: {detail or err.reason}") from err
-        read = client.read_holding_registers if request.fc == 3 else client.read_input_registers
-        # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation
-        response: ModbusPDU
+            detail = err.reason.split(": ", 1)[-1]
+            raise DeviceUnavailable(who, f"cannot connect: {detail}") from err
         try:
-            async with asyncio.timeout(request.timeout_s):
-                response = await read(request.address, count=request.count, device_id=request.unit)
-        except TimeoutError as err:
-            raise DeviceTimeout(
+            pdu = await line.exchange(
                 who,
-                f"{what}: no answer within {request.timeout_s:g} s ({_TIMEOUT_HINTS[kind]})",
-            ) from err
-        except (ModbusException, OSError) as err:
-            raise device_error(err, who, what) from err
+                wire.read_request(request.unit, request.fc, request.address, request.count),
+                what,
+                request.timeout_s,
+            )
+        except DeviceTimeout as err:
+            if isinstance(err.__cause__, TimeoutError):
+                raise DeviceTimeout(
+                    who,
+                    f"{what}: no answer within {request.timeout_s:g} s ({_TIMEOUT_HINTS[kind]})",
+                ) from err
+            raise
     finally:
         line.drop()
-        pymodbus_log.removeHandler(last)
-    if response.isError():
-        code = int(getattr(response, "exception_code", 0))
-        name = EXCEPTION_NAMES.get(code, "unknown exception")
-        raise ExceptionResponse(who, f"{what}: exception {code} {name}", code)
-    registers = [int(word) for word in response.registers]
-    if len(registers) != request.count:
-        raise DeviceProtocolError(
-            who, f"{what}: got {len(registers)} registers, expected {request.count}"
-        )
-    return registers
+    return wire.registers(pdu)
 
 
 async def probe(request: ProbeRequest) -> list[Row]:

@@ -8,14 +8,16 @@ byte/word order) and *how* to turn raw registers into an engineering value
 
 from __future__ import annotations
 
+import difflib
 import functools
 import math
 import re
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from edge_agent import yamlsrc
 
 PointType = Literal["int16", "uint16", "int32", "uint32", "float32", "float64", "bit"]
 
@@ -71,7 +73,9 @@ class Point(BaseModel):
     scale: float = Field(default=1, description="Engineering value = raw * scale + offset")
     offset: float = Field(default=0, description="Engineering value = raw * scale + offset")
     unit: str = Field(default="", description="Unit of the engineering value, e.g. 'ppm' / 单位")
-    description: str = Field(description="What the metric is, English / 中文")
+    description: str = Field(
+        default="", description="What the metric is, English / 中文 (optional)"
+    )
     range: tuple[float, float] | None = Field(
         default=None,
         description="Valid [min, max] of the engineering value; outside it the reading is "
@@ -79,7 +83,7 @@ class Point(BaseModel):
     )
     writable: bool = Field(
         default=False,
-        description="May be written with the device.write command (fc 1 or 3 only)",
+        description="May be written with the device_write command (fc 1 or 3 only)",
     )
     report: bool = Field(
         default=True,
@@ -201,20 +205,44 @@ class Profile(BaseModel):
         return None
 
 
+class ProfileNotFound(yamlsrc.KeyProblem):
+    """No ``<name>.yaml`` in any profile folder (or the name cannot be a file name)."""
+
+    key = "profile"
+
+
+class ProfileError(yamlsrc.FileProblems):
+    """A profile file that cannot be used. ``problems`` holds one
+    ``file:line  key.path  message`` line per problem, at the profile's own lines."""
+
+
 def load_profile(name: str, dirs: list[str] | tuple[str, ...]) -> Profile:
     """Load profile ``name`` from the first of ``dirs`` that holds ``<name>.yaml``.
 
-    Raises :class:`ValueError` naming the file (or the directories searched) when the
-    profile is missing, not valid YAML or does not match the schema. Results are cached
-    per ``(name, dirs)``; profiles are immutable.
+    Raises :class:`ProfileNotFound` naming the directories searched (and the closest
+    name there, for a typo), or :class:`ProfileError` with every problem of the file at
+    its line. Both are ``ValueError``. Results are cached per ``(name, dirs)``; profiles
+    are immutable.
     """
     return _load_profile_cached(name, tuple(dirs))
+
+
+def available_profiles(dirs: list[str] | tuple[str, ...]) -> list[str]:
+    """Names of the profiles in ``dirs`` (what ``profile:`` may say)."""
+    names: set[str] = set()
+    for directory in dirs:
+        d = Path(directory)
+        if d.is_dir():
+            names.update(
+                p.stem for p in d.glob("*.yaml") if re.fullmatch(PROFILE_NAME_PATTERN, p.stem)
+            )
+    return sorted(names)
 
 
 @functools.lru_cache(maxsize=128)
 def _load_profile_cached(name: str, dirs: tuple[str, ...]) -> Profile:
     if not re.fullmatch(PROFILE_NAME_PATTERN, name):
-        raise ValueError(
+        raise ProfileNotFound(
             f"profile name {name!r} is not valid: use lower-case letters, digits, '_' or '-' "
             f"/ 设备模板名只能包含小写字母、数字、下划线和连字符",
         )
@@ -223,23 +251,54 @@ def _load_profile_cached(name: str, dirs: tuple[str, ...]) -> Profile:
         if path.is_file():
             return _parse(path)
     searched = ", ".join(dirs) or "(none)"
-    raise ValueError(
-        f"profile '{name}' not found: no {name}.yaml in {searched} / 找不到设备模板 {name}.yaml",
+    close = difflib.get_close_matches(name, available_profiles(dirs), n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    hint_zh = f"，是否应为 {close[0]}？" if close else ""
+    raise ProfileNotFound(
+        f"profile '{name}' not found: no {name}.yaml in {searched}{hint} "
+        f"/ 找不到设备模板 {name}.yaml{hint_zh}",
     )
 
 
 def _parse(path: Path) -> Profile:
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise ValueError(f"{path}: cannot read profile / 无法读取设备模板: {err}") from err
+        raw, lines = yamlsrc.load(path)
+    except OSError as err:
+        raise ProfileError(
+            path, [f"{path}:1  (file)  cannot read profile / 无法读取设备模板: {err.strerror}"]
+        ) from err
+    except yamlsrc.SourceError as err:
+        raise ProfileError(
+            path,
+            [
+                f"{path}:{err.line}  {err.where}  cannot read profile / 无法读取设备模板: "
+                f"{err.message}"
+            ],
+        ) from err
     if not isinstance(raw, dict):
-        raise ValueError(f"{path}: a profile must be a mapping with model, vendor and points")
+        raise ProfileError(
+            path, [f"{path}:1  (top)  a profile must be a mapping with model, vendor and points"]
+        )
+    # "x-" keys hold YAML anchors shared by several points, as in the agent config
+    raw = {k: v for k, v in raw.items() if not (isinstance(k, str) and k.startswith("x-"))}
     try:
         return Profile.model_validate(raw)
     except ValidationError as err:
-        problems = [f"{path}: {_loc(raw, e['loc'])}: {e['msg']}" for e in err.errors()]
-        raise ValueError("\n".join(problems)) from err
+        problems = []
+        for e in err.errors(include_url=False):
+            loc = tuple(e["loc"])
+            msg = e["msg"].removeprefix("Value error, ")
+            if e["type"] == "extra_forbidden":
+                fields = Point.model_fields if loc[:1] == ("points",) else Profile.model_fields
+                close = difflib.get_close_matches(str(loc[-1]), sorted(fields), n=1, cutoff=0.6)
+                msg = (
+                    f"unknown key; did you mean {close[0]!r}? / 未知的配置项，是否应为 {close[0]}？"
+                    if close
+                    else "unknown key (typo?) / 未知的配置项"
+                )
+            problems.append((lines.line(loc), f"{_loc(raw, loc)}  {msg}"))
+        problems.sort(key=lambda pr: pr[0])
+        raise ProfileError(path, [f"{path}:{line}  {text}" for line, text in problems]) from err
 
 
 def _loc(raw: dict[str, object], loc: tuple[int | str, ...]) -> str:

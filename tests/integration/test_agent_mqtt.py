@@ -208,28 +208,28 @@ async def test_commands_answer_and_bad_ones_change_nothing(
     air = next(d for d in sim.device_ids if d.endswith("-air"))
     with mqtt_subscriber(mqtt_broker, f"{ROOT}/#") as sub:
         await wait(sub, 1, lambda m: "/telemetry/" in m.topic)
-        ping = await cmd(mqtt_broker, sub, "agent.ping", '{"request_id": "p1"}', "p1")
+        ping = await cmd(mqtt_broker, sub, "agent_ping", '{"request_id": "p1"}', "p1")
         assert ping["ok"] is True
         assert ping["result"]["pong"] is True
 
-        bad = await cmd(mqtt_broker, sub, "agent.ping", b"{not json", "invalid")
+        bad = await cmd(mqtt_broker, sub, "agent_ping", b"{not json", "invalid")
         assert bad["ok"] is False
         assert "JSON" in bad["error"]
         assert bad["request_id"] is None
 
-        unknown = await cmd(mqtt_broker, sub, "agent.reboot", '{"request_id": "u1"}', "u1")
+        unknown = await cmd(mqtt_broker, sub, "agent_reboot", '{"request_id": "u1"}', "u1")
         assert unknown["ok"] is False
         assert "unknown command" in unknown["error"]
 
         big = json.dumps({"request_id": "big1", "pad": "x" * 70000})
-        over = await cmd(mqtt_broker, sub, "agent.ping", big, "big1")
+        over = await cmd(mqtt_broker, sub, "agent_ping", big, "big1")
         assert over["ok"] is False
         assert "64 KiB" in over["error"]
 
         missing = await cmd(
             mqtt_broker,
             sub,
-            "device.write",
+            "device_write",
             json.dumps({"request_id": "w0", "device": air, "point": "co2"}),
             "w0",
         )
@@ -239,7 +239,7 @@ async def test_commands_answer_and_bad_ones_change_nothing(
         nowhere = await cmd(
             mqtt_broker,
             sub,
-            "device.write",
+            "device_write",
             json.dumps({"request_id": "w1", "device": "no-such", "point": "x", "value": 1}),
             "w1",
         )
@@ -249,7 +249,7 @@ async def test_commands_answer_and_bad_ones_change_nothing(
         readonly = await cmd(
             mqtt_broker,
             sub,
-            "device.write",
+            "device_write",
             json.dumps({"request_id": "w2", "device": air, "point": "co2", "value": 500}),
             "w2",
         )
@@ -260,7 +260,7 @@ async def test_commands_answer_and_bad_ones_change_nothing(
         out_of_range = await cmd(
             mqtt_broker,
             sub,
-            "device.write",
+            "device_write",
             json.dumps(
                 {"request_id": "w3", "device": air, "point": "modbus_address", "value": 999}
             ),
@@ -271,7 +271,7 @@ async def test_commands_answer_and_bad_ones_change_nothing(
         ok = await cmd(
             mqtt_broker,
             sub,
-            "device.write",
+            "device_write",
             json.dumps({"request_id": "w4", "device": air, "point": "modbus_address", "value": 17}),
             "w4",
         )
@@ -280,7 +280,7 @@ async def test_commands_answer_and_bad_ones_change_nothing(
         ack = await cmd(
             mqtt_broker,
             sub,
-            "alarm.ack",
+            "alarm_ack",
             json.dumps({"request_id": "a1", "alarm_id": "nope", "by": "guard"}),
             "a1",
         )

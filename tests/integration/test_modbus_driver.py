@@ -457,7 +457,7 @@ def test_config_rules() -> None:
     # a Modbus TCP device reached directly may use any unit id, 255 included
     assert ModbusDevice.model_validate({**base, "host": "h", "unit": 255}).unit == 255
     assert ModbusDevice.model_validate({**base, "host": "h", "unit": 0}).unit == 0
-    with pytest.raises(ValueError, match="less than or equal to 255"):
+    with pytest.raises(ValueError, match="0-255 only for a Modbus TCP device"):
         ModbusDevice.model_validate({**base, "host": "h", "unit": 256})
     # RTU (a bus, or RTU frames over TCP): 1-247; 0 is broadcast, nobody answers a read
     for unit in (0, 248, 255):
@@ -602,7 +602,7 @@ async def test_short_answer_is_protocol_error(drivers: list[ModbusDriver]) -> No
     port = fake.sockets[0].getsockname()[1]
     try:
         air = make(drivers, ctx(), id="air", profile="air7in1", host="127.0.0.1", port=port)
-        with pytest.raises(DeviceProtocolError, match="got 1 registers, expected 7"):
+        with pytest.raises(DeviceProtocolError, match="answer has byte count 2, expected 14"):
             await air.read()
         await air.close()
     finally:

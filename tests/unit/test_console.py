@@ -376,3 +376,73 @@ def test_render_line_other_kinds() -> None:
     assert "cleared" in cleared
     coloured = render_line(f"{ROOT}/alarms", envelope("alarm", "x", 1, ALARM), color=True)
     assert "\x1b[31m" in coloured
+
+
+# -- hostile payloads: nothing from the network reaches the terminal as a control sequence ------
+#: Retitle the terminal (OSC 0 ... BEL), clear it (CSI 2J), return to column 0, a C1 CSI
+#: (U+009B), backspace, and a right-to-left override.
+HOSTILE = "\x1b]0;pwned\x07\x1b[2J\r\x9b31m\x08\u202e"
+HOSTILE_SHOWN = "\\x1b]0;pwned\\x07\\x1b[2J\\r\\x9b31m\\x08\\u202e"
+#: Every character a terminal would act on; what the console prints must hold none.
+TERMINAL_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def _hostile_messages() -> list[tuple[str, bytes]]:
+    evil_id = "evil\x1b[31m"
+    return [
+        (
+            f"{ROOT}/devices/{evil_id}/meta",
+            json.dumps({"kind": HOSTILE, "model": HOSTILE}).encode(),
+        ),
+        (
+            f"{ROOT}/devices/{evil_id}/state",
+            json.dumps({"state": "offline", "last_error": HOSTILE}).encode(),
+        ),
+        (
+            f"{ROOT}/telemetry/{evil_id}",
+            envelope("telemetry", evil_id, 1, {"co2": 812, f"k{HOSTILE}": HOSTILE}),
+        ),
+        (
+            f"{ROOT}/events/{evil_id}",
+            envelope("event", evil_id, 2, {"zone": [HOSTILE], "active": True}, type=HOSTILE),
+        ),
+        (
+            f"{ROOT}/alarms",
+            envelope(
+                "alarm",
+                evil_id,
+                3,
+                {"alarm_id": "a1", "rule": HOSTILE, "device": evil_id, "message": HOSTILE},
+            ),
+        ),
+        (f"{ROOT}/status", json.dumps({"state": "online", "reason": HOSTILE}).encode()),
+        (f"{ROOT}/cmd/{HOSTILE}", HOSTILE.encode()),
+        (f"{ROOT}/telemetry/x", b"not json " + HOSTILE.encode()),
+        (f"other/{HOSTILE}", HOSTILE.encode()),
+    ]
+
+
+def test_tail_lines_show_control_characters_escaped() -> None:
+    state = ContractState("campus/+/+", clock=lambda: NOW)
+    lines = []
+    for topic, payload in _hostile_messages():
+        state.feed(topic, payload)
+        lines.append(render_line(topic, payload, state=state, tz=UTC, received=NOW))
+        lines.append(render_line(topic, payload, tz=UTC, received=NOW))  # without state
+    text = "\n".join(lines)
+    assert not TERMINAL_CONTROL.search(text), [ln for ln in lines if TERMINAL_CONTROL.search(ln)]
+    assert HOSTILE_SHOWN in text
+    assert "evil\\x1b[31m" in text  # the device id taken from the topic
+
+
+@pytest.mark.parametrize("color", [False, True])
+def test_dashboard_shows_control_characters_escaped(color: bool) -> None:
+    state = ContractState(ROOT, clock=lambda: NOW)
+    for topic, payload in _hostile_messages():
+        state.feed(topic, payload)
+    screen = render_dashboard(state, 200, 60, color=color, now=NOW, tz=UTC)
+    # Our own colours are the only escape sequences on the screen.
+    plain = ANSI.sub("", screen)
+    assert not TERMINAL_CONTROL.search(plain.replace("\n", ""))
+    assert "evil\\x1b[31m" in plain
+    assert "\\x1b]0;pwned\\x07" in plain

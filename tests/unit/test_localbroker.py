@@ -139,8 +139,9 @@ def test_explicit_port_in_use_is_a_clear_error(tmp_path: Path, mosquitto: str) -
         blocker.listen()
         port = blocker.getsockname()[1]
         broker = LocalBroker(port=port, workdir=tmp_path)
-        with pytest.raises(BrokerError, match="exited with code"):
+        with pytest.raises(BrokerError, match=f"port {port} on 127.0.0.1 is already in use"):
             broker.start()
+        assert not broker.running
         assert broker.port == port  # an explicit port is never silently changed
 
 

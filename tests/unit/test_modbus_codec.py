@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import struct
 
 import pytest
 
@@ -57,6 +58,39 @@ def test_float32_is_rounded_to_float32_precision() -> None:
 )
 def test_non_finite_floats_decode_to_none(registers: list[int], expected: None) -> None:
     assert codec.decode(point("float32"), registers) is expected
+
+
+@pytest.mark.parametrize(
+    ("registers", "expected"),
+    [
+        pytest.param([0x4B7F, 0xFFFF], 16777215, id="2^24-1 stays 16777215"),
+        pytest.param([0x4B3C, 0x614E], 12345678, id="energy 12345678 not 12345680"),
+        pytest.param([0x4B18, 0x9680], 10000000, id="10000000"),
+        pytest.param([0x4366, 0x199A], 230.1, id="230.1 not 230.10000610351562"),
+        pytest.param([0x3DCC, 0xCCCD], 0.1, id="0.1"),
+        # 0x4CBC614E is exactly 98765424; floats 8 apart there, and 98765420 is the
+        # shortest decimal that is the same float32 (as numpy and JavaScript print it)
+        pytest.param([0x4CBC, 0x614E], 98765420, id="above 2^24"),
+        pytest.param([0x0000, 0x0001], 1e-45, id="smallest subnormal"),
+        pytest.param([0x7F7F, 0xFFFF], 3.4028235e38, id="largest float32"),
+    ],
+)
+def test_float32_is_the_shortest_decimal_of_the_same_float32(
+    registers: list[int], expected: float
+) -> None:
+    value = codec.decode(point("float32"), registers)
+    assert value == expected
+    # and it is that very float32: nothing rounded away, nothing invented
+    word = struct.pack(">f", expected)
+    assert [int.from_bytes(word[:2], "big"), int.from_bytes(word[2:], "big")] == registers
+
+
+def test_float_scale_and_offset_are_applied_in_decimal() -> None:
+    # 230.1 V scaled to kV is 0.2301, not 0.23010000000000003 or 0.2301000061
+    assert codec.decode(point("float32", scale=0.001), [0x4366, 0x199A]) == 0.2301
+    # a float32 energy counter in Wh shown in kWh keeps all its digits
+    assert codec.decode(point("float32", scale=0.001), [0x4B3C, 0x614E]) == 12345.678
+    assert codec.decode(point("float64", scale=0.1, offset=1), [0x3FF0, 0, 0, 0]) == 1.1
 
 
 def test_float64() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from drivers.modbus.plan import ReadRequest, plan_reads
+from drivers.modbus.plan import ReadRequest, plan_reads, split_request
 from drivers.modbus.profile import Point, load_profile
 
 PROFILES = [str(Path(__file__).resolve().parents[2] / "config" / "profiles")]
@@ -132,3 +132,25 @@ def test_random_maps_keep_the_invariants(seed: int) -> None:
             assert a.end < b.start
             # they were split for a reason: the gap is too wide or merging would pass the cap
             assert b.start - a.end - 1 > max_gap or b.end - a.start + 1 > max_registers
+
+
+def test_split_request_halves_the_points_and_keeps_every_one() -> None:
+    points = [reg("a", 0), reg("b", 1), reg("c", 3), reg("d", 6, "float32"), reg("e", 9)]
+    (block,) = plan_reads(points)
+    first, second = split_request(block)
+    assert spans([first, second]) == [(3, 0, 2), (3, 3, 7)]
+    assert [p.name for p in first.points + second.points] == ["a", "b", "c", "d", "e"]
+    # down to single points
+    assert spans(split_request(first)) == [(3, 0, 1), (3, 1, 1)]
+    assert split_request(split_request(first)[0]) == []
+
+
+def test_split_request_keeps_bits_of_one_register_together() -> None:
+    alarm = reg("alarm", 0, "bit", bit=2)
+    fault = reg("fault", 0, "bit", bit=3)
+    (block,) = plan_reads([alarm, fault])
+    assert split_request(block) == []  # the same register: nothing to split
+    (block,) = plan_reads([alarm, fault, reg("x", 1)])
+    first, second = split_request(block)
+    assert [p.name for p in first.points] == ["alarm", "fault"]
+    assert spans([first, second]) == [(3, 0, 1), (3, 1, 1)]

@@ -99,11 +99,40 @@ def test_schema_errors_name_the_file_and_the_point(tmp_path: Path) -> None:
         "model: x\nvendor: y\npoints:\n"
         "  - {name: co2, fc: 3, adress: 2, type: uint16, description: CO2}\n",
     )
-    with pytest.raises(ValueError, match="Extra inputs") as err:
+    with pytest.raises(ValueError, match="unknown key") as err:
         load_profile("bad", [str(tmp_path)])
-    message = str(err.value)
-    assert f"{path}: points[0](co2).adress: Extra inputs are not permitted" in message
-    assert f"{path}: points[0](co2).address: Field required" in message
+    assert str(err.value).splitlines() == [
+        f"{path}:4  points[0](co2).address  Field required",
+        f"{path}:4  points[0](co2).adress  unknown key; did you mean 'address'? "
+        "/ 未知的配置项，是否应为 address？",
+    ]
+
+
+def test_description_is_optional(tmp_path: Path) -> None:
+    write(
+        tmp_path, "model: x\nvendor: y\npoints:\n  - {name: co2, fc: 3, address: 2, type: uint16}\n"
+    )
+    assert load_profile("bad", [str(tmp_path)]).points[0].description == ""
+
+
+def test_missing_profile_suggests_the_closest_name(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="did you mean 'sdm630'") as err:
+        load_profile("sdm603", [str(tmp_path), SHIPPED])
+    assert "是否应为 sdm630" in str(err.value)
+
+
+def test_merge_keys_in_a_profile(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "model: x\nvendor: y\n"
+        "x-reg: &reg {fc: 4, type: float32, word_order: little}\n"
+        "points:\n"
+        "  - {<<: *reg, name: v, address: 0}\n"
+        "  - {<<: *reg, name: i, address: 2, type: int32}\n",
+    )
+    v, i = load_profile("bad", [str(tmp_path)]).points
+    assert (v.fc, v.type, v.word_order, v.address) == (4, "float32", "little", 0)
+    assert (i.fc, i.type, i.word_order, i.address) == (4, "int32", "little", 2)
 
 
 BASE = {"name": "x", "address": 0, "description": "d"}

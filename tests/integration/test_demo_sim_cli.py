@@ -1,0 +1,151 @@
+"""``edge-agent demo`` and ``edge-agent sim`` as processes a user starts and stops."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from edge_agent.demo import run_demo
+from edge_agent.localbroker import BrokerPortInUse, LocalBroker, free_port, stop_process
+from tests.mqtt_helpers import MqttBroker, mqtt_subscriber
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+async def test_demo_refuses_a_port_where_another_broker_listens(
+    mqtt_broker: MqttBroker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # mqtt_broker plays the system's own mosquitto on the port the user asked for
+    with mqtt_subscriber(mqtt_broker, "campus/#") as sub:
+        code = await run_demo(
+            duration_s=3,
+            broker_port=mqtt_broker.port,
+            classrooms=1,
+            meters=0,
+            workdir=tmp_path,
+            plain=True,
+        )
+        err = capsys.readouterr().err
+        assert code != 0
+        assert f"port {mqtt_broker.port} on 127.0.0.1 is already in use" in err
+        assert "已被占用" in err
+        assert "--broker-port" in err
+        # the demo published nothing to someone else's broker
+        assert not [m for m in sub.messages if "demo-school" in m.topic]
+
+
+def test_local_broker_does_not_start_on_a_taken_port(
+    mqtt_broker: MqttBroker, tmp_path: Path
+) -> None:
+    broker = LocalBroker(port=mqtt_broker.port, workdir=tmp_path)
+    with pytest.raises(BrokerPortInUse):
+        broker.start()
+    assert not broker.running
+    broker.close()
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (from /proc, no psutil needed)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        # "pid (comm) state ppid ...": comm may hold spaces, so split after the last ')'
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_stopping_sim_stops_the_simulators(tmp_path: Path, signum: signal.Signals) -> None:
+    layout = tmp_path / "layout.json"
+    out = (tmp_path / "sim.out").open("wb")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge_agent", "sim", "campus", "--classrooms", "1",
+         "--meters", "0", "--layout-out", str(layout)],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=REPO,
+    )  # fmt: skip
+    children: list[int] = []
+    try:
+        while not layout.exists():  # the simulators (the child) are up
+            assert proc.poll() is None, (tmp_path / "sim.out").read_text()
+            time.sleep(0.05)
+        children = _children(proc.pid)
+        assert children, "edge-agent sim started no child process"
+        proc.send_signal(signum)
+        proc.wait(timeout=30)
+        orphans = [pid for pid in children if _alive(pid)]
+        assert not orphans, f"simulator process(es) {orphans} outlived `edge-agent sim`"
+        # the simulators stopped in order, not killed
+        assert "campus stopped" in (tmp_path / "sim.out").read_text()
+    finally:
+        stop_process(proc, 5, "edge-agent sim")
+        for pid in children:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        out.close()
+
+
+def _descendants(pid: int) -> list[int]:
+    found = []
+    for child in _children(pid):
+        found += [child, *_descendants(child)]
+    return found
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_stopping_demo_stops_its_broker_and_simulators(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    work = tmp_path / "demo"
+    out = (tmp_path / "demo.out").open("wb")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge_agent", "demo", "--broker-port", str(free_port()),
+         "--duration", "300", "--plain", "--classrooms", "1", "--meters", "0",
+         "--workdir", str(work)],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=REPO,
+    )  # fmt: skip
+    family: list[int] = []
+    try:
+        # the agent config is written once the broker and the simulators are up
+        while not (work / "demo-agent.yaml").exists():
+            assert proc.poll() is None, (tmp_path / "demo.out").read_text()
+            time.sleep(0.05)
+        family = _descendants(proc.pid)
+        assert len(family) >= 2, "expected a broker and the simulators"
+        proc.send_signal(signum)
+        proc.wait(timeout=60)
+        left = [pid for pid in family if _alive(pid)]
+        assert not left, f"process(es) {left} outlived `edge-agent demo`"
+    finally:
+        stop_process(proc, 5, "edge-agent demo")
+        for pid in family:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        out.close()
