@@ -9,11 +9,13 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from edge_agent.agent import Agent
+from edge_agent.alarms import Alarm
 from edge_agent.config import load_config
 from edge_agent.envelope import Lane
 from edge_agent.outbox import Outbox
@@ -319,9 +321,9 @@ def _closed_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def _until(cond: object, what: str) -> None:
+async def _until(cond: Callable[[], object], what: str) -> None:
     for _ in range(200):
-        if cond():  # type: ignore[operator]
+        if cond():
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
@@ -354,14 +356,14 @@ async def test_messages_lost_in_memory_mode_reach_health_and_raise_an_alarm(
     agent = Agent(load_config(cfg_path), cfg_path)
     task = asyncio.create_task(agent.run())
 
-    def lost_alarm() -> list[object]:
+    def lost_alarm() -> list[Alarm]:
         return [a for a in agent.alarms.alarms.values() if a.rule == "outbox_data_lost"]
 
     try:
         await _until(lambda: agent.outbox.epoch and lost_alarm(), "the data-lost alarm")
         (alarm,) = lost_alarm()
-        assert alarm.value == 40  # type: ignore[attr-defined]
-        assert alarm.state == "cleared_unacked"  # type: ignore[attr-defined]
+        assert alarm.value == 40
+        assert alarm.state == "cleared_unacked"
         health = await agent.health()
         assert health["dropped"]["lost_in_memory"] == 40
         assert health["lost"]["in_memory_at_last_stop"] == 40
@@ -376,7 +378,7 @@ async def test_messages_lost_in_memory_mode_reach_health_and_raise_an_alarm(
         assert (event["data"]["from"], event["data"]["to"]) == (skipped["from"], skipped["to"])
 
         # Now the disk fills during this run and the memory queue overflows.
-        agent.alarms.ack(alarm.alarm_id, "test")  # type: ignore[attr-defined]
+        agent.alarms.ack(alarm.alarm_id, "test")
         agent.outbox.memory_max = 10
         db = agent.outbox.db
         pages = (await (await db.execute("PRAGMA page_count")).fetchone())[0]
@@ -385,13 +387,13 @@ async def test_messages_lost_in_memory_mode_reach_health_and_raise_an_alarm(
             agent.emitter.telemetry("d", {"i": i, "pad": "x" * 1000})
         await _until(lambda: lost_alarm(), "the alarm for messages dropped from memory")
         (alarm,) = lost_alarm()
-        assert alarm.state == "active_unacked"  # type: ignore[attr-defined]
+        assert alarm.state == "active_unacked"
         health = await agent.health()
         # 30 readings and the two alarms in a queue of 10: the oldest telemetry went
         assert health["lost"]["evicted_from_memory"] == health["dropped"]["telemetry"] >= 20
         await db.execute("PRAGMA max_page_count=1073741823")  # space is back
         await _until(
-            lambda: lost_alarm()[0].state == "cleared_unacked",  # type: ignore[attr-defined]
+            lambda: lost_alarm()[0].state == "cleared_unacked",
             "the alarm to clear",
         )
     finally:
