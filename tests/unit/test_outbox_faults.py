@@ -399,3 +399,25 @@ async def test_messages_lost_in_memory_mode_reach_health_and_raise_an_alarm(
     finally:
         agent.stop()
         await asyncio.wait_for(task, 15)
+
+
+async def test_a_seq_file_from_before_the_reservation_is_understood(tmp_path: Path) -> None:
+    """An upgraded gateway: ``outbox.db.seq`` still holds ``epoch next`` (the held seq)."""
+    path = tmp_path / "o.db"
+    ob = Outbox(path)
+    await ob.open()
+    put(ob, 5)
+    await ob.flush()
+    await ob.close()
+    guard = path.with_name("o.db.seq")
+    guard.write_bytes(f"{ob.epoch} {6:020d}\n".encode().ljust(64))  # a clean stop
+    ob2 = Outbox(path)
+    await ob2.open()
+    assert (ob2.next_seq, ob2.skipped, ob2.lost_at_start) == (6, None, 0)
+    await ob2.db.close()  # a crash while 4 messages were held in memory
+    ob2._db = None
+    guard.write_bytes(f"{ob.epoch} {10:020d}\n".encode().ljust(64))
+    ob3 = Outbox(path)
+    await ob3.open()
+    assert (ob3.next_seq, ob3.skipped, ob3.lost_at_start) == (10, None, 4)
+    await ob3.close()
