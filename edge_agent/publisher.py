@@ -21,6 +21,7 @@ state here is touched from the event loop only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import logging
@@ -68,6 +69,9 @@ class MqttSettings:
     reconnect_min_s: float = 1.0
     reconnect_max_s: float = 60.0
     drain_rate_max: float = 0.0  # messages/s for the backlog; 0 = as fast as the window allows
+    #: a broker that neither answers CONNECT nor closes the connection is given up on after
+    #: this long (amqtt 0.12 waits for ever on an MQTT 5 CONNECT that carries a will)
+    connack_timeout_s: float = 10.0
     agent_version: str = ""
 
 
@@ -321,6 +325,8 @@ class Publisher:
         self._protocol_in_use: str | None = None  # of the current or last connection
         self._attempt_protocol = int(_protocol(settings.protocol))
         self._answered = True  # the current attempt got a CONNACK
+        self._overdue = False  # ... or we gave up waiting for it
+        self._connack_timer: asyncio.TimerHandle | None = None
         self._fallback_announced = False
         self._stable_timer: asyncio.TimerHandle | None = None
         self._connected_at = 0.0
@@ -487,12 +493,39 @@ class Publisher:
             return
         self._attempt_protocol = protocol
         self._answered = False
+        self._overdue = False
         log.debug("MQTT connecting to %s with MQTT %s", self._report.where, protocol_name(protocol))
+        if self._loop is not None:
+            self._cancel_connack_timer()
+            self._connack_timer = self._loop.call_later(
+                self.s.connack_timeout_s, self._connack_overdue, client
+            )
+
+    def _connack_overdue(self, client: mqtt.Client) -> None:
+        self._connack_timer = None
+        if client is not self._client or self._answered or self._stopping:
+            return
+        # Close the socket under paho: its network thread sees the connection end, calls
+        # on_disconnect (handled below as "no answer") and tries again.
+        self._overdue = True
+        sock = client.socket()
+        if isinstance(sock, socket.socket):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def _cancel_connack_timer(self) -> None:
+        if self._connack_timer is not None:
+            self._connack_timer.cancel()
+            self._connack_timer = None
+
+    def _answer(self) -> None:
+        self._answered = True
+        self._cancel_connack_timer()
 
     def _on_attempt_error(self, client: mqtt.Client, err: OSError) -> None:
         if client is not self._client or self._stopping:
             return
-        self._answered = True
+        self._answer()
         self._report.failed(*describe_connect_error(err))
 
     def _use_protocol(self, client: mqtt.Client, protocol: MQTTProtocolVersion) -> None:
@@ -533,7 +566,7 @@ class Publisher:
     def _on_connect(self, client: mqtt.Client, failed: bool, code: int, reason: str) -> None:
         if client is not self._client:
             return
-        self._answered = True
+        self._answer()
         if failed:
             if not self._stopping:
                 self._on_refused(client, code, reason)
@@ -611,20 +644,25 @@ class Publisher:
             return
         if self._answered:
             return  # the CONNACK or the exception already said why
-        self._answered = True
-        # The broker closed the connection without answering our CONNECT: RabbitMQ 3.x
-        # does that to MQTT 5. Not a keep-alive timeout (a broker that hangs).
+        self._answer()
+        # No answer to our CONNECT: RabbitMQ 3.x closes the connection on MQTT 5, amqtt
+        # waits for bytes that never come (see connack_timeout_s).
         v5 = self._attempt_protocol == MQTTProtocolVersion.MQTTv5
-        if code == _RC_UNSPECIFIED and v5 and self._may_fall_back():
-            self._fall_back(client, "it closed the connection without answering")
+        why = (
+            f"it did not answer within {self.s.connack_timeout_s:g} s"
+            if self._overdue
+            else "it closed the connection without answering"
+        )
+        if v5 and self._may_fall_back():
+            self._fall_back(client, why)
             return
         if not v5 and self.s.protocol == "5" and self._protocol_in_use is None:
             # 3.1.1 fared no better: try MQTT 5 again next time.
             self._use_protocol(client, MQTTProtocolVersion.MQTTv5)
         self._report.failed(
             "closed",
-            f"the broker closed the connection without answering CONNECT "
-            f"(MQTT {protocol_name(self._attempt_protocol)}): '{reason}'",
+            f"no answer to CONNECT (MQTT {protocol_name(self._attempt_protocol)}): {why} "
+            f"('{reason}')",
         )
 
     def _on_puback(self, mid: int) -> None:
@@ -736,6 +774,7 @@ class Publisher:
         await asyncio.to_thread(stop_network_thread, client)
         self.connected.clear()
         self._cancel_stable_timer()
+        self._cancel_connack_timer()
         self._client = None
 
     def _window(self) -> int:
