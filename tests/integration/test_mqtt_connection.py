@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -22,6 +23,8 @@ from typing import Any
 import pytest
 import yaml
 
+from edge_agent.agent import mqtt_settings
+from edge_agent.config import load_config
 from edge_agent.localbroker import LocalBroker, find_mosquitto, free_port
 from edge_agent.outbox import Outbox
 from edge_agent.publisher import MqttSettings, Publisher
@@ -199,6 +202,37 @@ async def test_same_client_id_twice_says_session_taken_over_without_flooding(
     for line in taken_over:
         assert same in line
         assert f"{mqtt_broker.host}:{mqtt_broker.port}" in line
+
+
+def _free_ipv6_port() -> int:
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
+        sock.bind(("::1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def test_bracketed_ipv6_host_from_the_config_connects(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    if find_mosquitto() is None:
+        pytest.fail("this test needs mosquitto (apt-get install mosquitto)")
+    try:
+        port = _free_ipv6_port()
+    except OSError as err:
+        pytest.skip(f"no IPv6 loopback on this machine: {err}")
+    caplog.set_level(logging.INFO, LOGGER)
+    path = tmp_path / "agent.yaml"
+    path.write_text(
+        "site: {id: conn-school, gateway_id: gw1}\n"
+        f'mqtt: {{host: "[::1]", port: {port}}}\n'
+        f"outbox: {{path: {tmp_path / 'outbox.db'}}}\n",
+        encoding="utf-8",
+    )
+    settings = mqtt_settings(load_config(path))
+    with LocalBroker(host="::1", port=port, workdir=tmp_path / "v6", backend="mosquitto"):
+        async with running_publisher(tmp_path, host=settings.host, port=settings.port) as pub:
+            await asyncio.wait_for(pub.connected.wait(), 30)
+    assert f"MQTT connected to [::1]:{port} with MQTT 5" in caplog.text
 
 
 def _network_namespace_prefix() -> list[str]:
