@@ -511,7 +511,9 @@ class Publisher:
         sock = client.socket()
         if isinstance(sock, socket.socket):
             with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+                # The plain socket's shutdown, also for TLS: SSLSocket.shutdown would drop
+                # its SSL object under paho's thread.
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
     def _cancel_connack_timer(self) -> None:
         if self._connack_timer is not None:
@@ -606,7 +608,8 @@ class Publisher:
     def _on_lost(self, from_broker: bool, code: int, reason: str) -> None:
         """An established connection ended: say why, as precisely as the broker lets us."""
         up_s = time.monotonic() - self._connected_at
-        quick = up_s < self._report.stable_s
+        # A twin reconnects after reconnect_min_s and takes the session back at once.
+        quick = up_s < max(10.0, 3 * self.s.reconnect_min_s)
         self._quick_losses = self._quick_losses + 1 if quick else 0
         twins = f"another client with the same client id {self.s.client_id!r}"
         if from_broker and code == _RC_SESSION_TAKEN_OVER:
