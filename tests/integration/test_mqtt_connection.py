@@ -93,6 +93,40 @@ async def test_unreachable_port_is_one_warning_with_host_port_and_refused(
     assert "refused" in warnings[0]
 
 
+async def test_a_port_that_drops_every_connect_alternates_versions_and_warns_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not an MQTT broker at all (or one that drops everything): the agent tries MQTT 5,
+    then 3.1.1, then 5 again..., and says once that nobody answers its CONNECT."""
+    caplog.set_level(logging.DEBUG, LOGGER)
+
+    async def drop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1)  # the CONNECT arrived
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+    server = await asyncio.start_server(drop, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with running_publisher(tmp_path, host="127.0.0.1", port=port):
+            await until("four attempts", lambda: attempts(caplog) >= 4)
+    finally:
+        server.close()
+        await server.wait_closed()
+    versions = [
+        m.rsplit(" ", 1)[1]
+        for m in records(caplog, logging.DEBUG)
+        if m.startswith("MQTT connecting")
+    ]
+    assert versions[:4] == ["5", "3.1.1", "5", "3.1.1"]
+    assert len([m for m in records(caplog, logging.INFO) if "does not accept MQTT 5" in m]) == 1
+    warnings = records(caplog, logging.WARNING)
+    assert len(warnings) == 1, warnings
+    assert f"127.0.0.1:{port}" in warnings[0]
+    assert "no answer to CONNECT" in warnings[0]
+
+
 class PasswordMosquitto(LocalBroker):
     """mosquitto with a second listener that wants a user name and password.
 
