@@ -507,6 +507,7 @@ class Agent:
                 "backlog_sent": self.publisher.stats.backlog,
                 "inflight": self.publisher.inflight_count(),
                 "connects": self.publisher.stats.connects,
+                "protocol": self.publisher.protocol,
             },
             "devices": {
                 "total": len(self.drivers),

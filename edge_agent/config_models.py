@@ -7,9 +7,10 @@ Units are in field names (``interval_s``, ``timeout_s``).
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import ipaddress
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 #: Ids that appear in MQTT topics: the contract allows ``[a-z0-9][a-z0-9_-]{0,63}``.
 ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
@@ -131,11 +132,19 @@ class TlsConfig(Strict):
 class MqttConfig(Strict):
     """The uplink broker."""
 
-    host: str = Field(default="localhost", description="Broker host")
+    host: str = Field(
+        default="localhost",
+        description="Broker host name or IP address; an IPv6 literal with or without "
+        "brackets ('[::1]' or '::1'); no scheme, no port",
+    )
     port: int | None = Field(
         default=None, ge=1, le=65535, description="Broker port; default 1883, 8883 with TLS"
     )
-    protocol: Literal["5", "3.1.1"] = Field(default="5", description="MQTT protocol version")
+    protocol: Literal["5", "3.1.1"] = Field(
+        default="5",
+        description="MQTT protocol version: 5 (falls back to 3.1.1 by itself when the broker "
+        "refuses MQTT 5) or '3.1.1' (only 3.1.1)",
+    )
     client_id: str | None = Field(
         default=None, description="Client id; default 'edge-{site}-{gateway}'"
     )
@@ -169,6 +178,50 @@ class MqttConfig(Strict):
     health_interval_s: float = Field(
         default=60, gt=0, description="Seconds between ROOT/health messages"
     )
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def check_protocol(cls, value: Any) -> Any:
+        # YAML reads `protocol: 5` as a number and `protocol: 3.1.1` as a string.
+        if isinstance(value, int | float) and not isinstance(value, bool) and value == 5:
+            return "5"
+        if value in ("5", "3.1.1"):
+            return value
+        raise ValueError(
+            f"MQTT protocol must be 5 or 3.1.1, not {value!r} / MQTT 协议版本只能是 5 或 3.1.1"
+        )
+
+    @field_validator("host")
+    @classmethod
+    def check_host(cls, value: str) -> str:
+        host = value.strip()
+        if host.startswith("[") and host.endswith("]"):
+            inner = host[1:-1]
+            try:
+                ipaddress.IPv6Address(inner)
+            except ValueError:
+                raise ValueError(
+                    f"{value!r} is not an IPv6 address in brackets / 方括号内不是 IPv6 地址"
+                ) from None
+            return inner  # paho wants the address without brackets
+        if not host:
+            raise ValueError("the broker host is empty / 代理主机名为空")
+        if "://" in host:
+            raise ValueError(
+                f"{value!r}: write the host name only, without a scheme (TLS: mqtt.tls, "
+                "port: mqtt.port) / 只写主机名，不要写 mqtt:// 等前缀"
+            )
+        if ":" in host:
+            try:
+                ipaddress.IPv6Address(host)
+            except ValueError:
+                raise ValueError(
+                    f"{value!r}: write the port as mqtt.port, not in the host "
+                    "/ 端口请写在 mqtt.port 中，不要写在主机名里"
+                ) from None
+        elif any(c.isspace() or c in "/[]@" for c in host):
+            raise ValueError(f"{value!r} is not a host name / 不是有效的主机名")
+        return host
 
     @model_validator(mode="after")
     def check_reconnect_range(self) -> MqttConfig:

@@ -115,7 +115,7 @@ def is_loopback(host: str) -> bool:
 def describe_error(err: BaseException, tls: TlsSettings | None) -> str:
     """The reason a TLS handshake failed, in words an installer can act on."""
     if isinstance(err, ssl.SSLCertVerificationError):
-        what = err.verify_message or err.reason or str(err)
+        what = getattr(err, "verify_message", None) or getattr(err, "reason", None) or str(err)
         if tls is None:  # the caller does not know the settings (a given SSLContext)
             where = ""
         elif tls.ca_file:
@@ -127,5 +127,5 @@ def describe_error(err: BaseException, tls: TlsSettings | None) -> str:
             "请检查 mqtt.tls.ca_file"
         )
     if isinstance(err, ssl.SSLError):
-        return f"TLS handshake failed: {err.reason or err} / TLS 握手失败"
+        return f"TLS handshake failed: {getattr(err, 'reason', None) or err} / TLS 握手失败"
     return f"{type(err).__name__}: {err}"

@@ -6,6 +6,7 @@
 #   ensure_mosquitto required     # install mosquitto when root, else fail with a message
 #   ensure_mosquitto optional     # same, but only warn when it cannot be installed
 #   ensure_libfaketime            # the clock-jump fault test needs it: install or fail
+#   ensure_rabbitmq               # the broker interop tests need RabbitMQ: install or fail
 #
 # Sets REPO_ROOT, VENV and VENV_PY. Needs only Python >= 3.11 (with its venv module) and
 # bash; everything else comes from PyPI or, for mosquitto, from apt when run as root.
@@ -173,4 +174,19 @@ ensure_libfaketime() {
     try_apt_install libfaketime have_libfaketime && return 0
     die "the clock fault test needs libfaketime. Install it with: sudo apt-get install -y libfaketime (or run this script as root to install it automatically; EDGE_AGENT_LIBFAKETIME=/path/to/libfaketimeMT.so.1 points at another build)." \
         "时钟故障测试需要 libfaketime。请运行：sudo apt-get install -y libfaketime（或以 root 身份运行本脚本自动安装；也可用 EDGE_AGENT_LIBFAKETIME 指定其路径）。"
+}
+
+have_rabbitmq() {
+    [ -n "${EDGE_AGENT_RABBITMQ_SERVER:-}" ] && [ -x "$EDGE_AGENT_RABBITMQ_SERVER" ] && return 0
+    compgen -G "/usr/lib/rabbitmq/lib/rabbitmq_server-*/sbin/rabbitmq-server" >/dev/null
+}
+
+# The broker interop tests run data and commands through RabbitMQ's MQTT plugin (a node of
+# their own on ephemeral ports, started and stopped by the test fixture). Installing the
+# package as root does not start the system service where a policy-rc.d forbids it (containers).
+ensure_rabbitmq() {
+    have_rabbitmq && return 0
+    try_apt_install rabbitmq-server have_rabbitmq && return 0
+    die "the broker interop tests need RabbitMQ. Install it with: sudo apt-get install -y rabbitmq-server (or run this script as root to install it automatically; EDGE_AGENT_RABBITMQ_SERVER=/path/to/sbin/rabbitmq-server points at another install). The tests start a node of their own; the system service may stay stopped: sudo systemctl disable --now rabbitmq-server" \
+        "代理互通测试需要 RabbitMQ。请运行：sudo apt-get install -y rabbitmq-server（或以 root 身份运行本脚本自动安装；也可用 EDGE_AGENT_RABBITMQ_SERVER 指定 sbin/rabbitmq-server 的路径）。测试会自行启动独立节点，系统服务可以保持停止：sudo systemctl disable --now rabbitmq-server"
 }

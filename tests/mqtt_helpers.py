@@ -306,6 +306,13 @@ def _protocol(protocol: int | str) -> MQTTProtocolVersion:
     raise ValueError(f"unsupported MQTT protocol {protocol!r}; use 5 or '3.1.1'")
 
 
+def _login(client: mqtt.Client, broker: MqttBroker) -> None:
+    """User name and password for brokers that want them (``tests.rabbitmq_helpers``)."""
+    username = getattr(broker, "username", None)
+    if username:
+        client.username_pw_set(username, getattr(broker, "password", None))
+
+
 @contextlib.contextmanager
 def mqtt_subscriber(
     broker: MqttBroker,
@@ -328,6 +335,7 @@ def mqtt_subscriber(
         protocol=_protocol(protocol),
     )
     client.reconnect_delay_set(min_delay=1, max_delay=2)
+    _login(client, broker)
 
     def on_connect(c: mqtt.Client, _u: object, _f: object, rc: Any, _p: object) -> None:
         if rc.is_failure:
@@ -374,6 +382,7 @@ def publish(
         client_id=f"test-pub-{uuid.uuid4().hex[:8]}",
         protocol=_protocol(protocol),
     )
+    _login(client, broker)
     connected = threading.Event()
     client.on_connect = lambda *_args: connected.set()
     client.connect(broker.host, broker.port, keepalive=10)
