@@ -159,6 +159,7 @@ class Outbox:
         self.exclusive = False
         #: messages the bounded memory queue evicted during a full disk (this run)
         self.evicted_in_memory = 0
+        self._failed_commits = 0
 
     # -- lifecycle -------------------------------------------------------
     async def open(self) -> None:
@@ -539,12 +540,18 @@ class Outbox:
             # again (until then a crash could send them twice).
             self._notify(rows, acked)
             return rows
-        if self._mem:
+        if self.disk_error is not None or self._mem:
+            # Also when the memory queue is empty (everything in it was delivered):
+            # otherwise the outbox would stay in memory mode, and its alarm raised.
             log.info(
-                "outbox writes work again: %d messages held in memory are on disk now", len(held)
+                "outbox writes work again: %d messages held in memory are on disk now "
+                "(%d commits failed) / 缓存恢复写入",
+                len(held),
+                self._failed_commits,
             )
             self._mem = []
             self.disk_error = None
+            self._failed_commits = 0
         for key in dirty:
             if self._meta_dirty.get(key) == dirty[key]:
                 del self._meta_dirty[key]
@@ -589,7 +596,8 @@ class Outbox:
         return rows
 
     def _hold_in_memory(self, rows: list[Row], acked: set[int], reason: str) -> None:
-        if not self._mem:
+        self._failed_commits += 1
+        if self.disk_error is None:  # once per episode, not whenever the queue ran empty
             log.error(
                 "outbox %s cannot be written (%s): holding up to %d messages in memory",
                 self.path,

@@ -514,7 +514,8 @@ def test_restart_on_a_full_disk_keeps_the_outbox(
         campus,
         **{**FAST, "outbox": {"commit_interval_ms": 100, "path": str(state / "outbox.db")}},
     )
-    agent = start_agent(cfg, prefix=system.full_tmpfs_prefix(state, seed, size_kib=1024))
+    # 8 MiB: once freed, room for the WAL to reach its checkpoint size (about 4 MB)
+    agent = start_agent(cfg, prefix=system.full_tmpfs_prefix(state, seed, size_kib=8192))
     try:
         platform.wait(
             lambda _m: (

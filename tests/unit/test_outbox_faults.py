@@ -421,3 +421,77 @@ async def test_a_seq_file_from_before_the_reservation_is_understood(tmp_path: Pa
     await ob3.open()
     assert (ob3.next_seq, ob3.skipped, ob3.lost_at_start) == (10, None, 4)
     await ob3.close()
+
+
+# On a disk with no byte free: messages go to memory and are all delivered, so the
+# memory queue runs empty while deletes still fail; then space is freed.
+_DRAIN_CHILD = """
+import asyncio, json, logging, os, sys
+from pathlib import Path
+from edge_agent.envelope import Lane
+from edge_agent.outbox import Outbox
+
+logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+
+async def main():
+    state = Path(sys.argv[1])
+    ob = Outbox(state / "outbox.db")
+    await ob.open()
+    seen = []
+    ob.subscribe(lambda rows: seen.extend(r.seq for r in rows))
+    modes = []
+    for _ in range(3):
+        for i in range(20):
+            ob.put(Lane.TELEMETRY, "campus/s/g/telemetry/d", device="d", kind="telemetry",
+                   ts=1.8e9, data={"i": i}, quality="good")
+        await ob.flush()
+        ob.ack([*seen, 1, 2, 3])  # everything delivered, the old rows too
+        seen.clear()
+        await ob.flush()  # deletes need space: fails, and the memory queue is empty
+        modes.append((ob.mode, len(ob._mem)))
+    (state / "filler").unlink()  # space is back
+    ob.put(Lane.TELEMETRY, "campus/s/g/telemetry/d", device="d", kind="telemetry",
+           ts=1.8e9, data={"i": -1}, quality="good")
+    await ob.flush()
+    print(json.dumps({"modes": modes, "after": ob.mode, "disk_error": ob.disk_error}))
+    await ob.close()
+
+asyncio.run(main())
+"""
+
+
+async def test_back_to_disk_even_when_everything_held_was_delivered(tmp_path: Path) -> None:
+    """The publisher delivered everything memory held before space came back: the
+    outbox still leaves memory mode (so its alarm clears), and says the disk is full
+    once, not each time the memory queue ran empty."""
+    why = system.namespaces_unusable()
+    if why is not None:
+        pytest.skip(why)
+    seed, state = tmp_path / "seed", tmp_path / "state"
+    seed.mkdir()
+    state.mkdir()
+    ob = Outbox(seed / "outbox.db")
+    await ob.open()
+    put(ob, 3)
+    await ob.flush()
+    await ob.close()
+    res = subprocess.run(
+        [
+            *system.full_tmpfs_prefix(state, seed, size_kib=1024),
+            sys.executable,
+            "-c",
+            _DRAIN_CHILD,
+            str(state),
+        ],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["modes"] == [["memory", 0]] * 3  # the situation this test is about
+    assert (out["after"], out["disk_error"]) == ("disk", None), res.stderr
+    assert res.stderr.count("cannot be written") == 1, res.stderr
+    assert "writes work again" in res.stderr
