@@ -192,6 +192,7 @@ class Agent:
         self._stop = asyncio.Event()
         self._last_flush_ok = time.monotonic()
         self._started = time.monotonic()
+        self._memory_lost_seen = 0
         self._build_drivers()
         self._register_commands()
 
@@ -296,6 +297,7 @@ class Agent:
                 f"{self.outbox.epoch}；未发送的数据可能仍在旧文件中。",
             )
             self.alarms.clear("outbox_corrupt", gw)
+        self._report_outbox_start(gw)
         try:
             for dev_id, driver in self.drivers.items():
                 self.publisher.set_retained(
@@ -350,6 +352,47 @@ class Agent:
             for sig in installed:
                 loop.remove_signal_handler(sig)
 
+    def _report_outbox_start(self, gw: str) -> None:
+        """What the outbox found at start: seqs skipped after an unclean stop (an event,
+        so the platform can tell the hole from a loss) and messages lost from memory."""
+        ob = self.outbox
+        if ob.skipped is not None:
+            first, last = ob.skipped
+            self.emitter.inner.event(
+                gw,
+                "seq_skipped",
+                {"from": first, "to": last, "count": last - first + 1, "reason": "unclean_stop"},
+            )
+        if ob.lost_at_start:
+            self.alarms.raise_(
+                "outbox_data_lost",
+                gw,
+                "major",
+                value=ob.lost_at_start,
+                en=f"{ob.lost_at_start} messages held in memory while the disk was full were "
+                "lost when the agent stopped.",
+                zh=f"磁盘满时暂存内存的 {ob.lost_at_start} 条消息在网关停止时丢失。",
+            )
+            self.alarms.clear("outbox_data_lost", gw)  # one-off: stays until acknowledged
+
+    def _check_memory_losses(self, gw: str) -> None:
+        """The memory queue of a full disk evicts when it is full: say so while it lasts."""
+        lost = self.outbox.evicted_in_memory
+        if lost > self._memory_lost_seen:
+            self._memory_lost_seen = lost
+            alarm = self.alarms.raise_(
+                "outbox_data_lost",
+                gw,
+                "major",
+                value=lost,
+                en=f"Disk full and the memory queue is full: {lost} oldest messages were "
+                "dropped (counted in health 'dropped').",
+                zh=f"磁盘已满且内存队列已满：已丢弃 {lost} 条最早的消息（见 health 的 dropped）。",
+            )
+            alarm.value = lost  # the platform sees the count with the next transition
+        elif self.outbox.mode == "disk":
+            self.alarms.clear("outbox_data_lost", gw)
+
     def _healthy(self) -> bool:
         # Fed only while the group commit works: a wedged database gets us restarted.
         return time.monotonic() - self._last_flush_ok < max(
@@ -378,6 +421,7 @@ class Agent:
                     )
                 else:
                     self.alarms.clear("outbox_disk_full", gw)
+                self._check_memory_losses(gw)
                 if failing:
                     log.info("outbox commits work again")
                     failing = False
@@ -448,9 +492,14 @@ class Agent:
                     "next_seq",
                     "mode",
                     "disk_error",
+                    "skipped",
                 )
             },
             "dropped": out["dropped"],
+            "lost": {
+                "in_memory_at_last_stop": self.outbox.lost_at_start,
+                "evicted_from_memory": self.outbox.evicted_in_memory,
+            },
             "publish": {
                 "rate_per_s": self.publisher.stats.rate(),
                 "published": self.publisher.stats.published,
@@ -469,6 +518,8 @@ class Agent:
             "commands": self.router.stats.as_dict(),
             "clock": {
                 "synced": self.emitter.synced,
+                "check": self.cfg.clock.sync_check,
+                "reason": getattr(self.clock, "reason", None),
                 "held": self.emitter.held,
                 "corrected": self.emitter.corrected,
                 "uncertain": self.emitter.uncertain,

@@ -9,7 +9,7 @@ acknowledges it.
 
 The rule engine for device values (CO₂ too high, door forced …) comes with a
 later release; today the raisers are the agent itself (``outbox_corrupt``,
-``outbox_disk_full``).
+``outbox_disk_full``, ``outbox_data_lost``).
 """
 
 from __future__ import annotations

@@ -60,7 +60,9 @@ class ClockConfig(Strict):
 
     sync_check: Literal["adjtimex", "timesyncd", "file", "none"] = Field(
         default="adjtimex",
-        description="'adjtimex': ask the kernel (works with chrony, ntpd, timesyncd); "
+        description="'adjtimex': ask the kernel (works with chrony, ntpd, timesyncd; if a "
+        "seccomp filter such as ProtectClock=yes refuses it: timesyncd's flag, else not "
+        "synchronised); "
         "'timesyncd': /run/systemd/timesync/synchronized exists; 'file': sync_file exists "
         "(touched by your own NTP/GPS hook); 'none': trust the clock (RTC/GPS)",
     )

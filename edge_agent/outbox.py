@@ -4,12 +4,21 @@ Every message that leaves the gateway is first committed here; the publisher
 only sends what is committed, and a row is deleted only after the broker's
 PUBACK. Writes are grouped (one transaction per ``commit_interval_ms`` or
 ``commit_max_batch`` messages) because an SD card wears out one small write at
-a time. Alarms are committed at once, with ``synchronous=FULL``.
+a time; every commit is ``synchronous=FULL`` (one fsync of the WAL), so a row
+that was committed survives a power cut, at the cost of at most two fsyncs a
+second with the default group commit. Alarms are committed at once.
 
 ``seq`` is one gateway-wide counter kept in the ``meta`` table and assigned in
 the same transaction that inserts the rows, so it is strictly increasing across
-restarts and never reused. ``epoch`` names the database: it is created with
-the database and changes only when the outbox is created anew.
+restarts. It is also reserved ahead on disk, as database sequences are: before a
+seq at or above the reservation is handed out, a new reservation ``SEQ_BLOCK``
+higher is written to ``outbox.db.seq`` and fsynced. A start after an unclean
+stop continues from the reservation, not from what the database says, so a seq
+is never handed out twice even if the storage lost the tail of the WAL; the
+range skipped is reported (``skipped``, an event, ``ROOT/health``). A clean stop
+writes the exact next seq back, so it skips nothing. ``epoch`` names the
+database: it is created with the database and changes only when the outbox is
+created anew.
 """
 
 from __future__ import annotations
@@ -28,10 +37,13 @@ from typing import Any
 
 import aiosqlite
 
-from .envelope import LANE_NAMES, Lane, envelope, new_ulid
+from .envelope import LANE_NAMES, Lane, envelope, iso_ms, new_ulid
 from .errors import OutboxError
 
 log = logging.getLogger(__name__)
+
+#: seqs reserved on disk at a time: one fsync of a 64-byte file per block
+SEQ_BLOCK = 1000
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -73,6 +85,19 @@ def _is_disk_full(err: sqlite3.Error) -> bool:
     """SQLITE_FULL (and I/O errors from ENOSPC underneath)."""
     code = getattr(err, "sqlite_errorcode", None)
     return code == sqlite3.SQLITE_FULL or "full" in str(err).lower()
+
+
+class _QuickCheckFailed(sqlite3.DatabaseError):
+    """``PRAGMA quick_check`` answered something other than ``ok``."""
+
+
+def _is_corrupt(err: sqlite3.Error) -> bool:
+    """Only a damaged file (SQLITE_CORRUPT, SQLITE_NOTADB, a failed quick_check) is
+    moved aside; a full disk, a permission or an I/O error says nothing about it."""
+    if isinstance(err, _QuickCheckFailed):
+        return True
+    code = (getattr(err, "sqlite_errorcode", None) or 0) & 0xFF  # primary of an extended code
+    return code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
 
 
 # One encoder for every message: json.dumps with options builds a new one per call.
@@ -118,19 +143,63 @@ class Outbox:
         self._mem: list[Row] = []
         self.disk_error: str | None = None
         self.recovered_from: tuple[str, str] | None = None
+        #: every seq below this may have been handed out (it is on disk, fsynced)
+        self._reserved = 0
+        self._guard_failed = False
+        #: meta values a full disk kept from being saved; written with the next commit
+        self._meta_dirty: dict[str, str] = {}
+        #: seqs skipped at this start (first, last), after an unclean stop
+        self.skipped: tuple[int, int] | None = None
+        #: all seqs ever skipped in this epoch, and the last range
+        self.skipped_total = 0
+        self.skipped_last: dict[str, Any] | None = None
+        #: messages held in memory during a full disk, lost by the stop before this start
+        self.lost_at_start = 0
+        #: the connection had to avoid the -shm file (no room for it at start)
+        self.exclusive = False
+        #: messages the bounded memory queue evicted during a full disk (this run)
+        self.evicted_in_memory = 0
+        self._failed_commits = 0
 
     # -- lifecycle -------------------------------------------------------
     async def open(self) -> None:
         """Open or create the database; a new database gets a new epoch.
 
-        A database that cannot be opened or fails ``PRAGMA quick_check`` is moved
-        aside (never deleted: it may still hold data worth recovering by hand) and a
-        new one, with a new epoch, takes its place. ``recovered_from`` then names
-        the moved file and the reason, and the agent raises an alarm.
+        Only a damaged database (SQLITE_CORRUPT, SQLITE_NOTADB, a failed ``PRAGMA
+        quick_check``) is moved aside (never deleted: it may still hold data worth
+        recovering by hand) and a new one, with a new epoch, takes its place.
+        ``recovered_from`` then names the moved file and the reason, and the agent
+        raises an alarm. Any other error (a full disk above all) keeps the file: it
+        is opened in exclusive locking mode, which needs no ``-shm`` file, and
+        commits that fail for lack of space go to memory as usual. What still
+        fails raises :class:`OutboxError`, with the file untouched.
         """
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            await self._open_db(check=True)
+            try:
+                await self._open_db(check=True)
+            except sqlite3.DatabaseError as err:
+                await self._close_quietly()
+                if _is_corrupt(err):
+                    raise
+                # Not damage: most often a disk so full that SQLite cannot create its
+                # -shm file. Exclusive locking keeps the WAL index in memory instead;
+                # the rows already stored are read and sent, new ones wait in memory.
+                log.warning(
+                    "outbox %s cannot be opened normally (%s): opening it in exclusive "
+                    "mode; the file is kept as it is / 缓存数据库无法正常打开，改用独占模式",
+                    self.path,
+                    err,
+                )
+                try:
+                    await self._open_db(check=True, exclusive=True)
+                except sqlite3.DatabaseError as err2:
+                    await self._close_quietly()
+                    if _is_corrupt(err2):
+                        raise
+                    raise OutboxError(
+                        f"cannot open outbox {self.path} (kept as it is): {err2}"
+                    ) from err2
         except sqlite3.DatabaseError as err:
             await self._close_quietly()
             moved = self._move_aside()
@@ -150,21 +219,25 @@ class Outbox:
             await self._close_quietly()
             raise OutboxError(f"cannot open outbox {self.path}: {err}") from err
 
-    async def _open_db(self, *, check: bool) -> None:
+    async def _open_db(self, *, check: bool, exclusive: bool = False) -> None:
         db = await aiosqlite.connect(self.path, isolation_level=None)
         self._db = db
+        self.exclusive = exclusive
         await db.execute("PRAGMA busy_timeout=5000")
+        if exclusive:
+            # Set before the first read: SQLite then never creates the -shm file.
+            await db.execute("PRAGMA locking_mode=EXCLUSIVE")
         if check:
             # quick_check reads every page (O(N)) but skips the index cross-checks of
             # integrity_check, which take minutes on a large outbox on an SD card.
             result = await db.execute_fetchall("PRAGMA quick_check")
             verdict = [r[0] for r in result]
             if verdict != ["ok"]:
-                raise sqlite3.DatabaseError("quick_check: " + "; ".join(map(str, verdict[:3])))
+                raise _QuickCheckFailed("quick_check: " + "; ".join(map(str, verdict[:3])))
         await db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode survives a process crash; a power cut may lose the
-        # last group commit of telemetry. Alarms switch to FULL per commit.
-        await db.execute("PRAGMA synchronous=NORMAL")
+        # FULL: every commit fsyncs the WAL, so a committed row survives a power cut.
+        # The group commit keeps that to one fsync per commit_interval_ms.
+        await db.execute("PRAGMA synchronous=FULL")
         await db.executescript(SCHEMA)
         meta = dict(await db.execute_fetchall("SELECT key, value FROM meta"))  # type: ignore[arg-type]
         if "epoch" not in meta:
@@ -183,32 +256,74 @@ class Outbox:
         self._next_seq = max(int(meta.get("next_seq", "1")), max_seq + 1)
         for name in self.dropped:
             self.dropped[name] = int(meta.get(f"dropped_{name}", "0"))
-        guard = self._read_seq_guard(meta["epoch"])
-        if guard > self._next_seq:
+        self.skipped_total = int(meta.get("skipped_total", "0"))
+        self.skipped_last = json.loads(meta["skipped_last"]) if "skipped_last" in meta else None
+        guard_exists = self._guard_path.exists()
+        reserved, held = self._read_seq_guard(meta["epoch"])
+        changed: dict[str, str] = {}
+        if held > self._next_seq:
             # The agent died while the disk was full: messages it had numbered in
             # memory are gone. Never reuse their seq; count them as lost.
-            lost = guard - self._next_seq
-            self.dropped["lost_in_memory"] = int(meta.get("dropped_lost_in_memory", "0")) + lost
-            log.error("%d messages held in memory while the disk was full were lost", lost)
-            self._next_seq = guard
-            await self._save_meta(
-                {
-                    "next_seq": str(guard),
-                    "dropped_lost_in_memory": str(self.dropped["lost_in_memory"]),
-                }
+            lost = held - self._next_seq
+            self.lost_at_start = lost
+            self.dropped["lost_in_memory"] += lost
+            log.error(
+                "%d messages held in memory while the disk was full were lost "
+                "/ 磁盘满时暂存内存的 %d 条消息已丢失",
+                lost,
+                lost,
             )
+            self._next_seq = held
+            changed["dropped_lost_in_memory"] = str(self.dropped["lost_in_memory"])
+        if reserved > self._next_seq:
+            # An unclean stop (crash, kill, power cut): seqs up to the reservation may
+            # have been handed out, even if the database lost them with its WAL tail.
+            first, last = self._next_seq, reserved - 1
+            self.skipped = (first, last)
+            self.skipped_total += last - first + 1
+            self.skipped_last = {"from": first, "to": last, "ts": iso_ms(time.time())}
+            log.warning(
+                "unclean stop: seq %d to %d skipped, never reused / 非正常停止：跳过 seq %d–%d",
+                first,
+                last,
+                first,
+                last,
+            )
+            self._next_seq = reserved
+            changed["skipped_total"] = str(self.skipped_total)
+            changed["skipped_last"] = json.dumps(self.skipped_last)
+        saved = True
+        if changed:
+            changed["next_seq"] = str(self._next_seq)
+            saved = await self._save_meta(changed)
         self._page_size = (await (await db.execute("PRAGMA page_size")).fetchone() or (4096,))[0]
-        self._write_seq_guard(self._next_seq)  # allocate its blocks while there is space
+        self._reserved = self._next_seq
+        if saved or not guard_exists:
+            # Nothing is reserved ahead yet (the first commit reserves a block); this
+            # also allocates the file's blocks while there is space.
+            self._write_seq_guard(held=0)
         # A cap lowered in the config applies before anything is sent.
         await self.enforce_cap()
 
-    async def _save_meta(self, values: dict[str, str]) -> None:
+    async def _save_meta(self, values: dict[str, str]) -> bool:
+        """Save ``values`` now; on a full disk keep them for the next commit (False)."""
         db = self.db
-        await db.execute("BEGIN IMMEDIATE")
-        await db.executemany(
-            "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", list(values.items())
-        )
-        await db.execute("COMMIT")
+        try:
+            await db.execute("BEGIN IMMEDIATE")
+            await db.executemany(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", list(values.items())
+            )
+            await db.execute("COMMIT")
+        except sqlite3.Error as err:
+            try:
+                await db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            if not _is_disk_full(err):
+                raise
+            self._meta_dirty.update(values)
+            return False
+        return True
 
     async def _close_quietly(self) -> None:
         if self._db is not None:
@@ -239,23 +354,37 @@ class Outbox:
     def _guard_path(self) -> Path:
         return self.path.with_name(self.path.name + ".seq")
 
-    def _read_seq_guard(self, epoch: str) -> int:
+    def _read_seq_guard(self, epoch: str) -> tuple[int, int]:
+        """``(reserved, held)``: no seq at or above ``reserved`` was handed out; with
+        commits failing for lack of space, ``held`` was the next seq (else 0)."""
         try:
             text = self._guard_path.read_text().split()
         except (OSError, UnicodeDecodeError):
-            return 0
-        if len(text) == 2 and text[0] == epoch and text[1].isdigit():
-            return int(text[1])
-        return 0
+            return 0, 0
+        if not text or text[0] != epoch or not all(t.isdigit() for t in text[1:]):
+            return 0, 0
+        if len(text) == 2:  # written before seqs were reserved: the held seq only
+            return 0, int(text[1])
+        if len(text) == 3:
+            return int(text[1]), int(text[2])
+        return 0, 0
 
-    def _write_seq_guard(self, next_seq: int) -> None:
-        """Record the next seq while commits fail for lack of space.
+    def _reserve(self, upto: int) -> None:
+        """Before a seq below ``upto`` is handed out: reserve it (and a block more) on disk."""
+        if upto > self._reserved:
+            held = self._next_seq if self.mode == "memory" else 0
+            self._write_seq_guard(reserved=upto + SEQ_BLOCK, held=held)
+
+    def _write_seq_guard(self, *, held: int, reserved: int | None = None) -> None:
+        """Write the reservation and the held seq: ``epoch reserved held``, fsynced.
 
         The file is created (and its blocks allocated) at a time when there is
         space; overwriting it in place needs none, so a restart after a crash in
-        memory mode never hands out a seq that was already published.
+        memory mode or after a power cut never hands out a seq that was already
+        published.
         """
-        line = f"{self.epoch} {next_seq:020d}\n".encode()
+        reserved = self._reserved if reserved is None else reserved
+        line = f"{self.epoch} {reserved:020d} {held:020d}\n".encode()
         try:
             fd = os.open(self._guard_path, os.O_WRONLY | os.O_CREAT, 0o600)
             try:
@@ -264,7 +393,16 @@ class Outbox:
             finally:
                 os.close(fd)
         except OSError as err:
-            log.debug("cannot write the seq guard: %s", err)
+            if not self._guard_failed:
+                log.error(
+                    "cannot write the seq reservation %s: %s / 无法写入 seq 预留文件",
+                    self._guard_path,
+                    err,
+                )
+            self._guard_failed = True
+            return
+        self._guard_failed = False
+        self._reserved = reserved
 
     async def close(self) -> None:
         """Commit what is pending and close."""
@@ -273,6 +411,11 @@ class Outbox:
         try:
             await self.flush()
         finally:
+            # Every seq handed out is committed now (FULL): the reservation comes back
+            # down to the exact next seq, so a clean restart skips nothing.
+            self._write_seq_guard(
+                reserved=self._next_seq, held=self._next_seq if self.mode == "memory" else 0
+            )
             await self._db.close()
             self._db = None
 
@@ -353,15 +496,16 @@ class Outbox:
             return []
         pending, self._pending = self._pending, []
         acked, self._acked = self._acked, []
-        urgent, self._urgent = self._urgent, False
+        self._urgent = False  # an alarm only made this commit come sooner
+        if pending:
+            self._reserve(self._next_seq + len(pending))
         rows = self._build_rows(pending)
         seq = rows[-1].seq + 1 if rows else self._next_seq
         acked_set = set(acked)
         held = [r for r in self._mem if r.seq not in acked_set]
+        dirty = dict(self._meta_dirty)
         db = self.db
         try:
-            if urgent:
-                await db.execute("PRAGMA synchronous=FULL")
             await db.execute("BEGIN IMMEDIATE")
             if rows or held:
                 await db.executemany(
@@ -369,12 +513,14 @@ class Outbox:
                     "VALUES (?,?,?,?,?)",
                     [(r.seq, int(r.lane), r.topic, r.payload, r.created) for r in held + rows],
                 )
-                await db.execute("UPDATE meta SET value=? WHERE key='next_seq'", (str(seq),))
+                dirty["next_seq"] = str(seq)
+            if dirty:
+                await db.executemany(
+                    "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", list(dirty.items())
+                )
             if acked:
                 await db.executemany("DELETE FROM outbox WHERE seq=?", [(s,) for s in acked])
             await db.execute("COMMIT")
-            if urgent:
-                await db.execute("PRAGMA synchronous=NORMAL")
         except sqlite3.Error as err:
             try:
                 await db.execute("ROLLBACK")
@@ -388,18 +534,27 @@ class Outbox:
             self._hold_in_memory(rows, acked_set, str(err))
             self._acked = acked + self._acked
             self._next_seq = seq
-            self._write_seq_guard(seq)
+            self._write_seq_guard(held=seq)
             # The publisher may count these as done: held rows that were acked are
             # dropped from memory; acked rows on disk are deleted once writes work
             # again (until then a crash could send them twice).
             self._notify(rows, acked)
             return rows
-        if self._mem:
+        if self.disk_error is not None or self._mem:
+            # Also when the memory queue is empty (everything in it was delivered):
+            # otherwise the outbox would stay in memory mode, and its alarm raised.
             log.info(
-                "outbox writes work again: %d messages held in memory are on disk now", len(held)
+                "outbox writes work again: %d messages held in memory are on disk now "
+                "(%d commits failed) / 缓存恢复写入",
+                len(held),
+                self._failed_commits,
             )
             self._mem = []
             self.disk_error = None
+            self._failed_commits = 0
+        for key in dirty:
+            if self._meta_dirty.get(key) == dirty[key]:
+                del self._meta_dirty[key]
         self._next_seq = seq
         self.committed_total += len(rows)
         self._notify(rows, acked)
@@ -441,7 +596,8 @@ class Outbox:
         return rows
 
     def _hold_in_memory(self, rows: list[Row], acked: set[int], reason: str) -> None:
-        if not self._mem:
+        self._failed_commits += 1
+        if self.disk_error is None:  # once per episode, not whenever the queue ran empty
             log.error(
                 "outbox %s cannot be written (%s): holding up to %d messages in memory",
                 self.path,
@@ -458,7 +614,12 @@ class Outbox:
                 victims = set(sorted(victims)[:over])
                 if victims:
                     self._mem = [r for r in self._mem if r.seq not in victims]
-                    self.dropped[LANE_NAMES[lane]] += len(victims)
+                    name = LANE_NAMES[lane]
+                    self.dropped[name] += len(victims)
+                    self.evicted_in_memory += len(victims)
+                    # Saved with the first commit that works: a restart must still
+                    # explain these holes in seq.
+                    self._meta_dirty[f"dropped_{name}"] = str(self.dropped[name])
                     over -= len(victims)
                 if over <= 0:
                     break
@@ -504,6 +665,7 @@ class Outbox:
             "epoch": self.epoch,
             "next_seq": self._next_seq,
             "dropped": dict(self.dropped),
+            "skipped": {"total": self.skipped_total, "last": self.skipped_last},
         }
 
     async def size_bytes(self) -> int:
@@ -541,20 +703,29 @@ class Outbox:
                 # hysteresis keeps us from evicting on every commit.
                 per_row = size / max(total, 1)
                 n = min(in_lane, max(1, int((size - self.max_bytes * 0.9) / per_row) + 1))
-                await db.execute("BEGIN IMMEDIATE")
-                cur = await db.execute(
-                    "DELETE FROM outbox WHERE seq IN "
-                    "(SELECT seq FROM outbox WHERE lane=? ORDER BY seq LIMIT ?)",
-                    (int(lane), n),
-                )
-                deleted = cur.rowcount
                 name = LANE_NAMES[lane]
+                try:
+                    await db.execute("BEGIN IMMEDIATE")
+                    cur = await db.execute(
+                        "DELETE FROM outbox WHERE seq IN "
+                        "(SELECT seq FROM outbox WHERE lane=? ORDER BY seq LIMIT ?)",
+                        (int(lane), n),
+                    )
+                    deleted = cur.rowcount
+                    await db.execute(
+                        "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                        (f"dropped_{name}", str(self.dropped[name] + deleted)),
+                    )
+                    await db.execute("COMMIT")
+                except sqlite3.Error as err:
+                    try:
+                        await db.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
+                    if not _is_disk_full(err):
+                        raise OutboxError(f"outbox eviction failed: {err}") from err
+                    return evicted  # even a delete needs WAL space: next time
                 self.dropped[name] += deleted
-                await db.execute(
-                    "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
-                    (f"dropped_{name}", str(self.dropped[name])),
-                )
-                await db.execute("COMMIT")
                 # Freed pages are reused by later inserts.
                 evicted += deleted
                 log.warning(

@@ -7,14 +7,22 @@
   through ``/proc/PID/root``, which shows the agent's mounts.
 * :func:`faketime_env` preloads libfaketime: the agent's wall clock (``time.time``)
   follows an offset the test writes into a file, its monotonic clock stays real.
+* :func:`drop_last_wal_commits` cuts the last transactions off a SQLite WAL, as
+  storage that loses its write cache in a power cut does.
+* :func:`protectclock_prefix` runs the agent under a seccomp filter like systemd's
+  ``ProtectClock=yes`` with ``SystemCallErrorNumber=EPERM``: every ``@clock`` system
+  call, read-only ``adjtimex`` included, fails with EPERM.
 """
 
 from __future__ import annotations
 
+import ctypes.util
 import glob
 import os
 import shutil
+import struct
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -66,6 +74,31 @@ def tmpfs_prefix(directory: Path, size_kib: int, free_kib: int) -> list[str]:
     ]
 
 
+_FULL_SCRIPT = (
+    'mount -t tmpfs -o "size=$2" edge-agent-test "$1" && cp -a "$3"/. "$1"/ && '
+    '{ cat /dev/zero > "$1/filler" 2>/dev/null; true; } && shift 3 && exec "$@"'
+)
+
+
+def full_tmpfs_prefix(directory: Path, seed: Path, size_kib: int) -> list[str]:
+    """Like :func:`tmpfs_prefix`, but the tmpfs starts with a copy of ``seed``'s files
+    (an outbox from an earlier run) and ``directory/filler`` takes every byte left:
+    the agent starts on a disk that is already full."""
+    return [
+        "unshare",
+        "--user",
+        "--map-root-user",
+        "--mount",
+        "sh",
+        "-c",
+        _FULL_SCRIPT,
+        "sh",
+        str(directory),
+        f"{size_kib}k",
+        str(seed),
+    ]
+
+
 def inside(pid: int, path: Path) -> Path:
     """``path`` as the process ``pid`` sees it (through its mount namespace)."""
     return Path(f"/proc/{pid}/root") / str(path.resolve()).lstrip("/")
@@ -98,3 +131,61 @@ def set_fake_time(control: Path, spec: str) -> None:
     tmp = control.with_suffix(".tmp")
     tmp.write_text(spec + "\n")
     tmp.replace(control)
+
+
+def drop_last_wal_commits(wal: Path, commits: int) -> int:
+    """Truncate ``wal`` after its last ``commits`` transactions; returns the frames cut.
+
+    Only the frames that belong to the WAL's current generation count: after a
+    checkpoint SQLite writes from the start again with new salts, and frames of the
+    old generation further on are already dead."""
+    raw = wal.read_bytes()
+    page_size, _seq, salt1, salt2 = struct.unpack(">IIII", raw[8:24])
+    frame = 24 + page_size
+    valid = 0
+    ends: list[int] = []
+    while 32 + (valid + 1) * frame <= len(raw):
+        head = raw[32 + valid * frame : 32 + valid * frame + 24]
+        _pgno, commit, s1, s2 = struct.unpack(">IIII", head[:16])
+        if (s1, s2) != (salt1, salt2):
+            break
+        valid += 1
+        if commit:
+            ends.append(valid)
+    if len(ends) <= commits:
+        raise AssertionError(f"the WAL holds only {len(ends)} commits")
+    keep = ends[-commits - 1]
+    with wal.open("r+b") as f:
+        f.truncate(32 + keep * frame)
+    return valid - keep
+
+
+# Loads the filter (libseccomp through ctypes), then execs the rest of argv: a seccomp
+# filter outlives execve, so the agent runs under it from its first instruction.
+_PROTECTCLOCK = """
+import ctypes, os, sys
+lib = ctypes.CDLL(sys.argv[1])
+lib.seccomp_init.restype = ctypes.c_void_p
+lib.seccomp_init.argtypes = [ctypes.c_uint32]
+lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+lib.seccomp_rule_add.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint]
+lib.seccomp_load.argtypes = [ctypes.c_void_p]
+ctx = lib.seccomp_init(0x7FFF0000)  # SCMP_ACT_ALLOW
+# systemd 252's @clock, the set ProtectClock=yes refuses
+for name in ("adjtimex", "clock_adjtime", "clock_adjtime64", "clock_settime",
+             "clock_settime64", "settimeofday", "stime"):
+    nr = lib.seccomp_syscall_resolve_name(name.encode())
+    if nr >= 0:
+        assert lib.seccomp_rule_add(ctx, 0x00050000 | 1, nr, 0) == 0  # SCMP_ACT_ERRNO(EPERM)
+assert lib.seccomp_load(ctx) == 0
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
+def protectclock_prefix() -> list[str] | None:
+    """A command prefix that runs what follows under a ProtectClock-like seccomp
+    filter, or None without libseccomp."""
+    lib = ctypes.util.find_library("seccomp")
+    if lib is None:
+        return None
+    return [sys.executable, "-c", _PROTECTCLOCK, lib]

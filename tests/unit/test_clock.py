@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import errno
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
-from edge_agent.clock import ClockGate, SystemClock
+import pytest
+
+from edge_agent.agent import Agent
+from edge_agent.clock import STA_UNSYNC, TIME_ERROR, ClockGate, SystemClock
+from edge_agent.config import load_config
+from tests.e2e import system
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 class FakeClock:
@@ -104,3 +116,86 @@ def test_file_sync_check_follows_the_file(tmp_path: Path) -> None:
     flag.unlink()
     assert clock.synced() is False
     assert SystemClock("none", flag).synced() is True
+
+
+def eperm() -> tuple[int, int]:
+    """adjtimex as systemd's ProtectClock=yes leaves it: refused by the seccomp filter."""
+    raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+
+
+def test_adjtimex_refused_is_not_synchronised(tmp_path: Path) -> None:
+    clock = SystemClock("adjtimex", adjtimex=eperm, timesyncd_flag=tmp_path / "no" / "flag")
+    assert clock.synced() is False
+    assert "EPERM" in clock.reason
+    assert "ProtectClock" in clock.reason
+    # and readings are held, then marked uncertain, as on any unsynchronised clock
+    sink = Sink()
+    gate = ClockGate(sink, clock, hold_max_s=60)
+    gate.telemetry("d", {"co2": 500})
+    gate.check()
+    assert sink.out == []
+    assert gate.synced is False
+
+
+def test_adjtimex_refused_falls_back_to_timesyncd(tmp_path: Path) -> None:
+    flag = tmp_path / "timesync" / "synchronized"
+    flag.parent.mkdir()  # timesyncd runs
+    clock = SystemClock("adjtimex", adjtimex=eperm, timesyncd_flag=flag)
+    assert clock.synced() is False
+    assert "not synchronised yet" in clock.reason
+    flag.touch()  # timesyncd has set the clock
+    assert clock.synced() is True
+    assert "EPERM" in clock.reason
+    assert "timesyncd: synchronised" in clock.reason
+
+
+def test_adjtimex_answers_are_read() -> None:
+    assert SystemClock("adjtimex", adjtimex=lambda: (TIME_ERROR, STA_UNSYNC)).synced() is False
+    assert SystemClock("adjtimex", adjtimex=lambda: (0, 0)).synced() is True
+
+
+async def test_health_says_the_clock_is_not_synchronised_and_why(tmp_path: Path) -> None:
+    cfg_path = tmp_path / "agent.yaml"
+    cfg_path.write_text(
+        "site: {id: school-a, gateway_id: gw1}\n"
+        "mqtt: {host: 127.0.0.1}\n"
+        f"outbox: {{path: {tmp_path / 'outbox.db'}}}\n"
+    )
+    clock = SystemClock("adjtimex", adjtimex=eperm, timesyncd_flag=tmp_path / "no" / "flag")
+    agent = Agent(load_config(cfg_path), cfg_path, clock=clock)
+    await agent.outbox.open()
+    try:
+        health = (await agent.health())["clock"]
+    finally:
+        await agent.outbox.close()
+    assert health["synced"] is False
+    assert health["check"] == "adjtimex"
+    assert "EPERM" in health["reason"]
+
+
+_CLOCK_CHILD = """
+import json, sys
+from pathlib import Path
+from edge_agent.clock import SystemClock
+clock = SystemClock("adjtimex", timesyncd_flag=Path(sys.argv[1]))
+print(json.dumps({"synced": clock.synced(), "reason": clock.reason}))
+"""
+
+
+def test_under_a_protectclock_seccomp_filter_the_clock_is_not_trusted(tmp_path: Path) -> None:
+    """A process under a real seccomp filter like systemd's ProtectClock=yes."""
+    prefix = system.protectclock_prefix()
+    if prefix is None:
+        pytest.skip("libseccomp is not installed; the injected EPERM tests still run")
+    res = subprocess.run(
+        [*prefix, sys.executable, "-c", _CLOCK_CHILD, str(tmp_path / "no" / "flag")],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["synced"] is False, out
+    assert "EPERM" in out["reason"]
