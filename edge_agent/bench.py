@@ -4,7 +4,7 @@ Four figures, each next to the target from the project's performance issue:
 
 ``campus``
     The agent (``python -m edge_agent run``, a child process) reads a simulated school
-    (``python -m simulators campus``, another child process; production code never
+    (``python -m edge_agent.simulators campus``, another child process; production code never
     imports the simulators) for ``--duration`` seconds after a warm-up, at the
     devices' own polling intervals (profile defaults: 30 s sensors, 60 s meters).
     Agent CPU (% of one core) comes from ``/proc/<pid>/stat`` (utime + stime deltas),
@@ -799,7 +799,7 @@ def run_campus(
     layout_path.unlink(missing_ok=True)
     _remove_db(workdir / "outbox.db")
     sim_argv = [
-        sys.executable, "-m", "simulators", "campus",
+        sys.executable, "-m", "edge_agent.simulators", "campus",
         "--classrooms", str(classrooms), "--meters", str(meters),
         "--host", "127.0.0.1", "--base-port", "0", "--layout-out", str(layout_path),
     ]  # fmt: skip

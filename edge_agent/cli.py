@@ -19,7 +19,7 @@ from . import __version__
 from .errors import ConfigError, EdgeAgentError
 
 if TYPE_CHECKING:  # the probe imports pymodbus: only `edge-agent probe` loads it
-    from drivers.modbus.probe import ProbeRequest
+    from edge_agent.drivers.modbus.probe import ProbeRequest
 
     from .publisher import MqttSettings
 
@@ -183,7 +183,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 def cmd_sim(args: argparse.Namespace) -> int:
     # The simulators are a separate program: production code never imports them.
-    cmd = [sys.executable, "-m", "simulators", *args.sim_args]
+    cmd = [sys.executable, "-m", "edge_agent.simulators", *args.sim_args]
     return run_child(cmd, "simulators")
 
 
@@ -271,8 +271,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def _probe_request(args: argparse.Namespace) -> ProbeRequest:
     """The ProbeRequest the options ask for; ValueError for options that do not go together."""
-    from drivers.modbus.driver import LineSettings
-    from drivers.modbus.probe import ProbeRequest
+    from edge_agent.drivers.modbus.driver import LineSettings
+    from edge_agent.drivers.modbus.probe import ProbeRequest
 
     # serial options left out take LineSettings' defaults (9600 8N1)
     serial = {o: getattr(args, o) for o in ("baudrate", "parity", "stopbits")}
@@ -302,7 +302,7 @@ def _probe_request(args: argparse.Namespace) -> ProbeRequest:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    from drivers.modbus.probe import error_message, format_table, probe, rows_json
+    from edge_agent.drivers.modbus.probe import error_message, format_table, probe, rows_json
 
     from .errors import DeviceError
 
@@ -378,7 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--duration", type=float, help="stop after this many seconds")
     t.set_defaults(fn=cmd_tail)
 
-    s = sub.add_parser("sim", help="start simulators (python -m simulators ...) / 启动设备模拟器")
+    s = sub.add_parser(
+        "sim", help="start simulators (python -m edge_agent.simulators ...) / 启动设备模拟器"
+    )
     s.add_argument(
         "sim_args", nargs=argparse.REMAINDER, help="e.g. campus --classrooms 30 --meters 10"
     )

@@ -29,8 +29,8 @@ from .errors import ConfigError
 from .yamlsrc import FileProblems, KeyProblem, SourceError
 from .yamlsrc import load as load_yaml
 
-#: Shipped profiles (config/profiles next to the package in a source checkout or wheel data).
-BUILTIN_PROFILES = Path(__file__).resolve().parent.parent / "config" / "profiles"
+#: Shipped profiles (drivers/modbus/profiles next to the package in a source checkout or wheel data).
+BUILTIN_PROFILES = Path(__file__).resolve().parent.parent / "drivers" / "modbus" / "profiles"
 
 SECRET_FIELDS: tuple[tuple[str, ...], ...] = (
     ("mqtt", "password"),

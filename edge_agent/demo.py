@@ -1,7 +1,7 @@
 """``edge-agent demo``: a simulated campus, a local broker, the agent and a live view.
 
 Everything runs on loopback. The simulators are a separate process started as
-``python -m simulators`` (production code never imports them); they write a
+``python -m edge_agent.simulators`` (production code never imports them); they write a
 layout file that says which devices answer on which port, and the demo turns
 that layout into an ordinary agent config (kept in the work folder, so a
 newcomer can read a config that works).
@@ -163,7 +163,7 @@ async def run_demo(
     sim = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "simulators",
+        "edge_agent.simulators",
         "campus",
         "--classrooms",
         str(classrooms),

@@ -102,7 +102,7 @@ class DriverContext:
 
     #: buses by id (from the config's ``buses:`` plus implicit TCP endpoints)
     buses: dict[str, Bus]
-    #: directory that holds device profiles (``config/profiles`` by default)
+    #: directory that holds device profiles (``drivers/modbus/profiles`` by default)
     profile_dirs: list[str]
     #: per-site HMAC secret for pseudonymising card numbers (None in sites without card readers)
     pseudonym_key: bytes | None = None

@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 #: kind -> "module:attribute" of the driver class (which has ``kind`` and ``Config``)
 BUILTIN: dict[str, str] = {
-    "modbus": "drivers.modbus.driver:ModbusDriver",
+    "modbus": "edge_agent.drivers.modbus.driver:ModbusDriver",
 }
 
 ENTRY_POINT_GROUP = "edge_agent.drivers"

@@ -33,10 +33,10 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run as a plain script from a source checkout
     sys.path.insert(0, str(REPO))
 
-from drivers.modbus.config import ModbusDevice  # noqa: E402
-from drivers.modbus.profile import Profile  # noqa: E402
 from edge_agent.config import AgentConfigBase  # noqa: E402
 from edge_agent.config_models import ID_PATTERN  # noqa: E402
+from edge_agent.drivers.modbus.config import ModbusDevice  # noqa: E402
+from edge_agent.drivers.modbus.profile import Profile  # noqa: E402
 
 OUTPUT = REPO / "docs" / "configuration.md"
 
@@ -154,14 +154,14 @@ A device's `profile: NAME` loads `NAME.yaml` from the first of these folders tha
 
 1. each folder in `profile_dirs:`, in order (relative paths are relative to the config file);
 2. `profiles/` next to the config file, when it exists (no setting needed);
-3. the profiles shipped with the agent (`config/profiles/`).
+3. the profiles shipped with the agent (`drivers/modbus/profiles/`).
 
 So a file in your own folder with the name of a shipped profile replaces it. How to write
 one: [Modbus — write a profile for your own device](modbus.md#write-a-profile).
 
 设备的 `profile: 名称` 按顺序在以下目录中查找 `名称.yaml`，用第一个找到的：`profile_dirs:`
 中的目录（相对路径相对于配置文件）；配置文件旁边的 `profiles/` 目录（存在即自动使用）；
-随程序提供的 `config/profiles/`。因此自己目录中与内置模板同名的文件会替换内置模板。
+随程序提供的 `drivers/modbus/profiles/`。因此自己目录中与内置模板同名的文件会替换内置模板。
 """
 
 PROFILE_INTRO = """\

@@ -3,7 +3,7 @@
 Written from the wire format and the devices' datasheets, never from the agent's drivers:
 nothing here imports ``drivers`` or ``edge_agent``. Profiles (register maps as data) are shared.
 
-Entry points: :class:`CampusSim` (Python) and ``python -m simulators campus`` (CLI).
+Entry points: :class:`CampusSim` (Python) and ``python -m edge_agent.simulators campus`` (CLI).
 """
 
 from .campus import CampusSim

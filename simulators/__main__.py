@@ -1,4 +1,4 @@
-"""Command line: ``python -m simulators campus [options]``.
+"""Command line: ``python -m edge_agent.simulators campus [options]``.
 
 Starts the simulated campus, prints one line per server when it listens, writes the layout
 JSON if asked, and runs until SIGINT/SIGTERM (Ctrl-C).
@@ -20,7 +20,7 @@ from .campus import CampusSim
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m simulators",
+        prog="python -m edge_agent.simulators",
         description="Simulated school campus speaking Modbus / 模拟校园 Modbus 设备",
     )
     sub = parser.add_subparsers(dest="command", required=True)

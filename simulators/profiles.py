@@ -1,4 +1,4 @@
-"""Device profiles (register maps as data) read straight from ``config/profiles/*.yaml``.
+"""Device profiles (register maps as data) read straight from ``drivers/modbus/profiles/*.yaml``.
 
 The simulators share the *data* of a profile with the agent, never its code: this loader is
 written here on purpose, so that a mistake in the agent's profile parsing is not repeated here.
@@ -14,8 +14,8 @@ from typing import Any
 
 import yaml
 
-#: Where the repository keeps its profiles (``<repo>/config/profiles``).
-DEFAULT_PROFILES_DIR = Path(__file__).resolve().parent.parent / "config" / "profiles"
+#: Where the repository keeps its profiles (``<repo>/drivers/modbus/profiles``).
+DEFAULT_PROFILES_DIR = Path(__file__).resolve().parent.parent / "drivers" / "modbus" / "profiles"
 
 #: Registers taken by one value of each type (Modbus registers are 16 bits wide).
 REGISTER_COUNT: dict[str, int] = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime, timedelta, timezone
 
-from simulators import CampusSim
+from edge_agent.simulators import CampusSim
 
 # Tuesday 2025-03-04 08:30 China Standard Time: the first lesson is on.
 LESSON = datetime(2025, 3, 4, 8, 30, tzinfo=timezone(timedelta(hours=8)))

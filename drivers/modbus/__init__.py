@@ -3,8 +3,8 @@
 ``CONFIG_MODEL`` is the device config model; :class:`ModbusDriver` is the driver.
 """
 
-from drivers.modbus.config import ModbusDevice
-from drivers.modbus.driver import ModbusDriver
+from edge_agent.drivers.modbus.config import ModbusDevice
+from edge_agent.drivers.modbus.driver import ModbusDriver
 
 CONFIG_MODEL = ModbusDevice
 

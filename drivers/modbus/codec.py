@@ -15,7 +15,7 @@ import struct
 from collections.abc import Sequence
 from decimal import Decimal
 
-from drivers.modbus.profile import REGISTER_COUNT, Point
+from edge_agent.drivers.modbus.profile import REGISTER_COUNT, Point
 
 #: struct format of each numeric type, big-endian after registers are put in ABCD order
 _FORMAT: dict[str, str] = {

@@ -6,8 +6,8 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from drivers.modbus.profile import PROFILE_NAME_PATTERN
 from edge_agent.config_models import Id, PollingDeviceBase
+from edge_agent.drivers.modbus.profile import PROFILE_NAME_PATTERN
 
 
 def unit_range(*, direct_tcp: bool) -> range:
@@ -27,7 +27,7 @@ class ModbusDevice(PollingDeviceBase):
     kind: Literal["modbus"] = Field(description="'modbus'")
     profile: str = Field(
         pattern=PROFILE_NAME_PATTERN,
-        description="Profile (register map) name: config/profiles/<profile>.yaml, e.g. 'sdm630'",
+        description="Profile (register map) name: drivers/modbus/profiles/<profile>.yaml, e.g. 'sdm630'",
     )
     bus: Id | None = Field(
         default=None,

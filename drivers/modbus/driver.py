@@ -22,12 +22,12 @@ from typing import Any, ClassVar, Literal
 
 from pymodbus.transport.serialtransport import create_serial_connection
 
-from drivers.modbus import codec, wire
-from drivers.modbus.config import ModbusDevice
-from drivers.modbus.plan import ReadRequest, plan_reads, split_request
-from drivers.modbus.profile import Point, Profile, load_profile
 from edge_agent.config_models import SerialBus, TcpBus
 from edge_agent.driver import Bus, DriverContext, MetricInfo, Reading, Value
+from edge_agent.drivers.modbus import codec, wire
+from edge_agent.drivers.modbus.config import ModbusDevice
+from edge_agent.drivers.modbus.plan import ReadRequest, plan_reads, split_request
+from edge_agent.drivers.modbus.profile import Point, Profile, load_profile
 from edge_agent.errors import (
     DeviceError,
     DeviceProtocolError,

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from drivers.modbus.profile import Point
+from edge_agent.drivers.modbus.profile import Point
 
 #: Modbus limits per request (Modbus Application Protocol V1.1b3, 6.1-6.4)
 MAX_REGISTERS = 125

@@ -22,9 +22,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal
 
-from drivers.modbus import codec, wire
-from drivers.modbus.config import unit_range
-from drivers.modbus.driver import ExceptionResponse, LineSettings, _Line
+from edge_agent.drivers.modbus import codec, wire
+from edge_agent.drivers.modbus.config import unit_range
+from edge_agent.drivers.modbus.driver import ExceptionResponse, LineSettings, _Line
 from edge_agent.errors import DeviceError, DeviceTimeout, DeviceUnavailable
 
 #: most registers in one read request (Modbus Application Protocol, FC 03/04)

@@ -1,4 +1,4 @@
-"""Device profiles: a device model's register map as data (``config/profiles/<name>.yaml``).
+"""Device profiles: a device model's register map as data (``drivers/modbus/profiles/<name>.yaml``).
 
 A profile says *where* each metric lives (function code, address, data type,
 byte/word order) and *how* to turn raw registers into an engineering value

@@ -24,7 +24,7 @@ def campus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
         [
             sys.executable,
             "-m",
-            "simulators",
+            "edge_agent.simulators",
             "campus",
             "--classrooms",
             str(CLASSROOMS),

@@ -1,6 +1,6 @@
 """End to end: simulated campus (process) -> agent (process) -> mosquitto -> a platform subscriber.
 
-Each process is started the way an installer would (``python -m simulators``,
+Each process is started the way an installer would (``python -m edge_agent.simulators``,
 ``python -m edge_agent run -c FILE``); the subscriber checks every payload
 against the contract (field names and types, ``seq`` without holes, retained
 status and meta), then the agent is stopped cleanly and, in a second run,

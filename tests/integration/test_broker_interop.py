@@ -21,7 +21,7 @@ import pytest
 
 from edge_agent.agent import Agent
 from edge_agent.config import load_config
-from simulators.campus import CampusSim
+from edge_agent.simulators.campus import CampusSim
 from tests.contract import check_envelope
 from tests.e2e.helpers import agent_config
 from tests.mqtt_helpers import MqttBroker, Received, mqtt_subscriber, publish

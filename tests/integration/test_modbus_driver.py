@@ -21,16 +21,16 @@ from pymodbus.framer import FramerType
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from drivers.modbus import ModbusDevice, ModbusDriver
-from drivers.modbus.driver import LINE_KEY
-from drivers.modbus.profile import clear_profile_cache
 from edge_agent.config_models import SerialBus, TcpBus
 from edge_agent.driver import Bus, DriverContext, PollingDriver
+from edge_agent.drivers.modbus import ModbusDevice, ModbusDriver
+from edge_agent.drivers.modbus.driver import LINE_KEY
+from edge_agent.drivers.modbus.profile import clear_profile_cache
 from edge_agent.errors import DeviceProtocolError, DeviceTimeout, DeviceUnavailable
 
 pytestmark = pytest.mark.integration
 
-SHIPPED = str(Path(__file__).resolve().parents[2] / "config" / "profiles")
+SHIPPED = str(Path(__file__).resolve().parents[2] / "drivers" / "modbus" / "profiles")
 
 
 @pytest.fixture(autouse=True)

@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 
-from drivers.modbus import ModbusDevice, ModbusDriver
-from drivers.modbus.driver import LineSettings
-from drivers.modbus.probe import ProbeRequest, error_message, probe
-from drivers.modbus.profile import clear_profile_cache
 from edge_agent.config_models import SerialBus, TcpBus
 from edge_agent.driver import Bus, DriverContext, Value
+from edge_agent.drivers.modbus import ModbusDevice, ModbusDriver
+from edge_agent.drivers.modbus.driver import LineSettings
+from edge_agent.drivers.modbus.probe import ProbeRequest, error_message, probe
+from edge_agent.drivers.modbus.profile import clear_profile_cache
 from edge_agent.errors import DeviceProtocolError, DeviceUnavailable
 from edge_agent.poll import SUMMARY_S, PollLoop
 from tests.hostile_modbus import HostileModbus, crc16

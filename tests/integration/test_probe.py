@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from drivers.modbus.driver import LineSettings
-from drivers.modbus.probe import ExceptionResponse, ProbeRequest, format_table, probe
 from edge_agent.cli import main
+from edge_agent.drivers.modbus.driver import LineSettings
+from edge_agent.drivers.modbus.probe import ExceptionResponse, ProbeRequest, format_table, probe
 from edge_agent.errors import DeviceTimeout, DeviceUnavailable
-from simulators import CampusSim
+from edge_agent.simulators import CampusSim
 from tests.sim_helpers import LESSON, where
 
 REPO = Path(__file__).resolve().parents[2]

@@ -22,7 +22,7 @@ from pymodbus.client import AsyncModbusTcpClient, ModbusTcpClient
 from pymodbus.exceptions import ModbusException
 from pymodbus.framer import FramerType
 
-from simulators import CampusSim, parse_schedule
+from edge_agent.simulators import CampusSim, parse_schedule
 from tests.sim_helpers import LESSON, assert_no_leaked_tasks, where
 
 pytestmark = pytest.mark.integration
@@ -276,7 +276,16 @@ async def test_speed_moves_the_simulated_clock() -> None:
 def test_cli_serves_writes_layout_and_stops_on_sigterm(tmp_path: Path) -> None:
     layout_file = tmp_path / "layout.json"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "simulators", "campus", "--classrooms", "2", "--meters", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "edge_agent.simulators",
+        "campus",
+        "--classrooms",
+        "2",
+        "--meters",
+        "1",
+    ]
     cmd += ["--base-port", "0", "--seed", "5", "--layout-out", str(layout_file)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:

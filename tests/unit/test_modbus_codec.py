@@ -7,8 +7,8 @@ import struct
 
 import pytest
 
-from drivers.modbus import codec
-from drivers.modbus.profile import Point
+from edge_agent.drivers.modbus import codec
+from edge_agent.drivers.modbus.profile import Point
 
 
 def point(type_: str, **kw: object) -> Point:

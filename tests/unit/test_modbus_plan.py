@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from drivers.modbus.plan import ReadRequest, plan_reads, split_request
-from drivers.modbus.profile import Point, load_profile
+from edge_agent.drivers.modbus.plan import ReadRequest, plan_reads, split_request
+from edge_agent.drivers.modbus.profile import Point, load_profile
 
-PROFILES = [str(Path(__file__).resolve().parents[2] / "config" / "profiles")]
+PROFILES = [str(Path(__file__).resolve().parents[2] / "drivers" / "modbus" / "profiles")]
 
 
 def reg(name: str, address: int, type_: str = "uint16", fc: int = 3, **kw: object) -> Point:

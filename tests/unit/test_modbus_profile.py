@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from drivers.modbus.profile import Point, Profile, clear_profile_cache, load_profile
+from edge_agent.drivers.modbus.profile import Point, Profile, clear_profile_cache, load_profile
 
-SHIPPED = str(Path(__file__).resolve().parents[2] / "config" / "profiles")
+SHIPPED = str(Path(__file__).resolve().parents[2] / "drivers" / "modbus" / "profiles")
 
 
 @pytest.fixture(autouse=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from drivers.modbus import wire
+from edge_agent.drivers.modbus import wire
 
 
 def test_rtu_request_as_printed_in_sensor_manuals() -> None:

@@ -12,8 +12,8 @@ import unicodedata
 
 import pytest
 
-from drivers.modbus.driver import LineSettings
-from drivers.modbus.probe import ProbeRequest, format_table, make_rows, rows_json
+from edge_agent.drivers.modbus.driver import LineSettings
+from edge_agent.drivers.modbus.probe import ProbeRequest, format_table, make_rows, rows_json
 
 # 230.5 V as float32 is 0x43668000; an ABCD meter (e.g. Eastron SDM630) sends 0x4366 first.
 VOLTS = [0x4366, 0x8000]

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from simulators import CampusSim, Fault, FaultBoard, Phase, SimClock, Timetable
-from simulators.faults import ScheduledFault, load_schedule, parse_schedule
-from simulators.modbus import garble
-from simulators.profiles import Point, ProfileError, load_profiles, profile_from_dict
-from simulators.registers import EncodeError, clamp_to_range, decode, encode, quantize
+from edge_agent.simulators import CampusSim, Fault, FaultBoard, Phase, SimClock, Timetable
+from edge_agent.simulators.faults import ScheduledFault, load_schedule, parse_schedule
+from edge_agent.simulators.modbus import garble
+from edge_agent.simulators.profiles import Point, ProfileError, load_profiles, profile_from_dict
+from edge_agent.simulators.registers import EncodeError, clamp_to_range, decode, encode, quantize
 
 CST = timezone(timedelta(hours=8))
 # Tuesday 2025-03-04, a school day.
