@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import os
+from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args
 
@@ -29,8 +30,15 @@ from .errors import ConfigError
 from .yamlsrc import FileProblems, KeyProblem, SourceError
 from .yamlsrc import load as load_yaml
 
-#: Shipped profiles (drivers/modbus/profiles next to the package in a source checkout or wheel data).
-BUILTIN_PROFILES = Path(__file__).resolve().parent.parent / "drivers" / "modbus" / "profiles"
+#: The package whose ``profiles/`` folder holds the shipped device profiles: package data, so
+#: a wheel carries them; found through importlib.resources, never a path of the checkout.
+BUILTIN_PROFILES_PACKAGE = "edge_agent.drivers.modbus"
+
+
+def builtin_profiles() -> Path:
+    """The folder of the shipped profiles, wherever the package is installed."""
+    return Path(str(files(BUILTIN_PROFILES_PACKAGE).joinpath("profiles")))
+
 
 SECRET_FIELDS: tuple[tuple[str, ...], ...] = (
     ("mqtt", "password"),
@@ -485,7 +493,7 @@ def profile_dirs(extra: list[str], path: Path) -> list[str]:
     own = base / "profiles"
     if own.is_dir():
         dirs.append(str(own))
-    dirs.append(str(BUILTIN_PROFILES))
+    dirs.append(str(builtin_profiles()))
     return list(dict.fromkeys(dirs))
 
 

@@ -53,7 +53,7 @@ class CampusSim:
         speed: simulated seconds per real second; 0 freezes the clock.
         start: simulated start time (``datetime`` or ISO string); default now.
         seed: makes every value reproducible.
-        profiles_dir: folder of profile YAML files; default the repository's ``drivers/modbus/profiles``.
+        profiles_dir: folder of profile YAML files; default the shipped Modbus profiles.
         faults: a fault schedule (list of :class:`ScheduledFault`) or a file to read one from.
         units_per_server: devices per server (at most 247; a classroom's two units stay together).
         rooms_per_floor: classrooms per floor.
@@ -260,7 +260,7 @@ class CampusSim:
             device.out_of_range(fault)  # raises ValueError when the fault cannot be shown
 
     def set_fault(self, device_id: str, kind: str, **params: Any) -> Fault:
-        """Make ``device_id`` show a fault now (see :mod:`edge_agent.simulators.faults` for kinds)."""
+        """Make ``device_id`` show a fault now (kinds: :mod:`edge_agent.simulators.faults`)."""
         fault = Fault.make(kind, **params)
         self._check_fault(device_id, fault)
         self.faults.set(device_id, fault)

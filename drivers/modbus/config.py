@@ -27,7 +27,7 @@ class ModbusDevice(PollingDeviceBase):
     kind: Literal["modbus"] = Field(description="'modbus'")
     profile: str = Field(
         pattern=PROFILE_NAME_PATTERN,
-        description="Profile (register map) name: drivers/modbus/profiles/<profile>.yaml, e.g. 'sdm630'",
+        description="Profile (register map) name: a shipped or own <profile>.yaml, e.g. 'sdm630'",
     )
     bus: Id | None = Field(
         default=None,

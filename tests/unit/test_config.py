@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from edge_agent.config import BUILTIN_PROFILES, load_config
+from edge_agent.config import builtin_profiles, load_config
 from edge_agent.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,7 +45,7 @@ def test_config_case(case: Path, monkeypatch: pytest.MonkeyPatch) -> None:
             load_config("config.yaml")
         # a profile next to the case (its profiles/ folder) is named by its absolute path
         got = [
-            line.replace(str(BUILTIN_PROFILES), "<profiles>").replace(str(case), ".")
+            line.replace(str(builtin_profiles()), "<profiles>").replace(str(case), ".")
             for line in info.value.problems
         ]
         assert got == error_file.read_text(encoding="utf-8").splitlines()
