@@ -16,6 +16,7 @@ VENV="$REPO_ROOT/.venv"
 VENV_PY="$VENV/bin/python"
 # Extras installed into the one shared venv. Extras that pyproject.toml does not define
 # are left out, so this list may name extras before they exist.
+# scripts/test wants test,dev,demo; scripts/demo sets BOOTSTRAP_EXTRAS=demo (no pytest, no mypy).
 BOOTSTRAP_EXTRAS="${BOOTSTRAP_EXTRAS:-test,dev,demo}"
 STAMP="$VENV/.edge-agent-install-stamp"
 
@@ -89,7 +90,7 @@ bootstrap_venv() {
     # Reinstall only when something pip cares about changed: pyproject.toml, the chosen
     # extras, the interpreter, or the set of top-level packages (an editable install of a
     # flat layout maps only the packages that existed when it ran).
-    local extras want have log
+    local extras want have log have_hash have_extras rc
     extras="$("$VENV_PY" - "$REPO_ROOT/pyproject.toml" "$BOOTSTRAP_EXTRAS" <<'PY'
 import sys, tomllib
 with open(sys.argv[1], "rb") as f:
@@ -100,23 +101,47 @@ PY
     want="$(
         {
             cat "$REPO_ROOT/pyproject.toml"
-            echo "extras=$extras"
             "$VENV_PY" -c 'import sys; print(sys.version)'
             cd "$REPO_ROOT" && ls -d -- */__init__.py 2>/dev/null
         } | sha256sum | cut -d' ' -f1
     )"
-    have="$(cat "$STAMP" 2>/dev/null || true)"
-    if [ "$want" != "$have" ]; then
-        log="$VENV/pip-install.log"
-        say "Installing campus-edge-agent[${extras}] into $VENV ... / 正在安装依赖 ..."
-        if ! (cd "$REPO_ROOT" && "$VENV_PY" -m pip install --disable-pip-version-check \
-            -e ".${extras:+[$extras]}" >"$log" 2>&1); then
-            tail -n 40 "$log" >&2
-            die "pip install failed (full log: $log). Check the network connection to PyPI." \
-                "pip 安装失败（完整日志：$log）。请检查到 PyPI 的网络连接。"
-        fi
-        echo "$want" >"$STAMP"
+    # The stamp is "<hash> <extras installed>": the demo installs only its own extras, and
+    # the tests add theirs later without reinstalling what is there.
+    have_hash="" have_extras=""
+    [ -f "$STAMP" ] && read -r have_hash have_extras <"$STAMP"
+    if [ "${have_hash:-}" = "$want" ]; then
+        local e missing=""
+        for e in ${extras//,/ }; do
+            case ",${have_extras:-}," in *",$e,"*) ;; *) missing=1 ;; esac
+        done
+        [ -z "$missing" ] && return 0
+        extras="$(printf '%s' "$extras,${have_extras:-}" | tr ',' '\n' | sed '/^$/d' | sort -u | paste -sd,)"
     fi
+    log="$VENV/pip-install.log"
+    say "Installing campus-edge-agent[${extras}] into $VENV (a minute on first run; log: $log) ..." \
+        "正在安装依赖（首次约需一分钟；日志：$log）..."
+    # pip's own lines, one per package, so a first run shows that it is working.
+    rc=0
+    (
+        cd "$REPO_ROOT" || exit 1
+        if "$VENV_PY" -m pip install --disable-pip-version-check --progress-bar off \
+            -e ".${extras:+[$extras]}" 2>&1; then
+            echo 0 >"$VENV/.pip-rc"
+        else
+            echo "$?" >"$VENV/.pip-rc"
+        fi
+    ) | tee "$log" | {
+        grep --line-buffered -E '^(Collecting|Installing collected|Successfully installed)' |
+            cut -c1-100 | sed -u 's/^/  /' >&2
+        true
+    }
+    rc="$(cat "$VENV/.pip-rc" 2>/dev/null || echo 1)"
+    if [ "$rc" != 0 ]; then
+        tail -n 40 "$log" >&2
+        die "pip install failed (full log: $log). Check the network connection to PyPI." \
+            "pip 安装失败（完整日志：$log）。请检查到 PyPI 的网络连接。"
+    fi
+    echo "$want $extras" >"$STAMP"
 }
 
 # try_apt_install PACKAGE CHECK: as root with apt-get, install PACKAGE; succeed when the
