@@ -1,6 +1,6 @@
 """Live view of what the platform receives: a subscriber to the uplink contract.
 
-The console knows only the MQTT contract (``/work/shared/CONTRACT.md``, ``docs/mqtt.md``):
+The console knows only the MQTT contract (the shared CONTRACT.md, ``docs/mqtt.md``):
 topics and JSON payloads. It never imports the agent's internals, so what it shows is
 exactly what a platform subscriber would see — including holes in ``seq`` and
 retransmitted ``msg_id`` s.

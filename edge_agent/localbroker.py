@@ -108,15 +108,29 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
-def mqtt_ping(host: str, port: int, timeout_s: float = 1.0) -> bool:
-    """True when an MQTT broker on ``host:port`` accepts an MQTT 3.1.1 CONNECT.
+def mqtt_ping(
+    host: str,
+    port: int,
+    timeout_s: float = 1.0,
+    *,
+    username: str | None = None,
+    password: str | None = None,
+) -> bool:
+    """True when an MQTT broker on ``host:port`` accepts an MQTT 3.1.1 CONNECT (with this
+    user name and password, when given).
 
     A bare TCP connect would also succeed against any other program that grabbed the
     port, and leaves "no data" errors in the broker log; a real handshake does neither.
     """
     client_id = f"edge-agent-probe-{os.getpid()}".encode()
-    # CONNECT: protocol "MQTT" level 4, clean session, keepalive 10 s, then the client id.
-    variable = b"\x00\x04MQTT\x04\x02\x00\x0a" + len(client_id).to_bytes(2, "big") + client_id
+    # CONNECT: protocol "MQTT" level 4, clean session (+ user name, password flags),
+    # keepalive 10 s, then the client id, user name and password.
+    flags = 0x02 | (0x80 if username is not None else 0) | (0x40 if password is not None else 0)
+    fields = [client_id] + [v.encode() for v in (username, password) if v is not None]
+    variable = b"\x00\x04MQTT\x04" + bytes([flags]) + b"\x00\x0a"
+    variable += b"".join(len(f).to_bytes(2, "big") + f for f in fields)
+    if len(variable) > 127:  # the one-byte remaining length of this small packet
+        raise ValueError("user name and password too long for the broker probe")
     packet = b"\x10" + bytes([len(variable)]) + variable
     try:
         with socket.create_connection((host, port), timeout=timeout_s) as sock:

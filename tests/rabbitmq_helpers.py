@@ -29,7 +29,7 @@ import uuid
 from pathlib import Path
 from typing import IO
 
-from edge_agent.localbroker import BrokerError, free_port, stop_process
+from edge_agent.localbroker import BrokerError, free_port, mqtt_ping, stop_process
 
 INSTALL_HINT = (
     "The broker interop tests need RabbitMQ. Install it with: "
@@ -58,29 +58,7 @@ def find_epmd() -> str | None:
 
 def mqtt_login_ok(host: str, port: int, user: str, password: str, timeout_s: float) -> bool:
     """True when an MQTT 3.1.1 CONNECT with this user name and password is accepted."""
-    client_id = f"edge-probe-{os.getpid()}".encode()
-    payload = b"".join(
-        len(part).to_bytes(2, "big") + part
-        for part in (client_id, user.encode(), password.encode())
-    )
-    # protocol "MQTT" level 4; flags: user name, password, clean session; keep-alive 10 s
-    variable = b"\x00\x04MQTT\x04\xc2\x00\x0a" + payload
-    packet = b"\x10" + bytes([len(variable)]) + variable
-    try:
-        with socket.create_connection((host, port), timeout=timeout_s) as sock:
-            sock.sendall(packet)
-            connack = b""
-            while len(connack) < 4:
-                chunk = sock.recv(4 - len(connack))
-                if not chunk:
-                    return False
-                connack += chunk
-            ok = connack[0] == 0x20 and connack[3] == 0
-            if ok:
-                sock.sendall(b"\xe0\x00")
-            return ok
-    except OSError:
-        return False
+    return mqtt_ping(host, port, timeout_s, username=user, password=password)
 
 
 class RabbitMqBroker:
