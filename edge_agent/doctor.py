@@ -291,8 +291,9 @@ def check_outbox(cfg: AgentConfigBase, config_path: Path) -> Row:
 
 # -- devices -------------------------------------------------------------------------------
 def _format_value(value: Any, unit: str) -> str:
-    text = f"{value:.4g}" if isinstance(value, float) else str(value)
-    return f"{text} {unit}".rstrip()
+    # Exactly as published (the driver already gives the shortest decimal of the device's
+    # float): an installer compares a meter's counter with its display digit by digit.
+    return f"{value} {unit}".rstrip()
 
 
 async def check_devices(cfg: AgentConfigBase, config_path: Path) -> list[Row]:

@@ -152,3 +152,12 @@ def test_table_and_exit_code() -> None:
     assert lines[-1] == "1 of 2 checks failed / 1 项检查失败"
     assert exit_code(rows) == 1
     assert exit_code(rows[:1]) == 0
+
+
+def test_device_values_are_shown_as_published() -> None:
+    from edge_agent.doctor import _format_value
+
+    # a large energy counter keeps every digit (not 1.235e+07 kWh)
+    assert _format_value(12345678.0, "kWh") == "12345678.0 kWh"
+    assert _format_value(230.1, "V") == "230.1 V"
+    assert _format_value(3, "") == "3"
