@@ -491,3 +491,24 @@ def test_tail_does_not_import_the_publisher() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_dashboard_aligns_cjk_ids_and_cuts_long_values(state: ContractState) -> None:
+    feed_air(state)
+    long_value = "很热" * 60
+    for i, device in enumerate(("b3-门禁-1", "b3-教室空调-二楼")):
+        state.feed(f"{ROOT}/devices/{device}/state", b'{"state":"online","last_error":null}', True)
+        state.feed(
+            f"{ROOT}/telemetry/{device}",
+            envelope("telemetry", device, 10 + i, {"温度": long_value}),
+        )
+    lines = render_dashboard(state, 80, 24, "zh", now=NOW + 5, tz=UTC).split("\n")
+    rows = [ln for ln in lines if "在线" in ln]
+    assert len(rows) == 3, lines
+    # Each id shown whole, and the state column starts at the same screen column on every row.
+    assert any(" b3-教室空调-二楼 " in ln for ln in rows)
+    starts = {_cells(ln[: ln.index("在线")]) for ln in rows}
+    assert len(starts) == 1, rows
+    cut = [ln for ln in rows if "很热" in ln]
+    assert len(cut) == 2
+    assert all(ln.rstrip().endswith("…") and _cells(ln) <= 80 for ln in cut), cut
