@@ -19,6 +19,7 @@ from typing import Any, Literal, TypeVar
 
 from rich.color import ColorSystem
 from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
+from rich.segment import Segment
 from rich.table import Table
 from rich.text import Text
 
@@ -255,38 +256,24 @@ def _alarm_summary(data: Mapping[str, Any]) -> str:
 
 
 # -- turning rich renderables into text ------------------------------------------------------------
-def _lines(renderable: RenderableType, width: int, height: int | None, color: bool) -> list[str]:
-    """``renderable`` as at most ``height`` lines of at most ``width`` cells; ANSI SGR colours
-    (16-colour, what every terminal and ``less -R`` knows) only when ``color``."""
-    console = Console(
-        file=io.StringIO(), width=width, color_system=None, legacy_windows=False, emoji=False
-    )
-    options = console.options.update(width=width, height=height, no_wrap=True)
-    out = []
-    for line in console.render_lines(renderable, options, pad=False):
-        parts = []
-        for seg in line:
-            if seg.control:
-                continue
-            if color and seg.style:
-                parts.append(seg.style.render(seg.text, color_system=ColorSystem.STANDARD))
-            else:
-                parts.append(seg.text)
-        out.append("".join(parts))
-    return out
+_OFFSCREEN = Console(file=io.StringIO(), color_system=None, legacy_windows=False, emoji=False)
 
 
-def _one_line(text: Text, color: bool) -> str:
-    """A tail line is never wrapped or cut: a pipe or ``less -S`` gets all of it."""
-    if not color:
-        return text.plain
+def _ansi(segments: Iterable[Segment], color: bool) -> str:
+    """Segments as text; ANSI colours (the 16 every terminal and ``less -R`` knows) if ``color``."""
     return "".join(
-        seg.style.render(seg.text, color_system=ColorSystem.STANDARD) if seg.style else seg.text
-        for seg in text.render(_PLAIN_CONSOLE)
+        seg.style.render(seg.text, color_system=ColorSystem.STANDARD)
+        if color and seg.style
+        else seg.text
+        for seg in segments
+        if not seg.control
     )
 
 
-_PLAIN_CONSOLE = Console(file=io.StringIO(), color_system=None, legacy_windows=False)
+def _lines(renderable: RenderableType, width: int, height: int, color: bool) -> list[str]:
+    """``renderable`` as at most ``height`` lines of at most ``width`` cells."""
+    options = _OFFSCREEN.options.update(width=width, height=height, no_wrap=True)
+    return [_ansi(line, color) for line in _OFFSCREEN.render_lines(renderable, options, pad=False)]
 
 
 # -- tail mode ---------------------------------------------------------------------------------
@@ -419,7 +406,8 @@ def render_line(
     Times are the message's own ``ts`` (else ``received``/now) in ``tz`` (default local).
     """
     text = line_text(topic, payload, state=state, tz=tz, received=received)
-    return _one_line(text, color)
+    # Never wrapped or cut: a pipe or ``less -S`` gets all of it.
+    return _ansi(text.render(_OFFSCREEN), color)
 
 
 def _preview(payload: bytes, limit: int = 80) -> str:
