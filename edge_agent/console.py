@@ -7,12 +7,11 @@ retransmitted ``msg_id`` s.
 
 Three layers, each usable alone::
 
-    ContractState.feed(topic, payload, retain)   pure model, no I/O (unit-tested)
-    render_line(topic, payload)                  one line per message  (``tail`` mode)
-    render_dashboard(state, width, height)       one screen            (``view`` mode)
-    run_console(host, port, root, mode=...)      paho-mqtt subscriber that drives the above
+    ContractState.feed(topic, payload, retain)   pure model, no I/O (unit-tested)   here
+    render_line / render_dashboard / Dashboard   drawn with rich                    console_view
+    run_console(host, port, root, mode=...)      paho-mqtt subscriber driving both  here
 
-Colours are plain ANSI escape codes and only used when the output is a terminal.
+Colours are only used when the output is a terminal (and ``NO_COLOR`` is not set).
 """
 
 from __future__ import annotations
