@@ -7,12 +7,11 @@ retransmitted ``msg_id`` s.
 
 Three layers, each usable alone::
 
-    ContractState.feed(topic, payload, retain)   pure model, no I/O (unit-tested)
-    render_line(topic, payload)                  one line per message  (``tail`` mode)
-    render_dashboard(state, width, height)       one screen            (``view`` mode)
-    run_console(host, port, root, mode=...)      paho-mqtt subscriber that drives the above
+    ContractState.feed(topic, payload, retain)   pure model, no I/O (unit-tested)   here
+    render_line / render_dashboard / Dashboard   drawn with rich                    console_view
+    run_console(host, port, root, mode=...)      paho-mqtt subscriber driving both  here
 
-Colours are plain ANSI escape codes and only used when the output is a terminal.
+Colours are only used when the output is a terminal (and ``NO_COLOR`` is not set).
 """
 
 from __future__ import annotations
@@ -29,19 +28,20 @@ import ssl
 import sys
 import threading
 import time
-import unicodedata
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, tzinfo
+from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from rich.console import Console
+from rich.live import Live
 
-from .publisher import stop_network_thread
+from .mqttutil import stop_network_thread
 from .tls import describe_error as describe_tls_error
 
 log = logging.getLogger(__name__)
@@ -50,144 +50,12 @@ Mode = Literal["tail", "view"]
 Language = Literal["en", "zh"]
 Protocol = Literal["5", "3.1.1"]
 
-#: Metrics shown first on the dashboard, in this order; a device shows those it has.
-KEY_METRICS: tuple[str, ...] = (
-    "co2",
-    "temperature",
-    "humidity",
-    "pm25",  # classroom air sensors
-    "noise",
-    "illuminance",  # lux/noise sensors
-    "power_total",
-    "energy_total",  # energy meters
-)
-#: How many values a dashboard row shows at most.
-MAX_ROW_METRICS = 4
-#: Short names for the dashboard only (tail mode prints the contract names).
-_SHORT_METRIC = {
-    "temperature": "temp",
-    "humidity": "hum",
-    "illuminance": "illum",
-    "power_total": "P",
-    "energy_total": "E",
-}
-_SEVERITY_ORDER = {"critical": 0, "major": 1, "minor": 2, "warning": 3}
+_MAX_SEEN_MSG_IDS = 200_000
+_RATE_WINDOW_S = 10.0
 #: Redraws per second at most in ``view`` mode; ages are refreshed at least once a second.
 _REDRAW_MIN_S = 0.5
 _REDRAW_MAX_S = 1.0
 _TAIL_TICK_S = 0.1
-_MAX_SEEN_MSG_IDS = 200_000
-_RATE_WINDOW_S = 10.0
-
-# -- ANSI --------------------------------------------------------------------------------------
-_RESET = "\x1b[0m"
-BOLD = "1"
-DIM = "2"
-RED = "31"
-GREEN = "32"
-YELLOW = "33"
-CYAN = "36"
-MAGENTA = "35"
-_STATE_COLOUR = {"online": GREEN, "degraded": YELLOW, "offline": RED}
-_QUALITY_COLOUR = {"good": None, "uncertain": YELLOW, "bad": RED}
-_SEVERITY_COLOUR = {"critical": RED, "major": RED, "minor": YELLOW, "warning": YELLOW}
-
-# -- labels (en / zh) --------------------------------------------------------------------------
-_LABELS: dict[str, dict[str, str]] = {
-    "en": {
-        "title": "Campus Edge",
-        "agent": "agent",
-        "gateways": "gateways online",
-        "up": "up",
-        "outbox": "outbox",
-        "oldest": "oldest",
-        "dropped": "dropped",
-        "pub": "pub",
-        "rx": "rx",
-        "broker": "broker",
-        "connected": "connected",
-        "disconnected": "disconnected",
-        "connecting": "connecting",
-        "msgs": "msgs",
-        "gaps": "seq gaps",
-        "dup": "dup",
-        "malformed": "malformed",
-        "historical": "historical",
-        "last": "last",
-        "device": "DEVICE",
-        "state": "STATE",
-        "age": "AGE",
-        "values": "VALUES",
-        "no_building": "(no building)",
-        "alarms": "ACTIVE ALARMS",
-        "recent": "RECENT EVENTS",
-        "more": "more",
-        "no_devices": "no devices seen yet",
-        "online": "online",
-        "offline": "offline",
-        "degraded": "degraded",
-        "unknown": "?",
-        "critical": "CRIT",
-        "major": "MAJOR",
-        "minor": "MINOR",
-        "warning": "WARN",
-        "active_unacked": "unacked",
-        "active_acked": "acked",
-        "cleared_unacked": "cleared,unacked",
-        "cleared": "cleared",
-        "shelved": "shelved",
-        "alarm": "ALARM",
-    },
-    "zh": {
-        "title": "校园边缘网关监视",
-        "agent": "网关",
-        "gateways": "网关在线",
-        "up": "运行",
-        "outbox": "缓存",
-        "oldest": "最早",
-        "dropped": "丢弃",
-        "pub": "发送",
-        "rx": "接收",
-        "broker": "代理",
-        "connected": "已连接",
-        "disconnected": "已断开",
-        "connecting": "连接中",
-        "msgs": "消息",
-        "gaps": "序号缺口",
-        "dup": "重复",
-        "malformed": "格式错误",
-        "historical": "补传",
-        "last": "最近",
-        "device": "设备",
-        "state": "状态",
-        "age": "时长",
-        "values": "读数",
-        "no_building": "（未指定楼栋）",
-        "alarms": "当前告警",
-        "recent": "最近事件",
-        "more": "更多",
-        "no_devices": "尚未收到设备数据",
-        "online": "在线",
-        "offline": "离线",
-        "degraded": "降级",
-        "unknown": "?",
-        "critical": "紧急",
-        "major": "重要",
-        "minor": "次要",
-        "warning": "警告",
-        "active_unacked": "未确认",
-        "active_acked": "已确认",
-        "cleared_unacked": "已恢复未确认",
-        "cleared": "已恢复",
-        "shelved": "已搁置",
-        "alarm": "告警",
-    },
-}
-
-
-def _label(language: str, key: str) -> str:
-    table = _LABELS.get(language, _LABELS["en"])
-    return table.get(key, _LABELS["en"].get(key, key))
 
 
 # -- model -------------------------------------------------------------------------------------
@@ -350,7 +218,7 @@ class _SeqWindow:
         return sum(end - start + 1 for start, end in self.holes)
 
 
-class _RootPattern:
+class RootPattern:
     """``ROOT`` as given on the command line, possibly with ``+`` wildcards."""
 
     def __init__(self, root: str) -> None:
@@ -380,7 +248,7 @@ class _RootPattern:
         return "/".join(levels[:n]), levels[n:]
 
 
-def _classify(rel: list[str]) -> tuple[str, str | None]:
+def classify(rel: list[str]) -> tuple[str, str | None]:
     """Map the levels below ROOT to ``(kind, id)``; kind ``unknown`` when not in the contract."""
     n = len(rel)
     head = rel[0]
@@ -443,7 +311,7 @@ def _num(value: Any) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def _parse_health(raw: dict[str, Any], received: float) -> HealthView:
+def parse_health(raw: dict[str, Any], received: float) -> HealthView:
     depth = _num(_pick(raw, "outbox.depth", "outbox_depth", "outbox.count", "depth"))
     size = _num(_pick(raw, "outbox.bytes", "outbox_bytes", "bytes"))
     dropped_raw = _pick(raw, "dropped", "outbox.dropped", "dropped_by_lane")
@@ -477,7 +345,7 @@ def _parse_health(raw: dict[str, Any], received: float) -> HealthView:
     )
 
 
-def _metrics_from_meta(meta: Mapping[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
+def metrics_from_meta(meta: Mapping[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
     """``metrics`` as a list of ``{name, unit, description}`` or a dict keyed by name."""
     units: dict[str, str] = {}
     descriptions: dict[str, str] = {}
@@ -512,7 +380,7 @@ class ContractState:
         max_events: int = 50,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.pattern = _RootPattern(root)
+        self.pattern = RootPattern(root)
         self.root = self.pattern.text
         self.clock = clock
         self.gateways: dict[str, GatewayView] = {}
@@ -589,7 +457,7 @@ class ContractState:
         self.messages += 1
         self._rx_times.append(now)
         self._trim_rx(now)
-        kind, ident = _classify(rel)
+        kind, ident = classify(rel)
         self.counts[kind] = self.counts.get(kind, 0) + 1
         if kind == "unknown":
             self.unknown += 1
@@ -606,7 +474,7 @@ class ContractState:
             # An empty retained payload clears the retained message (contract: alarms/active).
             self._clear(root, kind, ident)
             return "cleared"
-        doc, error = _decode(payload)
+        doc, error = decode_payload(payload)
         if doc is None:
             self._malformed(topic, error)
             return "malformed"
@@ -662,7 +530,7 @@ class ContractState:
             gw.status_ts = parse_ts(doc.get("ts"))
             gw.status_received = now
         elif kind == "health":
-            self._gateway(root).health = _parse_health(doc, now)
+            self._gateway(root).health = parse_health(doc, now)
         elif kind == "meta":
             assert ident is not None
             dev = self._device(root, ident)
@@ -672,7 +540,7 @@ class ContractState:
             loc: Mapping[str, Any] = loc_raw if isinstance(loc_raw, Mapping) else doc
             dev.building = _opt_str(loc.get("building"))
             dev.room = _opt_str(loc.get("room"))
-            dev.units, dev.descriptions = _metrics_from_meta(doc)
+            dev.units, dev.descriptions = metrics_from_meta(doc)
             dev.has_meta = True
         elif kind == "state":
             assert ident is not None
@@ -830,7 +698,7 @@ class _Malformed(Exception):
     """A JSON message that does not have the shape the contract gives it."""
 
 
-def _decode(payload: bytes) -> tuple[dict[str, Any] | None, str]:
+def decode_payload(payload: bytes) -> tuple[dict[str, Any] | None, str]:
     try:
         # Every key and string comes out escaped, so nothing built from the payload
         # (tail lines, the dashboard, error notes) can carry a control sequence.
@@ -859,535 +727,7 @@ def _opt_str(value: Any) -> str | None:
     return str(value)
 
 
-# -- formatting helpers --------------------------------------------------------------------------
-def _cell_width(text: str) -> int:
-    """Terminal columns used by ``text`` (CJK wide characters count 2, combining marks 0)."""
-    width = 0
-    for ch in text:
-        if unicodedata.combining(ch):
-            continue
-        width += 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
-    return width
-
-
-def _truncate(text: str, width: int) -> str:
-    """Cut ``text`` to ``width`` columns, ending with ``…`` when something was cut."""
-    if width <= 0:
-        return ""
-    if _cell_width(text) <= width:
-        return text
-    out: list[str] = []
-    used = 0
-    for ch in text:
-        w = (
-            0
-            if unicodedata.combining(ch)
-            else (2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1)
-        )
-        if used + w > width - 1:
-            break
-        out.append(ch)
-        used += w
-    return "".join(out) + "…"
-
-
-def _pad(text: str, width: int) -> str:
-    text = _truncate(text, width)
-    return text + " " * (width - _cell_width(text))
-
-
-def format_value(value: Any) -> str:
-    """A metric value as a console shows it: ``23.4``, ``812``, ``0.98``, ``on``."""
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return str(value)
-        text = f"{value:.2f}" if abs(value) < 10 else f"{value:.1f}"
-        return text.rstrip("0").rstrip(".") if "." in text else text
-    if value is None:
-        return "null"
-    return str(value)
-
-
-def format_age(seconds: float | None) -> str:
-    """``3s``, ``4m``, ``2h``, ``5d``; ``-`` when unknown."""
-    if seconds is None:
-        return "-"
-    s = max(0, int(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m"
-    if s < 86400:
-        return f"{s // 3600}h"
-    return f"{s // 86400}d"
-
-
-def _format_uptime(seconds: float) -> str:
-    s = max(0, int(seconds))
-    days, s = divmod(s, 86400)
-    hours, s = divmod(s, 3600)
-    minutes = s // 60
-    return f"{days}d{hours:02d}h" if days else f"{hours}h{minutes:02d}m"
-
-
-def _format_bytes(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "kB", "MB"):
-        if size < 1000:
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{size:.1f} GB"
-
-
-def _clock_text(ts: float | None, tz: tzinfo | None, *, ms: bool) -> str:
-    if ts is None:
-        return "--:--:--.---" if ms else "--:--:--"
-    dt = datetime.fromtimestamp(ts, tz=tz or datetime.now().astimezone().tzinfo)
-    text = dt.strftime("%H:%M:%S")
-    return f"{text}.{dt.microsecond // 1000:03d}" if ms else text
-
-
-def _metric_text(name: str, value: Any, units: Mapping[str, str], *, short: bool = False) -> str:
-    label = _SHORT_METRIC.get(name, name) if short else name
-    return f"{label}={format_value(value)}{units.get(name, '')}"
-
-
-def _summarise(data: Mapping[str, Any], skip: Iterable[str] = ()) -> str:
-    skipped = set(skip)
-    parts = []
-    for k, v in data.items():
-        if k in skipped or v is None or isinstance(v, dict | list):
-            continue
-        parts.append(f"{k}={format_value(v)}")
-    return " ".join(parts)
-
-
-def _event_summary(type_: str, data: Mapping[str, Any]) -> str:
-    if type_ == "card_read":
-        bits = [str(data[k]) for k in ("result", "direction", "context") if data.get(k)]
-        if data.get("reader"):
-            bits.append(f"reader={data['reader']}")
-        if data.get("card"):
-            bits.append(f"card={data['card']}")
-        return " ".join(bits)
-    return _summarise(data)
-
-
-def _alarm_summary(data: Mapping[str, Any]) -> str:
-    bits = [str(data.get(k)) for k in ("severity", "state") if data.get(k)]
-    if data.get("value") is not None:
-        cmp = f"{format_value(data['value'])}"
-        if data.get("threshold") is not None:
-            cmp += f" (threshold {format_value(data['threshold'])})"
-        bits.append(cmp)
-    if data.get("message"):
-        bits.append(str(data["message"]))
-    return " ".join(bits)
-
-
-def _paint(text: str, code: str | None, color: bool) -> str:
-    return f"\x1b[{code}m{text}{_RESET}" if color and code else text
-
-
-# -- tail mode ---------------------------------------------------------------------------------
-def render_line(
-    topic: str,
-    payload: bytes,
-    *,
-    state: ContractState | None = None,
-    color: bool = False,
-    tz: tzinfo | None = None,
-    received: float | None = None,
-) -> str:
-    """One human line for one message (``tail`` mode).
-
-    ``state`` (fed with this message or earlier ones) supplies ROOT and the metric
-    units from ``meta``; without it ROOT is taken as the first three topic levels.
-    Times are the message's own ``ts`` (else ``received``/now) in ``tz`` (default local).
-    """
-    topic = escape_controls(topic)
-    pattern = state.pattern if state is not None else _RootPattern("+/+/+")
-    split = pattern.split(topic)
-    now = received if received is not None else time.time()
-    if split is None:
-        return f"{_clock_text(now, tz, ms=True)} ?         {topic} ({len(payload)} B)"
-    root, rel = split
-    kind, ident = _classify(rel)
-    who = ident or ""
-    if state is not None and state.pattern.wildcard and ident is not None:
-        who = state.device_key(root, ident)
-    elif state is None or state.pattern.wildcard:
-        # No state or many gateways: say which gateway spoke for gateway-wide topics.
-        who = who or root
-
-    def line(ts: float | None, label: str, text: str, code: str | None = None) -> str:
-        head = f"{_clock_text(ts if ts is not None else now, tz, ms=True)} {label:<9} "
-        return head + _paint(text, code, color)
-
-    if kind == "snapshot":
-        return line(None, "snapshot", f"{who} {'/'.join(rel[2:])} ({len(payload)} B)")
-    if kind == "cmd":
-        return line(None, "cmd", f"{who} {_preview(payload)}", DIM)
-    if kind == "unknown":
-        return line(None, "?", f"{topic} {_preview(payload)}", DIM)
-    if not payload:
-        return line(None, "cleared", f"{'/'.join(rel)} (retained message removed)", DIM)
-    doc, error = _decode(payload)
-    if doc is None:
-        return line(None, "MALFORMED", f"{topic}: {error}: {_preview(payload)}", RED)
-    ts = parse_ts(doc.get("ts"))
-    hist = " (historical)" if doc.get("historical") is True else ""
-    raw_data = doc.get("data")
-    if kind in ("telemetry", "event", "alarm") and not isinstance(raw_data, dict):
-        return line(None, "MALFORMED", f"{topic}: envelope without a 'data' object", RED)
-    data: dict[str, Any] = raw_data if isinstance(raw_data, dict) else {}
-    if kind == "telemetry":
-        units = {}
-        if state is not None and ident is not None:
-            dev = state.devices.get(state.device_key(root, ident))
-            units = dev.units if dev else {}
-        quality = str(doc.get("quality") or "good")
-        values = " ".join(_metric_text(str(k), v, units) for k, v in data.items())
-        q = _paint(f"[{quality}]", _QUALITY_COLOUR.get(quality), color)
-        return f"{line(ts, 'telemetry', who)} {values} {q}{hist}"
-    if kind == "event":
-        etype = str(doc.get("type") or "?")
-        return line(ts, "event", f"{who} {etype} {_event_summary(etype, data)}".rstrip() + hist)
-    if kind in ("alarm", "alarm_active"):
-        adata = data or doc
-        device = adata.get("device") or doc.get("device") or "?"
-        sev = str(adata.get("severity") or "")
-        label = "alarm" if kind == "alarm" else "alarm*"
-        text = f"{device} {adata.get('rule') or ident or '?'} {_alarm_summary(adata)}"
-        return line(ts, label, text.rstrip() + hist, _SEVERITY_COLOUR.get(sev))
-    if kind == "state":
-        st = str(doc.get("state") or "?")
-        text = f"{who} {st}"
-        if doc.get("since"):
-            text += f" since {doc['since']}"
-        if doc.get("last_error"):
-            text += f" error: {doc['last_error']}"
-        return line(None, "state", text, _STATE_COLOUR.get(st))
-    if kind == "status":
-        st = str(doc.get("state") or "?")
-        bits = [st]
-        for k in ("reason", "agent_version", "epoch", "devices"):
-            if doc.get(k) is not None:
-                bits.append(f"{k}={doc[k]}")
-        return line(ts, "status", f"{root} " + " ".join(bits), _STATE_COLOUR.get(st))
-    if kind == "health":
-        h = _parse_health(doc, now)
-        bits = []
-        if h.depth is not None:
-            bits.append(f"outbox={h.depth}")
-        if h.bytes is not None:
-            bits.append(_format_bytes(h.bytes).replace(" ", ""))
-        if h.oldest_age_s is not None:
-            bits.append(f"oldest={format_age(h.oldest_age_s)}")
-        bits.append(f"dropped={h.dropped_total}")
-        if h.publish_rate is not None:
-            bits.append(f"pub={h.publish_rate:.1f}/s")
-        if h.uptime_s is not None:
-            bits.append(f"up={_format_uptime(h.uptime_s)}")
-        return line(ts, "health", f"{root} " + " ".join(bits), DIM)
-    if kind == "meta":
-        units, _ = _metrics_from_meta(doc)
-        loc_raw = doc.get("location")
-        loc: Mapping[str, Any] = loc_raw if isinstance(loc_raw, Mapping) else doc
-        where = "/".join(str(loc[k]) for k in ("building", "room") if loc.get(k))
-        text = f"{who} kind={doc.get('kind')} model={doc.get('model') or doc.get('profile')}"
-        text += f" at {where}" if where else ""
-        return line(None, "meta", f"{text} metrics={len(units)}", CYAN)
-    if kind == "cmd_result":
-        ok = doc.get("ok")
-        text = f"{who} ok={ok}" + (f" error: {doc['error']}" if doc.get("error") else "")
-        return line(None, "cmd_res", text, GREEN if ok is True else RED)
-    return line(None, kind, _preview(payload))
-
-
-def _preview(payload: bytes, limit: int = 80) -> str:
-    text = escape_controls(payload[:limit].decode("utf-8", errors="replace"))
-    return text + ("…" if len(payload) > limit else "")
-
-
-# -- view mode ---------------------------------------------------------------------------------
-Segment = tuple[str, str | None]
-
-
-def _fit(segments: list[Segment], width: int, color: bool) -> str:
-    """Join segments, cut to ``width`` columns, colour after cutting so codes never break."""
-    out: list[str] = []
-    left = width
-    for text, code in segments:
-        if left <= 0:
-            break
-        piece = _truncate(text, left)
-        left -= _cell_width(piece)
-        out.append(_paint(piece, code, color))
-        if piece.endswith("…") and piece != text:
-            break
-    return "".join(out)
-
-
-def _key_metrics(dev: DeviceView) -> list[str]:
-    chosen = [m for m in KEY_METRICS if m in dev.values][:MAX_ROW_METRICS]
-    if chosen:
-        return chosen
-    order = [m for m in dev.units if m in dev.values] + [
-        m for m in dev.values if m not in dev.units
-    ]
-    return order[:MAX_ROW_METRICS]
-
-
-def render_dashboard(
-    state: ContractState,
-    width: int,
-    height: int,
-    language: Language = "en",
-    *,
-    color: bool = False,
-    now: float | None = None,
-    tz: tzinfo | None = None,
-) -> str:
-    """One screen (``height`` lines of at most ``width`` columns) of what the platform sees."""
-    width = max(10, width)
-    height = max(1, height)
-    now = state.clock() if now is None else now
-
-    def t(key: str) -> str:
-        return _label(language, key)
-
-    header = _header(state, t, now, tz)
-    rule: list[Segment] = [("─" * width, DIM)]
-    devices = _device_rows(state, t, width, now)
-    alarms = _alarm_rows(state, t)
-    recent = _recent_rows(state, t, tz)
-
-    budget = height - len(header) - 1
-    parts = _allocate(budget, devices, alarms, recent, t)
-    lines = [*header, rule, *parts]
-    return "\n".join(_fit(segs, width, color) for segs in lines[:height])
-
-
-def _header(
-    state: ContractState, t: Callable[[str], str], now: float, tz: tzinfo | None
-) -> list[list[Segment]]:
-    gws = list(state.gateways.values())
-    line1: list[Segment] = [(t("title"), BOLD), (f" · {state.root} · ", None)]
-    if state.pattern.wildcard:
-        online = sum(1 for g in gws if g.state == "online")
-        line1.append((f"{t('gateways')} {online}/{len(gws)}", GREEN if online else RED))
-    else:
-        gw = state.gateway
-        st = gw.state if gw and gw.state else "unknown"
-        line1.append((f"{t('agent')} ", None))
-        line1.append((f"● {t(st)}", _STATE_COLOUR.get(st, YELLOW)))
-        if gw and gw.agent_version:
-            line1.append((f" v{gw.agent_version}", DIM))
-        uptime = gw.health.uptime_s if gw and gw.health else None
-        if uptime is None and gw and gw.state == "online" and gw.status_ts is not None:
-            uptime = now - gw.status_ts
-        if uptime is not None:
-            line1.append((f" · {t('up')} {_format_uptime(uptime)}", None))
-    line1.append((f" · {_clock_text(now, tz, ms=False)}", DIM))
-
-    healths = [g.health for g in gws if g.health is not None]
-    line2: list[Segment] = [(f"{t('broker')} ", None)]
-    if state.connected is None:
-        line2.append((t("connecting"), YELLOW))
-    elif state.connected:
-        line2.append((t("connected"), GREEN))
-    else:
-        line2.append((t("disconnected"), RED))
-    line2.append((" · ", None))
-    if healths:
-        depth = sum(h.depth or 0 for h in healths)
-        text = f"{t('outbox')} {depth}"
-        extra = []
-        size = sum(h.bytes or 0 for h in healths)
-        if any(h.bytes is not None for h in healths):
-            extra.append(_format_bytes(size))
-        oldest = [h.oldest_age_s for h in healths if h.oldest_age_s is not None]
-        if oldest:
-            extra.append(f"{t('oldest')} {format_age(max(oldest))}")
-        if extra:
-            text += f" ({', '.join(extra)})"
-        line2.append((text, YELLOW if depth else None))
-        dropped = sum(h.dropped_total for h in healths)
-        line2.append((f" · {t('dropped')} {dropped}", RED if dropped else None))
-        rates = [h.publish_rate for h in healths if h.publish_rate is not None]
-        if rates:
-            line2.append((f" · {t('pub')} {sum(rates):.1f}/s", None))
-    else:
-        line2.append((f"{t('outbox')} -", DIM))
-    line2.append((f" · {t('rx')} {state.rx_rate(now):.1f}/s", None))
-    if state.connected is False and state.connection_note:
-        line2.append((f" ({state.connection_note})", RED))
-
-    line3: list[Segment] = [(f"{t('msgs')} {state.messages}", None)]
-    line3.append((f" · {t('gaps')} {state.gaps}", RED if state.gaps else None))
-    line3.append((f" · {t('dup')} {state.duplicates}", YELLOW if state.duplicates else None))
-    line3.append((f" · {t('historical')} {state.historical}", None))
-    line3.append((f" · {t('malformed')} {state.malformed}", RED if state.malformed else None))
-    if state.malformed_log:
-        topic, reason = state.malformed_log[-1]
-        if not state.pattern.wildcard:
-            topic = topic.removeprefix(state.root + "/")
-        line3.append((f" ({t('last')}: {topic}: {reason})", RED))
-    return [line1, line2, line3]
-
-
-def _device_rows(
-    state: ContractState, t: Callable[[str], str], width: int, now: float
-) -> list[list[Segment]]:
-    devs = sorted(
-        state.devices.values(),
-        key=lambda d: (d.building is None, d.building or "", d.key),
-    )
-    if not devs:
-        return [[(t("no_devices"), DIM)]]
-    id_w = min(max(_cell_width(d.key) for d in devs) + 1, max(12, width // 3), 40)
-    rows: list[list[Segment]] = [
-        [
-            (" " + _pad(t("device"), id_w) + " ", BOLD),
-            (_pad(t("state"), 9), BOLD),
-            (_pad(t("age"), 5) + " ", BOLD),
-            (t("values"), BOLD),
-        ]
-    ]
-    building: str | bool | None = False  # False: no group printed yet
-    for dev in devs:
-        if dev.building != building:
-            building = dev.building
-            rows.append([(f"■ {dev.building or t('no_building')}", CYAN)])
-        st = dev.state or "unknown"
-        age = None if dev.last_ts is None else now - dev.last_ts
-        row: list[Segment] = [
-            (" " + _pad(dev.key, id_w) + " ", None),
-            (_pad(t(st), 9), _STATE_COLOUR.get(st)),
-            (_pad(format_age(age), 5) + " ", None),
-        ]
-        for name in _key_metrics(dev):
-            mv = dev.values[name]
-            row.append(
-                (
-                    _metric_text(name, mv.value, dev.units, short=True) + " ",
-                    _QUALITY_COLOUR.get(mv.quality, YELLOW),
-                )
-            )
-        if not dev.values:
-            counts = [
-                (k, n)
-                for k, n in (
-                    ("events", dev.events),
-                    ("alarms", dev.alarms),
-                    ("snapshots", dev.snapshots),
-                )
-                if n
-            ]
-            row.append((" ".join(f"{k}={n}" for k, n in counts) + " ", DIM))
-        if dev.last_error and st != "online":
-            row.append((str(dev.last_error), RED))
-        rows.append(row)
-    return rows
-
-
-def _alarm_rows(state: ContractState, t: Callable[[str], str]) -> list[list[Segment]]:
-    if not state.active_alarms:
-        return []
-    alarms = sorted(
-        state.active_alarms.values(),
-        key=lambda a: (_SEVERITY_ORDER.get(a.severity or "", 9), a.raised_at or "", a.key),
-    )
-    rows: list[list[Segment]] = [[(f"{t('alarms')} ({len(alarms)})", BOLD)]]
-    for a in alarms:
-        sev = a.severity or "?"
-        row: list[Segment] = [
-            (" " + _pad(t(sev), 6) + " ", _SEVERITY_COLOUR.get(sev)),
-            (f"{a.device or '?'} {a.rule or a.alarm_id} ", None),
-            (f"{t(a.state or 'unknown')} ", YELLOW if a.state and "unacked" in a.state else None),
-        ]
-        if a.value is not None:
-            cmp = format_value(a.value)
-            if a.threshold is not None:
-                cmp += f"/{format_value(a.threshold)}"
-            row.append((cmp + " ", None))
-        if a.message:
-            row.append((a.message, DIM))
-        rows.append(row)
-    return rows
-
-
-def _recent_rows(
-    state: ContractState, t: Callable[[str], str], tz: tzinfo | None
-) -> list[list[Segment]]:
-    if not state.events:
-        return []
-    rows: list[list[Segment]] = [[(t("recent"), BOLD)]]
-    for ev in reversed(state.events):
-        ts = ev.ts if ev.ts is not None else ev.received
-        row: list[Segment] = [(f" {_clock_text(ts, tz, ms=False)} {ev.key} ", None)]
-        if ev.kind == "alarm":
-            sev = str(ev.data.get("severity") or "")
-            row.append((f"{t('alarm')} {ev.type} ", _SEVERITY_COLOUR.get(sev, MAGENTA)))
-            row.append((_alarm_summary(ev.data), None))
-        else:
-            row.append((f"{ev.type} ", CYAN))
-            row.append((_event_summary(ev.type, ev.data), None))
-        rows.append(row)
-    return rows
-
-
-def _allocate(
-    budget: int,
-    devices: list[list[Segment]],
-    alarms: list[list[Segment]],
-    recent: list[list[Segment]],
-    t: Callable[[str], str],
-) -> list[list[Segment]]:
-    """Share ``budget`` lines: alarms first (up to 6), a few recent events, devices the rest;
-    lines a section does not need go to the events, then to the alarms."""
-    if budget <= 0:
-        return []
-    want_a, want_r, want_d = len(alarms), len(recent), len(devices)
-    n_a = min(want_a, 6)
-    n_r = min(want_r, 4)
-    # Keep at least a few device rows on small screens: shrink recent, then alarms.
-    min_d = min(want_d, 3)
-    while n_a + n_r + min_d > budget and (n_r or n_a):
-        if n_r > 2 or (n_r and n_a <= 2):
-            n_r = n_r - 1 if n_r > 2 else 0
-        else:
-            n_a = n_a - 1 if n_a > 2 else 0
-    n_d = min(want_d, max(0, budget - n_a - n_r))
-    spare = budget - n_a - n_r - n_d
-    extra_r = min(spare, want_r - n_r)
-    n_r += extra_r
-    n_a += min(spare - extra_r, want_a - n_a)
-    return [*_cut(devices, n_d, t), *_cut(alarms, n_a, t), *_cut(recent, n_r, t)]
-
-
-def _cut(rows: list[list[Segment]], n: int, t: Callable[[str], str]) -> list[list[Segment]]:
-    if n >= len(rows):
-        return rows
-    if n <= 0:
-        return []
-    hidden = len(rows) - (n - 1)
-    return [*rows[: n - 1], [(f" … {hidden} {t('more')}", DIM)]]
-
-
 # -- the MQTT side -------------------------------------------------------------------------------
-_ENTER_SCREEN = "\x1b[?1049h\x1b[?25l"
-_LEAVE_SCREEN = "\x1b[?25h\x1b[?1049l"
-_HOME = "\x1b[H"
-_CLEAR_EOL = "\x1b[K"
-_CLEAR_BELOW = "\x1b[J"
-
-
 def _is_tty(out: TextIO) -> bool:
     try:
         return out.isatty()
@@ -1419,13 +759,15 @@ async def run_console(
     itself while the broker is away. The paho network thread is stopped before returning.
     ``color`` defaults to "``out`` is a terminal".
     """
+    from .console_view import Dashboard, render_dashboard  # it imports this module
+
     if mode not in ("tail", "view"):
         raise ValueError(f"mode must be 'tail' or 'view', not {mode!r}")
     if protocol not in ("5", "3.1.1"):
         raise ValueError(f"protocol must be '5' or '3.1.1', not {protocol!r}")
     stream = out if out is not None else sys.stdout
     st = state if state is not None else ContractState(root)
-    if state is not None and state.root != _RootPattern(root).text:
+    if state is not None and state.root != RootPattern(root).text:
         raise ValueError(f"state was made for root {state.root!r}, not {root!r}")
     tty = _is_tty(stream)
     use_color = (tty and "NO_COLOR" not in os.environ) if color is None else color
@@ -1437,10 +779,31 @@ async def run_console(
     )
     loop = asyncio.get_running_loop()
     deadline = None if duration_s is None else loop.time() + duration_s
-    view_screen = mode == "view" and tty
-    if view_screen:
-        stream.write(_ENTER_SCREEN)
+    dashboard = Dashboard(st, language)
+    # On a terminal rich redraws the screen in place (alternate screen, no refresh thread:
+    # we refresh when something changed, at most twice a second, and once a second for the
+    # ages); into a pipe or file each redraw is appended as plain lines.
+    live: Live | None = None
+    term = Console(file=stream, color_system="auto" if use_color else None, emoji=False)
+    if mode == "view" and tty and not term.is_dumb_terminal:  # TERM=dumb cannot redraw
+        live = Live(
+            dashboard,
+            console=term,
+            screen=True,
+            auto_refresh=False,
+            redirect_stdout=False,
+            redirect_stderr=False,
+        )
+
+    def draw() -> None:
+        if live is not None:
+            live.refresh()
+            return
+        size = shutil.get_terminal_size((100, 30))
+        text = render_dashboard(st, size.columns, size.lines, language, color=use_color)
+        stream.write(text + "\n\n")
         stream.flush()
+
     log.info(
         "console: watching %s on %s:%d (MQTT %s)", st.pattern.subscription, host, port, protocol
     )
@@ -1453,6 +816,8 @@ async def run_console(
     last_draw = -math.inf
     dirty = True
     try:
+        if live is not None:
+            live.start()
         while True:
             changed = _drain(inbox, st, stream, mode, use_color)
             dirty = dirty or changed
@@ -1460,7 +825,7 @@ async def run_console(
             if mode == "view" and (
                 (dirty and now - last_draw >= _REDRAW_MIN_S) or now - last_draw >= _REDRAW_MAX_S
             ):
-                _draw(stream, st, language, use_color, view_screen)
+                draw()
                 last_draw, dirty = now, False
             if mode == "tail" and changed:
                 stream.flush()
@@ -1472,17 +837,18 @@ async def run_console(
         stopping.set()
         await _stop_client(client, paho_thread)
         _drain(inbox, st, stream, mode, use_color)
-        if view_screen:
-            stream.write(_LEAVE_SCREEN)
-        if mode == "view":
-            _draw(stream, st, language, use_color, screen=False)
+        if live is not None:
+            live.stop()  # leaves the alternate screen; the last screen stays on the terminal
+            live.console.print(dashboard)
+        elif mode == "view":
+            draw()
         stream.flush()
     return st
 
 
 def _make_client(
     client_id: str,
-    pattern: _RootPattern,
+    pattern: RootPattern,
     protocol: Protocol,
     username: str | None,
     password: str | None,
@@ -1543,6 +909,8 @@ def _drain(
     mode: Mode,
     color: bool,
 ) -> bool:
+    from .console_view import clock_text, render_line  # it imports this module
+
     changed = False
     while inbox:
         item = inbox.popleft()
@@ -1558,24 +926,13 @@ def _drain(
                     log.warning("console: broker connection lost (%s); reconnecting", note)
                 if mode == "tail":
                     text = "broker connected" if up else f"broker disconnected ({note})"
-                    out.write(f"{_clock_text(time.time(), None, ms=True)} --------- {text}\n")
+                    out.write(f"{clock_text(time.time(), None, ms=True)} --------- {text}\n")
             continue
         topic, payload, retain = item
         kind = state.feed(topic, payload, retain)
         if mode == "tail" and kind != "foreign":
             out.write(render_line(topic, payload, state=state, color=color) + "\n")
     return changed
-
-
-def _draw(out: TextIO, state: ContractState, language: Language, color: bool, screen: bool) -> None:
-    size = shutil.get_terminal_size((100, 30))
-    text = render_dashboard(state, size.columns, size.lines, language, color=color)
-    if screen:
-        body = text.replace("\n", _CLEAR_EOL + "\n")
-        out.write(_HOME + body + _CLEAR_EOL + _CLEAR_BELOW)
-    else:
-        out.write(text + "\n\n")
-    out.flush()
 
 
 async def _stop_client(client: mqtt.Client, paho_thread: threading.Thread | None) -> None:

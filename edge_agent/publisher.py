@@ -41,6 +41,7 @@ from paho.mqtt.properties import Properties
 
 from .envelope import Lane, iso_ms, mark_historical
 from .errors import ConfigError
+from .mqttutil import stop_network_thread as stop_network_thread  # also imported from here
 from .outbox import Outbox, Row
 from .tls import TlsFileError, TlsSettings, client_context
 from .tls import describe_error as describe_tls_error
@@ -897,17 +898,6 @@ def host_port(host: str, port: int) -> str:
 
 def _protocol(name: str) -> MQTTProtocolVersion:
     return MQTTProtocolVersion.MQTTv5 if name == "5" else MQTTProtocolVersion.MQTTv311
-
-
-def stop_network_thread(client: mqtt.Client) -> None:
-    """``client.loop_stop()`` without paho 2.x's race: after a disconnect its thread
-    may end on its own and set ``client._thread = None`` between ``loop_stop``'s check
-    and its ``join()``, which then raises AttributeError. The thread is finishing
-    either way; there is nothing left to stop."""
-    try:
-        client.loop_stop()
-    except AttributeError:
-        pass
 
 
 def _log_task_error(task: asyncio.Future[None]) -> None:

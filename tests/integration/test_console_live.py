@@ -133,6 +133,7 @@ async def test_console_returns_what_the_platform_received(
     assert "telemetry b1-r101-air co2=804ppm temperature=22.5°C [good]" in text
     assert "MALFORMED" in text
     assert "broker connected" in text
+    assert "\x1b[" not in text  # not a terminal: plain lines, no colour codes
 
 
 async def test_console_view_survives_a_broker_restart(mqtt_broker: TestBroker) -> None:
@@ -187,3 +188,59 @@ async def test_console_without_a_broker_stops_cleanly_after_its_duration() -> No
     assert state.connected is False
     assert state.messages == 0
     assert "broker disconnected (connection failed)" in out.getvalue()
+
+
+class _Terminal(io.StringIO):
+    """What the console writes to a terminal, kept: ``isatty()`` says yes."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+async def test_console_view_on_a_terminal_redraws_in_place_at_most_twice_a_second(
+    mqtt_broker: TestBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A Raspberry Pi console left open for days: a flood of messages must not turn into a
+    # flood of redraws. Count full-screen redraws (cursor home) while telemetry streams in.
+    monkeypatch.setenv("TERM", "xterm-256color")
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    root = _root()
+    out = _Terminal()
+    state = ContractState(root)
+    duration_s = 3.0
+    console = asyncio.create_task(
+        run_console(
+            mqtt_broker.host,
+            mqtt_broker.port,
+            root,
+            mode="view",
+            protocol=mqtt_broker.protocol,  # type: ignore[arg-type]
+            duration_s=duration_s,
+            out=out,
+            state=state,
+        )
+    )
+    seq = 0
+    try:
+        await _until(lambda: bool(state.connected), "the console to connect")
+        while not console.done():
+            seq += 1
+            payload = _envelope("telemetry", "b3-门禁-1", seq, {"co2": 400 + seq})
+            await _publish(mqtt_broker, f"{root}/telemetry/b3-门禁-1", payload)
+        await console
+    finally:
+        if not console.done():
+            console.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await console
+
+    screen = out.getvalue()
+    assert state.devices["b3-门禁-1"].telemetry > 10  # it was busy
+    assert screen.count("\x1b[?1049h") == 1  # the alternate screen, entered once ...
+    assert screen.count("\x1b[?1049l") == 1  # ... and left
+    redraws = screen.count("\x1b[H") - 1  # entering the alternate screen homes once too
+    assert 1 <= redraws <= 2 * duration_s + 2, redraws
+    # The last screen stays on the terminal after leaving the alternate screen, in colour.
+    last = screen.rsplit("\x1b[?1049l", 1)[1]
+    assert "b3-门禁-1" in last
+    assert "\x1b[32mconnected" in last

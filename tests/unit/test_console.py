@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import unicodedata
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
-from edge_agent.console import ContractState, render_dashboard, render_line
+from edge_agent.console import ContractState
+from edge_agent.console_view import render_dashboard, render_line
 
 ROOT = "campus/s1/gw1"
 NOW = 1_795_852_800.0  # 2026-11-28T08:00:00Z
@@ -446,3 +449,66 @@ def test_dashboard_shows_control_characters_escaped(color: bool) -> None:
     assert not TERMINAL_CONTROL.search(plain.replace("\n", ""))
     assert "evil\\x1b[31m" in plain
     assert "\\x1b]0;pwned\\x07" in plain
+
+
+# -- rich draws the screen, but never reads markup out of a payload -------------------------------
+MARKUP = "[bold red]x[/] [link=https://example.invalid]y[/link] [/]"
+
+
+def test_rich_markup_in_a_payload_is_shown_literally() -> None:
+    state = ContractState(ROOT, clock=lambda: NOW)
+    messages = [
+        (
+            f"{ROOT}/devices/b1-r101-air/state",
+            json.dumps({"state": "offline", "last_error": MARKUP}),
+        ),
+        (f"{ROOT}/telemetry/b1-r101-air", envelope("telemetry", "b1-r101-air", 1, {"co2": MARKUP})),
+        (f"{ROOT}/events/door-1", envelope("event", "door-1", 2, {"zone": MARKUP}, type=MARKUP)),
+        (f"{ROOT}/alarms/active/a1", json.dumps({**ALARM, "message": MARKUP})),
+    ]
+    for topic, payload in messages:
+        raw = payload if isinstance(payload, bytes) else payload.encode()
+        state.feed(topic, raw)
+        for color in (False, True):
+            line = ANSI.sub("", render_line(topic, raw, state=state, color=color, tz=UTC))
+            assert MARKUP in line, line
+    for color in (False, True):
+        screen = render_dashboard(state, 300, 60, color=color, now=NOW, tz=UTC)
+        plain = ANSI.sub("", screen)
+        assert plain.count(MARKUP) >= 4, plain  # state error, value, event, alarm message
+        assert "\x1b]8;" not in screen  # no hyperlink escape made from [link=...]
+    # Our own colours still work: the offline state is red, from our style, not the payload's.
+    assert "\x1b[31m" in render_line(messages[0][0], messages[0][1].encode(), color=True)
+
+
+def test_tail_does_not_import_the_publisher() -> None:
+    # `tail` runs on an operator's laptop: it needs paho and rich, not the agent's publisher
+    # (and its outbox/SQLite stack).
+    code = (
+        "import sys, edge_agent.console, edge_agent.console_view; "
+        "print(sorted(m for m in sys.modules if m in "
+        "('edge_agent.publisher', 'edge_agent.outbox')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def test_dashboard_aligns_cjk_ids_and_cuts_long_values(state: ContractState) -> None:
+    feed_air(state)
+    long_value = "很热" * 60
+    for i, device in enumerate(("b3-门禁-1", "b3-教室空调-二楼")):
+        state.feed(f"{ROOT}/devices/{device}/state", b'{"state":"online","last_error":null}', True)
+        state.feed(
+            f"{ROOT}/telemetry/{device}",
+            envelope("telemetry", device, 10 + i, {"温度": long_value}),
+        )
+    lines = render_dashboard(state, 80, 24, "zh", now=NOW + 5, tz=UTC).split("\n")
+    rows = [ln for ln in lines if "在线" in ln]
+    assert len(rows) == 3, lines
+    # Each id shown whole, and the state column starts at the same screen column on every row.
+    assert any(" b3-教室空调-二楼 " in ln for ln in rows)
+    starts = {_cells(ln[: ln.index("在线")]) for ln in rows}
+    assert len(starts) == 1, rows
+    cut = [ln for ln in rows if "很热" in ln]
+    assert len(cut) == 2
+    assert all(ln.rstrip().endswith("…") and _cells(ln) <= 80 for ln in cut), cut
