@@ -383,7 +383,7 @@ class _Subscriber:
     def stop(self) -> None:
         with contextlib.suppress(Exception):
             self.client.disconnect()
-        from .publisher import stop_network_thread
+        from .mqttutil import stop_network_thread
 
         stop_network_thread(self.client)
 
@@ -708,7 +708,7 @@ def run_bare_paho(
         elapsed = time.perf_counter() - t0
     finally:
         client.disconnect()
-        from .publisher import stop_network_thread
+        from .mqttutil import stop_network_thread
 
         stop_network_thread(client)
     return {

@@ -181,12 +181,14 @@ class _SeqWindow:
     priority order, so seq order is not arrival order) fills its hole again.
     """
 
-    __slots__ = ("hi", "holes", "lo")
+    __slots__ = ("hi", "holes", "lo", "skipped")
 
     def __init__(self, seq: int) -> None:
         self.lo = seq
         self.hi = seq
         self.holes: list[list[int]] = []
+        #: ranges the gateway announced as never used (``seq_skipped`` events): not a loss
+        self.skipped: list[tuple[int, int]] = []
 
     def add(self, seq: int) -> bool:
         """Record ``seq``; False when it was already seen (a reused seq)."""
@@ -213,9 +215,22 @@ class _SeqWindow:
                 return True
         return False
 
+    def skip(self, start: int, end: int) -> None:
+        """The gateway says ``start``..``end`` were never used (a seq reservation left
+        behind by an unclean stop): holes there are not missing messages."""
+        if start <= end:
+            self.skipped.append((start, end))
+
     @property
     def missing(self) -> int:
-        return sum(end - start + 1 for start, end in self.holes)
+        missing = 0
+        for start, end in self.holes:
+            missing += end - start + 1
+            for s_start, s_end in self.skipped:
+                overlap = min(end, s_end) - max(start, s_start) + 1
+                if overlap > 0:
+                    missing -= overlap
+        return missing
 
 
 class RootPattern:
@@ -652,9 +667,15 @@ class ContractState:
             return True
         window = self._seq.get((root, epoch))
         if window is None:
-            self._seq[(root, epoch)] = _SeqWindow(seq)
+            window = self._seq[(root, epoch)] = _SeqWindow(seq)
         elif not window.add(seq):
             self.seq_reused += 1
+        if doc.get("kind") == "event" and doc.get("type") == "seq_skipped":
+            data = doc.get("data")
+            if isinstance(data, dict):
+                lo, hi = data.get("from"), data.get("to")
+                if type(lo) is int and type(hi) is int:
+                    window.skip(lo, hi)
         self.gaps = sum(w.missing for w in self._seq.values())
         return True
 

@@ -41,7 +41,7 @@ from paho.mqtt.properties import Properties
 
 from .envelope import Lane, iso_ms, mark_historical
 from .errors import ConfigError
-from .mqttutil import stop_network_thread as stop_network_thread  # also imported from here
+from .mqttutil import stop_network_thread
 from .outbox import Outbox, Row
 from .tls import TlsFileError, TlsSettings, client_context
 from .tls import describe_error as describe_tls_error

@@ -36,7 +36,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.properties import Properties
 
 from edge_agent.localbroker import BrokerError, LocalBroker, find_mosquitto, free_port, mqtt_ping
-from edge_agent.publisher import stop_network_thread
+from edge_agent.mqttutil import stop_network_thread
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from paho.mqtt.properties import Properties
 
 from edge_agent.agent import Agent
 from edge_agent.config import load_config
-from edge_agent.publisher import stop_network_thread
+from edge_agent.mqttutil import stop_network_thread
 from edge_agent.simulators.campus import CampusSim
 from tests.contract import TS
 from tests.e2e.helpers import agent_config

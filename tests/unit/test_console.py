@@ -192,6 +192,21 @@ def test_seq_gap_is_counted_and_filled_by_a_late_message(state: ContractState) -
     assert state.duplicates == 0
 
 
+def test_an_announced_seq_skip_is_not_a_gap(state: ContractState) -> None:
+    # After an unclean stop the agent goes on above its seq reservation and says so with a
+    # seq_skipped event (contract 1.1, docs/mqtt.md): the platform's view has no loss there.
+    topic = f"{ROOT}/telemetry/b1-r101-air"
+    for seq in (40, 41, 42, 43):
+        state.feed(topic, envelope("telemetry", "b1-r101-air", seq, {"co2": seq}))
+    skip = {"from": 44, "to": 1003, "count": 960, "reason": "unclean_stop"}
+    state.feed(f"{ROOT}/events/gw1", envelope("event", "gw1", 1004, skip, type="seq_skipped"))
+    state.feed(topic, envelope("telemetry", "b1-r101-air", 1005, {"co2": 1}))
+    assert state.gaps == 0
+    # a real hole next to the announced range still counts
+    state.feed(topic, envelope("telemetry", "b1-r101-air", 1008, {"co2": 2}))
+    assert state.gaps == 2
+
+
 def test_duplicate_msg_id_is_counted_once_per_retransmission(state: ContractState) -> None:
     topic = f"{ROOT}/telemetry/b1-r101-air"
     first = envelope("telemetry", "b1-r101-air", 5, {"co2": 800}, msg_id="01JDAAA")
