@@ -30,7 +30,8 @@ def free_port() -> int:
 
 def make_agent(tmp_path: Path, broker: MqttBroker, http: dict[str, Any]) -> Agent:
     cfg: dict[str, Any] = {
-        "site": {"id": "test-school", "gateway_id": "gw1"},
+        # a root of its own: the retained status it leaves must not reach other tests
+        "site": {"id": "http-school", "gateway_id": "gw1"},
         "mqtt": {"host": broker.host, "port": broker.port, "protocol": broker.protocol},
         "outbox": {"path": str(tmp_path / "outbox.db"), "commit_interval_ms": 50},
         "clock": {"sync_check": "none"},
