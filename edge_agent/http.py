@@ -75,7 +75,8 @@ class _ProtocolLogger(logging.Logger):
     type, without traceback."""
 
     def __init__(self, errors: ErrorLog) -> None:
-        super().__init__("edge_agent.http.protocol")
+        super().__init__(f"{__name__}.protocol")
+        self.parent = log  # its DEBUG lines (a client speaking TLS or garbage) go with ours
         self.errors = errors
 
     def exception(self, msg: object, *args: object, **kwargs: Any) -> None:
@@ -176,6 +177,9 @@ class HttpServer:
             shutdown_timeout=STOP_TIMEOUT_S,
             keepalive_timeout=KEEPALIVE_S,
             logger=_ProtocolLogger(self.errors),
+            # Without it, stop leaves a connection task behind that still reads the rest of
+            # a body (lingering) after cleanup. A handler is then cancelled when its client
+            # hangs up: a push kind whose commit must finish anyway shields it.
             handler_cancellation=True,
         )
         await runner.setup()
