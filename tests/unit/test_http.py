@@ -13,7 +13,10 @@ import contextlib
 import json
 import logging
 import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -250,3 +253,24 @@ async def test_address_in_use_is_retried_and_logged_once(caplog: pytest.LogCaptu
         with contextlib.suppress(asyncio.CancelledError):
             await task
     assert server.addresses == []
+
+
+def test_an_agent_without_http_never_imports_aiohttp(tmp_path: Path) -> None:
+    # aiohttp costs about 12 MB of RSS: a gateway with only polled devices must not pay it.
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text(
+        f"site: {{id: school-a, gateway_id: gw1}}\noutbox: {{path: {tmp_path / 'o.db'}}}\n"
+    )
+    code = (
+        "import sys\n"
+        "from edge_agent.agent import Agent\n"
+        "from edge_agent.cli import main\n"
+        "from edge_agent.config import load_config\n"
+        f"agent = Agent(load_config({str(cfg)!r}), {str(cfg)!r})\n"
+        "assert not agent.http.wanted\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'aiohttp'))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "[]"
