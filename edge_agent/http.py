@@ -11,6 +11,7 @@ What every request gets, whoever registered the route:
 * a body limit (``http.max_body_bytes``): a larger body is answered 413, checked on
   ``Content-Length`` before reading and again while reading a chunked body;
 * a time limit (``http.request_timeout_s``, off for event streams): answered 408;
+  a connection idle for 15 s, or stuck in its headers that long, is closed;
 * no traceback to the client or in the log for a bad request; a handler bug is
   answered 500 and logged once per route and error type (with its traceback once),
   then at DEBUG, and counted in a summary at stop (logs live on an SD card);
@@ -45,8 +46,9 @@ log = logging.getLogger(__name__)
 
 #: requests still running at stop get this long to finish, then are cancelled
 STOP_TIMEOUT_S = 2.0
-#: an idle keep-alive connection is closed after this long (a terminal that went away)
-KEEPALIVE_S = 15.0
+#: a connection idle this long is closed, also one that sent only part of its headers
+#: (a terminal that went away, a slow-loris client)
+IDLE_TIMEOUT_S = 15.0
 
 
 class ErrorLog:
@@ -107,8 +109,10 @@ class HttpServer:
         *,
         health: Callable[[], Awaitable[dict[str, Any]]] | None = None,
         healthy: Callable[[], bool] | None = None,
+        idle_timeout_s: float = IDLE_TIMEOUT_S,
     ) -> None:
         self.cfg = cfg
+        self.idle_timeout_s = idle_timeout_s
         self.host, self.port = cfg.address()
         self.errors = ErrorLog()
         self._health = health
@@ -193,7 +197,7 @@ class HttpServer:
             handle_signals=False,
             access_log=None,
             shutdown_timeout=STOP_TIMEOUT_S,
-            keepalive_timeout=KEEPALIVE_S,
+            keepalive_timeout=self.idle_timeout_s,
             logger=_ProtocolLogger(self.errors),
             # Without it, stop leaves a connection task behind that still reads the rest of
             # a body (lingering) after cleanup. A handler is then cancelled when its client

@@ -146,6 +146,24 @@ async def test_request_that_never_completes_is_408(
     assert status == 408
 
 
+async def test_idle_or_half_sent_connection_is_closed() -> None:
+    server = HttpServer(config(enabled=True), health=_health, idle_timeout_s=0.2)
+    await server.start()
+    try:
+        port = server.addresses[0][1]
+        for sent in (b"", b"GET /healthz HTTP/1.1\r\nHost: gw\r\n"):  # headers never end
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(sent)
+            try:
+                assert await asyncio.wait_for(reader.read(), 10) == b""  # closed, no answer
+            finally:
+                writer.close()
+                with contextlib.suppress(ConnectionError):
+                    await writer.wait_closed()
+    finally:
+        await server.stop()
+
+
 async def test_handler_bug_is_500_without_traceback_and_logged_once(
     push_server: tuple[HttpServer, FakePush, int], caplog: pytest.LogCaptureFixture
 ) -> None:
