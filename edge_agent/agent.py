@@ -33,6 +33,7 @@ from .config_models import SerialBus, TcpBus
 from .driver import Bus, DriverContext, PollingDriver, Quality, Value
 from .envelope import Lane, iso_ms
 from .errors import OutboxError
+from .http import HttpServer
 from .outbox import Outbox
 from .poll import PollLoop, backoff_delay
 from .procstats import ProcessStats
@@ -193,6 +194,8 @@ class Agent:
         self._last_flush_ok = time.monotonic()
         self._started = time.monotonic()
         self._memory_lost_seen = 0
+        #: one HTTP server for push devices and the console; parts add routes before run()
+        self.http = HttpServer(cfg.http, health=self.health, healthy=self._healthy)
         self._build_drivers()
         self._register_commands()
 
@@ -314,6 +317,7 @@ class Agent:
                     main.append(
                         tg.create_task(self._device_task(dev_id, driver), name=f"device:{dev_id}")
                     )
+                http = tg.create_task(self.http.run(), name="http") if self.http.wanted else None
                 self.notifier.ready(
                     f"{len(self.drivers)} devices, outbox epoch {self.outbox.epoch}"
                 )
@@ -332,6 +336,9 @@ class Agent:
                 # Commands first (each still gets its answer), then devices, so their
                 # last readings are committed before the outbox and the publisher stop.
                 await self.router.close()
+                if http is not None:  # no new pushes or console requests while stopping
+                    http.cancel()
+                    await asyncio.gather(http, return_exceptions=True)
                 for t in main[4:]:
                     t.cancel()
                 await asyncio.gather(*main[4:], return_exceptions=True)

@@ -21,6 +21,7 @@ from . import registry
 from .config_models import (
     BusConfig,
     CommandsConfig,
+    HttpConfig,
     MqttConfig,
     OutboxConfig,
     SiteConfig,
@@ -113,6 +114,9 @@ class AgentConfigBase(Strict):
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Log level")
     commands: CommandsConfig = Field(
         default_factory=CommandsConfig, description="Command signing, queues and deadlines"
+    )
+    http: HttpConfig = Field(
+        default_factory=HttpConfig, description="HTTP server for push devices and the console"
     )
     profile_dirs: list[str] = Field(
         default_factory=list,

@@ -290,3 +290,83 @@ class CommandsConfig(Strict):
         description="A command not started within this many seconds is refused, not executed "
         "(an MQTT 5 message expiry interval on the request overrides it)",
     )
+
+
+def parse_bind(value: str) -> tuple[str, int]:
+    """``host:port`` -> (host, port); an IPv6 literal goes in brackets (``[::1]:8080``).
+
+    Raises ``ValueError`` with an installer's message (English / Chinese).
+    """
+    text = value.strip()
+    example = "e.g. 127.0.0.1:8080, 0.0.0.0:8080 or [::1]:8080"
+    if "://" in text or "/" in text:
+        raise ValueError(
+            f"{value!r}: write host:port only, without a scheme or path ({example}) "
+            "/ 只写 主机:端口，不要写 http:// 或路径"
+        )
+    if text.startswith("["):
+        inner, sep, rest = text[1:].partition("]")
+        try:
+            ipaddress.IPv6Address(inner)
+        except ValueError:
+            raise ValueError(
+                f"{value!r}: not an IPv6 address in brackets / 方括号内不是 IPv6 地址"
+            ) from None
+        if not sep or not rest.startswith(":"):
+            raise ValueError(f"{value!r}: the port is missing ({example}) / 缺少端口")
+        host, port_text = inner, rest[1:]
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep:
+            raise ValueError(f"{value!r}: the port is missing ({example}) / 缺少端口")
+        if ":" in host:
+            raise ValueError(
+                f"{value!r}: an IPv6 address goes in brackets, e.g. [::1]:8080 "
+                "/ IPv6 地址请写在方括号内，例如 [::1]:8080"
+            )
+        if not host or any(c.isspace() or c in "[]@" for c in host):
+            raise ValueError(f"{value!r}: not a host name ({example}) / 不是有效的主机名")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(
+            f"{value!r}: the port must be a number from 0 to 65535 / 端口必须是 0 到 65535 的数字"
+        )
+    return host, int(port_text)
+
+
+class HttpConfig(Strict):
+    """The agent's one HTTP server, shared by push devices (they POST to the gateway) and
+    the local console. Off unless enabled here or a configured device kind needs it."""
+
+    enabled: bool = Field(
+        default=False,
+        description="Start the HTTP server (GET /healthz) even when no device needs it; "
+        "push devices and the console start it by themselves",
+    )
+    bind: str = Field(
+        default="127.0.0.1:8080",
+        description="Address and port to listen on, host:port; an IPv6 literal in brackets "
+        "('[::1]:8080'); '0.0.0.0:8080' for devices on the LAN; port 0 = any free port",
+    )
+    max_body_bytes: int = Field(
+        default=1024 * 1024,
+        ge=1024,
+        le=64 * 1024 * 1024,
+        description="Largest request body accepted; a larger one is answered 413",
+    )
+    request_timeout_s: float = Field(
+        default=30,
+        gt=0,
+        le=3600,
+        description="A request (reading its body and answering) that takes longer is "
+        "answered 408 and closed; event streams of the console are exempt",
+    )
+
+    @field_validator("bind")
+    @classmethod
+    def check_bind(cls, value: str) -> str:
+        parse_bind(value)
+        return value.strip()
+
+    def address(self) -> tuple[str, int]:
+        """``bind`` as (host, port), host without brackets."""
+        return parse_bind(self.bind)

@@ -146,6 +146,31 @@ devices:
   - {<<: *air, id: b1-r102-air, unit: 2, interval_s: 10}   # overrides the anchor / 覆盖锚点中的值
 ```
 
+<a id="http-server"></a>
+
+## HTTP server / HTTP 服务
+
+The agent has one HTTP server (section [`http`](#http)), shared by devices that push to the
+gateway (an access terminal POSTing its records, a camera sending events) and the local
+console. It is off unless `http.enabled: true` or a configured device kind needs it; then it
+listens on `http.bind` (default `127.0.0.1:8080`, this gateway only; `0.0.0.0:8080` for devices
+on the LAN, `[::1]:8080` for an IPv6 address). `GET /healthz` answers the same health JSON as
+the `ROOT/health` topic, with status 503 while the outbox cannot commit. A body larger than
+`http.max_body_bytes` is answered 413, a request slower than `http.request_timeout_s` 408, an
+unknown path 404; a connection idle (or stuck in its headers) for 15 s is closed.
+There is no access log (SD card); a bad request or a failing handler is
+logged once per kind of error, with a count when the agent stops. An address that cannot be
+bound (in use) is logged and retried; the rest of the agent keeps running.
+
+网关内只有一个 HTTP 服务（配置段 `http`），供主动推送数据的设备（门禁终端上传记录、摄像机上报事件）
+和本地控制台共用。默认关闭；设置 `http.enabled: true` 或配置了需要它的设备类型时才启动，监听
+`http.bind`（默认 `127.0.0.1:8080`，仅本机可访问；局域网设备推送请用 `0.0.0.0:8080`；IPv6 地址写在
+方括号内，如 `[::1]:8080`）。`GET /healthz` 返回与 `ROOT/health` 相同的健康信息（本地缓存无法写入时
+返回 503）。请求体超过 `http.max_body_bytes` 返回 413，超过 `http.request_timeout_s` 返回 408，
+未知路径返回 404；空闲（或请求头迟迟未发完）15 秒的连接会被关闭。
+不写访问日志（保护 SD 卡）；同类错误只记录一次，停止时汇总次数。地址被占用时
+记录日志并重试，其余功能照常运行。
+
 <a id="profile-search"></a>
 
 ## Where profiles are found / 设备模板的查找位置

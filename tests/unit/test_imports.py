@@ -60,6 +60,7 @@ TOOLS = {
     "edge_agent.bench",
     "edge_agent.cli",
     "edge_agent.console",
+    "edge_agent.console_view",
     "edge_agent.demo",
     "edge_agent.doctor",
     "edge_agent.localbroker",
