@@ -520,6 +520,9 @@ class Outbox:
         if self._db is None:
             raise OutboxError("outbox is not open")
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # A caller cancelled meanwhile (the agent stopping) never reads a refusal:
+        # retrieve it here so asyncio does not log it as unhandled.
+        done.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._batches.append(_Batch(list(messages), dict(state or {}), done))
         if len(self._pending) + sum(len(b.pending) for b in self._batches) >= (
             self.commit_max_batch
