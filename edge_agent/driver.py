@@ -42,6 +42,16 @@ class Reading:
 
 
 @dataclass(frozen=True, slots=True)
+class Event:
+    """One event for :meth:`DeviceLink.commit`: ``type`` from the contract's event types,
+    ``ts`` in UNIX seconds (UTC) when it happened (None: now)."""
+
+    type: str
+    data: dict[str, Any] = field(default_factory=dict)
+    ts: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class MetricInfo:
     """What the ``meta`` topic says about one metric."""
 
@@ -164,7 +174,7 @@ class DeviceLink(Protocol):
         self, data: dict[str, Value], *, ts: float | None = None, quality: Quality = "good"
     ) -> None: ...
 
-    async def commit(self, events: Sequence[Any], *, cursor: str | None = None) -> None:
+    async def commit(self, events: Sequence[Event], *, cursor: str | None = None) -> None:
         """Events and cursor in ONE transaction; returns once durable; raises
         :class:`~edge_agent.errors.NotDurableError` when only memory would hold them."""
         ...

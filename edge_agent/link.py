@@ -24,26 +24,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from .clock import ClockGate
-from .driver import DeviceStateName, Quality, Value
+from .driver import DeviceStateName, Event, Quality, Value
 from .envelope import Lane, iso_ms
 from .errors import NotDurableError
 from .outbox import CURSOR, Outbox
 
+__all__ = ["Event", "OutboxLink"]
+
 StateSink = Callable[[str, dict[str, Any]], None]
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One event for :meth:`OutboxLink.commit`: ``type`` from the contract's event types,
-    ``ts`` in UNIX seconds (UTC) when it happened (None: now)."""
-
-    type: str
-    data: dict[str, Any] = field(default_factory=dict)
-    ts: float | None = None
 
 
 class OutboxLink:

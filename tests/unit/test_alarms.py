@@ -165,13 +165,16 @@ async def test_alarm_state_is_saved_in_the_same_transaction_as_its_messages(
     assert ob.mode == "memory"
     with sqlite3.connect(tmp_path / "outbox.db") as other:
         assert other.execute("SELECT COUNT(*) FROM device_state").fetchone() == (0,)
+        assert other.execute("SELECT COUNT(*) FROM outbox").fetchone() == (0,)
     await ob.db.execute("PRAGMA max_page_count=1073741823")
     await ob.flush()
     with sqlite3.connect(tmp_path / "outbox.db") as other:
         saved = other.execute(
             "SELECT value FROM device_state WHERE device=? AND key=?", ALARM_STATE
         ).fetchone()
+        (message,) = other.execute("SELECT payload FROM outbox").fetchone()
     assert alarm.alarm_id in saved[0]
+    assert alarm.alarm_id in bytes(message).decode()  # the message and the book, together
     assert ob.mode == "disk"
     await ob.close()
 
