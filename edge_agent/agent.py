@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, registry
-from .alarms import AlarmBook
+from .alarms import AlarmBook, OutboxAlarmStore
 from .clock import Clock, ClockGate, SystemClock
 from .commands import (
     CommandRouter,
@@ -30,10 +30,11 @@ from .commands import (
 )
 from .config import AgentConfigBase, profile_dirs
 from .config_models import SerialBus, TcpBus
-from .driver import Bus, DriverContext, PollingDriver, Quality, Value
+from .driver import Bus, DriverContext, PushDriver, Quality, Value
 from .envelope import Lane, iso_ms
 from .errors import OutboxError
 from .http import HttpServer
+from .link import OutboxLink
 from .outbox import Outbox
 from .poll import PollLoop, backoff_delay
 from .procstats import ProcessStats
@@ -188,7 +189,9 @@ class Agent:
             self.outbox.put,
             self.publisher.set_retained,
             cfg.site.language,
-            store=self.outbox.path.with_name(self.outbox.path.name + ".alarms.json"),
+            store=OutboxAlarmStore(
+                self.outbox, self.outbox.path.with_name(self.outbox.path.name + ".alarms.json")
+            ),
         )
         self._stop = asyncio.Event()
         self._last_flush_ok = time.monotonic()
@@ -439,8 +442,15 @@ class Agent:
 
     async def _device_task(self, dev_id: str, driver: Any) -> None:
         dev = self.devices[dev_id]
-        if not isinstance(driver, PollingDriver):
-            await self._supervise(dev_id, lambda: driver.run(self.emitter))
+        if isinstance(driver, PushDriver):
+            link = OutboxLink(
+                dev_id,
+                outbox=self.outbox,
+                gate=self.emitter,
+                root=self.root,
+                state_sink=self._state_sink,
+            )
+            await self._supervise(dev_id, lambda: driver.run(link))
             return
         interval = dev.interval_s or driver.meta().get("default_interval_s") or 30.0
         poll = PollLoop(

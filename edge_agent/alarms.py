@@ -17,12 +17,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from .envelope import Lane, iso_ms, new_ulid
 
@@ -72,6 +71,69 @@ class Alarm:
         }
 
 
+class AlarmStore(Protocol):
+    """Where the alarm book keeps its open alarms (a JSON text)."""
+
+    def load(self) -> str | None: ...
+
+    def save(self, text: str) -> None: ...
+
+
+class StateDb(Protocol):
+    """What :class:`OutboxAlarmStore` needs from the outbox."""
+
+    state: dict[tuple[str, str], str]
+
+    def put_state(self, device: str, key: str, value: str) -> None: ...
+
+
+#: ``device_state`` row of the alarm book: device "" is the gateway itself
+ALARM_STATE = ("", "alarms")
+
+
+class OutboxAlarmStore:
+    """The open alarms in the outbox database (``device_state``), saved in the same
+    transaction as the alarm messages that changed them: a crash can never keep a
+    transition on the uplink and lose it from the book, or the other way round.
+
+    ``legacy`` is the JSON file of earlier versions (``outbox.db.alarms.json``): read
+    once when the database has no alarm state yet, and deleted at the start after,
+    once its content is known to be in the database."""
+
+    def __init__(self, db: StateDb, legacy: Path | None = None) -> None:
+        self.db = db
+        self.legacy = legacy
+
+    def load(self) -> str | None:
+        saved = self.db.state.get(ALARM_STATE)
+        if self.legacy is None or not self.legacy.exists():
+            return saved
+        if saved is not None:
+            # Migrated at an earlier start (the database has it now): the file goes.
+            try:
+                self.legacy.unlink()
+                log.info("removed %s: the alarms are in the outbox database now", self.legacy)
+            except OSError as err:
+                log.warning("cannot remove %s: %s", self.legacy, err)
+            return saved
+        try:
+            text = self.legacy.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            log.error(
+                "the saved alarms in %s are unreadable and were ignored: %s", self.legacy, err
+            )
+            return None
+        log.info(
+            "moving the saved alarms from %s into the outbox database / 告警状态迁移到缓存数据库",
+            self.legacy,
+        )
+        self.db.put_state(*ALARM_STATE, text)
+        return text
+
+    def save(self, text: str) -> None:
+        self.db.put_state(*ALARM_STATE, text)
+
+
 class AlarmBook:
     """The alarms this gateway currently knows, and their transitions."""
 
@@ -81,17 +143,16 @@ class AlarmBook:
         put: Put,
         set_retained: SetRetained,
         language: str = "zh",
-        store: Path | None = None,
+        store: AlarmStore | None = None,
     ) -> None:
         self.root = root
         self._put = put
         self._set_retained = set_retained
         self.language = language
         self.alarms: dict[str, Alarm] = {}
-        #: a small JSON file with the alarms that are still active or unacknowledged, so
-        #: a restart neither forgets them nor answers "no active alarm" to their ack
+        #: where the alarms that are still active or unacknowledged are kept, so a
+        #: restart neither forgets them nor answers "no active alarm" to their ack
         self.store = store
-        self._store_failed = False
 
     # -- persistence -------------------------------------------------------------
     def _save(self) -> None:
@@ -102,18 +163,7 @@ class AlarmBook:
             entry = dataclasses.asdict(alarm)
             entry.pop("shelved_until")  # monotonic: meaningless after a restart
             entries.append(entry)
-        tmp = self.store.with_name(self.store.name + ".tmp")
-        try:
-            with tmp.open("w", encoding="utf-8") as f:
-                json.dump({"version": 1, "alarms": entries}, f, ensure_ascii=False)
-                f.flush()
-                os.fsync(f.fileno())
-            tmp.replace(self.store)
-            self._store_failed = False
-        except OSError as err:  # a full disk: the alarm still goes out, only its copy waits
-            if not self._store_failed:
-                log.warning("cannot save the active alarms to %s: %s", self.store, err)
-            self._store_failed = True
+        self.store.save(json.dumps({"version": 1, "alarms": entries}, ensure_ascii=False))
 
     def load(self) -> int:
         """Take back the alarms saved before a restart; returns how many.
@@ -121,14 +171,15 @@ class AlarmBook:
         Their retained topics are set again. A shelve does not outlive a restart: a
         shelved alarm comes back as it would when its shelve ends.
         """
-        if self.store is None or not self.store.exists():
+        text = self.store.load() if self.store is not None else None
+        if text is None:
             return 0
         try:
-            entries = json.loads(self.store.read_text(encoding="utf-8"))["alarms"]
+            entries = json.loads(text)["alarms"]
             names = {f.name for f in dataclasses.fields(Alarm)}
             restored = [Alarm(**{k: v for k, v in e.items() if k in names}) for e in entries]
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            log.error("the saved alarms in %s are unreadable and were ignored: %s", self.store, err)
+        except (ValueError, KeyError, TypeError) as err:
+            log.error("the saved alarms are unreadable and were ignored: %s", err)
             return 0
         for alarm in restored:
             self.alarms[alarm.alarm_id] = alarm

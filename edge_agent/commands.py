@@ -36,6 +36,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from .driver import DoorOpener, Snapshotter, Writable
 from .envelope import iso_ms
 from .errors import DeviceError
 from .signing import SIGNED_COMMANDS, WINDOW_S, SignatureError, verify
@@ -563,10 +564,9 @@ def write_handler(lookup: Callable[[str], Any]) -> Handler:
         driver = lookup(device)
         if driver is None:
             raise CommandError(f"unknown device {device!r}")
-        write = getattr(driver, "write", None)
-        if write is None:
+        if not isinstance(driver, Writable):
             raise CommandError(f"device {device!r} has no writable points")
-        await write(point, value)
+        await driver.write(point, value)
         return {"device": device, "point": point, "value": value}
 
     return handle
@@ -582,10 +582,9 @@ def door_handler(lookup: Callable[[str], Any]) -> Handler:
         driver = lookup(device)
         if driver is None:
             raise CommandError(f"unknown device {device!r}")
-        open_door = getattr(driver, "open_door", None)
-        if open_door is None:
+        if not isinstance(driver, DoorOpener):
             raise CommandError(f"device {device!r} has no door to open")
-        await open_door(door)
+        await driver.open_door(door)
         return {"device": device, "door": door}
 
     return handle
@@ -619,10 +618,8 @@ def snapshot_handler(lookup: Callable[[str], Any]) -> Handler:
         driver = lookup(device)
         if driver is None:
             raise CommandError(f"unknown device {device!r}")
-        snap = getattr(driver, "snapshot", None)
-        if snap is None:
+        if not isinstance(driver, Snapshotter):
             raise CommandError(f"device {device!r} is not a camera")
-        result: dict[str, Any] = await snap()
-        return result
+        return await driver.snapshot()
 
     return handle

@@ -4,19 +4,26 @@ A driver is one protocol family (``drivers/<kind>/``). It never imports MQTT or
 the outbox: everything it produces goes through :class:`Emit`. Polling devices
 implement only :meth:`PollingDriver.read`; the shared poll loop in
 :mod:`edge_agent.poll` owns interval, jitter, no-overlap, timeouts, retries and
-the online/offline state of the device.
+the online/offline state of the device. Push devices implement
+:class:`PushDriver`: ``run(link)`` until cancelled, everything through their
+:class:`DeviceLink` (see :mod:`edge_agent.link`). What a device can do beyond
+reporting is a capability, a small protocol (:class:`Writable`,
+:class:`DoorOpener`, :class:`Snapshotter`, :class:`Diagnosable`) that the
+command handlers check with ``isinstance``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
 Quality = Literal["good", "uncertain", "bad"]
+DeviceStateName = Literal["online", "offline", "degraded"]
 Value = float | int | bool | str | None
 
 
@@ -32,6 +39,16 @@ class Reading:
     #: metrics that could not be read this time (left out of ``data``), with the reason;
     #: the device is then ``degraded`` and ``last_error`` names them
     missing: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One event for :meth:`DeviceLink.commit`: ``type`` from the contract's event types,
+    ``ts`` in UNIX seconds (UTC) when it happened (None: now)."""
+
+    type: str
+    data: dict[str, Any] = field(default_factory=dict)
+    ts: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +158,64 @@ class PollingDriver(Driver, Protocol):
     async def close(self) -> None:
         """Release connections. Called when the device task stops."""
         ...
+
+
+class DeviceLink(Protocol):
+    """One per push device, built by the core (:class:`edge_agent.link.OutboxLink`)."""
+
+    device_id: str
+
+    @property
+    def cursor(self) -> str | None:
+        """The last committed cursor, loaded at start (None before the first commit)."""
+        ...
+
+    def telemetry(
+        self, data: dict[str, Value], *, ts: float | None = None, quality: Quality = "good"
+    ) -> None: ...
+
+    async def commit(self, events: Sequence[Event], *, cursor: str | None = None) -> None:
+        """Events and cursor in ONE transaction; returns once durable; raises
+        :class:`~edge_agent.errors.NotDurableError` when only memory would hold them."""
+        ...
+
+    def state(self, state: DeviceStateName, reason: str | None = None) -> None: ...
+
+
+@runtime_checkable
+class PushDriver(Driver, Protocol):
+    """A device that sends on its own; ``run`` runs until cancelled (re-raise
+    ``CancelledError``). The supervisor restarts it with backoff when it raises."""
+
+    async def run(self, link: DeviceLink) -> None: ...
+
+
+@runtime_checkable
+class Writable(Protocol):
+    """Capability: ``device_write`` (points the profile marks writable)."""
+
+    async def write(self, point: str, value: float | int | bool) -> None: ...
+
+
+@runtime_checkable
+class DoorOpener(Protocol):
+    """Capability: ``door_open {device, door, by}``."""
+
+    async def open_door(self, door: str | int) -> None: ...
+
+
+@runtime_checkable
+class Snapshotter(Protocol):
+    """Capability: ``camera_snapshot``; returns the command's ``result``."""
+
+    async def snapshot(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class Diagnosable(Protocol):
+    """Capability: facts for ``doctor`` and support (Home Assistant's ``diagnostics()``)."""
+
+    def diagnostics(self) -> dict[str, Any]: ...
 
 
 class DriverFactory(Protocol):

@@ -5,6 +5,7 @@
     EdgeAgentError
     ├── ConfigError            bad YAML or a value the schema rejects (carries every problem)
     ├── OutboxError            the SQLite outbox cannot be opened or written
+    │   └── NotDurableError    a commit is held only in memory (full disk, clock gate)
     └── DeviceError            anything a device did wrong; carries ``device_id``
         ├── DeviceTimeout      no answer within ``timeout_s``
         ├── DeviceProtocolError garbled frame, exception response, unexpected length
@@ -33,6 +34,11 @@ class ConfigError(EdgeAgentError):
 
 class OutboxError(EdgeAgentError):
     """The outbox database cannot be opened or written."""
+
+
+class NotDurableError(OutboxError):
+    """Events and cursor of ``DeviceLink.commit`` are not on disk (a full disk, or the clock
+    gate holding them): nothing was kept, so the device must keep its records and retry."""
 
 
 class DeviceError(EdgeAgentError):

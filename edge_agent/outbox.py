@@ -38,7 +38,7 @@ from typing import Any
 import aiosqlite
 
 from .envelope import LANE_NAMES, Lane, envelope, iso_ms, new_ulid
-from .errors import OutboxError
+from .errors import NotDurableError, OutboxError
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,17 @@ CREATE TABLE IF NOT EXISTS outbox(
     created REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS outbox_lane_seq ON outbox(lane, seq);
+CREATE TABLE IF NOT EXISTS device_state(
+    device TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    updated REAL NOT NULL,
+    PRIMARY KEY(device, key)
+);
 """
+
+#: ``device_state`` key of a push device's cursor (its last committed record index)
+CURSOR = "cursor"
 
 
 @dataclass(slots=True)
@@ -79,6 +89,15 @@ class _Pending:
     data: dict[str, Any]
     quality: str | None
     type_: str | None
+
+
+@dataclass(slots=True)
+class _Batch:
+    """A durable commit: messages and state values that go into one transaction."""
+
+    pending: list[_Pending]
+    state: dict[tuple[str, str], str]
+    done: asyncio.Future[None]
 
 
 def _is_disk_full(err: sqlite3.Error) -> bool:
@@ -160,6 +179,11 @@ class Outbox:
         #: messages the bounded memory queue evicted during a full disk (this run)
         self.evicted_in_memory = 0
         self._failed_commits = 0
+        #: ``device_state`` as it is on disk: (device, key) -> value
+        self.state: dict[tuple[str, str], str] = {}
+        #: state values queued by :meth:`put_state` (kept over a full disk)
+        self._state_dirty: dict[tuple[str, str], str] = {}
+        self._batches: list[_Batch] = []
 
     # -- lifecycle -------------------------------------------------------
     async def open(self) -> None:
@@ -251,6 +275,10 @@ class Outbox:
             await db.execute("COMMIT")
             log.info("outbox %s created, epoch %s", self.path, meta["epoch"])
         self.epoch = meta["epoch"]
+        self.state = {
+            (r[0], r[1]): r[2]
+            for r in await db.execute_fetchall("SELECT device, key, value FROM device_state")
+        }
         row = await (await db.execute("SELECT MAX(seq) FROM outbox")).fetchone()
         max_seq = row[0] if row and row[0] is not None else 0
         self._next_seq = max(int(meta.get("next_seq", "1")), max_seq + 1)
@@ -459,6 +487,53 @@ class Outbox:
         elif len(self._pending) >= self.commit_max_batch:
             self._wake.set()
 
+    @staticmethod
+    def message(
+        lane: Lane,
+        topic: str,
+        *,
+        device: str,
+        kind: str,
+        ts: float,
+        data: dict[str, Any],
+        quality: str | None = None,
+        type_: str | None = None,
+    ) -> _Pending:
+        """One message for :meth:`commit` (same arguments as :meth:`put`)."""
+        return _Pending(lane, topic, device, kind, ts, data, quality, type_)
+
+    def put_state(self, device: str, key: str, value: str) -> None:
+        """Save ``device_state`` in the next commit, in the same transaction as the
+        messages put before it (the alarm book saves itself with its alarm messages).
+        A full disk keeps it in memory until a commit works again."""
+        self._state_dirty[(device, key)] = value
+        self._wake.set()
+
+    async def commit(
+        self, messages: list[_Pending], state: dict[tuple[str, str], str] | None = None
+    ) -> None:
+        """Commit ``messages`` and ``state`` in ONE transaction; return once it is on disk.
+
+        Raises :class:`NotDurableError` when the disk is full: then neither the messages
+        (they get no seq, so no hole) nor the state were kept, and the caller keeps its
+        records. It rides on the group commit (one fsync for everything due)."""
+        if self._db is None:
+            raise OutboxError("outbox is not open")
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # A caller cancelled meanwhile (the agent stopping) never reads a refusal:
+        # retrieve it here so asyncio does not log it as unhandled.
+        done.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._batches.append(_Batch(list(messages), dict(state or {}), done))
+        if len(self._pending) + sum(len(b.pending) for b in self._batches) >= (
+            self.commit_max_batch
+        ):
+            self._wake.set()
+        await asyncio.shield(done)
+
+    def cursor(self, device: str) -> str | None:
+        """The last committed cursor of ``device`` (None before its first commit)."""
+        return self.state.get((device, CURSOR))
+
     def request_commit(self) -> None:
         """Commit at the next opportunity instead of at the end of the interval."""
         self._wake.set()
@@ -492,14 +567,21 @@ class Outbox:
             return await self._flush()
 
     async def _flush(self) -> list[Row]:
-        if self._db is None or (not self._pending and not self._acked and not self._mem):
+        if self._db is None or not (
+            self._pending or self._acked or self._mem or self._batches or self._state_dirty
+        ):
             return []
         pending, self._pending = self._pending, []
         acked, self._acked = self._acked, []
+        batches, self._batches = self._batches, []
         self._urgent = False  # an alarm only made this commit come sooner
-        if pending:
-            self._reserve(self._next_seq + len(pending))
-        rows = self._build_rows(pending)
+        every = pending + [p for b in batches for p in b.pending]
+        if every:
+            self._reserve(self._next_seq + len(every))
+        rows = self._build_rows(every)
+        state = dict(self._state_dirty)
+        for b in batches:
+            state.update(b.state)
         seq = rows[-1].seq + 1 if rows else self._next_seq
         acked_set = set(acked)
         held = [r for r in self._mem if r.seq not in acked_set]
@@ -520,6 +602,13 @@ class Outbox:
                 )
             if acked:
                 await db.executemany("DELETE FROM outbox WHERE seq=?", [(s,) for s in acked])
+            if state:
+                now = time.time()
+                await db.executemany(
+                    "INSERT OR REPLACE INTO device_state(device, key, value, updated) "
+                    "VALUES (?,?,?,?)",
+                    [(d, k, v, now) for (d, k), v in state.items()],
+                )
             await db.execute("COMMIT")
         except sqlite3.Error as err:
             try:
@@ -530,7 +619,19 @@ class Outbox:
                 # Keep everything in memory and try again with the next commit.
                 self._pending = pending + self._pending
                 self._acked = acked + self._acked
+                self._batches = batches + self._batches
                 raise OutboxError(f"outbox commit failed: {err}") from err
+            if batches:
+                # Durable commits are refused, not held: their seqs are handed back (the
+                # rows were never seen by anyone), so memory holds no event whose cursor
+                # is not on disk, and the device, which keeps its records, resends them.
+                rows = self._build_rows(pending)
+                seq = rows[-1].seq + 1 if rows else self._next_seq
+                for b in batches:
+                    if not b.done.done():
+                        b.done.set_exception(
+                            NotDurableError(f"outbox is held in memory (disk full): {err}")
+                        )
             self._hold_in_memory(rows, acked_set, str(err))
             self._acked = acked + self._acked
             self._next_seq = seq
@@ -555,6 +656,13 @@ class Outbox:
         for key in dirty:
             if self._meta_dirty.get(key) == dirty[key]:
                 del self._meta_dirty[key]
+        self.state.update(state)
+        for skey, value in state.items():
+            if self._state_dirty.get(skey) == value:
+                del self._state_dirty[skey]
+        for b in batches:
+            if not b.done.done():
+                b.done.set_result(None)
         self._next_seq = seq
         self.committed_total += len(rows)
         self._notify(rows, acked)

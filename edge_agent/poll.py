@@ -23,15 +23,14 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-from .driver import Emit, PollingDriver
+from .driver import DeviceStateName, Emit, PollingDriver
 from .envelope import iso_ms
 from .errors import DeviceError
 
 log = logging.getLogger(__name__)
 
-DeviceStateName = Literal["online", "offline", "degraded"]
 StateSink = Callable[[str, dict[str, Any]], None]
 
 BACKOFF_MIN_S = 1.0

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from edge_agent.alarms import AlarmBook, AlarmError
+from edge_agent.alarms import ALARM_STATE, AlarmBook, AlarmError, OutboxAlarmStore
 from edge_agent.envelope import Lane
+from edge_agent.outbox import Outbox
 
 
 class Sink:
@@ -92,10 +94,13 @@ def test_message_language_follows_the_site() -> None:
     assert sink.put[0]["message"] == "磁盘已满"
 
 
-def test_open_alarms_survive_a_restart(tmp_path: Path) -> None:
-    store = tmp_path / "outbox.db.alarms.json"
+async def test_open_alarms_survive_a_restart(tmp_path: Path) -> None:
+    ob = Outbox(tmp_path / "outbox.db")
+    await ob.open()
     sink = Sink()
-    before = AlarmBook("campus/s/g", sink.add, sink.retain, language="en", store=store)
+    before = AlarmBook(
+        "campus/s/g", sink.add, sink.retain, language="en", store=OutboxAlarmStore(ob)
+    )
     corrupt = before.raise_("outbox_corrupt", "gw1", "critical", en="corrupt", zh="损坏")
     before.clear("outbox_corrupt", "gw1")  # a one-off: cleared_unacked until acknowledged
     full = before.raise_("outbox_disk_full", "gw1", "major", en="full", zh="满")
@@ -105,8 +110,13 @@ def test_open_alarms_survive_a_restart(tmp_path: Path) -> None:
     before.ack(gone.alarm_id, "ops")
     before.clear("r", "d2")  # acknowledged and cleared: finished, not saved
 
-    sink2 = Sink()  # the agent restarts
-    after = AlarmBook("campus/s/g", sink2.add, sink2.retain, language="en", store=store)
+    await ob.close()
+    ob = Outbox(tmp_path / "outbox.db")  # the agent restarts
+    await ob.open()
+    sink2 = Sink()
+    after = AlarmBook(
+        "campus/s/g", sink2.add, sink2.retain, language="en", store=OutboxAlarmStore(ob)
+    )
     assert after.load() == 3
     assert set(after.alarms) == {corrupt.alarm_id, full.alarm_id, shelved.alarm_id}
     assert after.alarms[corrupt.alarm_id].state == "cleared_unacked"
@@ -122,13 +132,83 @@ def test_open_alarms_survive_a_restart(tmp_path: Path) -> None:
         after.raise_("outbox_disk_full", "gw1", "major", en="x", zh="x")
         is after.alarms[full.alarm_id]
     )
+    await ob.close()
 
 
-def test_unreadable_saved_alarms_are_ignored(tmp_path: Path) -> None:
-    store = tmp_path / "alarms.json"
-    store.write_text("{not json")
+async def test_unreadable_saved_alarms_are_ignored(tmp_path: Path) -> None:
+    ob = Outbox(tmp_path / "outbox.db")
+    await ob.open()
+    ob.put_state(*ALARM_STATE, "{not json")
+    await ob.flush()
     sink = Sink()
-    book = AlarmBook("campus/s/g", sink.add, sink.retain, store=store)
+    book = AlarmBook("campus/s/g", sink.add, sink.retain, store=OutboxAlarmStore(ob))
     assert book.load() == 0
-    book.raise_("r", "d", "minor", en="e", zh="z")  # and it writes a good file again
-    assert AlarmBook("x", sink.add, sink.retain, store=store).load() == 1
+    book.raise_("r", "d", "minor", en="e", zh="z")  # and it saves a good state again
+    await ob.flush()
+    assert AlarmBook("x", sink.add, sink.retain, store=OutboxAlarmStore(ob)).load() == 1
+    await ob.close()
+
+
+async def test_alarm_state_is_saved_in_the_same_transaction_as_its_messages(
+    tmp_path: Path,
+) -> None:
+    """Before issue 8 the book was a JSON file written apart from the alarm messages; now
+    a commit holds both or neither (here: a full disk holds both back, then writes both)."""
+    ob = Outbox(tmp_path / "outbox.db")
+    await ob.open()
+    book = AlarmBook("campus/s/g", ob.put, lambda *_: None, store=OutboxAlarmStore(ob))
+    pages = (await (await ob.db.execute("PRAGMA page_count")).fetchone())[0]
+    await ob.db.execute(f"PRAGMA max_page_count={pages}")
+    ob.put_state("pad", "pad", "x" * 20000)  # the disk cannot take this commit
+    alarm = book.raise_("r", "d", "major", en="e", zh="z")
+    await ob.flush()
+    assert ob.mode == "memory"
+    with sqlite3.connect(tmp_path / "outbox.db") as other:
+        assert other.execute("SELECT COUNT(*) FROM device_state").fetchone() == (0,)
+        assert other.execute("SELECT COUNT(*) FROM outbox").fetchone() == (0,)
+    await ob.db.execute("PRAGMA max_page_count=1073741823")
+    await ob.flush()
+    with sqlite3.connect(tmp_path / "outbox.db") as other:
+        saved = other.execute(
+            "SELECT value FROM device_state WHERE device=? AND key=?", ALARM_STATE
+        ).fetchone()
+        (message,) = other.execute("SELECT payload FROM outbox").fetchone()
+    assert alarm.alarm_id in saved[0]
+    assert alarm.alarm_id in bytes(message).decode()  # the message and the book, together
+    assert ob.mode == "disk"
+    await ob.close()
+
+
+async def test_the_json_file_of_earlier_versions_is_migrated_once(tmp_path: Path) -> None:
+    legacy = tmp_path / "outbox.db.alarms.json"
+    sink = Sink()
+    old = AlarmBook("campus/s/g", sink.add, sink.retain, store=_JsonFile(legacy))
+    kept = old.raise_("outbox_corrupt", "gw1", "critical", en="corrupt", zh="损坏")
+
+    ob = Outbox(tmp_path / "outbox.db")
+    await ob.open()
+    book = AlarmBook("campus/s/g", sink.add, sink.retain, store=OutboxAlarmStore(ob, legacy))
+    assert book.load() == 1
+    assert legacy.exists()  # kept until the database surely has it
+    await ob.close()
+
+    ob = Outbox(tmp_path / "outbox.db")
+    await ob.open()
+    book = AlarmBook("campus/s/g", sink.add, sink.retain, store=OutboxAlarmStore(ob, legacy))
+    assert book.load() == 1
+    assert set(book.alarms) == {kept.alarm_id}
+    assert not legacy.exists()
+    await ob.close()
+
+
+class _JsonFile:
+    """The alarm file as versions before issue 8 wrote it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> str | None:
+        return self.path.read_text(encoding="utf-8") if self.path.exists() else None
+
+    def save(self, text: str) -> None:
+        self.path.write_text(text, encoding="utf-8")

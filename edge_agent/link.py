@@ -1,0 +1,109 @@
+"""The per-device link through which a push driver talks to the core.
+
+A push device (a door controller sending UDP frames, a terminal that POSTs, a
+camera streaming events) decides itself when data arrives, so the core cannot
+poll it. Instead the core builds one :class:`OutboxLink` per device and hands it
+to :meth:`~edge_agent.driver.PushDriver.run`. Through it the driver
+
+- sends telemetry (``link.telemetry``), through the clock gate like polled readings;
+- commits events together with its cursor (``await link.commit(events, cursor=...)``):
+  one SQLite transaction, returned once it is on disk. It raises
+  :class:`~edge_agent.errors.NotDurableError` when only memory would hold them (the
+  disk is full, or the clock is not synchronised so the clock gate would hold them):
+  then nothing was kept, the cursor did not move, and the device keeps its records;
+- reads its last committed cursor at start (``link.cursor``), so it asks the device
+  for what came after it;
+- reports its state (``link.state("online" | "degraded" | "offline", reason)``) on the
+  same retained ``ROOT/devices/{id}/state`` topic, with the same payload, as the poll
+  loop does for polled devices.
+
+The driver never sees the outbox, MQTT or SQLite: only this link.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .clock import ClockGate
+from .driver import DeviceStateName, Event, Quality, Value
+from .envelope import Lane, iso_ms
+from .errors import NotDurableError
+from .outbox import CURSOR, Outbox
+
+__all__ = ["Event", "OutboxLink"]
+
+StateSink = Callable[[str, dict[str, Any]], None]
+
+
+class OutboxLink:
+    """The :class:`~edge_agent.driver.DeviceLink` the core builds for one push device."""
+
+    def __init__(
+        self,
+        device_id: str,
+        *,
+        outbox: Outbox,
+        gate: ClockGate,
+        root: str,
+        state_sink: StateSink,
+    ) -> None:
+        self.device_id = device_id
+        self._outbox = outbox
+        self._gate = gate
+        self._topic = f"{root}/events/{device_id}"
+        self._state_sink = state_sink
+        self._state: DeviceStateName | None = None
+        self._reason: str | None = None
+        self._since = time.time()
+
+    @property
+    def cursor(self) -> str | None:
+        """The last committed cursor (None before the first commit of this device)."""
+        return self._outbox.cursor(self.device_id)
+
+    def telemetry(
+        self, data: dict[str, Value], *, ts: float | None = None, quality: Quality = "good"
+    ) -> None:
+        """Send one reading (no cursor: a lost reading is superseded by the next)."""
+        self._gate.telemetry(self.device_id, data, ts=ts, quality=quality)
+
+    async def commit(self, events: Sequence[Event], *, cursor: str | None = None) -> None:
+        """Commit ``events`` and ``cursor`` in ONE transaction; return once both are on disk.
+
+        Raises :class:`NotDurableError` (nothing kept, cursor unchanged) while the clock
+        is not synchronised or the disk is full: the device keeps its records and the
+        driver retries later from :attr:`cursor`."""
+        if not self._gate.synced:
+            # The gate would hold the events in memory while the cursor moved on: refuse
+            # both, the device is a better place to wait than our RAM.
+            raise NotDurableError(f"{self.device_id}: clock not synchronised, events held back")
+        now = time.time()
+        messages = [
+            Outbox.message(
+                Lane.EVENT,
+                self._topic,
+                device=self.device_id,
+                kind="event",
+                ts=now if e.ts is None else e.ts,
+                data=dict(e.data),
+                type_=e.type,
+            )
+            for e in events
+        ]
+        state = {} if cursor is None else {(self.device_id, CURSOR): str(cursor)}
+        await self._outbox.commit(messages, state)
+
+    def state(self, state: DeviceStateName, reason: str | None = None) -> None:
+        """Report the device ``online``, ``degraded`` or ``offline`` (with a reason);
+        published only when it changes, ``since`` moves only with the state."""
+        if state == self._state and reason == self._reason:
+            return
+        if state != self._state:
+            self._since = time.time()
+        self._state, self._reason = state, reason
+        self._state_sink(
+            self.device_id,
+            {"state": state, "since": iso_ms(self._since), "last_error": reason},
+        )

@@ -1,0 +1,340 @@
+"""The driver conformance kit (issue 8): what every device kind must do, run against
+Modbus (polled) and against the push fixture driver (tests/push_fixture_driver.py).
+
+Each kind brings a device on 127.0.0.1 that can go down, come back and send garbage,
+and is run by the real core code: the shared poll loop for a polled kind, a
+:class:`~edge_agent.link.OutboxLink` for a push kind, both into a real outbox. A new
+kind adds one ``Kind`` subclass here and must pass every test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge_agent import registry
+from edge_agent.agent import OutboxEmitter
+from edge_agent.clock import ClockGate
+from edge_agent.commands import CommandError, door_handler, snapshot_handler, write_handler
+from edge_agent.driver import Driver, DriverContext, MetricInfo, PollingDriver, PushDriver
+from edge_agent.drivers.modbus import ModbusDevice, ModbusDriver
+from edge_agent.drivers.modbus.profile import clear_profile_cache
+from edge_agent.envelope import Lane
+from edge_agent.link import OutboxLink
+from edge_agent.outbox import Outbox
+from edge_agent.poll import PollLoop
+from tests.hostile_modbus import HostileModbus
+from tests.push_fixture_driver import KIND, PushFixtureDriver, install
+
+pytestmark = pytest.mark.integration
+
+ROOT = "campus/s/gw1"
+PROFILE = (
+    "model: two\nvendor: t\npoints:\n"
+    "  - {name: a, fc: 3, address: 0, type: uint16, description: a}\n"
+    "  - {name: b, fc: 3, address: 1, type: uint16, description: b}\n"
+)
+
+
+class Synced:
+    def wall(self) -> float:
+        import time
+
+        return time.time()
+
+    def mono(self) -> float:
+        import time
+
+        return time.monotonic()
+
+    def synced(self) -> bool:
+        return True
+
+
+class Kind:
+    """One device kind under test: its device, its driver, how the core runs it."""
+
+    name = ""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.states: list[dict[str, Any]] = []
+        self.outbox = Outbox(tmp_path / "outbox.db", commit_interval_s=0.05)
+        self.gate = ClockGate(OutboxEmitter(self.outbox, ROOT), Synced())
+        self.driver: Any = None
+
+    def sink(self, _device: str, payload: dict[str, Any]) -> None:
+        self.states.append(payload)
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def run(self) -> None:
+        """Run the device the way the supervisor does, until cancelled."""
+        raise NotImplementedError
+
+    async def down(self) -> None:
+        raise NotImplementedError
+
+    async def up(self) -> None:
+        raise NotImplementedError
+
+    async def garbage(self) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def delivered(self) -> int:
+        """Messages of this device in the outbox."""
+        await self.outbox.flush()
+        n = 0
+        for lane in (Lane.TELEMETRY, Lane.EVENT):
+            n += len(await self.outbox.fetch(lane, 0, 10**9, 10**6))
+        return n
+
+
+class ModbusKind(Kind):
+    name = "modbus"
+
+    async def start(self) -> None:
+        clear_profile_cache()
+        (self.tmp_path / "p.yaml").write_text(PROFILE)
+        self.device = HostileModbus(holding={0: 812, 1: 7})
+        self.port = await self.device.start()
+        config = ModbusDevice.model_validate(
+            {
+                "kind": "modbus",
+                "id": "dev1",
+                "profile": "p",
+                "host": "127.0.0.1",
+                "port": self.port,
+                "timeout_s": 0.2,
+                "retries": 0,
+                "offline_after": 1,
+            }
+        )
+        self.driver = ModbusDriver(config, DriverContext({}, [str(self.tmp_path)]))
+
+    async def run(self) -> None:
+        await PollLoop(
+            self.driver,
+            interval_s=0.1,
+            read_timeout_s=1,
+            offline_after=1,
+            emit=self.gate,
+            state_sink=self.sink,
+        ).run()
+
+    async def down(self) -> None:
+        self.device.default = "silent"
+
+    async def up(self) -> None:
+        self.device.default = "ok"
+
+    async def garbage(self) -> None:
+        self.device.script += ["garbage", "wrong_byte_count"]
+
+    async def close(self) -> None:
+        await self.driver.close()
+        await self.device.stop()
+
+
+class PushKind(Kind):
+    """The push fixture: a record log that serves ``FROM n`` over TCP."""
+
+    name = KIND
+
+    async def start(self) -> None:
+        self.records = [f"{i} v{i}\n".encode() for i in range(1, 6)]
+        self.extra: list[bytes] = []
+        self.writers: set[asyncio.StreamWriter] = set()
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        config = PushFixtureDriver.Config.model_validate(
+            {"kind": KIND, "id": "dev1", "port": self.port, "retry_s": 0.05}
+        )
+        self.driver = PushFixtureDriver(config, DriverContext({}, []))
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writers.add(writer)
+        try:
+            after = int((await reader.readline()).split()[1])
+            writer.write(b"".join(self.extra) + b"".join(self.records[after:]))
+            self.extra = []
+            await writer.drain()
+            await reader.read()  # until the driver or the test closes it
+        except (OSError, ValueError, IndexError):
+            pass
+        finally:
+            self.writers.discard(writer)
+            writer.close()
+
+    async def run(self) -> None:
+        link = OutboxLink(
+            "dev1", outbox=self.outbox, gate=self.gate, root=ROOT, state_sink=self.sink
+        )
+        await self.driver.run(link)
+
+    async def down(self) -> None:
+        self.server.close()
+        for w in list(self.writers):
+            w.close()
+        await self.server.wait_closed()
+
+    async def up(self) -> None:
+        self.records += [f"{i} v{i}\n".encode() for i in range(len(self.records) + 1, 9)]
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+
+    async def garbage(self) -> None:
+        self.extra = [b"\xff\xfe not a record\n", b"7\n", b"x y\n"]
+        self.records.append(f"{len(self.records) + 1} late\n".encode())
+        for w in list(self.writers):
+            w.close()  # the driver reconnects and gets the garbage first
+
+    async def close(self) -> None:
+        await self.down()
+
+
+KINDS = [ModbusKind, PushKind]
+
+
+@pytest.fixture(params=KINDS, ids=[k.name for k in KINDS])
+async def kind(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Kind]:
+    k: Kind = request.param(tmp_path)
+    await k.outbox.open()
+    await k.start()
+    yield k
+    await k.close()
+    await k.outbox.close()
+
+
+@contextlib.asynccontextmanager
+async def running(k: Kind) -> AsyncIterator[asyncio.Task[None]]:
+    async def flusher() -> None:
+        while True:
+            await k.outbox.wait_for_work()
+            await k.outbox.flush()
+
+    flush = asyncio.create_task(flusher())
+    task = asyncio.create_task(k.run())
+    try:
+        yield task
+    finally:
+        for t in (task, flush):
+            t.cancel()
+        await asyncio.gather(task, flush, return_exceptions=True)
+
+
+async def until(cond: Any, what: str, timeout: float = 10) -> None:
+    async with asyncio.timeout(timeout):
+        while not await cond():
+            await asyncio.sleep(0.02)
+
+
+def last_state(k: Kind) -> str | None:
+    return k.states[-1]["state"] if k.states else None
+
+
+async def test_meta(kind: Kind) -> None:
+    d = kind.driver
+    assert isinstance(d, Driver)
+    assert isinstance(d, PollingDriver) != isinstance(d, PushDriver), "poll or push, not both"
+    assert d.device_id == "dev1"
+    cls = type(d)
+    assert cls.kind == kind.name
+    assert "kind" in cls.Config.model_fields
+    metrics = d.metrics()
+    assert metrics
+    assert all(isinstance(m, MetricInfo) for m in metrics)
+    assert all(re.fullmatch(r"[a-z0-9_]+", m.name) for m in metrics)
+    meta = d.meta()
+    assert isinstance(meta, dict)
+    json.dumps(meta)  # the retained meta topic must be able to carry it
+
+
+async def test_state_transitions(kind: Kind) -> None:
+    async with running(kind):
+
+        async def online() -> bool:
+            return last_state(kind) == "online" and await kind.delivered() > 0
+
+        await until(online, "online with data")
+        await kind.down()
+
+        async def offline() -> bool:
+            return last_state(kind) == "offline"
+
+        await until(offline, "offline")
+        assert kind.states[-1]["last_error"], kind.states[-1]
+        await kind.up()
+
+        async def back() -> bool:
+            return last_state(kind) == "online"
+
+        await until(back, "online again")
+    for payload in kind.states:
+        assert set(payload) == {"state", "since", "last_error"}
+        assert payload["since"].endswith("Z")
+
+
+async def test_cancellation(kind: Kind) -> None:
+    async with running(kind) as task:
+
+        async def data() -> bool:
+            return await kind.delivered() > 0
+
+        await until(data, "data")
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert task.cancelled()
+
+
+async def test_bad_input_never_crashes(kind: Kind) -> None:
+    async with running(kind) as task:
+
+        async def data() -> bool:
+            return await kind.delivered() > 0
+
+        await until(data, "data")
+        before = await kind.delivered()
+        await kind.garbage()
+
+        async def more() -> bool:
+            return await kind.delivered() > before and last_state(kind) == "online"
+
+        await until(more, "data after the garbage")
+        assert not task.done()
+
+
+async def test_commands_are_refused_cleanly(kind: Kind) -> None:
+    lookup = {"dev1": kind.driver}.get
+    write, door, snap = write_handler(lookup), door_handler(lookup), snapshot_handler(lookup)
+    for handler, args in (
+        (write, {"device": "dev1", "point": "a", "value": 1}),
+        (door, {"device": "dev1", "door": 1, "by": "ops"}),
+        (snap, {"device": "dev1"}),
+        (write, {"device": "nope", "point": "a", "value": 1}),
+    ):
+        with pytest.raises((CommandError, ValueError)):
+            await handler(args)
+
+
+def test_the_push_fixture_is_not_shipped_but_loads_as_a_third_party_kind() -> None:
+    assert KIND not in registry.BUILTIN
+    saved = dict(registry.BUILTIN), registry._cache
+    try:
+        install()
+        assert registry.drivers()[KIND] is PushFixtureDriver
+    finally:
+        registry.BUILTIN.clear()
+        registry.BUILTIN.update(saved[0])
+        registry._cache = saved[1]

@@ -1,0 +1,176 @@
+"""A small push driver and the device it talks to, for the conformance kit and the
+cursor crash test. Registered in tests only (``install()``), never in the shipped
+registry.
+
+The device keeps numbered records, as a door controller keeps its event log: a
+client connects over TCP, says ``FROM <n>``, and gets every record after ``n`` as
+``<index> <value>`` lines, then new ones as they happen. The driver commits what
+it received together with the last index as its cursor, so after any restart it
+asks for exactly what is not committed yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+import time
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+
+from edge_agent.config_models import DeviceBase
+from edge_agent.driver import DeviceLink, DriverContext, Event, MetricInfo
+from edge_agent.errors import NotDurableError
+
+KIND = "pushfixture"
+
+
+def install() -> None:
+    """Register the kind as a third-party entry point would (the registry's own table)."""
+    from edge_agent import registry
+
+    registry.BUILTIN[KIND] = "tests.push_fixture_driver:PushFixtureDriver"
+    registry._cache = None
+
+
+class PushFixtureConfig(DeviceBase):
+    """A record-log device on a TCP port of this machine."""
+
+    kind: Literal["pushfixture"] = Field(description="This kind")
+    host: str = Field(default="127.0.0.1", description="Device address")
+    port: int = Field(ge=1, le=65535, description="Device TCP port")
+    batch_max: int = Field(default=20, ge=1, description="Records per commit at most")
+    retry_s: float = Field(default=0.5, gt=0, description="Wait after a refused commit")
+
+
+class PushFixtureDriver:
+    """The push driver for :class:`RecordDevice`."""
+
+    kind: ClassVar[str] = KIND
+    Config: ClassVar[type[PushFixtureConfig]] = PushFixtureConfig
+
+    def __init__(self, config: PushFixtureConfig, ctx: DriverContext) -> None:
+        self.config = config
+        self.bad_lines = 0
+
+    @property
+    def device_id(self) -> str:
+        return self.config.id
+
+    def metrics(self) -> list[MetricInfo]:
+        return [MetricInfo("backlog", "", "records the device still holds for us")]
+
+    def meta(self) -> dict[str, Any]:
+        return {"model": "record-log fixture", "protocol": "tcp lines"}
+
+    async def run(self, link: DeviceLink) -> None:
+        while True:
+            try:
+                await self._session(link)
+            except (OSError, TimeoutError, asyncio.IncompleteReadError) as err:
+                link.state("offline", f"device unreachable: {err}")
+            except NotDurableError as err:
+                # Nothing was kept: the device still has the records; ask again later.
+                link.state("degraded", f"records wait on the device: {err}")
+            await asyncio.sleep(self.config.retry_s)
+
+    async def _session(self, link: DeviceLink) -> None:
+        async with asyncio.timeout(5):
+            reader, writer = await asyncio.open_connection(self.config.host, self.config.port)
+        try:
+            writer.write(f"FROM {link.cursor or 0}\n".encode())
+            await writer.drain()
+            link.state("online")
+            buf = b""
+            while True:
+                async with asyncio.timeout(30):
+                    chunk = await reader.read(65536)
+                if not chunk:
+                    raise OSError("device closed the connection")
+                *lines, buf = (buf + chunk).split(b"\n")
+                for i in range(0, len(lines), self.config.batch_max):
+                    events, last = self._parse(lines[i : i + self.config.batch_max])
+                    if events:
+                        await link.commit(events, cursor=str(last))
+                        link.state("online")
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+    def _parse(self, lines: list[bytes]) -> tuple[list[Event], int | None]:
+        events: list[Event] = []
+        last = None
+        for raw in lines:
+            try:
+                index_s, value = raw.decode("ascii").split()
+                index = int(index_s)
+            except (UnicodeDecodeError, ValueError):
+                self.bad_lines += 1  # bad input never crashes the driver
+                continue
+            events.append(Event("digital_input", {"record": index, "value": value}))
+            last = index
+        return events, last
+
+
+class RecordDevice:
+    """The device: a thread with a listening socket on 127.0.0.1, ``count`` records made
+    one every ``every_s`` seconds (all at once when 0)."""
+
+    def __init__(self, count: int, every_s: float = 0.0) -> None:
+        self.count = count
+        self.every_s = every_s
+        self.started = time.monotonic()
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.asked: list[int] = []
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._accept = threading.Thread(target=self._serve, name="record-device", daemon=True)
+        self._accept.start()
+
+    def made(self) -> int:
+        if self.every_s <= 0:
+            return self.count
+        return min(self.count, int((time.monotonic() - self.started) / self.every_s))
+
+    def _serve(self) -> None:
+        self.sock.settimeout(0.2)
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            t = threading.Thread(target=self._client, args=(conn,), daemon=True)
+            self._threads.append(t)
+            t.start()
+
+    def _client(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(5)
+            try:
+                first = conn.makefile("rb").readline().decode()
+                after = int(first.split()[1])
+                self.asked.append(after)
+                sent = after
+                while not self._stop.is_set():
+                    upto = self.made()
+                    if upto > sent:
+                        conn.sendall(
+                            b"".join(f"{i} v{i}\n".encode() for i in range(sent + 1, upto + 1))
+                        )
+                        sent = upto
+                    time.sleep(0.01)
+            except (OSError, ValueError, IndexError):
+                return
+
+    def close(self) -> None:
+        self._stop.set()
+        self.sock.close()
+        self._accept.join(5)
+        for t in self._threads:
+            t.join(5)
