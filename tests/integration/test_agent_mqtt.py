@@ -21,6 +21,7 @@ from edge_agent.simulators.campus import CampusSim
 from tests.contract import SeqTracker, check_envelope
 from tests.e2e.helpers import agent_config
 from tests.mqtt_helpers import MqttBroker, Received, mqtt_subscriber, publish
+from tests.outbox_helpers import fill_disk
 
 pytestmark = pytest.mark.integration
 
@@ -396,8 +397,7 @@ async def test_full_disk_holds_messages_in_memory_and_says_so(
         # SQLite's max_page_count then fails it with SQLITE_FULL, as a full disk does.
         await asyncio.to_thread(broker.stop)
         db = agent.outbox.db
-        pages = (await (await db.execute("PRAGMA page_count")).fetchone())[0]
-        await db.execute(f"PRAGMA max_page_count={pages}")
+        await fill_disk(db)
         for _ in range(100):
             await asyncio.sleep(0.1)
             if agent.outbox.mode == "memory":

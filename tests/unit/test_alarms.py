@@ -11,6 +11,7 @@ import pytest
 from edge_agent.alarms import ALARM_STATE, AlarmBook, AlarmError, OutboxAlarmStore
 from edge_agent.envelope import Lane
 from edge_agent.outbox import Outbox
+from tests.outbox_helpers import fill_disk
 
 
 class Sink:
@@ -157,8 +158,7 @@ async def test_alarm_state_is_saved_in_the_same_transaction_as_its_messages(
     ob = Outbox(tmp_path / "outbox.db")
     await ob.open()
     book = AlarmBook("campus/s/g", ob.put, lambda *_: None, store=OutboxAlarmStore(ob))
-    pages = (await (await ob.db.execute("PRAGMA page_count")).fetchone())[0]
-    await ob.db.execute(f"PRAGMA max_page_count={pages}")
+    await fill_disk(ob.db)
     ob.put_state("pad", "pad", "x" * 20000)  # the disk cannot take this commit
     alarm = book.raise_("r", "d", "major", en="e", zh="z")
     await ob.flush()

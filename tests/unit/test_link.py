@@ -15,6 +15,7 @@ from edge_agent.envelope import Lane
 from edge_agent.errors import NotDurableError
 from edge_agent.link import Event, OutboxLink
 from edge_agent.outbox import Outbox
+from tests.outbox_helpers import fill_disk
 
 ROOT = "campus/s/g"
 
@@ -116,8 +117,7 @@ async def test_a_full_disk_refuses_the_commit_and_leaves_no_seq_hole(tmp_path: P
     await ob.open()
     link = make_link(ob)
     await committing(ob, link.commit(records(1, 2), cursor="2"))
-    pages = (await (await ob.db.execute("PRAGMA page_count")).fetchone())[0]
-    await ob.db.execute(f"PRAGMA max_page_count={pages}")
+    await fill_disk(ob.db)
     # polled telemetry in the same group commit is held in memory as before ...
     for i in range(40):
         link.telemetry({"i": i, "pad": "x" * 400})

@@ -20,6 +20,7 @@ from edge_agent.config import load_config
 from edge_agent.envelope import Lane
 from edge_agent.outbox import Outbox
 from tests.e2e import system
+from tests.outbox_helpers import fill_disk
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -35,6 +36,23 @@ def put(ob: Outbox, n: int, lane: Lane = Lane.TELEMETRY, size: int = 10) -> None
             data={"i": i, "pad": "x" * size},
             quality="good",
         )
+
+
+async def die_with_messages_in_memory(path: Path, held: int) -> int:
+    """An outbox whose disk filled up while ``held`` messages came in (memory mode), then
+    the process died before a commit worked: returns the seq it would have handed out next."""
+    ob = Outbox(path)
+    await ob.open()
+    put(ob, 3)
+    await ob.flush()
+    await fill_disk(ob.db)
+    put(ob, held, size=1000)
+    await ob.flush()
+    assert ob.mode == "memory"
+    top = ob.next_seq
+    await ob.db.close()  # the crash
+    ob._db = None
+    return top
 
 
 async def test_corrupt_outbox_is_moved_aside_and_a_new_epoch_starts(tmp_path: Path) -> None:
@@ -83,9 +101,7 @@ async def test_disk_full_degrades_to_memory_and_recovers(tmp_path: Path) -> None
     ob.subscribe(lambda rows: seen.extend(r.seq for r in rows))
     put(ob, 5)
     await ob.flush()
-    # SQLite's own limit gives exactly the error a full file system gives: SQLITE_FULL.
-    pages = (await (await ob.db.execute("PRAGMA page_count")).fetchone())[0]
-    await ob.db.execute(f"PRAGMA max_page_count={pages}")
+    await fill_disk(ob.db)
     put(ob, 150, size=500)
     rows = await ob.flush()  # does not raise
     assert ob.mode == "memory"
@@ -120,19 +136,7 @@ async def test_disk_full_degrades_to_memory_and_recovers(tmp_path: Path) -> None
 
 async def test_crash_while_disk_full_never_reuses_a_seq(tmp_path: Path) -> None:
     path = tmp_path / "o.db"
-    ob = Outbox(path)
-    await ob.open()
-    put(ob, 3)
-    await ob.flush()
-    pages = (await (await ob.db.execute("PRAGMA page_count")).fetchone())[0]
-    await ob.db.execute(f"PRAGMA max_page_count={pages}")
-    put(ob, 50, size=1000)
-    await ob.flush()
-    assert ob.mode == "memory"
-    top = ob.next_seq
-    # "crash": the process dies without a successful commit
-    await ob.db.close()
-    ob._db = None
+    top = await die_with_messages_in_memory(path, 50)
 
     ob2 = Outbox(path)
     await ob2.open()
@@ -334,17 +338,7 @@ async def test_messages_lost_in_memory_mode_reach_health_and_raise_an_alarm(
 ) -> None:
     path = tmp_path / "outbox.db"
     # An earlier run died while the disk was full, with messages held in memory.
-    ob = Outbox(path)
-    await ob.open()
-    put(ob, 3)
-    await ob.flush()
-    pages = (await (await ob.db.execute("PRAGMA page_count")).fetchone())[0]
-    await ob.db.execute(f"PRAGMA max_page_count={pages}")
-    put(ob, 40, size=1000)
-    await ob.flush()
-    assert ob.mode == "memory"
-    await ob.db.close()  # the crash
-    ob._db = None
+    await die_with_messages_in_memory(path, 40)
 
     cfg_path = tmp_path / "agent.yaml"
     cfg_path.write_text(
@@ -381,8 +375,7 @@ async def test_messages_lost_in_memory_mode_reach_health_and_raise_an_alarm(
         agent.alarms.ack(alarm.alarm_id, "test")
         agent.outbox.memory_max = 10
         db = agent.outbox.db
-        pages = (await (await db.execute("PRAGMA page_count")).fetchone())[0]
-        await db.execute(f"PRAGMA max_page_count={pages}")
+        await fill_disk(db)
         for i in range(30):
             agent.emitter.telemetry("d", {"i": i, "pad": "x" * 1000})
         await _until(lambda: lost_alarm(), "the alarm for messages dropped from memory")
