@@ -414,6 +414,20 @@ def alarm_states(sub: PersistentSubscriber, rule: str) -> list[str]:
     return [a["data"]["state"] for a in envelopes(sub, "alarms") if a["data"]["rule"] == rule]
 
 
+def wait_disk_full_seen(platform: PersistentSubscriber, timeout_s: float) -> None:
+    """What the platform sees of a full disk: health in memory mode, then the alarm."""
+    platform.wait(
+        lambda _m: any(h["outbox"]["mode"] == "memory" for h in health_of(platform)),
+        timeout_s,
+        "health to say mode: memory",
+    )
+    platform.wait(
+        lambda _m: "active_unacked" in alarm_states(platform, "outbox_disk_full"),
+        10,
+        "the disk-full alarm",
+    )
+
+
 def test_disk_full_on_a_small_filesystem(
     tmp_path: Path,
     persistent_mqtt_broker: MqttBroker,
@@ -438,16 +452,7 @@ def test_disk_full_on_a_small_filesystem(
     # 1 MiB of which 224 KiB are free: the WAL fills that within seconds.
     agent = start_agent(cfg, prefix=system.tmpfs_prefix(state, size_kib=1024, free_kib=224))
     try:
-        platform.wait(
-            lambda _m: any(h["outbox"]["mode"] == "memory" for h in health_of(platform)),
-            30,
-            "health to say mode: memory",
-        )
-        platform.wait(
-            lambda _m: "active_unacked" in alarm_states(platform, "outbox_disk_full"),
-            10,
-            "the disk-full alarm",
-        )
+        wait_disk_full_seen(platform, 30)
         full = next(h for h in health_of(platform) if h["outbox"]["mode"] == "memory")
         assert "full" in full["outbox"]["disk_error"].lower(), full["outbox"]
         build_backlog(broker, platform, 3)  # an outage while the disk is full
@@ -524,16 +529,7 @@ def test_restart_on_a_full_disk_keeps_the_outbox(
             30,
             "the 27 messages from before the restart",
         )
-        platform.wait(
-            lambda _m: any(h["outbox"]["mode"] == "memory" for h in health_of(platform)),
-            20,
-            "health to say mode: memory",
-        )
-        platform.wait(
-            lambda _m: "active_unacked" in alarm_states(platform, "outbox_disk_full"),
-            10,
-            "the disk-full alarm",
-        )
+        wait_disk_full_seen(platform, 20)
         system.inside(agent.pid, state / "filler").unlink()  # someone frees space
         platform.wait(
             lambda _m: "cleared_unacked" in alarm_states(platform, "outbox_disk_full"),
