@@ -32,6 +32,9 @@ LIBFAKETIME_GLOBS = (
     "/usr/local/lib/faketime/libfaketimeMT.so.1",
 )
 
+#: a shell script run as root of a user namespace with mounts of its own
+_IN_OWN_MOUNTS = ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c"]
+
 _SCRIPT = (
     'mount -t tmpfs -o "size=$2" edge-agent-test "$1" && '
     'head -c "$3" /dev/zero > "$1/filler" && shift 3 && exec "$@"'
@@ -43,7 +46,7 @@ def namespaces_unusable() -> str | None:
     if shutil.which("unshare") is None:
         return "the unshare command (util-linux) is missing"
     with tempfile.TemporaryDirectory() as d:
-        probe = ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", _SCRIPT, "sh"]
+        probe = [*_IN_OWN_MOUNTS, _SCRIPT, "sh"]
         try:
             res = subprocess.run(
                 [*probe, d, "64k", "1024", "true"], capture_output=True, text=True, timeout=10
@@ -60,12 +63,7 @@ def tmpfs_prefix(directory: Path, size_kib: int, free_kib: int) -> list[str]:
     ``free_kib`` left free (the rest is ``directory/filler``), then execs the agent."""
     filler = (size_kib - free_kib) * 1024
     return [
-        "unshare",
-        "--user",
-        "--map-root-user",
-        "--mount",
-        "sh",
-        "-c",
+        *_IN_OWN_MOUNTS,
         _SCRIPT,
         "sh",
         str(directory),
@@ -85,12 +83,7 @@ def full_tmpfs_prefix(directory: Path, seed: Path, size_kib: int) -> list[str]:
     (an outbox from an earlier run) and ``directory/filler`` takes every byte left:
     the agent starts on a disk that is already full."""
     return [
-        "unshare",
-        "--user",
-        "--map-root-user",
-        "--mount",
-        "sh",
-        "-c",
+        *_IN_OWN_MOUNTS,
         _FULL_SCRIPT,
         "sh",
         str(directory),
