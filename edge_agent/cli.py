@@ -15,13 +15,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from . import __version__
-from .errors import ConfigError, EdgeAgentError
+from edge_agent import __version__
+from edge_agent.errors import ConfigError, EdgeAgentError
 
 if TYPE_CHECKING:  # the probe imports pymodbus: only `edge-agent probe` loads it
     from edge_agent.drivers.modbus.probe import ProbeRequest
-
-    from .publisher import MqttSettings
+    from edge_agent.mqtt.publisher import MqttSettings
 
 log = logging.getLogger("edge_agent")
 
@@ -39,7 +38,7 @@ EXIT_CONFIG = 78
 
 
 def _load(path: str, notes: list[str] | None = None, exit_code: int = 1) -> object:
-    from .config import load_config
+    from edge_agent.config.loader import load_config
 
     try:
         return load_config(path, notes=notes)
@@ -67,8 +66,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from .config import AgentConfigBase
-    from .doctor import exit_code, format_table, run_checks
+    from edge_agent.config.loader import AgentConfigBase
+    from edge_agent.tools.doctor import exit_code, format_table, run_checks
 
     notes: list[str] = []
     cfg = _load(args.config, notes)
@@ -91,8 +90,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .agent import Agent
-    from .config import AgentConfigBase
+    from edge_agent.config.loader import AgentConfigBase
+    from edge_agent.supervisor import Agent
 
     cfg = _load(args.config, exit_code=EXIT_CONFIG)
     assert isinstance(cfg, AgentConfigBase)
@@ -117,8 +116,8 @@ def _root_from_args(
     """host, port, root, protocol from --config or from explicit flags, and the config's
     MQTT settings (credentials, TLS) when there is one."""
     if args.config:
-        from .agent import mqtt_settings
-        from .config import AgentConfigBase
+        from edge_agent.config.loader import AgentConfigBase
+        from edge_agent.supervisor import mqtt_settings
 
         cfg = _load(args.config)
         assert isinstance(cfg, AgentConfigBase)
@@ -140,8 +139,8 @@ def _root_from_args(
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
-    from .console import run_console
-    from .tls import TlsFileError, TlsSettings, client_context
+    from edge_agent.mqtt.tls import TlsFileError, TlsSettings, client_context
+    from edge_agent.tools.tail.model import run_console
 
     host, port, root, protocol, settings = _root_from_args(args)
     proto: Literal["5", "3.1.1"] = "3.1.1" if protocol == "3.1.1" else "5"
@@ -194,7 +193,7 @@ def run_child(cmd: list[str], what: str, stop_timeout_s: float = 10.0) -> int:
     import signal
     import time
 
-    from .localbroker import stop_process
+    from edge_agent.tools.localbroker import stop_process
 
     proc = subprocess.Popen(cmd)  # noqa: S603 - our own interpreter and module
     received: list[int] = []
@@ -229,7 +228,7 @@ def run_child(cmd: list[str], what: str, stop_timeout_s: float = 10.0) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     import signal
 
-    from .demo import run_demo
+    from edge_agent.tools.demo import run_demo
 
     _setup_logging("WARNING" if not args.verbose else "INFO")
 
@@ -263,7 +262,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import main as bench_main
+    from edge_agent.tools.bench import main as bench_main
 
     _setup_logging("WARNING")
     return bench_main(args)
@@ -303,8 +302,7 @@ def _probe_request(args: argparse.Namespace) -> ProbeRequest:
 
 def cmd_probe(args: argparse.Namespace) -> int:
     from edge_agent.drivers.modbus.probe import error_message, format_table, probe, rows_json
-
-    from .errors import DeviceError
+    from edge_agent.errors import DeviceError
 
     try:
         request = _probe_request(args)
@@ -398,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("-v", "--verbose", action="store_true")
     d.set_defaults(fn=cmd_demo)
 
-    from .bench import add_arguments as bench_arguments
+    from edge_agent.tools.bench import add_arguments as bench_arguments
 
     b = sub.add_parser("bench", help="measure CPU, memory, throughput, alarm latency / 性能测试")
     bench_arguments(b)

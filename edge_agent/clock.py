@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from .driver import Quality, Value
+from edge_agent.driver import Quality, Value
 
 log = logging.getLogger(__name__)
 

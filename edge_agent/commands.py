@@ -36,10 +36,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from .driver import DoorOpener, Snapshotter, Writable
-from .envelope import iso_ms
-from .errors import DeviceError
-from .signing import SIGNED_COMMANDS, WINDOW_S, SignatureError, verify
+from edge_agent.driver import DoorOpener, Snapshotter, Writable
+from edge_agent.envelope import iso_ms
+from edge_agent.errors import DeviceError
+from edge_agent.signing import SIGNED_COMMANDS, WINDOW_S, SignatureError, verify
 
 log = logging.getLogger(__name__)
 

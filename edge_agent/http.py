@@ -34,8 +34,8 @@ import sys
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from .config_models import HttpConfig
-from .poll import backoff_delay
+from edge_agent.config.models import HttpConfig
+from edge_agent.poll import backoff_delay
 
 if TYPE_CHECKING:
     from aiohttp import web

@@ -26,11 +26,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .clock import ClockGate
-from .driver import DeviceStateName, Event, Quality, Value
-from .envelope import Lane, iso_ms
-from .errors import NotDurableError
-from .outbox import CURSOR, Outbox
+from edge_agent.clock import ClockGate
+from edge_agent.driver import DeviceStateName, Event, Quality, Value
+from edge_agent.envelope import Lane, iso_ms
+from edge_agent.errors import NotDurableError
+from edge_agent.outbox.store import CURSOR, Outbox
 
 __all__ = ["Event", "OutboxLink"]
 

@@ -25,9 +25,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .driver import DeviceStateName, Emit, PollingDriver
-from .envelope import iso_ms
-from .errors import DeviceError
+from edge_agent.driver import DeviceStateName, Emit, PollingDriver
+from edge_agent.envelope import iso_ms
+from edge_agent.errors import DeviceError
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@
     python scripts/gen_config_docs.py --check   # exit 1 if the file is stale (CI, tests)
 
 Every key of the agent's YAML file, with its type, default and description, comes from
-the models themselves (``edge_agent.config.AgentConfigBase`` and what it nests, the
+the models themselves (``edge_agent.config.loader.AgentConfigBase`` and what it nests, the
 buses, the Modbus device, and the profile schema), so the reference cannot drift from
 the code: ``tests/unit/test_docs.py`` fails when the file is stale.
 
@@ -33,8 +33,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run as a plain script from a source checkout
     sys.path.insert(0, str(REPO))
 
-from edge_agent.config import AgentConfigBase  # noqa: E402
-from edge_agent.config_models import ID_PATTERN  # noqa: E402
+from edge_agent.config.loader import AgentConfigBase  # noqa: E402
+from edge_agent.config.models import ID_PATTERN  # noqa: E402
 from edge_agent.drivers.modbus.config import ModbusDevice  # noqa: E402
 from edge_agent.drivers.modbus.profile import Profile  # noqa: E402
 

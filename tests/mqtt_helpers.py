@@ -1,7 +1,7 @@
 """A real MQTT broker for tests, and a subscriber that collects what it receives.
 
 The broker is mosquitto, either in Docker through testcontainers (``eclipse-mosquitto:2``)
-when a Docker engine answers, or as a local process (:class:`edge_agent.localbroker.
+when a Docker engine answers, or as a local process (:class:`edge_agent.tools.localbroker.
 LocalBroker`) on an ephemeral loopback port. ``EDGE_AGENT_TEST_BROKER=docker|local``
 forces one. When neither works, the fixture fails with a message saying what to install:
 integration tests are never skipped for want of a broker.
@@ -35,8 +35,14 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.properties import Properties
 
-from edge_agent.localbroker import BrokerError, LocalBroker, find_mosquitto, free_port, mqtt_ping
-from edge_agent.mqttutil import stop_network_thread
+from edge_agent.mqtt.client import stop_network_thread
+from edge_agent.tools.localbroker import (
+    BrokerError,
+    LocalBroker,
+    find_mosquitto,
+    free_port,
+    mqtt_ping,
+)
 
 log = logging.getLogger(__name__)
 

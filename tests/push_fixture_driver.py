@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from edge_agent.config_models import DeviceBase
+from edge_agent.config.models import DeviceBase
 from edge_agent.driver import DeviceLink, DriverContext, Event, MetricInfo
 from edge_agent.errors import NotDurableError
 

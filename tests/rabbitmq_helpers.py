@@ -29,7 +29,7 @@ import uuid
 from pathlib import Path
 from typing import IO
 
-from edge_agent.localbroker import BrokerError, free_port, mqtt_ping, stop_process
+from edge_agent.tools.localbroker import BrokerError, free_port, mqtt_ping, stop_process
 
 INSTALL_HINT = (
     "The broker interop tests need RabbitMQ. Install it with: "

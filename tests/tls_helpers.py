@@ -1,6 +1,6 @@
 """A mosquitto with a TLS listener, and a throw-away CA to sign its certificate.
 
-:class:`TlsBroker` is a :class:`~edge_agent.localbroker.LocalBroker` (plain listener on
+:class:`TlsBroker` is a :class:`~edge_agent.tools.localbroker.LocalBroker` (plain listener on
 ``.port``, anonymous, which the readiness check and ``tests.mqtt_helpers.publish`` use)
 with a second listener on ``.tls_port``: TLS with a server certificate for ``localhost``,
 ``127.0.0.1`` and ``::1`` signed by :func:`make_ca`'s CA, and only ``USER``/``PASSWORD``
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.localbroker import BrokerError, LocalBroker, find_mosquitto, free_port
+from edge_agent.tools.localbroker import BrokerError, LocalBroker, find_mosquitto, free_port
 from tests.mqtt_helpers import NO_BROKER_MESSAGE
 
 USER = "campus-agent"

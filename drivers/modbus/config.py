@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from edge_agent.config_models import Id, PollingDeviceBase
+from edge_agent.config.models import Id, PollingDeviceBase
 from edge_agent.drivers.modbus.profile import PROFILE_NAME_PATTERN
 
 

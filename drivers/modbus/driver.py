@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Literal
 
 from pymodbus.transport.serialtransport import create_serial_connection
 
-from edge_agent.config_models import SerialBus, TcpBus
+from edge_agent.config.models import SerialBus, TcpBus
 from edge_agent.driver import Bus, DriverContext, MetricInfo, Reading, Value
 from edge_agent.drivers.modbus import codec, wire
 from edge_agent.drivers.modbus.config import ModbusDevice

@@ -17,7 +17,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from edge_agent import yamlsrc
+from edge_agent.config import yamlsrc
 
 PointType = Literal["int16", "uint16", "int32", "uint32", "float32", "float64", "bit"]
 

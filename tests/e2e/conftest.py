@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from edge_agent.localbroker import stop_process
+from edge_agent.tools.localbroker import stop_process
 from tests.e2e.helpers import CLASSROOMS, METERS, REPO, _env
 
 

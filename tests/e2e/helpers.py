@@ -13,8 +13,8 @@ from typing import Any
 
 import yaml
 
-from edge_agent.demo import config_from_layout
-from edge_agent.mqttutil import stop_network_thread
+from edge_agent.mqtt.client import stop_network_thread
+from edge_agent.tools.demo import config_from_layout
 from tests.mqtt_helpers import MqttBroker, Received
 
 REPO = Path(__file__).resolve().parents[2]

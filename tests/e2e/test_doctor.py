@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from edge_agent.cli import main
-from edge_agent.demo import config_from_layout
-from edge_agent.localbroker import free_port
+from edge_agent.tools.demo import config_from_layout
+from edge_agent.tools.localbroker import free_port
 from tests.mqtt_helpers import MqttBroker
 
 pytestmark = pytest.mark.e2e

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from edge_agent.envelope import Lane
-from edge_agent.outbox import Outbox
+from edge_agent.outbox.store import Outbox
 from tests.contract import SeqTracker, check_envelope
 from tests.e2e import system
 from tests.e2e.helpers import ROOT, PersistentSubscriber, agent_config, output, start_agent

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.localbroker import stop_process
+from edge_agent.tools.localbroker import stop_process
 from tests.e2e.helpers import REPO
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.localbroker import BrokerError, LocalBroker, amqtt_available
 from edge_agent.simulators import CampusSim
+from edge_agent.tools.localbroker import BrokerError, LocalBroker, amqtt_available
 from tests.rabbitmq_helpers import INSTALL_HINT, RabbitMqBroker, find_rabbitmq_server
 from tests.sim_helpers import LESSON, assert_no_leaked_tasks
 

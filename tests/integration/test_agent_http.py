@@ -14,8 +14,8 @@ import pytest
 import yaml
 from aiohttp import web
 
-from edge_agent.agent import Agent
-from edge_agent.config import load_config
+from edge_agent.config.loader import load_config
+from edge_agent.supervisor import Agent
 from tests.http_helpers import refused, request
 from tests.mqtt_helpers import MqttBroker
 

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from edge_agent.agent import Agent
-from edge_agent.config import load_config
+from edge_agent.config.loader import load_config
 from edge_agent.simulators.campus import CampusSim
+from edge_agent.supervisor import Agent
 from tests.contract import SeqTracker, check_envelope
 from tests.e2e.helpers import agent_config
 from tests.mqtt_helpers import MqttBroker, Received, mqtt_subscriber, publish

@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from edge_agent.agent import Agent
-from edge_agent.config import load_config
+from edge_agent.config.loader import load_config
 from edge_agent.simulators.campus import CampusSim
+from edge_agent.supervisor import Agent
 from tests.contract import check_envelope
 from tests.e2e.helpers import agent_config
 from tests.mqtt_helpers import MqttBroker, Received, mqtt_subscriber, publish
@@ -59,7 +59,7 @@ async def test_agent_falls_back_to_311_and_works_through_the_broker(
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    caplog.set_level(logging.DEBUG, "edge_agent.publisher")
+    caplog.set_level(logging.DEBUG, "edge_agent.mqtt.publisher")
     mqtt: dict[str, Any] = {"protocol": "5", "health_interval_s": 1, "reconnect_max_s": 1}
     username = getattr(broker, "username", None)
     if username:
@@ -95,7 +95,7 @@ async def test_agent_falls_back_to_311_and_works_through_the_broker(
             publisher_warnings = [
                 r.getMessage()
                 for r in caplog.records
-                if r.name == "edge_agent.publisher" and r.levelno >= logging.WARNING
+                if r.name == "edge_agent.mqtt.publisher" and r.levelno >= logging.WARNING
             ]
             assert publisher_warnings == []
             status = await wait(sub, "status", lambda m: m.topic == f"{ROOT}/status")

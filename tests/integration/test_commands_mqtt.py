@@ -27,10 +27,10 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge_agent.agent import Agent
-from edge_agent.config import load_config
-from edge_agent.mqttutil import stop_network_thread
+from edge_agent.config.loader import load_config
+from edge_agent.mqtt.client import stop_network_thread
 from edge_agent.simulators.campus import CampusSim
+from edge_agent.supervisor import Agent
 from tests.contract import TS
 from tests.e2e.helpers import agent_config
 from tests.mqtt_helpers import MqttBroker, MqttSubscriber, Received, mqtt_subscriber

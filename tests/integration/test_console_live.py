@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from edge_agent.console import ContractState, run_console
-from edge_agent.localbroker import free_port
+from edge_agent.tools.localbroker import free_port
+from edge_agent.tools.tail.model import ContractState, run_console
 from tests.mqtt_helpers import TestBroker, publish
 
 pytestmark = pytest.mark.integration

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.demo import run_demo
-from edge_agent.localbroker import BrokerPortInUse, LocalBroker, free_port, stop_process
+from edge_agent.tools.demo import run_demo
+from edge_agent.tools.localbroker import BrokerPortInUse, LocalBroker, free_port, stop_process
 from tests.mqtt_helpers import MqttBroker, mqtt_subscriber
 
 REPO = Path(__file__).resolve().parents[2]

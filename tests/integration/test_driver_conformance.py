@@ -20,7 +20,6 @@ from typing import Any
 import pytest
 
 from edge_agent import registry
-from edge_agent.agent import OutboxEmitter
 from edge_agent.clock import ClockGate
 from edge_agent.commands import CommandError, door_handler, snapshot_handler, write_handler
 from edge_agent.driver import Driver, DriverContext, MetricInfo, PollingDriver, PushDriver
@@ -28,8 +27,9 @@ from edge_agent.drivers.modbus import ModbusDevice, ModbusDriver
 from edge_agent.drivers.modbus.profile import clear_profile_cache
 from edge_agent.envelope import Lane
 from edge_agent.link import OutboxLink
-from edge_agent.outbox import Outbox
+from edge_agent.outbox.store import Outbox
 from edge_agent.poll import PollLoop
+from edge_agent.supervisor import OutboxEmitter
 from tests.hostile_modbus import HostileModbus
 from tests.push_fixture_driver import KIND, PushFixtureDriver, install
 

@@ -21,7 +21,7 @@ from pymodbus.framer import FramerType
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from edge_agent.config_models import SerialBus, TcpBus
+from edge_agent.config.models import SerialBus, TcpBus
 from edge_agent.driver import Bus, DriverContext, PollingDriver
 from edge_agent.drivers.modbus import ModbusDevice, ModbusDriver
 from edge_agent.drivers.modbus.driver import LINE_KEY

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from edge_agent.config_models import SerialBus, TcpBus
+from edge_agent.config.models import SerialBus, TcpBus
 from edge_agent.driver import Bus, DriverContext, Value
 from edge_agent.drivers.modbus import ModbusDevice, ModbusDriver
 from edge_agent.drivers.modbus.driver import LineSettings

@@ -23,15 +23,15 @@ from typing import Any
 import pytest
 import yaml
 
-from edge_agent.agent import mqtt_settings
-from edge_agent.config import load_config
-from edge_agent.localbroker import LocalBroker, find_mosquitto, free_port
-from edge_agent.outbox import Outbox
-from edge_agent.publisher import MqttSettings, Publisher
+from edge_agent.config.loader import load_config
+from edge_agent.mqtt.publisher import MqttSettings, Publisher
+from edge_agent.outbox.store import Outbox
+from edge_agent.supervisor import mqtt_settings
+from edge_agent.tools.localbroker import LocalBroker, find_mosquitto, free_port
 from tests.e2e.helpers import output, start_agent
 from tests.mqtt_helpers import MqttBroker
 
-LOGGER = "edge_agent.publisher"
+LOGGER = "edge_agent.mqtt.publisher"
 ROOT = "campus/conn-school/gw1"
 #: attempts to watch before counting log lines: enough to see that repeats stay quiet
 ATTEMPTS = 3
@@ -311,7 +311,7 @@ async def test_unresolvable_host_name_is_one_warning(tmp_path: Path) -> None:
             os.kill(proc.pid, signal.SIGTERM)
         await asyncio.to_thread(proc.wait, 30)
     log = output(proc)
-    warnings = [line for line in log.splitlines() if "WARNING edge_agent.publisher" in line]
+    warnings = [line for line in log.splitlines() if "WARNING edge_agent.mqtt.publisher" in line]
     assert len(warnings) == 1, log
     assert f"{host}:1883" in warnings[0]
     assert "not resolved" in warnings[0]

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 import yaml
 
-from edge_agent.agent import Agent
 from edge_agent.cli import main
-from edge_agent.config import load_config
+from edge_agent.config.loader import load_config
+from edge_agent.supervisor import Agent
 from tests.mqtt_helpers import mqtt_subscriber, publish
 from tests.tls_helpers import (
     CLIENT_KEY_PASSWORD,

@@ -14,9 +14,9 @@ import pytest
 import yaml
 
 from edge_agent import registry
-from edge_agent.agent import Agent
-from edge_agent.config import load_config
+from edge_agent.config.loader import load_config
 from edge_agent.driver import DeviceLink
+from edge_agent.supervisor import Agent
 from tests.contract import check_envelope
 from tests.mqtt_helpers import MqttBroker, Received, mqtt_subscriber
 from tests.push_fixture_driver import KIND, PushFixtureDriver, RecordDevice

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from edge_agent.alarms import ALARM_STATE, AlarmBook, AlarmError, OutboxAlarmStore
+from edge_agent.alarms.lifecycle import ALARM_STATE, AlarmBook, AlarmError, OutboxAlarmStore
 from edge_agent.envelope import Lane
-from edge_agent.outbox import Outbox
+from edge_agent.outbox.store import Outbox
 from tests.outbox_helpers import fill_disk
 
 

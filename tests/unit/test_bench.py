@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from edge_agent import bench
+from edge_agent.tools import bench
 from tests.mqtt_helpers import MqttBroker, mqtt_subscriber
 
 # -- percentile ---------------------------------------------------------------------------

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from edge_agent.agent import Agent
 from edge_agent.clock import STA_UNSYNC, TIME_ERROR, ClockGate, SystemClock
-from edge_agent.config import load_config
+from edge_agent.config.loader import load_config
+from edge_agent.supervisor import Agent
 from tests.e2e import system
 
 REPO = Path(__file__).resolve().parents[2]

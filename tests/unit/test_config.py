@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from edge_agent.config import builtin_profiles, load_config
+from edge_agent.config.loader import builtin_profiles, load_config
 from edge_agent.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from edge_agent.console import ContractState
-from edge_agent.console_view import render_dashboard, render_line
+from edge_agent.tools.tail.model import ContractState
+from edge_agent.tools.tail.view import render_dashboard, render_line
 
 ROOT = "campus/s1/gw1"
 NOW = 1_795_852_800.0  # 2026-11-28T08:00:00Z
@@ -500,9 +500,9 @@ def test_tail_does_not_import_the_publisher() -> None:
     # `tail` runs on an operator's laptop: it needs paho and rich, not the agent's publisher
     # (and its outbox/SQLite stack).
     code = (
-        "import sys, edge_agent.console, edge_agent.console_view; "
+        "import sys, edge_agent.tools.tail.model, edge_agent.tools.tail.view; "
         "print(sorted(m for m in sys.modules if m in "
-        "('edge_agent.publisher', 'edge_agent.outbox')))"
+        "('edge_agent.mqtt.publisher', 'edge_agent.outbox.store')))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.config import AgentConfigBase, load_config
-from edge_agent.doctor import (
+from edge_agent.config.loader import AgentConfigBase, load_config
+from edge_agent.tools.doctor import (
     Row,
     check_broker,
     check_clock,
@@ -155,7 +155,7 @@ def test_table_and_exit_code() -> None:
 
 
 def test_device_values_are_shown_as_published() -> None:
-    from edge_agent.doctor import _format_value
+    from edge_agent.tools.doctor import _format_value
 
     # a large energy counter keeps every digit (not 1.235e+07 kWh)
     assert _format_value(12345678.0, "kWh") == "12345678.0 kWh"

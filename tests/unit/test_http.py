@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from edge_agent.config_models import HttpConfig
+from edge_agent.config.models import HttpConfig
 from edge_agent.http import HttpServer
 from tests.http_helpers import refused, request
 
@@ -281,9 +281,9 @@ def test_an_agent_without_http_never_imports_aiohttp(tmp_path: Path) -> None:
     )
     code = (
         "import sys\n"
-        "from edge_agent.agent import Agent\n"
+        "from edge_agent.supervisor import Agent\n"
         "from edge_agent.cli import main\n"
-        "from edge_agent.config import load_config\n"
+        "from edge_agent.config.loader import load_config\n"
         f"agent = Agent(load_config({str(cfg)!r}), {str(cfg)!r})\n"
         "assert not agent.http.wanted\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'aiohttp'))\n"

@@ -54,18 +54,8 @@ def test_the_package_reaches_the_repository_folders() -> None:
 # -- the house's import rules (issue #8) ---------------------------------------------------
 # Module groups, spelled once. Tools are what the command line offers besides running the
 # agent; the runtime is everything a gateway runs under systemd.
-TOOLS = {
-    "edge_agent.__main__",
-    "edge_agent._amqtt_broker",
-    "edge_agent.bench",
-    "edge_agent.cli",
-    "edge_agent.console",
-    "edge_agent.console_view",
-    "edge_agent.demo",
-    "edge_agent.doctor",
-    "edge_agent.localbroker",
-}
-MQTT = {"edge_agent.publisher", "paho"}
+TOOLS = {"edge_agent.__main__", "edge_agent.cli", "edge_agent.tools"}
+MQTT = {"edge_agent.mqtt", "paho"}
 OUTBOX = {"edge_agent.outbox"}
 DRIVERS = {"edge_agent.drivers"}
 SIMULATORS = {"edge_agent.simulators"}

@@ -14,7 +14,7 @@ from edge_agent.clock import ClockGate
 from edge_agent.envelope import Lane
 from edge_agent.errors import NotDurableError
 from edge_agent.link import Event, OutboxLink
-from edge_agent.outbox import Outbox
+from edge_agent.outbox.store import Outbox
 from tests.outbox_helpers import fill_disk
 
 ROOT = "campus/s/g"

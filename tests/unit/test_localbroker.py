@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.localbroker import (
+from edge_agent.tools.localbroker import (
     BrokerError,
     BrokerNotFound,
     LocalBroker,

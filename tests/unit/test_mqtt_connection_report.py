@@ -12,9 +12,9 @@ import ssl
 
 import pytest
 
-from edge_agent.publisher import ConnectionReport, describe_connect_error, host_port
+from edge_agent.mqtt.publisher import ConnectionReport, describe_connect_error, host_port
 
-LOGGER = "edge_agent.publisher"
+LOGGER = "edge_agent.mqtt.publisher"
 
 
 class FakeClock:

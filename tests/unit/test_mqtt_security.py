@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.agent import mqtt_settings
 from edge_agent.cli import EXIT_CONFIG, main
-from edge_agent.config import load_config
+from edge_agent.config.loader import load_config
 from edge_agent.errors import ConfigError
+from edge_agent.supervisor import mqtt_settings
 from tests.tls_helpers import make_ca
 
 REPO = Path(__file__).resolve().parents[2]

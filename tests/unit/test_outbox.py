@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from edge_agent.envelope import Lane, iso_ms, mark_historical, new_ulid
-from edge_agent.outbox import Outbox, Row
+from edge_agent.outbox.store import Outbox, Row
 
 
 def put_telemetry(ob: Outbox, n: int, device: str = "b1-r101-air") -> None:
@@ -192,7 +192,7 @@ async def test_alarm_lane_commits_without_waiting(tmp_path: Path, lane: Lane) ->
 async def test_a_clock_stepped_back_does_not_stop_the_size_checks(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import edge_agent.outbox as outbox_mod
+    import edge_agent.outbox.store as outbox_mod
 
     clock = {"wall": 1_790_000_000.0, "mono": 100.0}
     monkeypatch.setattr(outbox_mod.time, "time", lambda: clock["wall"])

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.agent import Agent
-from edge_agent.alarms import Alarm
-from edge_agent.config import load_config
+from edge_agent.alarms.lifecycle import Alarm
+from edge_agent.config.loader import load_config
 from edge_agent.envelope import Lane
-from edge_agent.outbox import Outbox
+from edge_agent.outbox.store import Outbox
+from edge_agent.supervisor import Agent
 from tests.e2e import system
 from tests.outbox_helpers import fill_disk
 
@@ -189,10 +189,10 @@ async def test_a_clean_stop_skips_no_seq(tmp_path: Path) -> None:
 # (the publisher could send it from then on), until the test kills it.
 _CHILD = """
 import asyncio, json, sys
-from edge_agent.agent import Agent
-from edge_agent.config import load_config
+from edge_agent.supervisor import Agent
+from edge_agent.config.loader import load_config
 from edge_agent.envelope import Lane
-from edge_agent.outbox import Outbox
+from edge_agent.outbox.store import Outbox
 
 async def main():
     ob = Outbox(sys.argv[1])
@@ -260,10 +260,10 @@ async def test_power_cut_losing_the_wal_tail_never_reuses_a_seq(tmp_path: Path) 
 # Open an outbox on a filesystem that is completely full, as the agent does at start.
 _FULL_CHILD = """
 import asyncio, json, sys
-from edge_agent.agent import Agent
-from edge_agent.config import load_config
+from edge_agent.supervisor import Agent
+from edge_agent.config.loader import load_config
 from edge_agent.envelope import Lane
-from edge_agent.outbox import Outbox
+from edge_agent.outbox.store import Outbox
 
 async def main():
     ob = Outbox(sys.argv[1])
@@ -422,7 +422,7 @@ _DRAIN_CHILD = """
 import asyncio, json, logging, os, sys
 from pathlib import Path
 from edge_agent.envelope import Lane
-from edge_agent.outbox import Outbox
+from edge_agent.outbox.store import Outbox
 
 logging.basicConfig(level=logging.INFO, stream=sys.stderr)
 

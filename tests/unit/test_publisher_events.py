@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from edge_agent.publisher import MqttSettings, Publisher
+from edge_agent.mqtt.publisher import MqttSettings, Publisher
 
 
 class NoOutbox:
@@ -62,7 +62,7 @@ def test_stop_network_thread_survives_the_thread_ending_by_itself() -> None:
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
-    from edge_agent.mqttutil import stop_network_thread
+    from edge_agent.mqtt.client import stop_network_thread
 
     client = mqtt.Client(CallbackAPIVersion.VERSION2)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.secrets import SecretError, is_reference, resolve
+from edge_agent.config.secrets import SecretError, is_reference, resolve
 
 
 @pytest.mark.parametrize(

@@ -37,8 +37,8 @@ from typing import Any
 
 import aiosqlite
 
-from .envelope import LANE_NAMES, Lane, envelope, iso_ms, new_ulid
-from .errors import NotDurableError, OutboxError
+from edge_agent.envelope import LANE_NAMES, Lane, envelope, iso_ms, new_ulid
+from edge_agent.errors import NotDurableError, OutboxError
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from rich.segment import Segment
 from rich.table import Table
 from rich.text import Text
 
-from .console import (
+from edge_agent.tools.tail.model import (
     ContractState,
     DeviceView,
     RootPattern,

@@ -25,13 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from . import registry
-from .clock import SystemClock
-from .config import AgentConfigBase, profile_dirs
-from .config_models import SerialBus, TcpBus
-from .driver import Bus, DriverContext
-from .errors import DeviceError, DeviceTimeout, DeviceUnavailable
-from .tls import TlsFileError, TlsSettings, check_readable, client_context
+from edge_agent import registry
+from edge_agent.clock import SystemClock
+from edge_agent.config.loader import AgentConfigBase, profile_dirs
+from edge_agent.config.models import SerialBus, TcpBus
+from edge_agent.driver import Bus, DriverContext
+from edge_agent.errors import DeviceError, DeviceTimeout, DeviceUnavailable
+from edge_agent.mqtt.tls import TlsFileError, TlsSettings, check_readable, client_context
 
 Status = Literal["ok", "fail", "warn", "skip"]
 
@@ -98,7 +98,7 @@ def connect_packet(client_id: str, username: str | None, password: str | None) -
 
 def tls_context(cfg: AgentConfigBase) -> ssl.SSLContext | None:
     """The TLS context the agent would use (the publisher's own builder), or None for plain
-    TCP. Raises :class:`~edge_agent.tls.TlsFileError` naming the file that cannot be used."""
+    TCP. Raises :class:`~edge_agent.mqtt.tls.TlsFileError` naming the file that cannot be used."""
     tls = cfg.mqtt.tls
     if tls is None:
         return None

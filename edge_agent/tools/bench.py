@@ -15,7 +15,7 @@ Four figures, each next to the target from the project's performance issue:
     air reading, ``Outbox.flush`` every ``commit_max_batch`` readings.
 ``drain``
     A backlog of ``--messages`` rows is written to the outbox, then the real
-    :class:`~edge_agent.publisher.Publisher` sends it to a local mosquitto at QoS 1
+    :class:`~edge_agent.mqtt.publisher.Publisher` sends it to a local mosquitto at QoS 1
     until the outbox is empty (every row acknowledged and deleted). The same number of
     messages of the same size then goes through a bare paho-mqtt loop (``loop_start``
     thread, the same in-flight window, waiting for every PUBACK); the figure is the
@@ -330,7 +330,7 @@ def machine_info() -> dict[str, Any]:
 def _child_env() -> dict[str, str]:
     """Environment for ``python -m ...`` children: they import what this process imports."""
     env = dict(os.environ)
-    pkg_root = str(Path(__file__).resolve().parent.parent)
+    pkg_root = str(Path(__file__).resolve().parents[2])  # the folder holding edge_agent/
     env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH", "")) if p)
     return env
 
@@ -383,7 +383,7 @@ class _Subscriber:
     def stop(self) -> None:
         with contextlib.suppress(Exception):
             self.client.disconnect()
-        from .mqttutil import stop_network_thread
+        from edge_agent.mqtt.client import stop_network_thread
 
         stop_network_thread(self.client)
 
@@ -407,7 +407,7 @@ def _device_ids(n: int = 60) -> list[str]:
 
 async def _fill_outbox(outbox: Any, n: int, batch: int) -> float:
     """Put ``n`` telemetry readings, flushing every ``batch``; returns the seconds it took."""
-    from .envelope import Lane
+    from edge_agent.envelope import Lane
 
     devices = _device_ids()
     topics = [f"{ROOT}/telemetry/{d}" for d in devices]
@@ -460,8 +460,8 @@ async def run_ingest(
     With ``repeat`` > 1 the run is repeated on a new database each time and the
     median is reported (a shared or thermally throttled box is noisy).
     """
-    from .envelope import Lane
-    from .outbox import Outbox
+    from edge_agent.envelope import Lane
+    from edge_agent.outbox.store import Outbox
 
     db = workdir / "ingest-outbox.db"
     rates: list[float] = []
@@ -511,9 +511,9 @@ async def run_drain(
     Returns the drain figures and, with ``alarms``, a ``"latency"`` sub-dict with the
     raw latencies in ``latencies_ms``.
     """
-    from .envelope import Lane
-    from .outbox import Outbox
-    from .publisher import MqttSettings, Publisher
+    from edge_agent.envelope import Lane
+    from edge_agent.mqtt.publisher import MqttSettings, Publisher
+    from edge_agent.outbox.store import Outbox
 
     db = workdir / "drain-outbox.db"
     _remove_db(db)
@@ -708,7 +708,7 @@ def run_bare_paho(
         elapsed = time.perf_counter() - t0
     finally:
         client.disconnect()
-        from .mqttutil import stop_network_thread
+        from edge_agent.mqtt.client import stop_network_thread
 
         stop_network_thread(client)
     return {
@@ -724,7 +724,7 @@ def run_bare_paho(
 @contextlib.contextmanager
 def _child(argv: list[str], log_path: Path, cwd: Path) -> Iterator[subprocess.Popen[bytes]]:
     """Run a child process; SIGTERM (then SIGKILL) it on exit."""
-    from .localbroker import stop_process
+    from edge_agent.tools.localbroker import stop_process
 
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(  # noqa: S603 - our own interpreter and modules, no shell
@@ -758,7 +758,7 @@ def campus_config(
     interval_s: float | None,
 ) -> dict[str, Any]:
     """An agent config for the simulator layout; ``interval_s`` None keeps profile defaults."""
-    from .demo import config_from_layout
+    from edge_agent.tools.demo import config_from_layout
 
     cfg = config_from_layout(
         layout,
@@ -956,7 +956,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _start_broker(workdir: Path) -> Any:
-    from .localbroker import BrokerError, LocalBroker
+    from edge_agent.tools.localbroker import BrokerError, LocalBroker
 
     broker = LocalBroker(workdir=workdir / "broker", backend="mosquitto")
     try:
@@ -1099,7 +1099,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _mosquitto_version(path: str | None) -> str:
-    from .localbroker import find_mosquitto
+    from edge_agent.tools.localbroker import find_mosquitto
 
     exe = path or find_mosquitto()
     if not exe:

@@ -17,8 +17,8 @@ from typing import Annotated, Any, Literal, Union, get_args
 
 from pydantic import BaseModel, Field, ValidationError, create_model
 
-from . import registry
-from .config_models import (
+from edge_agent import registry
+from edge_agent.config.models import (
     BusConfig,
     CommandsConfig,
     HttpConfig,
@@ -27,9 +27,9 @@ from .config_models import (
     SiteConfig,
     Strict,
 )
-from .errors import ConfigError
-from .yamlsrc import FileProblems, KeyProblem, SourceError
-from .yamlsrc import load as load_yaml
+from edge_agent.config.yamlsrc import FileProblems, KeyProblem, SourceError
+from edge_agent.config.yamlsrc import load as load_yaml
+from edge_agent.errors import ConfigError
 
 #: The package whose ``profiles/`` folder holds the shipped device profiles: package data, so
 #: a wheel carries them; found through importlib.resources, never a path of the checkout.
@@ -231,7 +231,7 @@ def _resolve_secrets(
 ) -> None:
     """Replace secret references by their values. With ``notes`` (check-config on a
     laptop), a reference that cannot be resolved here is a note, not an error."""
-    from .secrets import SecretError, is_reference, resolve
+    from edge_agent.config.secrets import SecretError, is_reference, resolve
 
     for path in SECRET_FIELDS:
         parent: Any = data
@@ -407,7 +407,7 @@ def check_credentials_encrypted(mqtt: MqttConfig) -> list[tuple[Path_, str]]:
         return []
     if mqtt.tls is not None or mqtt.allow_plaintext_credentials:
         return []
-    from .tls import is_loopback
+    from edge_agent.mqtt.tls import is_loopback
 
     if is_loopback(mqtt.host):
         return []
@@ -427,14 +427,14 @@ def check_credentials_encrypted(mqtt: MqttConfig) -> list[tuple[Path_, str]]:
 def _unresolved(secret: str | None) -> bool:
     """A secret not available here (check-config on a laptop) or that failed to resolve
     (already reported): nothing to check it against."""
-    from .secrets import is_reference
+    from edge_agent.config.secrets import is_reference
 
     return secret is not None and (secret == _UNRESOLVED or is_reference(secret))
 
 
 def check_tls_files(mqtt: MqttConfig) -> list[tuple[Path_, str]]:
     """Every CA, certificate and key file exists, is readable, and loads."""
-    from .tls import TlsFileError, TlsSettings, check_readable, client_context
+    from edge_agent.mqtt.tls import TlsFileError, TlsSettings, check_readable, client_context
 
     tls = mqtt.tls
     if tls is None:
@@ -466,7 +466,7 @@ def check_drivers_build(
 
     A broken profile is reported once, at its own lines, into ``other_files``; not once
     per device that uses it."""
-    from .driver import DriverContext
+    from edge_agent.driver import DriverContext
 
     problems: list[tuple[Path_, str]] = []
     reported: set[str] = set()

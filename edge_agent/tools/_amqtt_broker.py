@@ -1,8 +1,8 @@
 """Run the pure-Python amqtt broker (MQTT 3.1.1) on one loopback listener until SIGTERM.
 
-Used by :class:`edge_agent.localbroker.LocalBroker` when mosquitto is not installed::
+Used by :class:`edge_agent.tools.localbroker.LocalBroker` when mosquitto is not installed::
 
-    python -m edge_agent._amqtt_broker 127.0.0.1 18830
+    python -m edge_agent.tools._amqtt_broker 127.0.0.1 18830
 
 It runs in its own process so that the broker's event loop and the agent's never mix.
 Needs the optional extra ``demo`` (``amqtt``).
@@ -44,7 +44,7 @@ async def _serve(host: str, port: int) -> None:
 def main(argv: list[str]) -> int:
     """Entry point: ``HOST PORT``."""
     if len(argv) != 2:
-        print("usage: python -m edge_agent._amqtt_broker HOST PORT", file=sys.stderr)
+        print("usage: python -m edge_agent.tools._amqtt_broker HOST PORT", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # amqtt logs every state change of its internal state machine at INFO.

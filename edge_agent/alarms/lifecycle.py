@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from .envelope import Lane, iso_ms, new_ulid
+from edge_agent.envelope import Lane, iso_ms, new_ulid
 
 log = logging.getLogger(__name__)
 

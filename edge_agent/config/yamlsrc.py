@@ -1,6 +1,6 @@
 """Reading the YAML files an installer writes (agent config, device profiles).
 
-Shared by :mod:`edge_agent.config` and :mod:`drivers.modbus.profile` so both give the
+Shared by :mod:`edge_agent.config.loader` and :mod:`drivers.modbus.profile` so both give the
 same answers to the same mistakes:
 
 * A file that is not UTF-8 (Windows Notepad on a Chinese system saves "ANSI", that is

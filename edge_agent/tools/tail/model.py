@@ -41,8 +41,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 from rich.console import Console
 from rich.live import Live
 
-from .mqttutil import stop_network_thread
-from .tls import describe_error as describe_tls_error
+from edge_agent.mqtt.client import stop_network_thread
+from edge_agent.mqtt.tls import describe_error as describe_tls_error
 
 log = logging.getLogger(__name__)
 
@@ -780,7 +780,7 @@ async def run_console(
     itself while the broker is away. The paho network thread is stopped before returning.
     ``color`` defaults to "``out`` is a terminal".
     """
-    from .console_view import Dashboard, render_dashboard  # it imports this module
+    from edge_agent.tools.tail.view import Dashboard, render_dashboard  # it imports this module
 
     if mode not in ("tail", "view"):
         raise ValueError(f"mode must be 'tail' or 'view', not {mode!r}")
@@ -930,7 +930,7 @@ def _drain(
     mode: Mode,
     color: bool,
 ) -> bool:
-    from .console_view import clock_text, render_line  # it imports this module
+    from edge_agent.tools.tail.view import clock_text, render_line  # it imports this module
 
     changed = False
     while inbox:

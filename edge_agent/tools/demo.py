@@ -21,8 +21,8 @@ from typing import Any
 
 import yaml
 
-from .config import load_config
-from .errors import ConfigError, EdgeAgentError
+from edge_agent.config.loader import load_config
+from edge_agent.errors import ConfigError, EdgeAgentError
 
 log = logging.getLogger(__name__)
 
@@ -125,9 +125,9 @@ async def run_demo(
     plain: bool = False,
 ) -> int:
     """Run the whole demo; returns the process exit code."""
-    from .agent import Agent
-    from .console import run_console
-    from .localbroker import BrokerError, BrokerPortInUse, LocalBroker
+    from edge_agent.supervisor import Agent
+    from edge_agent.tools.localbroker import BrokerError, BrokerPortInUse, LocalBroker
+    from edge_agent.tools.tail.model import run_console
 
     tmp = None
     if workdir is None:

@@ -39,12 +39,12 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from .envelope import Lane, iso_ms, mark_historical
-from .errors import ConfigError
-from .mqttutil import stop_network_thread
-from .outbox import Outbox, Row
-from .tls import TlsFileError, TlsSettings, client_context
-from .tls import describe_error as describe_tls_error
+from edge_agent.envelope import Lane, iso_ms, mark_historical
+from edge_agent.errors import ConfigError
+from edge_agent.mqtt.client import stop_network_thread
+from edge_agent.mqtt.tls import TlsFileError, TlsSettings, client_context
+from edge_agent.mqtt.tls import describe_error as describe_tls_error
+from edge_agent.outbox.store import Outbox, Row
 
 log = logging.getLogger(__name__)
 

@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import __version__, registry
-from .alarms import AlarmBook, OutboxAlarmStore
-from .clock import Clock, ClockGate, SystemClock
-from .commands import (
+from edge_agent import __version__, registry
+from edge_agent.alarms.lifecycle import AlarmBook, OutboxAlarmStore
+from edge_agent.clock import Clock, ClockGate, SystemClock
+from edge_agent.commands import (
     CommandRouter,
     alarm_ack_handler,
     alarm_shelve_handler,
@@ -28,18 +28,18 @@ from .commands import (
     snapshot_handler,
     write_handler,
 )
-from .config import AgentConfigBase, profile_dirs
-from .config_models import SerialBus, TcpBus
-from .driver import Bus, DriverContext, PushDriver, Quality, Value
-from .envelope import Lane, iso_ms
-from .errors import OutboxError
-from .http import HttpServer
-from .link import OutboxLink
-from .outbox import Outbox
-from .poll import PollLoop, backoff_delay
-from .procstats import ProcessStats
-from .publisher import MqttSettings, Publisher, response_properties
-from .sdnotify import SystemdNotifier, watchdog_loop
+from edge_agent.config.loader import AgentConfigBase, profile_dirs
+from edge_agent.config.models import SerialBus, TcpBus
+from edge_agent.driver import Bus, DriverContext, PushDriver, Quality, Value
+from edge_agent.envelope import Lane, iso_ms
+from edge_agent.errors import OutboxError
+from edge_agent.http import HttpServer
+from edge_agent.link import OutboxLink
+from edge_agent.mqtt.publisher import MqttSettings, Publisher, response_properties
+from edge_agent.outbox.store import Outbox
+from edge_agent.poll import PollLoop, backoff_delay
+from edge_agent.procstats import ProcessStats
+from edge_agent.sdnotify import SystemdNotifier, watchdog_loop
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""The gateway's alarms: lifecycle and their state in the outbox."""

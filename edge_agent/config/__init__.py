@@ -1,0 +1,1 @@
+"""Configuration: the YAML reader, the pydantic models, secrets."""

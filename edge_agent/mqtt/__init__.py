@@ -1,0 +1,1 @@
+"""The MQTT side: the publisher, the paho client wrapper, TLS."""

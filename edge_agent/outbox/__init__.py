@@ -1,0 +1,1 @@
+"""The SQLite outbox: every message, its seq, device cursors and alarm state."""

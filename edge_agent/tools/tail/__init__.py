@@ -1,0 +1,1 @@
+"""``edge-agent tail``: what the platform receives, live."""
