@@ -266,6 +266,11 @@ class SiteConfig(Strict):
         default=None,
         description="Per-site HMAC secret for card numbers: only as ${ENV} or ${cred:NAME}",
     )
+    raw_card_ids: bool = Field(
+        default=False,
+        description="Publish card numbers unhashed in events' 'card' (the site opts in). "
+        "Default: 'h:' + 16 hex with pseudonym_secret, or null without it",
+    )
 
 
 class CommandsConfig(Strict):

@@ -20,7 +20,6 @@ from typing import Any
 import pytest
 
 from edge_agent import registry
-from edge_agent.clock import ClockGate
 from edge_agent.commands import CommandError, door_handler, snapshot_handler, write_handler
 from edge_agent.driver import Driver, DriverContext, MetricInfo, PollingDriver, PushDriver
 from edge_agent.drivers.modbus import ModbusDevice, ModbusDriver
@@ -28,6 +27,8 @@ from edge_agent.drivers.modbus.profile import clear_profile_cache
 from edge_agent.envelope import Lane
 from edge_agent.link import OutboxLink
 from edge_agent.outbox.store import Outbox
+from edge_agent.pipeline import ClockGate, Pipeline
+from edge_agent.pipeline.sink import OutboxSink
 from edge_agent.poll import PollLoop
 from edge_agent.supervisor import OutboxEmitter
 from tests.hostile_modbus import HostileModbus
@@ -67,7 +68,10 @@ class Kind:
         self.tmp_path = tmp_path
         self.states: list[dict[str, Any]] = []
         self.outbox = Outbox(tmp_path / "outbox.db", commit_interval_s=0.05)
-        self.gate = ClockGate(OutboxEmitter(self.outbox, ROOT), Synced())
+        self.gate = Pipeline(
+            [ClockGate(Synced())],
+            OutboxSink(OutboxEmitter(self.outbox, ROOT), self.outbox, ROOT, self.sink),
+        )
         self.driver: Any = None
 
     def sink(self, _device: str, payload: dict[str, Any]) -> None:
@@ -178,9 +182,7 @@ class PushKind(Kind):
             writer.close()
 
     async def run(self) -> None:
-        link = OutboxLink(
-            "dev1", outbox=self.outbox, gate=self.gate, root=ROOT, state_sink=self.sink
-        )
+        link = OutboxLink("dev1", outbox=self.outbox, pipeline=self.gate, state_sink=self.sink)
         await self.driver.run(link)
 
     async def down(self) -> None:
