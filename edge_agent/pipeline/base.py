@@ -21,6 +21,9 @@ later stage has seen the batch.
 :meth:`Stage.tick` is called about once a group-commit interval (``outbox.commit_interval_ms``,
 500 ms by default) from the agent's outbox task; :meth:`Stage.flush` once at stop, to
 send on whatever it still holds. Both run on the event loop and must not block.
+
+A stage that raises on a message loses that message (it is never sent on unprocessed),
+logged once per stage; in a commit the exception reaches the driver and nothing is kept.
 """
 
 from __future__ import annotations

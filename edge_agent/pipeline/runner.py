@@ -8,9 +8,13 @@ from typing import Any, TypeVar
 
 from edge_agent.driver import Event, Quality, Value
 from edge_agent.pipeline.base import Message, Sink, Stage
+from edge_agent.pipeline.failures import Failures
 from edge_agent.pipeline.taps import Tap, Taps
 
 S = TypeVar("S", bound=Stage)
+
+_TICK_FAILED = "the other stages go on, it is called again next time / 其他处理照常"
+_FLUSH_FAILED = "what it still held is lost / 其暂存的数据丢失"
 
 
 class Pipeline:
@@ -24,6 +28,13 @@ class Pipeline:
         self.stages = list(stages)
         self.sink = sink
         self.taps = taps if taps is not None else Taps()
+        #: a stage that raises (a bug) loses that message, not the device task or the agent
+        self.stage_failures = Failures(
+            "stage",
+            "the message is dropped, never sent on unprocessed / 数据处理出错，该条数据被丢弃",
+            self.taps.summary_s,
+            self.taps.clock,
+        )
         #: the stages from each position on (no list slice per message)
         self._tails = [tuple(self.stages[i:]) for i in range(len(self.stages) + 1)]
         for i, stage in enumerate(self.stages):
@@ -47,7 +58,13 @@ class Pipeline:
 
     def _from(self, first: int, msg: Message) -> None:
         for stage in self._tails[first]:
-            out = stage.process(msg, durable=False)
+            try:
+                out = stage.process(msg, durable=False)
+            except Exception as err:
+                # Skipping the stage could publish what it exists to hide (a card number):
+                # drop the message instead, and say so.
+                self.stage_failures.failed(stage.name, err, msg)
+                return
             if out is None:
                 return
             msg = out
@@ -80,7 +97,8 @@ class Pipeline:
         """A push device's events and cursor: through every stage (none may hold them),
         then ONE transaction; returns once durable. Raises
         :class:`~edge_agent.errors.NotDurableError` (nothing kept) when a stage refuses
-        or only memory would hold them."""
+        or only memory would hold them. Any other exception of a stage reaches the
+        caller too: nothing was kept and the device keeps its records."""
         batch = [Message("event", device_id, dict(e.data), e.ts, type=e.type) for e in events]
         for stage in self.stages:
             batch = [out for msg in batch if (out := stage.process(msg, durable=True)) is not None]
@@ -93,11 +111,19 @@ class Pipeline:
     def tick(self) -> None:
         """About once a group-commit interval: stages release what is due."""
         for stage in self.stages:
-            stage.tick()
+            try:
+                stage.tick()
+            except Exception as err:
+                self.stage_failures.failed(f"{stage.name}.tick", err, outcome=_TICK_FAILED)
         self.taps.tick()
+        self.stage_failures.tick()
 
     def flush(self) -> None:
         """At stop: every stage sends on what it holds, in list order."""
         for stage in self.stages:
-            stage.flush()
+            try:
+                stage.flush()
+            except Exception as err:
+                self.stage_failures.failed(f"{stage.name}.flush", err, outcome=_FLUSH_FAILED)
         self.taps.summary()
+        self.stage_failures.summary()

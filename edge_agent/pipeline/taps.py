@@ -23,26 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from edge_agent.pipeline.base import Message
-
-log = logging.getLogger(__name__)
+from edge_agent.pipeline.failures import Failures
 
 Tap = Callable[[Message], None]
-
-
-@dataclass(slots=True)
-class _Entry:
-    name: str
-    tap: Tap
-    failed: int = 0
-    #: failures not yet in a log line
-    unreported: int = 0
-    last_error: str = ""
 
 
 class Taps:
@@ -52,67 +39,35 @@ class Taps:
         self, summary_s: float = 300.0, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.summary_s = summary_s
-        self._clock = clock
-        self._entries: list[_Entry] = []
-        self._summarised_at = clock()
+        self.clock = clock
+        self._taps: list[tuple[str, Tap]] = []
+        self._failures = Failures(
+            "tap", "the message still goes on / 数据旁路出错，数据照常发送", summary_s, clock
+        )
 
     def add(self, name: str, tap: Tap) -> None:
-        self._entries.append(_Entry(name, tap))
+        self._taps.append((name, tap))
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._taps)
 
     def failures(self, name: str) -> int:
         """How often the tap ``name`` raised so far."""
-        return sum(e.failed for e in self._entries if e.name == name)
+        return self._failures.count(name)
 
     def see(self, msg: Message) -> None:
-        for entry in self._entries:
+        for name, tap in self._taps:
             try:
-                entry.tap(msg)
+                tap(msg)
             except Exception as err:
-                self._failed(entry, msg, err)
-
-    def _failed(self, entry: _Entry, msg: Message, err: Exception) -> None:
-        entry.failed += 1
-        entry.last_error = repr(err)[:300]
-        if entry.failed == 1:
-            log.warning(
-                "pipeline tap %r failed on a %s of %s: %r; the message still goes on, "
-                "further failures are counted (summary every %g s) "
-                "/ 数据旁路 %r 出错，数据照常发送",
-                entry.name,
-                msg.kind,
-                msg.device,
-                err,
-                self.summary_s,
-                entry.name,
-                exc_info=err,
-            )
-            return
-        entry.unreported += 1
-        log.debug("pipeline tap %r failed again: %r", entry.name, err)
+                self._failures.failed(name, err, msg)
 
     def tick(self) -> None:
         """One summary line per failing tap at most every ``summary_s``."""
-        if self._clock() - self._summarised_at >= self.summary_s:
-            self.summary()
+        self._failures.tick()
 
     def summary(self) -> None:
-        self._summarised_at = self._clock()
-        for entry in self._entries:
-            if entry.unreported:
-                log.warning(
-                    "pipeline tap %r failed %d more times (%d in all); last: %s "
-                    "/ 数据旁路 %r 又出错 %d 次",
-                    entry.name,
-                    entry.unreported,
-                    entry.failed,
-                    entry.last_error,
-                    entry.name,
-                    entry.unreported,
-                )
-                entry.unreported = 0
+        self._failures.summary()
 
 
 class QueueTap:

@@ -176,6 +176,52 @@ async def test_a_message_dropped_in_a_commit_still_moves_the_cursor() -> None:
     assert cursor == "2"
 
 
+class Buggy(Stage):
+    """A stage with a bug on door events and in its timer."""
+
+    name = "buggy"
+
+    def process(self, msg: Message, *, durable: bool) -> Message | None:
+        if msg.type == "door_opened":
+            raise KeyError("door 3")
+        return msg
+
+    def tick(self) -> None:
+        raise RuntimeError("timer bug")
+
+
+def test_a_stage_bug_drops_that_message_only_and_never_reaches_the_driver(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = Clock(synced=False)
+    sink = Sink()
+    pipe = Pipeline([Buggy(), ClockGate(clock, hold_max_s=60)], sink)
+    with caplog.at_level(logging.WARNING, logger="edge_agent.pipeline"):
+        for _ in range(3):
+            pipe.event("door", "door_opened", {"card": "12345678"})  # no exception here
+            pipe.telemetry("air", {"co2": 500})
+        clock.is_synced = True
+        pipe.tick()  # the buggy timer does not keep the gate after it from releasing
+        pipe.tick()
+    assert [m.kind for m in sink.out] == ["telemetry"] * 3
+    lines = [r.getMessage() for r in caplog.records if r.name == "edge_agent.pipeline"]
+    assert len(lines) == 2, lines  # one for process, one for tick: then counted
+    assert "'buggy'" in lines[0]
+    assert "dropped" in lines[0]
+    assert "'buggy.tick'" in lines[1]
+    assert "12345678" not in caplog.text
+    assert pipe.stage_failures.count("buggy") == 3
+    assert pipe.stage_failures.count("buggy.tick") == 2
+
+
+async def test_a_stage_bug_in_a_commit_reaches_the_driver_and_keeps_nothing() -> None:
+    sink = Sink()
+    pipe = Pipeline([Buggy()], sink)
+    with pytest.raises(KeyError):
+        await pipe.commit("door", [Event("card_read"), Event("door_opened")], cursor="9")
+    assert sink.commits == []
+
+
 # -- taps --------------------------------------------------------------------------------
 def test_taps_see_every_message_after_processing_and_not_what_is_held() -> None:
     clock = Clock(synced=False)
