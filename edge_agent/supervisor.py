@@ -551,6 +551,7 @@ class Agent:
                 "corrected": self.gate.corrected,
                 "uncertain": self.gate.uncertain,
             },
+            "pipeline": self.emitter.stats(),
             "cpu_percent": proc.get("cpu_percent"),
             "rss_bytes": proc.get("rss_bytes"),
         }

@@ -91,6 +91,10 @@ class Stage:
     def flush(self) -> None:
         """Called once at stop: emit whatever is still held."""
 
+    def stats(self) -> dict[str, int]:
+        """Counters for ``ROOT/health`` (``pipeline``); keys unique across stages."""
+        return {}
+
 
 class Sink(Protocol):
     """Where a message goes after the last stage (the outbox, in the agent)."""

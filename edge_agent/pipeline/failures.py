@@ -39,6 +39,9 @@ class Failures:
         self._counts: dict[str, _Count] = {}
         self._summarised_at = clock()
 
+    def total(self) -> int:
+        return sum(c.failed for c in self._counts.values())
+
     def count(self, name: str) -> int:
         c = self._counts.get(name)
         return 0 if c is None else c.failed

@@ -68,6 +68,8 @@ class Pseudonymiser(Stage):
         self.raw = raw
         self._told_dropped = False
         self._told_unusable = False
+        #: card fields seen, by what became of them (``ROOT/health``: ``pipeline``)
+        self.pseudonymised = self.raw_sent = self.nulled = 0
         if raw:
             log.warning(
                 "site.raw_card_ids is true: card numbers are published unhashed "
@@ -84,14 +86,25 @@ class Pseudonymiser(Stage):
         if number is None:
             self._unusable(msg, value)
             msg.data[FIELD] = None
+            self.nulled += 1
         elif self.raw:
             msg.data[FIELD] = number
+            self.raw_sent += 1
         elif self.key is not None:
             msg.data[FIELD] = pseudonym(self.key, number)
+            self.pseudonymised += 1
         else:
             self._dropped(msg)
             msg.data[FIELD] = None
+            self.nulled += 1
         return msg
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "cards_pseudonymised": self.pseudonymised,
+            "cards_raw": self.raw_sent,
+            "cards_nulled": self.nulled,
+        }
 
     def _dropped(self, msg: Message) -> None:
         if self._told_dropped:

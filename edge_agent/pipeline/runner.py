@@ -21,8 +21,8 @@ class Pipeline:
     """``stages`` in order, then ``sink``, then the taps.
 
     It is also the :class:`~edge_agent.driver.Emit` the poll loop writes to
-    (:meth:`telemetry`, :meth:`event`), and what a push device's link calls
-    (:meth:`put`, :meth:`commit`, :meth:`state`)."""
+    (:meth:`telemetry`, :meth:`event`), what a push device's link calls
+    (:meth:`telemetry`, :meth:`commit`), and where device states go (:meth:`state`)."""
 
     def __init__(self, stages: Sequence[Stage], sink: Sink, taps: Taps | None = None) -> None:
         self.stages = list(stages)
@@ -46,6 +46,16 @@ class Pipeline:
             if isinstance(stage, kind):
                 return stage
         raise LookupError(f"no {kind.__name__} in this pipeline")
+
+    def stats(self) -> dict[str, int]:
+        """For ``ROOT/health``: failures of stages and taps, and every stage's counters."""
+        out = {
+            "stage_errors": self.stage_failures.total(),
+            "tap_errors": self.taps.total_failures(),
+        }
+        for stage in self.stages:
+            out.update(stage.stats())
+        return out
 
     def add_tap(self, name: str, tap: Tap) -> None:
         """Let ``tap`` see every message from now on (see :mod:`edge_agent.pipeline.taps`)."""

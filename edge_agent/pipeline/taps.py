@@ -62,6 +62,9 @@ class Taps:
             except Exception as err:
                 self._failures.failed(name, err, msg)
 
+    def total_failures(self) -> int:
+        return self._failures.total()
+
     def tick(self) -> None:
         """One summary line per failing tap at most every ``summary_s``."""
         self._failures.tick()

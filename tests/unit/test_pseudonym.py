@@ -162,8 +162,36 @@ async def test_the_agent_pseudonymises_with_the_configured_secret(
             await asyncio.sleep(0)
         await task
         rows = await agent.outbox.fetch(Lane.EVENT, 0, 10**9, 100)
+        health = (await agent.health())["pipeline"]
     finally:
         await agent.outbox.close()
     cards = [json.loads(r.payload)["data"]["card"] for r in rows]
     assert cards == [expected(SECRET, "12345678"), expected(SECRET, "99")]
     assert agent.outbox.cursor("door") == "1"
+    assert (health["cards_pseudonymised"], health["cards_nulled"]) == (2, 0)
+
+
+async def test_health_tells_the_platform_that_cards_go_out_as_null(tmp_path: Path) -> None:
+    """The log line stays on the gateway; the platform sees the count in ROOT/health."""
+    cfg_path = tmp_path / "agent.yaml"
+    cfg_path.write_text(
+        "site: {id: school-a, gateway_id: gw1}\n"
+        "mqtt: {host: 127.0.0.1}\n"
+        "clock: {sync_check: none}\n"
+        f"outbox: {{path: {tmp_path / 'outbox.db'}}}\n"
+    )
+    agent = Agent(load_config(cfg_path), cfg_path)
+    await agent.outbox.open()
+    try:
+        for n in ("1", "2", "3"):
+            agent.emitter.event("door", "card_read", card_read(n))
+        health = (await agent.health())["pipeline"]
+    finally:
+        await agent.outbox.close()
+    assert health == {
+        "stage_errors": 0,
+        "tap_errors": 0,
+        "cards_pseudonymised": 0,
+        "cards_raw": 0,
+        "cards_nulled": 3,
+    }
