@@ -10,8 +10,9 @@ site, so the platform can follow a card across buildings without knowing its num
 - ``site.raw_card_ids: true``: the normalised number goes out as it is (the site opts in).
 - neither a secret nor the opt-in: ``card`` becomes ``null`` and one log line says why.
 
-Drivers put the normalised number in ``card`` and nothing else (never a hash of their
-own); :func:`normalise_card` irons out what differs between readers of the same card.
+Drivers put the card number in ``card`` in its canonical form (``drivers/cards.py``: an
+unsigned decimal integer as ASCII digits, no leading zeros), never a hash of their own;
+:func:`normalise_card` irons out what may still differ (an ``int``, zero padding, spaces).
 """
 
 from __future__ import annotations
@@ -34,9 +35,9 @@ def normalise_card(value: Any) -> str | None:
     """The card number the pseudonym is computed from, or None when there is none.
 
     An integer becomes its decimal digits; a string loses its whitespace (``"1234 5678"``)
-    and, when it is all decimal digits, its leading zeros (a Wiegand reader's
-    ``"0012345678"`` and a terminal's ``"12345678"`` are one card); other strings (a
-    MIFARE UID in hex) are upper-cased. Anything else is not a card number."""
+    and, when it is all decimal digits, its leading zeros (a printed ``"0012345678"`` and a
+    terminal's ``"12345678"`` are one card: the canonical form); other text (a terminal's
+    PIN with letters) is upper-cased. Anything else is not a card number."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):

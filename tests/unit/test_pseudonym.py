@@ -63,7 +63,7 @@ def test_a_card_number_becomes_the_contracts_pseudonym() -> None:
         ("0012345678", "12345678"),  # a Wiegand reader's zero-padded number
         (12345678, "12345678"),  # a driver that parsed it as an integer
         (" 1234 5678\n", "12345678"),
-        ("04a2b3c4d5e6f7", "04A2B3C4D5E6F7"),  # a MIFARE UID in hex keeps its leading zero
+        ("0a12b", "0A12B"),  # text that is no number (a PIN with letters) keeps its zero
         ("0", "0"),
     ],
 )
