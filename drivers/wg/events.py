@@ -16,9 +16,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import tzinfo
 from typing import Any, Final
 
-from edge_agent.drivers.wg.wire import Record, RecordType
+from edge_agent.drivers.wg.wire import Record, RecordType, local_to_utc
 
 #: the reader contexts a site may give a reader (issue #9)
 CONTEXTS: Final = ("access", "attendance", "canteen", "library", "shop", "dorm", "gate")
@@ -144,3 +145,12 @@ def record_to_event(record: Record, reader_map: ReaderMap) -> tuple[str, dict[st
     else:
         data["reason"] = REASONS.get(record.reason)
     return FALLBACK, data
+
+
+def event_ts(record: Record, tz: tzinfo) -> float | None:
+    """When the record happened, as UNIX seconds (UTC) for ``Event.ts``, the controller's
+    local time placed in the site's zone ``tz``; ``None`` for a record without a time (the
+    driver then uses the time it received the record)."""
+    if record.time is None:
+        return None
+    return local_to_utc(record.time, tz).timestamp()

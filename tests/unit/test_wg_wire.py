@@ -17,7 +17,7 @@ import pytest
 
 from edge_agent.drivers import cards
 from edge_agent.drivers.wg import wire
-from edge_agent.drivers.wg.events import Reader, record_to_event
+from edge_agent.drivers.wg.events import Reader, event_ts, record_to_event
 from edge_agent.drivers.wg.wire import (
     BcdError,
     DoorMode,
@@ -830,3 +830,10 @@ def test_wg_package_imports_only_the_standard_library() -> None:
                     continue
                 bad.append(f"{path.name}: {name}")
     assert not bad
+
+
+def test_event_time_is_the_record_time_in_the_site_zone() -> None:
+    shanghai = wire.site_tz("Asia/Shanghai")
+    utc = datetime(2026, 11, 28, 23, 55, 0, tzinfo=UTC)  # 07:55 in Shanghai
+    assert event_ts(rec(1, 1), shanghai) == utc.timestamp()
+    assert event_ts(rec(1, 1, time=None), shanghai) is None
