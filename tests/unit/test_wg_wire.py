@@ -106,7 +106,21 @@ def status_body(record: bytes | None = None, date_bcd: str = "261129") -> bytes:
         ),
         (lambda: wire.read_record(SERIAL, 70000), frame(0xB0, body=(70000).to_bytes(4, "little"))),
     ],
-    ids=lambda v: "" if isinstance(v, bytes) else None,
+    ids=[
+        "discover-broadcast",
+        "discover-one",
+        "status",
+        "get-time",
+        "set-time",
+        "open-door",
+        "get-door-control",
+        "set-door-control",
+        "set-listener",
+        "get-listener",
+        "get-record-index",
+        "set-record-index",
+        "read-record",
+    ],
 )
 def test_requests_are_64_byte_frames_with_little_endian_fields(
     request_: Any, expected: bytes
