@@ -334,6 +334,12 @@ class WgController:
         self.records = RecordLog(capacity)
         self.event_som = event_som
         self.record_special_events = record_special_events
+        if listener is not None:
+            # the wire has room for an IPv4 address only (offsets 8-11 of 0x90/0x92)
+            try:
+                ipaddress.IPv4Address(listener[0])
+            except ValueError:
+                raise ValueError(f"listener must be an IPv4 address: {listener[0]!r}") from None
         self.listener: tuple[str, int] = listener or ("0.0.0.0", 0)  # noqa: S104 - "not set"
         self.interval_s = interval_s
         self.push_anywhere = push_anywhere
@@ -391,9 +397,13 @@ class WgController:
 
     # -- time --------------------------------------------------------------------------------
 
+    def _host_now(self) -> datetime:
+        # the controller knows no time zones: wall-clock local time
+        return self._clock().replace(tzinfo=None)
+
     def now(self) -> datetime:
         """The controller's clock: the host's local time plus the offset, whole seconds."""
-        return (self._clock() + timedelta(seconds=self.clock_offset_s)).replace(microsecond=0)
+        return (self._host_now() + timedelta(seconds=self.clock_offset_s)).replace(microsecond=0)
 
     def set_clock_offset(self, seconds: float, *, pinned: bool = False) -> None:
         """Put the controller's clock ``seconds`` ahead of the host (behind if negative).
@@ -498,7 +508,7 @@ class WgController:
         except ValueError:
             return self._ignore("bcd", frame)
         if not self.clock_pinned:
-            self.clock_offset_s = (wanted - self._clock()).total_seconds()
+            self.clock_offset_s = (wanted - self._host_now()).total_seconds()
         return self._frame(Fn.SET_TIME, bcd_datetime(self.now()))
 
     def _open_door(self, frame: bytes) -> bytes | None:
@@ -524,6 +534,13 @@ class WgController:
         door = self.doors[n]
         if frame[9] in (MODE_NORMALLY_OPEN, MODE_NORMALLY_CLOSED, MODE_CONTROLLED):
             door.mode = frame[9]
+            # normally open keeps the lock released; the other modes lock it unless a grant
+            # (or the fire input) holds it open right now
+            door.unlocked = (
+                door.mode == MODE_NORMALLY_OPEN
+                or bool(self.inputs & INPUT_FIRE)
+                or (door.mode == MODE_CONTROLLED and door.relock is not None)
+            )
         door.delay_s = frame[10]
         return self._frame(Fn.SET_DOOR, self._door_data(n))
 

@@ -22,7 +22,7 @@ import signal
 import struct
 import sys
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, cast
 
@@ -245,6 +245,16 @@ async def test_time_get_and_set_with_a_controller_five_minutes_off(host: Udp) ->
         assert bcd_time(answer[8:15]) == HOST_NOW - timedelta(minutes=2)
 
 
+async def test_an_aware_host_clock_and_a_listener_that_is_not_ipv4(host: Udp) -> None:
+    aware = HOST_NOW.replace(tzinfo=timezone(timedelta(hours=8)))
+    c = WgController(SERIAL, clock=lambda: aware)
+    async with WgSim([c]):
+        answer = await host.ask(req(0x30, SERIAL, bcd("20260302074600")), c.port)
+        assert bcd_time(answer[8:15]) == HOST_NOW + timedelta(seconds=30)
+    with pytest.raises(ValueError, match="IPv4"):
+        WgController(SERIAL, listener=("localhost", 60001))
+
+
 # -- doors -----------------------------------------------------------------------------------
 
 
@@ -255,10 +265,13 @@ async def test_door_mode_and_delay_set_get_and_a_door_it_lacks(sim: WgSim, host:
     assert tuple(answer[8:11]) == (2, 3, 3)
     answer = await host.ask(req(0x80, OTHER, bytes([2, 1, 7])), c.port)
     assert tuple(answer[8:11]) == (2, 1, 7)
+    assert status(await host.ask(req(0x20, OTHER), c.port))["relays"] == 0b10  # normally open
     host.send(req(0x82, OTHER, bytes([3])), c.port)  # door 3 of a two-door controller
     answer = await host.ask(req(0x82, OTHER, bytes([2])), c.port)
     assert tuple(answer[8:11]) == (2, 1, 7)
     assert c.ignored["door"] == 1
+    await host.ask(req(0x80, OTHER, bytes([2, 3, 7])), c.port)
+    assert status(await host.ask(req(0x20, OTHER), c.port))["relays"] == 0  # controlled again
 
 
 async def test_remote_open_records_and_pushes_open_then_closes_after_the_delay(
