@@ -523,6 +523,17 @@ async def test_replay_the_host_requests_of_the_captures(host: Udp) -> None:
             assert not c.pushed
 
 
+async def test_a_listener_interval_also_sends_the_status_every_n_seconds(
+    sim: WgSim, host: Udp, listener: Udp
+) -> None:
+    c = sim[SERIAL]
+    answer = await host.ask(set_listener(listener.port, interval=1), c.port)
+    assert answer[8] == 1
+    got = status(await listener.next())  # no record: the status alone, after a second
+    assert got["index"] == 0
+    assert got["clock"] == HOST_NOW
+
+
 # -- the morning rush and the CLI ------------------------------------------------------------
 
 
@@ -549,8 +560,8 @@ async def test_a_small_rush_reaches_the_listener_complete_and_in_order(
         for c in controllers:
             frame = set_listener(listener.port)
             await host.ask(frame[:4] + struct.pack("<I", c.serial) + frame[8:], c.port)
-        rush = rush_schedule(40, 0.2, 8, seed=5)
-        assert await run_rush(sim, rush) == 40
+        rush = rush_schedule(40, 2000, 8, seed=5)  # played at real speed: past the timeout
+        assert await run_rush(sim, rush, speed=10_000) == 40
         frames = [await listener.next() for _ in range(40)]
     by_serial: dict[int, list[int]] = {}
     for f in frames:
