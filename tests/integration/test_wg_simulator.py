@@ -572,6 +572,19 @@ async def test_a_small_rush_reaches_the_listener_complete_and_in_order(
     assert sum(record(f)["granted"] for f in frames) == sum(s.granted for s in rush)
 
 
+async def test_a_rush_played_at_once_still_reaches_a_listener_on_the_same_loop(
+    host: Udp, listener: Udp
+) -> None:
+    # more pushes than a UDP receive buffer holds: the rush must let the listener read
+    c = WgController(SERIAL, clock=lambda: HOST_NOW)
+    async with WgSim([c]) as sim:
+        await listen(host, c, listener)
+        rush = rush_schedule(600, 1, 4, seed=2)
+        await run_rush(sim, rush, speed=1e9)
+        indices = [record(await listener.next())["index"] for _ in range(600)]
+    assert indices == list(range(1, 601))
+
+
 async def test_run_command_drives_the_hooks_and_refuses_nonsense(sim: WgSim) -> None:
     assert (await run_command(sim, f"swipe {SERIAL} 2 555 timezone out")).startswith("record 1")
     last = sim[SERIAL].records.last
