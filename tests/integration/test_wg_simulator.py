@@ -297,6 +297,20 @@ async def test_remote_open_records_and_pushes_open_then_closes_after_the_delay(
     assert closed["relays"] == 0
 
 
+async def test_without_special_events_only_the_remote_open_is_recorded(host: Udp) -> None:
+    c = WgController(SERIAL, clock=lambda: HOST_NOW, record_special_events=False)
+    async with WgSim([c]):
+        await host.ask(req(0x80, SERIAL, bytes([1, 3, 0])), c.port)  # no delay: shuts at once
+        answer = await host.ask(req(0x40, SERIAL, bytes([1])), c.port)
+        assert answer[8] == 1
+        c.door_contact(2, True)  # forced open is an alarm, recorded all the same
+        got = [
+            record(await host.ask(req(0xB0, SERIAL, struct.pack("<I", i)), c.port))
+            for i in (1, 2, 3)
+        ]
+    assert [(r["index"], r["reason"]) for r in got] == [(1, 44), (2, 38), (0, 0)]
+
+
 async def test_a_door_the_controller_lacks_is_not_opened(sim: WgSim, host: Udp) -> None:
     c = sim[SERIAL]
     host.send(req(0x40, SERIAL, bytes([5])), c.port)
