@@ -209,7 +209,7 @@ class HandshakeOptions:
             value = getattr(self, name)
             if not 1 <= value <= 3600:
                 raise ValueError(f"{name} = {value}: 1 to 3600")
-        if not re.fullmatch(r"\d\d:\d\d(;\d\d:\d\d)*", self.trans_times):
+        if not re.fullmatch(r"\d\d:\d\d(;\d\d:\d\d)*", self.trans_times, re.ASCII):
             raise ValueError(f"trans_times {self.trans_times!r}: hh:mm;hh:mm")
         if not re.fullmatch(r"[A-Za-z0-9 _.-]{1,32}", self.server_name):
             raise ValueError(f"server_name {self.server_name!r}: letters, digits, ' _.-'")

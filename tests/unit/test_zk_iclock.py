@@ -185,6 +185,8 @@ def test_handshake_options_shape_the_reply() -> None:
         HandshakeOptions(delay_s=0)
     with pytest.raises(ValueError, match="trans_times"):
         HandshakeOptions(trans_times="00:00\n14:05")
+    with pytest.raises(ValueError, match="trans_times"):
+        HandshakeOptions(trans_times="００:00;14:05")  # full-width digits
 
 
 def test_a_security_terminal_gets_registry_ok_and_its_code() -> None:
