@@ -10,6 +10,7 @@ from edge_agent.driver import Emit
 from edge_agent.envelope import Lane
 from edge_agent.outbox.store import CURSOR, Outbox
 from edge_agent.pipeline.base import Message
+from edge_agent.topics import Topics
 
 StateSink = Callable[[str, dict[str, Any]], None]
 
@@ -22,7 +23,7 @@ class OutboxSink:
     def __init__(self, emitter: Emit, outbox: Outbox, root: str, state: StateSink) -> None:
         self.emitter = emitter
         self.outbox = outbox
-        self.root = root
+        self.topics = Topics(root)
         self.state = state
 
     def put(self, msg: Message) -> None:
@@ -38,7 +39,7 @@ class OutboxSink:
         messages = [
             Outbox.message(
                 Lane.EVENT,
-                f"{self.root}/events/{m.device}",
+                self.topics.events(m.device),
                 device=m.device,
                 kind="event",
                 ts=now if m.ts is None else m.ts,
