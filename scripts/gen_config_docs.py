@@ -33,9 +33,12 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run as a plain script from a source checkout
     sys.path.insert(0, str(REPO))
 
-from edge_agent.config.loader import AgentConfigBase  # noqa: E402
+from pydantic import create_model  # noqa: E402
+
+from edge_agent.config.loader import AgentConfigBase, settings_fields  # noqa: E402
 from edge_agent.config.models import ID_PATTERN  # noqa: E402
 from edge_agent.drivers.modbus.config import ModbusDevice  # noqa: E402
+from edge_agent.drivers.modbus.driver import ModbusDriver  # noqa: E402
 from edge_agent.drivers.modbus.profile import Profile  # noqa: E402
 
 OUTPUT = REPO / "docs" / "configuration.md"
@@ -451,7 +454,11 @@ def walk(path: str, model: type[BaseModel], seen: set[type[BaseModel]]) -> list[
 def config_sections() -> list[Section]:
     """The config file: the top level, its nested sections, then the Modbus device."""
     seen: set[type[BaseModel]] = set()
-    sections = walk("", AgentConfigBase, seen)
+    # the core's keys, then those the in-tree kinds add through their Settings
+    top = create_model(
+        "AgentConfig", __base__=AgentConfigBase, **settings_fields({"modbus": ModbusDriver})
+    )
+    sections = walk("", top, seen)
     sections += walk("devices[] (kind: modbus)", ModbusDevice, seen)
     return sections
 

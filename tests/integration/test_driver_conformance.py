@@ -23,7 +23,7 @@ from edge_agent import registry
 from edge_agent.clock import ClockGate
 from edge_agent.commands import CommandError, door_handler, snapshot_handler, write_handler
 from edge_agent.driver import Driver, DriverContext, MetricInfo, PollingDriver, PushDriver
-from edge_agent.drivers.modbus import ModbusDevice, ModbusDriver
+from edge_agent.drivers.modbus import ModbusDevice, ModbusDriver, ModbusSettings
 from edge_agent.drivers.modbus.profile import clear_profile_cache
 from edge_agent.envelope import Lane
 from edge_agent.link import OutboxLink
@@ -121,7 +121,9 @@ class ModbusKind(Kind):
                 "offline_after": 1,
             }
         )
-        self.driver = ModbusDriver(config, DriverContext({}, [str(self.tmp_path)]))
+        self.driver = ModbusDriver(
+            config, DriverContext({}, ModbusSettings(profile_dirs=[str(self.tmp_path)]))
+        )
 
     async def run(self) -> None:
         await PollLoop(
@@ -161,7 +163,7 @@ class PushKind(Kind):
         config = PushFixtureDriver.Config.model_validate(
             {"kind": KIND, "id": "dev1", "port": self.port, "retry_s": 0.05}
         )
-        self.driver = PushFixtureDriver(config, DriverContext({}, []))
+        self.driver = PushFixtureDriver(config, DriverContext({}))
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.writers.add(writer)
