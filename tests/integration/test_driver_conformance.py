@@ -1,5 +1,7 @@
 """The driver conformance kit (issue 8): what every device kind must do, run against
-Modbus (polled) and against the push fixture driver (tests/push_fixture_driver.py).
+Modbus (polled) and against the push fixture drivers (tests/push_fixture_driver.py): one
+that connects to its device, one whose device sends datagrams to the kind's shared UDP
+hub.
 
 Each kind brings a device on 127.0.0.1 that can go down, come back and send garbage,
 and is run by the real core code: the shared poll loop for a polled kind, a
@@ -13,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import re
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +25,14 @@ import pytest
 from edge_agent import registry
 from edge_agent.clock import ClockGate
 from edge_agent.commands import CommandError, door_handler, snapshot_handler, write_handler
-from edge_agent.driver import Driver, DriverContext, MetricInfo, PollingDriver, PushDriver
+from edge_agent.driver import (
+    Driver,
+    DriverContext,
+    HubContext,
+    MetricInfo,
+    PollingDriver,
+    PushDriver,
+)
 from edge_agent.drivers.modbus import ModbusDevice, ModbusDriver, ModbusSettings
 from edge_agent.drivers.modbus.profile import clear_profile_cache
 from edge_agent.envelope import Lane
@@ -31,7 +41,14 @@ from edge_agent.outbox.store import Outbox
 from edge_agent.poll import PollLoop
 from edge_agent.supervisor import OutboxEmitter
 from tests.hostile_modbus import HostileModbus
-from tests.push_fixture_driver import KIND, PushFixtureDriver, install
+from tests.push_fixture_driver import (
+    KIND,
+    UDP_KIND,
+    PushFixtureDriver,
+    UdpFixtureDriver,
+    UdpFixtureHub,
+    install,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -205,7 +222,61 @@ class PushKind(Kind):
         await self.down()
 
 
-KINDS = [ModbusKind, PushKind]
+class UdpKind(Kind):
+    """The udpfixture kind: the device sends ``<serial> <index> <value>`` datagrams to the
+    kind's hub (one UDP socket), which routes them by serial to the driver."""
+
+    name = UDP_KIND
+
+    async def start(self) -> None:
+        config = UdpFixtureDriver.Config.model_validate(
+            {"kind": UDP_KIND, "id": "dev1", "serial": 7, "silence_s": 0.3}
+        )
+        self.hub = UdpFixtureHub(HubContext(UDP_KIND, None, [config]))
+        self.driver = UdpFixtureDriver(config, DriverContext({}, hub=self.hub))
+        self.index = 0
+        self.sending = asyncio.Event()
+        self.sending.set()
+        self.extra: list[bytes] = []
+        self.sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+
+    async def _device(self) -> None:
+        await self.hub.listening.wait()
+        address = self.hub.address
+        assert address is not None
+        while True:
+            await self.sending.wait()
+            for data in self.extra:
+                self.sender.sendto(data, address)
+            self.extra = []
+            self.index += 1
+            self.sender.sendto(f"7 {self.index} v{self.index}".encode(), address)
+            await asyncio.sleep(0.05)
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.hub.run())
+            tg.create_task(self._device())
+            link = OutboxLink(
+                "dev1", outbox=self.outbox, gate=self.gate, root=ROOT, state_sink=self.sink
+            )
+            await self.driver.run(link)
+
+    async def down(self) -> None:
+        self.sending.clear()
+
+    async def up(self) -> None:
+        self.sending.set()
+
+    async def garbage(self) -> None:
+        self.extra = [b"\xff\xfe not a record", b"7", b"7 x y z", b"7 notanumber v"]
+
+    async def close(self) -> None:
+        self.sender.close()
+        await self.hub.close()
+
+
+KINDS = [ModbusKind, PushKind, UdpKind]
 
 
 @pytest.fixture(params=KINDS, ids=[k.name for k in KINDS])
