@@ -116,9 +116,11 @@ def udp_kind() -> Iterator[None]:
     registry._cache = saved[1]
 
 
-def udp_agent(tmp_path: Path, broker: MqttBroker, bind: str) -> Agent:
+def udp_agent(tmp_path: Path, broker: MqttBroker, bind: str, site: str) -> Agent:
+    """Two udpfixture devices; each test its own site, so no retained state of another
+    test's devices is taken for this one's."""
     cfg = {
-        "site": {"id": "push-school", "gateway_id": "gw1"},
+        "site": {"id": site, "gateway_id": "gw1"},
         "mqtt": {"host": broker.host, "port": broker.port},
         "outbox": {"path": str(tmp_path / "outbox.db"), "commit_interval_ms": 50},
         "clock": {"sync_check": "none"},
@@ -133,11 +135,11 @@ def udp_agent(tmp_path: Path, broker: MqttBroker, bind: str) -> Agent:
     return Agent(load_config(path), path)
 
 
-def records(sub: Any, device: str) -> list[int]:
+def records(sub: Any, root: str, device: str) -> list[int]:
     return sorted(
         check_envelope(m.payload, "event", device)["data"]["record"]
         for m in sub.messages
-        if m.topic == f"{ROOT}/events/{device}"
+        if m.topic == f"{root}/events/{device}"
     )
 
 
@@ -145,7 +147,8 @@ async def test_devices_of_a_kind_share_one_udp_socket(
     tmp_path: Path, mqtt_broker: MqttBroker, udp_kind: None, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="edge_agent.hub")
-    agent = udp_agent(tmp_path, mqtt_broker, "127.0.0.1:0")
+    root = "campus/udp-one/gw1"
+    agent = udp_agent(tmp_path, mqtt_broker, "127.0.0.1:0", "udp-one")
     hub = agent.hubs[UDP_KIND]
     assert isinstance(hub, UdpFixtureHub)
     assert {d.device_id for d in agent.drivers.values()} == {"door-a", "door-b"}
@@ -153,7 +156,7 @@ async def test_devices_of_a_kind_share_one_udp_socket(
     task = asyncio.create_task(agent.run())
     sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
-        with mqtt_subscriber(mqtt_broker, f"{ROOT}/#") as sub:
+        with mqtt_subscriber(mqtt_broker, f"{root}/#") as sub:
             async with asyncio.timeout(10):
                 await hub.listening.wait()
             address = hub.address
@@ -165,15 +168,15 @@ async def test_devices_of_a_kind_share_one_udp_socket(
                 sender.sendto(data, address)
 
             def both(m: Received) -> bool:
-                return m.topic.startswith(f"{ROOT}/events/")
+                return m.topic.startswith(f"{root}/events/")
 
             await asyncio.to_thread(sub.wait_for_count, 3, both, 15)
-            assert records(sub, "door-a") == [1, 2]
-            assert records(sub, "door-b") == [1]
+            assert records(sub, root, "door-a") == [1, 2]
+            assert records(sub, root, "door-b") == [1]
             states = {
                 json.loads(m.payload)["state"]
                 for m in sub.messages
-                if m.topic == f"{ROOT}/devices/door-b/state"
+                if m.topic == f"{root}/devices/door-b/state"
             }
             assert states == {"online"}
     finally:
@@ -204,17 +207,18 @@ async def test_a_hub_that_cannot_listen_takes_its_devices_offline_until_it_can(
     taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     taken.bind(("127.0.0.1", 0))
     port = taken.getsockname()[1]
-    agent = udp_agent(tmp_path, mqtt_broker, f"127.0.0.1:{port}")
+    root = "campus/udp-two/gw1"
+    agent = udp_agent(tmp_path, mqtt_broker, f"127.0.0.1:{port}", "udp-two")
     hub = agent.hubs[UDP_KIND]
     task = asyncio.create_task(agent.run())
     sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
-        with mqtt_subscriber(mqtt_broker, f"{ROOT}/#") as sub:
+        with mqtt_subscriber(mqtt_broker, f"{root}/#") as sub:
 
             def state_of(device: str, state: str) -> Any:
                 def pred(m: Received) -> bool:
                     return (
-                        m.topic == f"{ROOT}/devices/{device}/state"
+                        m.topic == f"{root}/devices/{device}/state"
                         and json.loads(m.payload)["state"] == state
                     )
 
@@ -231,8 +235,8 @@ async def test_a_hub_that_cannot_listen_takes_its_devices_offline_until_it_can(
                 await hub.listening.wait()
             sender.sendto(b"22 1 b", ("127.0.0.1", port))
             await asyncio.to_thread(sub.wait_for_count, 1, state_of("door-b", "online"), 15)
-            await asyncio.to_thread(sub.wait_for_count, 1, on(f"{ROOT}/events/door-b"), 15)
-            assert records(sub, "door-b") == [1]
+            await asyncio.to_thread(sub.wait_for_count, 1, on(f"{root}/events/door-b"), 15)
+            assert records(sub, root, "door-b") == [1]
     finally:
         agent.stop()
         await asyncio.wait_for(task, 15)
