@@ -522,14 +522,7 @@ class Agent:
                     delay,
                     exc_info=err,
                 )
-                self._state_sink(
-                    dev_id,
-                    {
-                        "state": "offline",
-                        "since": iso_ms(time.time()),
-                        "last_error": f"driver error: {err!r}",
-                    },
-                )
+                self._offline(dev_id, f"driver error: {err!r}")
                 await asyncio.sleep(delay)
 
     async def _hub_task(self, kind: str, hub: Hub) -> None:

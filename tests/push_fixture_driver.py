@@ -11,7 +11,9 @@ asks for exactly what is not committed yet.
 The second kind, ``udpfixture``, is a door-controller-like device that sends datagrams
 ``<serial> <index> <value>`` to the gateway: every device of the kind sends to one
 UDP port, so the kind has a hub (:class:`UdpFixtureHub`, one socket) that routes each
-datagram by the serial number in it.
+datagram by the serial number in it. The third kind, ``httpfixture``, is the same
+device POSTing the same lines to one route on the agent's HTTP server, which its hub
+adds.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import socket
 import threading
 import time
 from collections.abc import Hashable, Sequence
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -32,14 +34,19 @@ from edge_agent.driver import (
     DeviceLink,
     DriverContext,
     Event,
+    HubContext,
     MetricInfo,
     Problem,
 )
 from edge_agent.errors import NotDurableError
-from edge_agent.hub import Addr, UdpHub
+from edge_agent.hub import Addr, KeyedHub, UdpHub
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 KIND = "pushfixture"
 UDP_KIND = "udpfixture"
+HTTP_KIND = "httpfixture"
 
 
 def install(*kinds: str) -> None:
@@ -50,6 +57,7 @@ def install(*kinds: str) -> None:
     targets = {
         KIND: "tests.push_fixture_driver:PushFixtureDriver",
         UDP_KIND: "tests.push_fixture_driver:UdpFixtureDriver",
+        HTTP_KIND: "tests.push_fixture_driver:HttpFixtureDriver",
     }
     for kind in kinds or (KIND,):
         registry.BUILTIN[kind] = targets[kind]
@@ -195,7 +203,7 @@ class UdpFixtureDriver:
 
     def __init__(self, config: UdpFixtureConfig, ctx: DriverContext) -> None:
         self.config = config
-        self.hub: UdpFixtureHub | None = ctx.hub
+        self.hub: KeyedHub | None = ctx.hub
         self.bad = 0
 
     @property
@@ -248,6 +256,46 @@ class UdpFixtureDriver:
             events.append(Event("digital_input", {"record": index, "value": value}))
             last = index
         return events, last
+
+
+class HttpFixtureHub(KeyedHub):
+    """The httpfixture kind's route, ``POST /fixture/records``, on the agent's one HTTP
+    server; a body goes to the serial in it, 404 when no device has that serial."""
+
+    kind = HTTP_KIND
+    needs_http = True
+
+    def __init__(self, ctx: HubContext) -> None:
+        super().__init__(ctx)
+        from aiohttp import web
+
+        assert ctx.http is not None  # needs_http: the supervisor hands the server
+        ctx.http.add_routes(HTTP_KIND, [web.post("/fixture/records", self._post)])
+
+    def key_of(self, data: bytes, addr: Addr) -> Hashable | None:
+        return int(data.split(b" ", 1)[0])
+
+    async def _post(self, request: web.Request) -> web.StreamResponse:
+        from aiohttp import web
+
+        if self.dispatch(await request.read(), (request.remote or "?", 0)):
+            return web.Response(text="OK")
+        return web.Response(status=404, text="unknown device")
+
+
+class HttpFixtureConfig(UdpFixtureConfig):
+    """A device that POSTs ``<serial> <index> <value>`` to the gateway."""
+
+    kind: Literal["httpfixture"] = Field(description="This kind")  # type: ignore[assignment]
+
+
+class HttpFixtureDriver(UdpFixtureDriver):
+    """The udpfixture driver, fed by the HTTP hub instead."""
+
+    kind: ClassVar[str] = HTTP_KIND
+    Config: ClassVar[type[HttpFixtureConfig]] = HttpFixtureConfig  # type: ignore[assignment]
+    Hub: ClassVar[type[HttpFixtureHub]] = HttpFixtureHub  # type: ignore[assignment]
+    Settings = None  # type: ignore[assignment]  # it listens on http.bind
 
 
 class RecordDevice:
