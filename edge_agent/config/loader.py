@@ -546,6 +546,43 @@ def check_drivers_build(
             problems.append((("devices", i, err.key) if err.key else ("devices", i), str(err)))
         except (ValueError, KeyError, OSError) as err:
             problems.append((("devices", i), str(err)))
+    problems += check_hubs_build(devices, source, base)
+    return problems
+
+
+def check_hubs_build(
+    devices: Indexed, source: AgentConfigBase | dict[str, Any], base: Path
+) -> list[tuple[Path_, str]]:
+    """Build each kind's hub once, as the supervisor will (no I/O): an address it cannot
+    listen on, or an HTTP route two kinds claim, is a config error here, not a crash at
+    start. Reported at the kind's first enabled device."""
+    from edge_agent.driver import HubContext
+    from edge_agent.http import HttpServer
+
+    kinds = registry.drivers()
+    http_cfg = source.http if isinstance(source, AgentConfigBase) else HttpConfig()
+    server = HttpServer(http_cfg)  # only collects routes: never started here
+    first: dict[str, int] = {}
+    for i, dev in devices:
+        if dev.enabled:
+            first.setdefault(dev.kind, i)
+    problems: list[tuple[Path_, str]] = []
+    for kind, i in first.items():
+        cls = kinds[kind]
+        hub_cls = getattr(cls, "Hub", None)
+        if hub_cls is None:
+            continue
+        ctx = HubContext(
+            kind=kind,
+            settings=kind_settings(cls, source),
+            devices=[d for _, d in devices if d.kind == kind and d.enabled],
+            http=server if getattr(hub_cls, "needs_http", False) else None,
+            config_dir=base,
+        )
+        try:
+            hub_cls(ctx)
+        except (ValueError, KeyError, OSError) as err:
+            problems.append((("devices", i, "kind"), f"{kind} listener: {err}"))
     return problems
 
 

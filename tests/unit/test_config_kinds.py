@@ -144,3 +144,10 @@ def test_modbus_finds_profiles_in_its_profile_dirs_relative_to_the_file(tmp_path
     )
     cfg = load_config(write(tmp_path, profile_dirs=["my-maps"], devices=[device]))
     assert cfg.profile_dirs == ["my-maps"]  # type: ignore[attr-defined]
+
+
+def test_a_hub_that_cannot_be_built_is_a_config_error_not_a_crash(tmp_path: Path) -> None:
+    devices = [{"id": "door-a", "kind": UDP_KIND, "serial": 11}]
+    path = write(tmp_path, udpfixture={"bind": "60000"}, devices=devices)
+    (line,) = problems(path)
+    assert line.startswith("devices[0].kind  udpfixture listener: '60000': the port is missing")
