@@ -401,10 +401,11 @@ def check_across(
     return problems
 
 
-def check_hubs_http(cfg: AgentConfigBase | None, devices: Indexed) -> list[tuple[Path_, str]]:
+def check_hubs_http(data: dict[str, Any], devices: Indexed) -> list[tuple[Path_, str]]:
     """A kind whose hub receives over HTTP (``Hub.needs_http``) needs ``http.bind`` in the
     file: the default (this gateway only) is never an address its devices can reach."""
-    if cfg is None:
+    http = data.get("http")
+    if isinstance(http, dict) and "bind" in http:
         return []
     kinds = registry.drivers()
     problems: list[tuple[Path_, str]] = []
@@ -414,15 +415,14 @@ def check_hubs_http(cfg: AgentConfigBase | None, devices: Indexed) -> list[tuple
         if not dev.enabled or dev.kind in seen or not getattr(hub, "needs_http", False):
             continue
         seen.add(dev.kind)
-        if "bind" not in cfg.http.model_fields_set:
-            problems.append(
-                (
-                    ("devices", i, "kind"),
-                    f"kind {dev.kind!r} receives its devices' data over HTTP: set http.bind "
-                    "to an address they can reach, e.g. 0.0.0.0:8080 / 该类设备通过 HTTP "
-                    "上传数据：请设置 http.bind（设备可访问的地址，如 0.0.0.0:8080）",
-                )
+        problems.append(
+            (
+                ("devices", i, "kind"),
+                f"kind {dev.kind!r} receives its devices' data over HTTP: set http.bind "
+                "to an address they can reach, e.g. 0.0.0.0:8080 / 该类设备通过 HTTP "
+                "上传数据：请设置 http.bind（设备可访问的地址，如 0.0.0.0:8080）",
             )
+        )
     return problems
 
 
@@ -655,7 +655,7 @@ def load_config(
         problems += check_tls_files(mqtt)
     problems += check_unique_ids(buses, devices)
     problems += check_across(_raw_ids(data, "buses"), devices, source, base)
-    problems += check_hubs_http(cfg, devices)
+    problems += check_hubs_http(data, devices)
     other_files: list[str] = []
     if build_drivers:
         problems += check_drivers_build(devices, source, base, other_files)

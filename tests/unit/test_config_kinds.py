@@ -77,6 +77,12 @@ def test_a_kind_whose_hub_needs_http_needs_http_bind(tmp_path: Path) -> None:
     assert "set http.bind" in line
     # the section alone is not enough: the default address is this gateway only
     assert problems(write(tmp_path, http={"enabled": True}, devices=devices)) == [line]
+    # one pass lists it with the file's other mistakes
+    both = problems(write(tmp_path, mqtt={"hots": "x"}, devices=devices))
+    assert both == [
+        "mqtt.hots  unknown key; did you mean 'host'? / 未知的配置项，是否应为 host？",
+        line,
+    ]
     cfg = load_config(write(tmp_path, http={"bind": "0.0.0.0:8080"}, devices=devices))
     assert cfg.http.bind == "0.0.0.0:8080"
 
