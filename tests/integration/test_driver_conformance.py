@@ -1,7 +1,7 @@
 """The driver conformance kit (issue 8): what every device kind must do, run against
 Modbus (polled) and against the push fixture drivers (tests/push_fixture_driver.py): one
 that connects to its device, one whose device sends datagrams to the kind's shared UDP
-hub.
+hub, one whose device POSTs to the route its hub added to the agent's HTTP server.
 
 Each kind brings a device on 127.0.0.1 that can go down, come back and send garbage,
 and is run by the real core code: the shared poll loop for a polled kind, a
@@ -25,6 +25,7 @@ import pytest
 from edge_agent import registry
 from edge_agent.clock import ClockGate
 from edge_agent.commands import CommandError, door_handler, snapshot_handler, write_handler
+from edge_agent.config.models import HttpConfig
 from edge_agent.driver import (
     Driver,
     DriverContext,
@@ -36,14 +37,19 @@ from edge_agent.driver import (
 from edge_agent.drivers.modbus import ModbusDevice, ModbusDriver, ModbusSettings
 from edge_agent.drivers.modbus.profile import clear_profile_cache
 from edge_agent.envelope import Lane
+from edge_agent.http import HttpServer
 from edge_agent.link import OutboxLink
 from edge_agent.outbox.store import Outbox
 from edge_agent.poll import PollLoop
 from edge_agent.supervisor import OutboxEmitter
 from tests.hostile_modbus import HostileModbus
+from tests.http_helpers import request
 from tests.push_fixture_driver import (
+    HTTP_KIND,
     KIND,
     UDP_KIND,
+    HttpFixtureDriver,
+    HttpFixtureHub,
     PushFixtureDriver,
     UdpFixtureDriver,
     UdpFixtureHub,
@@ -276,7 +282,61 @@ class UdpKind(Kind):
         await self.hub.close()
 
 
-KINDS = [ModbusKind, PushKind, UdpKind]
+class HttpKind(Kind):
+    """The httpfixture kind: the device POSTs ``<serial> <index> <value>`` to the route
+    its hub added to the agent's one HTTP server."""
+
+    name = HTTP_KIND
+
+    async def start(self) -> None:
+        config = HttpFixtureDriver.Config.model_validate(
+            {"kind": HTTP_KIND, "id": "dev1", "serial": 7, "silence_s": 0.3}
+        )
+        self.server = HttpServer(HttpConfig(bind="127.0.0.1:0"))
+        self.hub = HttpFixtureHub(HubContext(HTTP_KIND, None, [config], http=self.server))
+        self.driver = HttpFixtureDriver(config, DriverContext({}, hub=self.hub))
+        self.index = 0
+        self.sending = asyncio.Event()
+        self.sending.set()
+        self.extra: list[bytes] = []
+
+    async def _device(self) -> None:
+        while not self.server.addresses:
+            await asyncio.sleep(0.01)
+        port = self.server.addresses[0][1]
+        while True:
+            await self.sending.wait()
+            for body in self.extra:
+                await request(port, "POST", "/fixture/records", body)
+            self.extra = []
+            self.index += 1
+            await request(port, "POST", "/fixture/records", f"7 {self.index} v".encode())
+            await asyncio.sleep(0.05)
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.server.run())
+            tg.create_task(self.hub.run())
+            tg.create_task(self._device())
+            link = OutboxLink(
+                "dev1", outbox=self.outbox, gate=self.gate, root=ROOT, state_sink=self.sink
+            )
+            await self.driver.run(link)
+
+    async def down(self) -> None:
+        self.sending.clear()
+
+    async def up(self) -> None:
+        self.sending.set()
+
+    async def garbage(self) -> None:
+        self.extra = [b"\xff\xfe not a record", b"7", b"7 x y z", b"", b"7 notanumber v"]
+
+    async def close(self) -> None:
+        await self.hub.close()
+
+
+KINDS = [ModbusKind, PushKind, UdpKind, HttpKind]
 
 
 @pytest.fixture(params=KINDS, ids=[k.name for k in KINDS])
