@@ -321,8 +321,8 @@ class MultipartParser:
             del buf[: len(self._dash)]
             self._state = _State.DELIMITER_LINE
             return True
-        i = buf.find(self._needle, max(0, self._scanned - len(self._needle) + 1))
-        limit = i if i >= 0 else len(buf)
+        i, undecided = self._find_delimiter(max(0, self._scanned - len(self._needle) + 1))
+        limit = i if i >= 0 else undecided if undecided >= 0 else len(buf)
         # A terminal sends the delimiter *before* each part, so the end of a part is known
         # only when the next event comes (a DS-K1T342MWX may stay silent for minutes). A JSON
         # or XML body is complete when its top-level value closes: returned at once.
@@ -344,8 +344,22 @@ class MultipartParser:
             self.stats.oversized += 1
             self._skip()
             return True
-        self._scanned = len(buf)
+        self._scanned = len(buf) if undecided < 0 else undecided
         return False
+
+    def _find_delimiter(self, start: int) -> tuple[int, int]:
+        """``(index of the next delimiter or -1, index of a possible one whose line end has
+        not come yet or -1)``: ``--boundaryX`` at a line start is body, not a delimiter."""
+        buf, n = self._buf, len(self._needle)
+        i = buf.find(self._needle, start)
+        while i >= 0:
+            after = bytes(buf[i + n : i + n + 2])
+            if not after or after == b"-":
+                return -1, i  # wait for the bytes that say what it is
+            if after == b"--" or after[:1] in (b"\r", b"\n", b" ", b"\t"):
+                return i, -1
+            i = buf.find(self._needle, i + 1)
+        return -1, -1
 
     def _emit(self, out: list[Part], body: bytes) -> None:
         out.append(Part(self._headers, body))
