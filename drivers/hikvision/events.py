@@ -273,7 +273,7 @@ def _int(value: Any) -> int | None:
         return None
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
         return int(value.strip())
     return None
 
@@ -427,7 +427,7 @@ def _xml_value(element: ET.Element) -> Any:
     children = list(element)
     if not children:
         text = (element.text or "").strip()
-        return int(text) if text.isdigit() and len(text) < 19 else text
+        return int(text) if text.isascii() and text.isdigit() and len(text) < 19 else text
     out: dict[str, Any] = {}
     for child in children:
         out[child.tag.rpartition("}")[2]] = _xml_value(child)
@@ -441,8 +441,8 @@ def decode_body(body: bytes) -> dict[str, Any]:
     if text[:1] == b"{":
         try:
             value = json.loads(text)
-        except (ValueError, UnicodeDecodeError) as err:
-            raise IsapiError(f"JSON body does not parse: {err}") from err
+        except (ValueError, RecursionError) as err:  # UnicodeDecodeError is a ValueError
+            raise IsapiError(f"JSON body does not parse: {type(err).__name__}") from err
         if not isinstance(value, dict):
             raise IsapiError("JSON body is not an object")
         return value
@@ -451,11 +451,14 @@ def decode_body(body: bytes) -> dict[str, Any]:
             # a part is at most MAX_PART_BYTES; the bundled expat (>= 2.4.1) refuses entity
             # amplification and ElementTree resolves no external entities
             root = ET.fromstring(text)  # noqa: S314
-        except ET.ParseError as err:
+        except (ET.ParseError, ValueError, RecursionError) as err:
             raise IsapiError(f"XML body does not parse: {err}") from err
         if root.tag.rpartition("}")[2] != "EventNotificationAlert":
             raise IsapiError(f"XML body is a {root.tag.rpartition('}')[2]}, not an event")
-        value = _xml_value(root)
+        try:
+            value = _xml_value(root)
+        except RecursionError as err:
+            raise IsapiError("XML body is nested too deep") from err
         return value if isinstance(value, dict) else {}
     raise IsapiError("body is neither JSON nor XML")
 

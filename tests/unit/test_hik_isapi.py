@@ -378,6 +378,45 @@ def test_push_form_data_with_a_picture() -> None:
     assert cut.truncated
 
 
+def test_nothing_a_device_sends_raises() -> None:
+    # deep nesting, non-ASCII digits, bytes flipped anywhere: counted, never a crash
+    nasty = [
+        part(b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "application/json"),
+        part(
+            b"<EventNotificationAlert>"
+            + b"<a>" * 5000
+            + b"</a>" * 5000
+            + b"</EventNotificationAlert>",
+            "application/xml",
+        ),
+        part(js(ace(5, 1, serialNo="\u00b2", doorNo="\u0663")), "application/json"),
+        part(
+            b"<EventNotificationAlert><serialNo>\xc2\xb2</serialNo></EventNotificationAlert>",
+            "text/xml",
+        ),
+    ]
+    s = AlertStream(STREAM, SHANGHAI, max_part_bytes=1 << 20)
+    found = [n for data in nasty for n in s.feed(data)] + s.feed(b"--MIME_boundary\r\n")
+    assert s.skipped == 2  # the two nested too deep
+    assert [type(n) for n in found] == [AccessEvent, Other]
+    assert isinstance(found[0], AccessEvent)
+    assert (found[0].serial_no, found[0].door) == (None, None)
+    rng = random.Random(5)
+    for _ in range(300):
+        data = bytearray(MIXED)
+        for _ in range(rng.randrange(1, 8)):
+            data[rng.randrange(len(data))] = rng.getrandbits(8)
+        data = data[: rng.randrange(len(data) + 1)]
+        s = AlertStream(STREAM, SHANGHAI)
+        at = 0
+        while at < len(data):
+            step = rng.randrange(1, 200)
+            s.feed(bytes(data[at : at + step]))
+            at += step
+        s.finish()
+        parse_push(bytes(data), "multipart/form-data; boundary=MIME_boundary", SHANGHAI)
+
+
 # -- the code mapping -----------------------------------------------------------------------
 
 
