@@ -1,14 +1,17 @@
-"""Simulated campus devices that speak the real Modbus wire protocol (for demos, tests, benchmarks).
+"""Simulated campus devices that speak the real wire protocols (for demos, tests, benchmarks):
+Modbus classrooms and meters, WG short-packet door controllers (UDP).
 
 Written from the wire format and the devices' datasheets, never from the agent's drivers:
 nothing here imports ``drivers`` or ``edge_agent``. Profiles (register maps as data) are shared.
 
-Entry points: :class:`CampusSim` (Python) and ``python -m edge_agent.simulators campus`` (CLI).
+Entry points: :class:`CampusSim` and :class:`WgSim` (Python), ``python -m edge_agent.simulators
+campus`` and ``... wg`` (CLI).
 """
 
 from .campus import CampusSim
 from .faults import FAULT_KINDS, Fault, FaultBoard, ScheduledFault, load_schedule, parse_schedule
 from .timetable import Phase, SimClock, Timetable
+from .wg import WgController, WgSim
 
 __all__ = [
     "FAULT_KINDS",
@@ -19,6 +22,8 @@ __all__ = [
     "ScheduledFault",
     "SimClock",
     "Timetable",
+    "WgController",
+    "WgSim",
     "load_schedule",
     "parse_schedule",
 ]

@@ -1,20 +1,27 @@
-"""Command line: ``python -m edge_agent.simulators campus [options]``.
+"""Command line: ``python -m edge_agent.simulators campus|wg [options]``.
 
-Starts the simulated campus, prints one line per server when it listens, writes the layout
-JSON if asked, and runs until SIGINT/SIGTERM (Ctrl-C).
+``campus`` starts the simulated campus, prints one line per server when it listens, writes the
+layout JSON if asked, and runs until SIGINT/SIGTERM (Ctrl-C).
 启动模拟校园（Modbus 传感器与电表），按 Ctrl-C 退出。
+
+``wg`` starts simulated WG short-packet door controllers (UDP), optionally plays a scenario
+script and reads scenario commands from stdin (``--stdin``).
+``wg`` 启动模拟微耕短报文门禁控制器，可执行场景脚本或从标准输入读取命令。
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import signal
 import sys
 from collections.abc import Sequence
 from datetime import datetime
+from pathlib import Path
 
+from . import wg
 from .campus import CampusSim
 
 
@@ -65,10 +72,91 @@ def _parser() -> argparse.ArgumentParser:
         help="devices per server / 每个服务器设备数 (max 247)",
     )
     campus.add_argument("--log-level", default="WARNING", help="logging level / 日志级别")
+    _wg_parser(sub)
     return parser
 
 
+def _event_som(text: str) -> int:
+    value = int(text, 0)
+    if value not in (wg.SOM, wg.SOM_V6_62):
+        raise argparse.ArgumentTypeError("must be 0x17 or 0x19")
+    return value
+
+
+def _listener(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError("HOST:PORT expected")
+    return host, int(port)
+
+
+def _wg_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "wg",
+        help="run WG short-packet door controllers (UDP) / 运行微耕门禁控制器模拟器",
+        description="Run simulated WG/UHPPOTE door controllers until SIGINT/SIGTERM"
+        " / 运行模拟微耕门禁控制器直到收到退出信号",
+        epilog="commands (--stdin, --script):\n" + wg.COMMANDS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--controllers", type=int, default=1, help="controllers / 控制器数 (default 1)")
+    p.add_argument(
+        "--doors", type=int, choices=(1, 2, 4), default=4, help="doors each / 每台门数 (default 4)"
+    )
+    p.add_argument(
+        "--serial",
+        type=int,
+        default=wg.DEFAULT_SERIAL,
+        help="first serial number, the others count up / 起始序列号",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="listen address / 监听地址")
+    p.add_argument(
+        "--base-port",
+        type=int,
+        default=0,
+        help="first UDP port, controllers use consecutive ports; 0 = ephemeral"
+        " (a real controller: 60000) / 起始 UDP 端口，0 为随机",
+    )
+    p.add_argument(
+        "--listener",
+        type=_listener,
+        default=None,
+        help="HOST:PORT the controllers push events to (also settable with 0x90) / 事件接收地址",
+    )
+    p.add_argument(
+        "--push-anywhere",
+        action="store_true",
+        help="allow pushes to a listener that is not on loopback / 允许推送到非本机地址",
+    )
+    p.add_argument(
+        "--event-som",
+        type=_event_som,
+        default=wg.SOM,
+        help="start byte of pushed events, 0x17 or 0x19 (firmware v6.62) / 推送帧起始字节",
+    )
+    p.add_argument(
+        "--clock-offset-s",
+        type=float,
+        default=0.0,
+        help="controller clock minus host clock, seconds / 控制器时钟偏差（秒）",
+    )
+    p.add_argument(
+        "--records",
+        type=int,
+        default=wg.DEFAULT_CAPACITY,
+        help="record memory; the oldest is overwritten / 记录容量 (default 200000)",
+    )
+    p.add_argument("--script", default=None, help="scenario script to play / 场景脚本文件")
+    p.add_argument(
+        "--stdin", action="store_true", help="read commands from stdin / 从标准输入读取命令"
+    )
+    p.add_argument("--layout-out", default=None, help="write the layout JSON here / 布局输出文件")
+    p.add_argument("--log-level", default="WARNING", help="logging level / 日志级别")
+
+
 async def _run(args: argparse.Namespace) -> int:
+    if args.command == "wg":
+        return await _run_wg(args)
     sim = CampusSim(
         classrooms=args.classrooms,
         meters=args.meters,
@@ -112,9 +200,104 @@ async def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _commands_from_stdin(sim: wg.WgSim, stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    try:
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    except (OSError, ValueError) as err:
+        print(f"stdin cannot be read as a stream / 无法读取标准输入: {err}", flush=True)
+        return
+    while line := await reader.readline():
+        await _command(sim, line.decode(errors="replace"))
+    stop.set()  # stdin closed: the scenario is over
+
+
+async def _command(sim: wg.WgSim, line: str) -> None:
+    try:
+        out = await wg.run_command(sim, line)
+    except ValueError as err:
+        print(f"error / 错误: {err}", flush=True)
+    else:
+        if out:
+            print(out, flush=True)
+
+
+async def _play(sim: wg.WgSim, steps: list[tuple[float, str]]) -> None:
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    for at, line in steps:
+        delay = start + at - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await _command(sim, line)
+    print("script done / 脚本已执行完", flush=True)
+
+
+def _write_json(path: str, data: object) -> None:
+    Path(path).write_text(json.dumps(data, indent=1), encoding="utf-8")
+
+
+async def _run_wg(args: argparse.Namespace) -> int:
+    if args.controllers < 1:
+        raise ValueError("--controllers must be at least 1")
+    steps = wg.parse_script(args.script_text) if args.script else []
+    sim = wg.WgSim.build(
+        args.controllers,
+        first_serial=args.serial,
+        host=args.host,
+        base_port=args.base_port,
+        doors=args.doors,
+        listener=args.listener,
+        push_anywhere=args.push_anywhere,
+        event_som=args.event_som,
+        clock_offset_s=args.clock_offset_s,
+        capacity=args.records,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        async with sim, asyncio.TaskGroup() as tg:
+            for c in sim:
+                print(
+                    f"wg controller {c.serial} listening on {c.host}:{c.port} udp"
+                    f" doors={len(c.doors)}",
+                    flush=True,
+                )
+            if args.layout_out:
+                _write_json(args.layout_out, sim.layout)
+                print(f"layout written to {args.layout_out}", flush=True)
+            print(
+                f"wg ready: {len(sim.controllers)} controllers; Ctrl-C to stop"
+                " / 门禁控制器模拟器已就绪，Ctrl-C 退出",
+                flush=True,
+            )
+            work = []
+            if steps:
+                work.append(tg.create_task(_play(sim, steps)))
+            if args.stdin:
+                work.append(tg.create_task(_commands_from_stdin(sim, stop)))
+            await stop.wait()
+            for task in work:
+                task.cancel()
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+    print("wg stopped / 门禁控制器模拟器已停止", flush=True)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     args = _parser().parse_args(argv)
+    if args.command == "wg" and args.script:
+        try:
+            args.script_text = Path(args.script).read_text(encoding="utf-8")
+        except OSError as err:
+            print(f"error / 错误: {err}", file=sys.stderr)
+            return 2
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

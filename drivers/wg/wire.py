@@ -328,10 +328,20 @@ class ClockReply:
 
 @dataclass(frozen=True, slots=True)
 class Ack:
-    """The answer to 0x40 (open door), 0x90 (set listener), 0xB2 (set record index)."""
+    """The answer to 0x40 (open door) and 0x90 (set listener)."""
 
     serial: int
     ok: bool
+
+
+@dataclass(frozen=True, slots=True)
+class IndexSet:
+    """The answer to 0xB2 (set record index): whether the stored index *changed*. Setting the
+    index it already holds answers ``changed=False``, which is not a failure; a wrong magic
+    word gets no answer at all."""
+
+    serial: int
+    changed: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -455,6 +465,10 @@ def _decode_clock(frame: bytes) -> ClockReply:
 
 def _decode_ack(frame: bytes) -> Ack:
     return Ack(_u32(frame, 4), frame[8] == 1)
+
+
+def _decode_index_set(frame: bytes) -> IndexSet:
+    return IndexSet(_u32(frame, 4), frame[8] == 1)
 
 
 def _decode_door_control(frame: bytes) -> DoorControl:
@@ -602,11 +616,11 @@ def get_record_index(serial: int) -> Request[RecordIndex]:
     return Request(Fn.GET_RECORD_INDEX, serial, frame, _decode_record_index)
 
 
-def set_record_index(serial: int, index: int) -> Request[Ack]:
+def set_record_index(serial: int, index: int) -> Request[IndexSet]:
     """0xB2: store ``index`` as read on the controller (carries :data:`MAGIC_WORD`)."""
     body = _u32_field(index, "record index") + MAGIC_WORD.to_bytes(4, "little")
     frame = _frame(Fn.SET_RECORD_INDEX, serial, body)
-    return Request(Fn.SET_RECORD_INDEX, serial, frame, _decode_ack)
+    return Request(Fn.SET_RECORD_INDEX, serial, frame, _decode_index_set)
 
 
 def read_record(serial: int, index: int) -> Request[RecordReply]:

@@ -232,7 +232,8 @@ def test_acks() -> None:
     assert wire.open_door(SERIAL, 1).parse(frame(0x40, body=b"\x01")).ok
     assert not wire.open_door(SERIAL, 1).parse(frame(0x40, body=b"\x00")).ok
     assert wire.set_listener(SERIAL, "127.0.0.1", 1).parse(frame(0x90, body=b"\x01")).ok
-    assert wire.set_record_index(SERIAL, 5).parse(frame(0xB2, body=b"\x01")).ok
+    assert wire.set_record_index(SERIAL, 5).parse(frame(0xB2, body=b"\x01")).changed
+    assert not wire.set_record_index(SERIAL, 5).parse(frame(0xB2, body=b"\x00")).changed
 
 
 def test_door_control_answer_must_be_for_the_same_door() -> None:
