@@ -18,10 +18,13 @@ maps a record to a contract event ``(type, data)``; a code this module does not 
 ``access_record`` with its raw ``major`` and ``minor``, never dropped.
 
 What never comes out of here: the person's ``name``, pictures (``pictureURL``, ``FaceRect``,
-the binary parts), the device's IP and MAC. The card number goes in ``card`` in the canonical
-form of ``drivers/cards.py`` (the decimal a terminal prints, without leading zeros), the
-employee number in ``person``: the pipeline pseudonymises both before anything leaves the
-gateway. Pure functions, standard library only.
+the binary parts), the device's IP and MAC. ``card`` holds what identifies the person, as the
+ZKTeco layer does: the card number in the canonical form of ``drivers/cards.py`` (the decimal
+a terminal prints, without leading zeros), else the employee number (``credential: pin``, a
+face-only user has no card), else a QR code's text (``credential: qr``); the pipeline
+pseudonymises it before anything leaves the gateway. ``verify`` says how the person proved it
+(``card``, ``face``, ``fingerprint``, ``face_card``, ...). Pure functions, standard library
+only.
 """
 
 from __future__ import annotations
@@ -52,9 +55,9 @@ class IsapiError(ValueError):
 
 # -- the code tables (HCNetSDK.h) -----------------------------------------------------------
 
-#: major 5 credential results: minor -> (credential, granted, reason when denied)
+#: major 5 verification results: minor -> (verify mode, granted, reason when denied)
 _G, _D = True, False
-CREDENTIALS: Final[Mapping[int, tuple[str, bool, str | None]]] = {
+VERIFY: Final[Mapping[int, tuple[str, bool, str | None]]] = {
     0x01: ("card", _G, None),  # MINOR_LEGAL_CARD_PASS
     0x02: ("card_password", _G, None),
     0x03: ("card_password", _D, "verify_failed"),
@@ -198,7 +201,7 @@ def known(major: int | None, minor: int | None) -> bool:
         major is not None
         and minor is not None
         and (
-            (major == MAJOR_EVENT and minor in CREDENTIALS)
+            (major == MAJOR_EVENT and minor in VERIFY)
             or (major, minor) in DOOR_EVENTS
             or (major, minor) in NAMES
         )
@@ -255,10 +258,12 @@ class AccessEvent:
     door: int | None
     #: ``cardReaderNo``: which reader of the door (1 the terminal itself on a DS-K1T)
     reader_no: int | None
-    #: the canonical card number, or for a QR code the code's text
+    #: the canonical card number
     card: str | None
     #: ``employeeNoString`` (or ``employeeNo``): the person's number on the terminal
     person: str | None
+    #: ``QRCodeInfo``: the text of a QR code shown to the reader
+    qr: str | None
     #: ``currentEvent``: False for the log a terminal replays on connecting, None if absent
     live: bool | None
 
@@ -316,8 +321,9 @@ def access_event(record: Mapping[str, Any], site_tz: tzinfo, *, when: Any = None
         serial_no=_int(record.get("serialNo")),
         door=_int(record.get("doorNo")),
         reader_no=_int(record.get("cardReaderNo")),
-        card=canonical_card(card) if card else qr,
+        card=canonical_card(card) if card else None,
         person=_text(record.get("employeeNoString", record.get("employeeNo"))),
+        qr=qr,
         live=live if isinstance(live, bool) else None,
     )
 
@@ -354,26 +360,41 @@ def reader_for(readers: ReaderMap, door: int | None, reader_no: int | None) -> R
     return Reader(f"door{door or 1}-reader{reader_no or 1}")
 
 
+def identity(event: AccessEvent) -> tuple[str | None, str | None]:
+    """``(card, credential)``: what identifies the person and what it is: the card number
+    (``card``), else the employee number (``pin``), else a QR code's text (``qr``)."""
+    if event.card is not None:
+        return event.card, "card"
+    if event.person is not None:
+        return event.person, "pin"
+    if event.qr is not None:
+        return event.qr, "qr"
+    return None, None
+
+
 def to_event(event: AccessEvent, readers: ReaderMap) -> tuple[str, dict[str, Any]]:
     """The contract event ``(type, data)`` of one record. Every event carries ``door``,
-    ``serial_no``, ``major`` and ``minor``; a credential code is a ``card_read`` with
-    ``result``, ``credential``, ``card`` and ``person``, ``reader``, ``context``, ``direction``
-    (and ``reason`` when denied); door, lock and alarm codes map by the table; anything else is
-    an ``access_record`` with ``code`` (the SDK's name, or None when unknown)."""
+    ``serial_no``, ``major`` and ``minor``; a verification code is a ``card_read`` with
+    ``result``, ``verify``, ``card`` and ``credential`` (:func:`identity`), ``reader``,
+    ``context``, ``direction`` (and ``reason`` when denied); door, lock and alarm codes map
+    by the table; anything else is an ``access_record`` with ``code`` (the SDK's name, or
+    None when unknown). Any record with a card or employee number carries ``card`` and
+    ``credential``."""
     data: dict[str, Any] = {
         "door": event.door,
         "serial_no": event.serial_no,
         "major": event.major,
         "minor": event.minor,
     }
+    card, credential = identity(event)
     major, minor = event.major, event.minor
-    if major == MAJOR_EVENT and minor is not None and minor in CREDENTIALS:
-        credential, granted, reason = CREDENTIALS[minor]
+    if major == MAJOR_EVENT and minor is not None and minor in VERIFY:
+        verify, granted, reason = VERIFY[minor]
         reader = reader_for(readers, event.door, event.reader_no)
         data |= {
-            "card": event.card,
-            "person": event.person,
+            "card": card,
             "credential": credential,
+            "verify": verify,
             "reader": reader.name,
             "context": reader.context,
             "direction": reader.direction,
@@ -382,10 +403,8 @@ def to_event(event: AccessEvent, readers: ReaderMap) -> tuple[str, dict[str, Any
         if not granted:
             data["reason"] = reason
         return "card_read", data
-    if event.card is not None:
-        data["card"] = event.card
-    if event.person is not None:
-        data["person"] = event.person
+    if card is not None:
+        data |= {"card": card, "credential": credential}
     if major is not None and minor is not None:
         if (major, minor) in DOOR_EVENTS:
             event_type, extra = DOOR_EVENTS[major, minor]
