@@ -315,6 +315,7 @@ class MultipartParser:
         if _is_picture(ctype, self._headers, buf):
             self.stats.pictures += 1
             self._skip()
+            buf[0:0] = b"\n"  # at a line start: an empty picture ends at a delimiter here
             return True
         if self._scanned == 0 and buf.startswith(self._dash):
             self._emit(out, b"")  # an empty body right after the blank line

@@ -196,14 +196,18 @@ def test_a_huge_picture_is_never_held_in_memory() -> None:
             {"Content_Disposition": 'form-data; name="x"; filename="a.jpg"'},
             b"b",
         ),
+        ("image/jpeg", {}, b""),  # no body at all
     ],
-    ids=["named-picture", "jpeg-bytes", "png-bytes", "jpg-filename"],
+    ids=["named-picture", "jpeg-bytes", "png-bytes", "jpg-filename", "empty-image"],
 )
-def test_pictures_without_an_image_type_are_dropped_too(
+def test_pictures_are_dropped_however_they_come(
     ctype: str | None, headers: dict[str, str], start: bytes
 ) -> None:
     p = MultipartParser("MIME_boundary")
-    data = part(start + b"\x00" * 5000, ctype, **headers) + part(js({"eventType": "heartBeat"}))
+    picture = part(start + b"\x00" * 5000 if start else b"", ctype, **headers)
+    if not start:  # an empty picture: the next delimiter right after the blank line
+        picture = picture[: -len(b"\r\n")]
+    data = picture + part(js({"eventType": "heartBeat"}))
     assert [x.body for x in p.feed(data)] == [js({"eventType": "heartBeat"})]
     assert p.stats.pictures == 1
 
