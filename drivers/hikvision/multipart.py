@@ -199,6 +199,9 @@ class MultipartParser:
             return End(truncated=False, pending_bytes=0, closed=True)
         clean = (
             state is _State.PREAMBLE
+            # a picture, oversized or malformed part being dropped: counted already, and
+            # no event was lost with it
+            or state is _State.SKIP
             or (state is _State.DELIMITER_LINE and not buf.strip())
             or (state is _State.HEADERS and not buf and not self._headers)
             or (state is _State.TRAILER and not buf.strip())

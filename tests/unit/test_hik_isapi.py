@@ -270,7 +270,14 @@ def test_a_truncated_tail_is_reported_not_raised() -> None:
     p = MultipartParser("MIME_boundary")
     p.feed(b"--MIME_boundary\r\nContent-Ty")
     assert p.finish().truncated
-    for clean in (part(b"{}"), part(b"{}") + b"--MIME_boundary\r\n", b"--MIME_boundary\r\n", b""):
+    picture_cut = part(b"\xff\xd8\xff" + b"x" * 100, "image/jpeg")[:-2]  # no event lost
+    for clean in (
+        part(b"{}"),
+        part(b"{}") + b"--MIME_boundary\r\n",
+        b"--MIME_boundary\r\n",
+        b"",
+        picture_cut,
+    ):
         p = MultipartParser("MIME_boundary")
         p.feed(clean)
         end = p.finish()
