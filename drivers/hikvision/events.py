@@ -132,7 +132,9 @@ VERIFY: Final[Mapping[int, tuple[str, bool, str | None]]] = {
 DOOR_EVENTS: Final[Mapping[tuple[int, int], tuple[str, Mapping[str, Any]]]] = {
     (MAJOR_EVENT, 0x15): ("door_unlocked", {}),  # MINOR_LOCK_OPEN: the relay released
     (MAJOR_EVENT, 0x16): ("door_locked", {}),  # MINOR_LOCK_CLOSE
-    (MAJOR_EVENT, 0x17): ("exit_button", {}),  # MINOR_DOOR_BUTTON_PRESS
+    # MINOR_DOOR_BUTTON_PRESS. santanapedro's DS-K1T342MWX table calls 23/24 the door
+    # contact; its counts (999 unlocks = 610 face grants + 437 presses) fit the SDK
+    (MAJOR_EVENT, 0x17): ("exit_button", {}),
     (MAJOR_EVENT, 0x19): ("door_opened", {}),  # MINOR_DOOR_OPEN_NORMAL (door contact)
     (MAJOR_EVENT, 0x1A): ("door_closed", {}),  # MINOR_DOOR_CLOSE_NORMAL
     (MAJOR_EVENT, 0x1B): ("door_forced", {}),  # MINOR_DOOR_OPEN_ABNORMAL
@@ -161,6 +163,7 @@ NAMES: Final[Mapping[tuple[int, int], str]] = {
     (MAJOR_EVENT, 0x20): "always_close_end",
     (MAJOR_EVENT, 0x25): "doorbell_ringing",
     (MAJOR_EVENT, 0x35): "fire_relay_recover",
+    (MAJOR_EVENT, 0x83): "heartbeat",  # in an AcsEvent page; on a stream it is a Heartbeat
     (MAJOR_EVENT, 0x85): "tailgating",
     (MAJOR_EVENT, 0x86): "reverse_access",
     (MAJOR_EVENT, 0x88): "climbing_over_gate",
