@@ -459,7 +459,7 @@ def _xml_value(element: ET.Element) -> Any:
 def decode_body(body: bytes) -> dict[str, Any]:
     """A JSON object, or an XML ``EventNotificationAlert`` (namespaces dropped, digits as
     numbers) as the same dict shape. Raises :class:`IsapiError` for anything else."""
-    text = body.strip()
+    text = body.strip().removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte order mark
     if text[:1] == b"{":
         try:
             value = json.loads(text)

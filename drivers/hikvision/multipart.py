@@ -429,7 +429,7 @@ class _Completion:
     def start(cls, ctype: str, buf: bytearray) -> _Completion | None:
         """A scanner for this body, once its first byte that is not a blank has come; None
         while the body is blank so far or when it is neither JSON nor XML."""
-        lead = bytes(buf[:64]).lstrip()
+        lead = bytes(buf[:64]).lstrip().removeprefix(b"\xef\xbb\xbf")
         if not lead:
             return None
         if "json" in ctype or (not ctype and lead[:1] in (b"{", b"[")):

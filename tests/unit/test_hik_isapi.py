@@ -360,6 +360,10 @@ def test_push_json_and_xml_bodies() -> None:
     [n] = batch.notifications
     assert isinstance(n, AccessEvent)
     assert to_event(n, {})[0] == "door_forced"
+    bom = parse_push(b"\xef\xbb\xbf" + js(ace(5, 0x19)), "application/json", SHANGHAI)
+    assert [type(n) for n in bom.notifications] == [AccessEvent]
+    s = AlertStream(STREAM, SHANGHAI)
+    assert s.feed(part(b"\xef\xbb\xbf" + js({"eventType": "heartBeat"}))) == [Heartbeat()]
     bad = parse_push(b"\x00\x01", "application/octet-stream", SHANGHAI)
     assert (bad.notifications, bad.skipped) == ([], 1)
     huge = parse_push(b"{" + b" " * 300_000 + b"}", "application/json", SHANGHAI)
