@@ -369,7 +369,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--host")
     t.add_argument("--port", type=int)
     t.add_argument("--root", help="topic root, e.g. campus/school-a/gw1 (default campus/+/+)")
-    t.add_argument("--protocol", choices=["5", "3.1.1"])
+    t.add_argument(
+        "--protocol",
+        choices=["5", "3.1.1"],
+        help="MQTT version (default 5: 3.1.1 by itself when the broker refuses 5) / MQTT 版本",
+    )
     t.add_argument(
         "--view", action="store_true", help="live dashboard instead of one line per message"
     )

@@ -40,14 +40,13 @@ from edge_agent.driver import DoorOpener, Snapshotter, Writable
 from edge_agent.envelope import iso_ms
 from edge_agent.errors import DeviceError
 from edge_agent.signing import SIGNED_COMMANDS, WINDOW_S, SignatureError, verify
+from edge_agent.topics import Topics
 
 log = logging.getLogger(__name__)
 
 MAX_PAYLOAD = 64 * 1024
 REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _REQUEST_ID_PEEK = re.compile(rb'"request_id"\s*:\s*"([A-Za-z0-9_-]{1,64})"')
-#: where answers go when the request had no usable request_id
-INVALID_REQUEST_TOPIC = "invalid"
 #: levels of a response topic below ROOT/cmd_result/
 _RESPONSE_LEVELS = re.compile(r"[A-Za-z0-9_-]{1,64}(?:/[A-Za-z0-9_-]{1,64}){0,3}")
 #: commands that are audited (logged and published as an event on their device)
@@ -171,6 +170,7 @@ class CommandRouter:
     ) -> None:
         self._reply = reply
         self.root = root
+        self.topics = Topics(root)
         self._key = key
         self.queue_max = queue_max
         self.deadline_s = deadline_s
@@ -218,7 +218,7 @@ class CommandRouter:
     # -- where answers go --------------------------------------------------------
     def answer_topic(self, request_id: str | None, response_topic: str | None) -> str:
         """The MQTT 5 response topic when it lies under ``ROOT/cmd_result/``, else the default."""
-        prefix = f"{self.root}/cmd_result/"
+        prefix = self.topics.cmd_result_prefix
         if response_topic is not None:
             rest = response_topic[len(prefix) :] if response_topic.startswith(prefix) else None
             if rest is not None and _RESPONSE_LEVELS.fullmatch(rest):
@@ -231,7 +231,7 @@ class CommandRouter:
                 prefix,
                 prefix,
             )
-        return prefix + (request_id or INVALID_REQUEST_TOPIC)
+        return self.topics.cmd_result(request_id)
 
     def _quiet_warning(self, key: str, msg: str, *args: Any) -> None:
         self._quiet(logging.WARNING, key, msg, *args)

@@ -31,6 +31,7 @@ from edge_agent.driver import DeviceStateName, Event, Quality, Value
 from edge_agent.envelope import Lane, iso_ms
 from edge_agent.errors import NotDurableError
 from edge_agent.outbox.store import CURSOR, Outbox
+from edge_agent.topics import Topics
 
 __all__ = ["Event", "OutboxLink"]
 
@@ -52,7 +53,7 @@ class OutboxLink:
         self.device_id = device_id
         self._outbox = outbox
         self._gate = gate
-        self._topic = f"{root}/events/{device_id}"
+        self._topic = Topics(root).events(device_id)
         self._state_sink = state_sink
         self._state: DeviceStateName | None = None
         self._reason: str | None = None

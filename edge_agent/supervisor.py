@@ -40,6 +40,7 @@ from edge_agent.outbox.store import Outbox
 from edge_agent.poll import PollLoop, backoff_delay
 from edge_agent.procstats import ProcessStats
 from edge_agent.sdnotify import SystemdNotifier, watchdog_loop
+from edge_agent.topics import Topics, root_of
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class OutboxEmitter:
     def __init__(self, outbox: Outbox, root: str) -> None:
         self.outbox = outbox
         self.root = root
+        self.topics = Topics(root)
         #: the last value of every metric by device: the "old" value of a write's audit
         self.last: dict[str, dict[str, Value]] = {}
 
@@ -64,7 +66,7 @@ class OutboxEmitter:
         self.last.setdefault(device_id, {}).update(data)
         self.outbox.put(
             Lane.TELEMETRY,
-            f"{self.root}/telemetry/{device_id}",
+            self.topics.telemetry(device_id),
             device=device_id,
             kind="telemetry",
             ts=time.time() if ts is None else ts,
@@ -77,7 +79,7 @@ class OutboxEmitter:
     ) -> None:
         self.outbox.put(
             Lane.EVENT,
-            f"{self.root}/events/{device_id}",
+            self.topics.events(device_id),
             device=device_id,
             kind="event",
             ts=time.time() if ts is None else ts,
@@ -92,7 +94,7 @@ def mqtt_settings(cfg: AgentConfigBase) -> MqttSettings:
     return MqttSettings(
         host=m.host,
         port=m.port or (8883 if tls else 1883),
-        root=f"{m.topic_prefix}/{cfg.site.id}/{cfg.site.gateway_id}",
+        root=root_of(m.topic_prefix, cfg.site.id, cfg.site.gateway_id),
         client_id=m.client_id or f"edge-{cfg.site.id}-{cfg.site.gateway_id}",
         protocol=m.protocol,
         username=m.username,
@@ -156,6 +158,7 @@ class Agent:
         self.config_path = Path(config_path)
         self.settings = mqtt_settings(cfg)
         self.root = self.settings.root
+        self.topics = Topics(self.root)
         o = cfg.outbox
         self.outbox = Outbox(
             (self.config_path.parent / o.path) if not Path(o.path).is_absolute() else o.path,
@@ -269,7 +272,7 @@ class Agent:
         return meta
 
     def _state_sink(self, device_id: str, payload: dict[str, Any]) -> None:
-        self.publisher.set_retained(f"{self.root}/devices/{device_id}/state", payload)
+        self.publisher.set_retained(self.topics.device_state(device_id), payload)
 
     # -- running ------------------------------------------------------------------
     def stop(self) -> None:
@@ -307,7 +310,7 @@ class Agent:
         try:
             for dev_id, driver in self.drivers.items():
                 self.publisher.set_retained(
-                    f"{self.root}/devices/{dev_id}/meta", self._meta(dev_id, driver)
+                    self.topics.device_meta(dev_id), self._meta(dev_id, driver)
                 )
             async with asyncio.TaskGroup() as tg:
                 main = [
@@ -546,7 +549,7 @@ class Agent:
         }
 
     async def _health_loop(self) -> None:
-        topic = f"{self.root}/health"
+        topic = self.topics.health
         while True:
             await asyncio.sleep(min(5.0, self.settings.keepalive_s))
             try:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from edge_agent.envelope import Lane, iso_ms, new_ulid
+from edge_agent.topics import Topics
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +147,7 @@ class AlarmBook:
         store: AlarmStore | None = None,
     ) -> None:
         self.root = root
+        self.topics = Topics(root)
         self._put = put
         self._set_retained = set_retained
         self.language = language
@@ -187,7 +189,7 @@ class AlarmBook:
             if alarm.state == "shelved":
                 self._unshelve(alarm)
             else:
-                self._set_retained(f"{self.root}/alarms/active/{alarm.alarm_id}", alarm.data())
+                self._set_retained(self.topics.alarm_active(alarm.alarm_id), alarm.data())
         if restored:
             log.info("%d alarms from before the restart are still open", len(restored))
         return len(restored)
@@ -195,7 +197,7 @@ class AlarmBook:
     def _emit(self, alarm: Alarm) -> None:
         self._put(
             Lane.ALARM,
-            f"{self.root}/alarms",
+            self.topics.alarms,
             device=alarm.device,
             kind="alarm",
             ts=time.time(),
@@ -203,7 +205,7 @@ class AlarmBook:
         )
         visible = alarm.state != "cleared"
         self._set_retained(
-            f"{self.root}/alarms/active/{alarm.alarm_id}", alarm.data() if visible else None
+            self.topics.alarm_active(alarm.alarm_id), alarm.data() if visible else None
         )
         if not visible:
             self.alarms.pop(alarm.alarm_id, None)

@@ -21,11 +21,8 @@ state here is touched from the event loop only.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import errno
 import json
 import logging
-import socket
 import ssl
 import threading
 import time
@@ -35,16 +32,31 @@ from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge_agent.envelope import Lane, iso_ms, mark_historical
 from edge_agent.errors import ConfigError
-from edge_agent.mqtt.client import stop_network_thread
+from edge_agent.mqtt.client import (
+    RC_BAD_CREDENTIALS,
+    RC_NOT_AUTHORIZED,
+    RC_SESSION_TAKEN_OVER,
+    RC_UNSPECIFIED,
+    Client,
+    ClientOptions,
+    ConnectionReport,
+    VersionChoice,
+    Will,
+    abort_attempt,
+    build_client,
+    describe_connect_error,
+    host_port,
+    protocol_name,
+    stop_network_thread,
+)
 from edge_agent.mqtt.tls import TlsFileError, TlsSettings, client_context
-from edge_agent.mqtt.tls import describe_error as describe_tls_error
 from edge_agent.outbox.store import Outbox, Row
+from edge_agent.topics import Topics
 
 log = logging.getLogger(__name__)
 
@@ -103,203 +115,12 @@ def _dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-# -- connection: which MQTT version, why an attempt failed, what reaches the log ------------
-
-#: MQTT 5 reason codes (paho maps the 3.1.1 CONNACK return codes onto them).
-_RC_UNSUPPORTED_PROTOCOL = 0x84
-_RC_BAD_CREDENTIALS = 0x86
-_RC_NOT_AUTHORIZED = 0x87
-_RC_SESSION_TAKEN_OVER = 0x8E
-#: what paho reports when the socket closed under it (not a keep-alive timeout)
-_RC_UNSPECIFIED = 0x80
-
-#: Short Chinese for each failure reason, after the English text in the same log line.
-_ZH = {
-    "refused": "连接被拒绝（代理未运行或端口错误）",
-    "dns": "主机名无法解析",
-    "unreachable": "网络不可达",
-    "timeout": "连接超时",
-    "tls": "TLS 证书校验失败",
-    "credentials": "用户名或密码错误 / 无权限",
-    "taken_over": "另一客户端使用相同的 client_id 接管了会话",
-    "closed": "代理关闭了连接",
-    "lost": "连接中断",
-    "rejected": "代理拒绝连接",
-    "error": "连接失败",
-}
-
-
-def protocol_name(protocol: int) -> str:
-    """``"5"`` or ``"3.1.1"``, as in the config and on ``ROOT/health``."""
-    return "5" if protocol == MQTTProtocolVersion.MQTTv5 else "3.1.1"
-
-
-def describe_connect_error(err: OSError, tls: TlsSettings | None = None) -> tuple[str, str]:
-    """``(reason key, text)`` for an exception raised while opening the connection; ``tls``
-    (the settings in use) lets a TLS failure name the CA it was checked against."""
-    if isinstance(err, ConnectionRefusedError):
-        return "refused", "connection refused (no broker listening on that port?)"
-    if isinstance(err, socket.gaierror):
-        return "dns", f"host name not resolved ({err.strerror or err})"
-    if isinstance(err, ssl.SSLError | ssl.CertificateError):
-        return "tls", describe_tls_error(err, tls)
-    if isinstance(err, TimeoutError):
-        return "timeout", "connection timed out"
-    if err.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL):
-        return "unreachable", f"network unreachable ({err.strerror or err})"
-    return "error", f"{type(err).__name__}: {err}"
-
-
-class ConnectionReport:
-    """What connection trouble writes to the log, sparing the SD card.
-
-    The first failure is one WARNING with its reason; repeats of the same reason go to
-    DEBUG, with a WARNING summary at most every ``summary_s``; the recovery is one INFO.
-    A connection that ends within ``stable_s`` of coming up (two gateways with the same
-    client id taking the session from each other every second) continues the streak
-    instead of starting a new one; once the link has stayed up for ``stable_s``,
-    :meth:`check_stable` ends the streak and says so if failures went only to DEBUG
-    after the recovery line.
-    """
-
-    def __init__(
-        self,
-        where: str,
-        *,
-        summary_s: float = 300.0,
-        stable_s: float = 60.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.where = where
-        self.summary_s = summary_s
-        self.stable_s = stable_s
-        self._clock = clock
-        self._key: str | None = None  # reason of the current streak of failures
-        self._failures = 0
-        self._since = 0.0
-        self._summarised_at = 0.0
-        self._announced = False  # the recovery INFO of this streak is written
-        self._quiet = 0  # failures only at DEBUG since the last WARNING/INFO line
-        self._up_since: float | None = None
-
-    @property
-    def failing(self) -> bool:
-        return self._key is not None
-
-    def failed(self, key: str, text: str) -> None:
-        """A connection attempt failed."""
-        now = self._clock()
-        self._up_since = None
-        if key != self._key:
-            first = self._key is None
-            self._key, self._failures, self._since = key, 1, now
-            self._summarised_at, self._announced, self._quiet = now, False, 0
-            log.warning(
-                "MQTT broker %s: %s%s / MQTT 代理 %s：%s",
-                self.where,
-                text,
-                "" if first else " (reason changed)",
-                self.where,
-                _ZH.get(key, _ZH["error"]),
-            )
-            return
-        self._failures += 1
-        self._quiet += 1
-        if now - self._summarised_at >= self.summary_s:
-            log.warning(
-                "MQTT broker %s: still failing, %d attempts in %.0f s: %s "
-                "/ MQTT 代理 %s 仍连接失败（%d 次）：%s",
-                self.where,
-                self._failures,
-                now - self._since,
-                text,
-                self.where,
-                self._failures,
-                _ZH.get(key, _ZH["error"]),
-            )
-            self._summarised_at, self._quiet = now, 0
-        else:
-            log.debug("MQTT broker %s: %s (attempt %d)", self.where, text, self._failures)
-
-    def lost(self, key: str, text: str) -> None:
-        """An established connection ended."""
-        if self._up_since is not None and self._clock() - self._up_since >= self.stable_s:
-            self._key = None  # it was up long enough: this is new trouble
-        self.failed(key, text)
-
-    def connected(self, protocol: str) -> None:
-        now = self._clock()
-        self._up_since = now
-        if self._key is None:
-            log.info("MQTT connected to %s with MQTT %s", self.where, protocol)
-        elif not self._announced:
-            log.info(
-                "MQTT connected to %s with MQTT %s after %d failed attempts in %.0f s "
-                "/ 已连接 MQTT 代理",
-                self.where,
-                protocol,
-                self._failures,
-                now - self._since,
-            )
-            self._announced, self._quiet = True, 0
-        else:
-            log.debug("MQTT connected to %s again with MQTT %s", self.where, protocol)
-
-    def check_stable(self) -> None:
-        """Called ``stable_s`` after a connect; ends the streak if the link stayed up."""
-        up = self._up_since
-        if self._key is None or up is None or self._clock() - up < self.stable_s:
-            return
-        if self._quiet:
-            log.info(
-                "MQTT connection to %s stable again after %d failed attempts / MQTT 连接已稳定",
-                self.where,
-                self._failures,
-            )
-        self._key = None
-
-
-class _Client(mqtt.Client):
-    """paho's client, telling the publisher about every connection attempt.
-
-    paho's own reconnect loop (in its network thread) swallows the exception of a
-    failed attempt; :meth:`reconnect` hands it on first. ``next_protocol`` makes the
-    next attempt use another MQTT version: paho has no public way to change the version
-    of a client, and its CONNACK handler steps down from 3.1.1 to 3.1 the same way
-    (setting ``_protocol``).
-    """
-
-    def __init__(
-        self,
-        *args: Any,
-        on_attempt: Callable[[_Client, int], None],
-        on_attempt_error: Callable[[_Client, OSError], None],
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        self._on_attempt = on_attempt
-        self._on_attempt_error = on_attempt_error
-        self.next_protocol: MQTTProtocolVersion | None = None
-
-    def reconnect(self) -> MQTTErrorCode:
-        want = self.next_protocol
-        if want is not None and want != self._protocol:
-            self._protocol = want
-            if want != MQTTProtocolVersion.MQTTv5:
-                self._clean_session = True  # a 3.1.1 CONNECT needs it; unset for MQTT 5
-        self._on_attempt(self, int(self._protocol))
-        try:
-            return super().reconnect()
-        except OSError as err:
-            self._on_attempt_error(self, err)
-            raise
-
-
 class Publisher:
     """Publishes committed outbox rows and the retained state topics."""
 
     def __init__(self, settings: MqttSettings, outbox: Outbox) -> None:
         self.s = settings
+        self.topics = Topics(settings.root)
         self.outbox = outbox
         self.stats = PublisherStats()
         self.connected = asyncio.Event()
@@ -326,13 +147,12 @@ class Publisher:
         self._commit_requested = False
         self._tls_context = _tls_context(settings)
         # -- connection state (event loop side) --
-        self._report = ConnectionReport(host_port(settings.host, settings.port))
-        self._protocol_in_use: str | None = None  # of the current or last connection
-        self._attempt_protocol = int(_protocol(settings.protocol))
+        self._report = ConnectionReport(host_port(settings.host, settings.port), logger=log)
+        # which MQTT version the next CONNECT uses; the one of the current or last connection
+        self._version = VersionChoice(settings.protocol, self._report.where, logger=log)
         self._answered = True  # the current attempt got a CONNACK
         self._overdue = False  # ... or we gave up waiting for it
         self._connack_timer: asyncio.TimerHandle | None = None
-        self._fallback_announced = False
         self._stable_timer: asyncio.TimerHandle | None = None
         self._connected_at = 0.0
         self._quick_losses = 0  # connections in a row the broker closed soon after CONNACK
@@ -380,7 +200,7 @@ class Publisher:
     @property
     def protocol(self) -> str | None:
         """MQTT version of the current (or last) connection: ``"5"``, ``"3.1.1"`` or None."""
-        return self._protocol_in_use
+        return self._version.in_use
 
     # -- paho plumbing -------------------------------------------------------
     def _status_payload(self, state: str, reason: str | None = None) -> dict[str, Any]:
@@ -395,25 +215,23 @@ class Publisher:
             )
         return p
 
-    def _make_client(self) -> mqtt.Client:
+    def _make_client(self) -> Client:
         s = self.s
-        proto = _protocol(s.protocol)
-        kwargs: dict[str, Any] = {"client_id": s.client_id, "protocol": proto}
-        if proto == mqtt.MQTTv311:
-            kwargs["clean_session"] = True
-        client = _Client(
-            CallbackAPIVersion.VERSION2,
+        options = ClientOptions(
+            client_id=s.client_id,
+            protocol=s.protocol,
+            username=s.username,
+            password=s.password,
+            tls=self._tls_context,
+            will=Will(self.topics.status, _dumps({"state": "offline", "reason": "lost"})),
+            reconnect_min_s=s.reconnect_min_s,
+            reconnect_max_s=s.reconnect_max_s,
+        )
+        client = build_client(
+            options,
             on_attempt=lambda c, p: self._call(self._on_attempt, c, p),
             on_attempt_error=lambda c, e: self._call(self._on_attempt_error, c, e),
-            **kwargs,
         )
-        if s.username:
-            client.username_pw_set(s.username, s.password)
-        if self._tls_context is not None:
-            client.tls_set_context(self._tls_context)
-        will = _dumps({"state": "offline", "reason": "lost"})
-        client.will_set(f"{s.root}/status", will, qos=1, retain=True)
-        client.reconnect_delay_set(int(max(1, s.reconnect_min_s)), int(max(1, s.reconnect_max_s)))
         # Our own window decides what is handed to paho, so paho's is unlimited (0).
         # With a limit, paho 2.2 marks the excess "queued" at a reconnect and its
         # CONNACK handler returns at the first queued message, never re-sending the
@@ -497,7 +315,7 @@ class Publisher:
     def _on_attempt(self, client: mqtt.Client, protocol: int) -> None:
         if client is not self._client:
             return
-        self._attempt_protocol = protocol
+        self._version.attempting(protocol)
         self._answered = False
         self._overdue = False
         log.debug("MQTT connecting to %s with MQTT %s", self._report.where, protocol_name(protocol))
@@ -514,12 +332,7 @@ class Publisher:
         # Close the socket under paho: its network thread sees the connection end, calls
         # on_disconnect (handled below as "no answer") and tries again.
         self._overdue = True
-        sock = client.socket()
-        if isinstance(sock, socket.socket):
-            with contextlib.suppress(OSError):
-                # The plain socket's shutdown, also for TLS: SSLSocket.shutdown would drop
-                # its SSL object under paho's thread.
-                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        abort_attempt(client)
 
     def _cancel_connack_timer(self) -> None:
         if self._connack_timer is not None:
@@ -536,40 +349,17 @@ class Publisher:
         self._answer()
         self._report.failed(*describe_connect_error(err, self._tls_settings()))
 
-    def _use_protocol(self, client: mqtt.Client, protocol: MQTTProtocolVersion) -> None:
-        if isinstance(client, _Client):
-            client.next_protocol = protocol
-
     def _on_refused(self, client: mqtt.Client, code: int, reason: str) -> None:
         """The broker answered CONNECT with a failure (or closed without answering)."""
-        v5 = self._attempt_protocol == MQTTProtocolVersion.MQTTv5
-        if code == _RC_UNSUPPORTED_PROTOCOL and v5 and self._may_fall_back():
-            self._fall_back(client, f"it answered '{reason}'")
+        if self._version.refused(client, code, reason):
             return
-        if code in (_RC_BAD_CREDENTIALS, _RC_NOT_AUTHORIZED):
+        if code in (RC_BAD_CREDENTIALS, RC_NOT_AUTHORIZED):
             who = f"user {self.s.username!r}" if self.s.username else "no user name"
             self._report.failed(
                 "credentials", f"bad credentials: the broker answered '{reason}' ({who})"
             )
             return
         self._report.failed("rejected", f"the broker refused the connection: '{reason}'")
-
-    def _may_fall_back(self) -> bool:
-        # Only when MQTT 5 is configured, and not once 3.1.1 worked for this broker.
-        return self.s.protocol == "5" and self._protocol_in_use != "3.1.1"
-
-    def _fall_back(self, client: mqtt.Client, why: str) -> None:
-        self._use_protocol(client, MQTTProtocolVersion.MQTTv311)
-        if self._fallback_announced:
-            log.debug("MQTT broker %s refused MQTT 5 (%s): trying 3.1.1", self._report.where, why)
-            return
-        self._fallback_announced = True
-        log.info(
-            "MQTT broker %s does not accept MQTT 5 (%s): trying MQTT 3.1.1 "
-            "/ MQTT 代理不支持 MQTT 5，改用 MQTT 3.1.1",
-            self._report.where,
-            why,
-        )
 
     def _on_connect(self, client: mqtt.Client, failed: bool, code: int, reason: str) -> None:
         if client is not self._client:
@@ -581,10 +371,8 @@ class Publisher:
             return
         self.stats.connects += 1
         self._connected_at = time.monotonic()
-        self._protocol_in_use = protocol_name(self._attempt_protocol)
-        # Keep the version that worked for the next reconnects too.
-        self._use_protocol(client, _protocol(self._protocol_in_use))
-        self._report.connected(self._protocol_in_use)
+        # Keeps the version that worked for the next reconnects too.
+        self._report.connected(self._version.connected(client))
         if self._loop is not None:
             self._cancel_stable_timer()
             self._stable_timer = self._loop.call_later(
@@ -597,9 +385,9 @@ class Publisher:
         self._cursor = dict.fromkeys(Lane, 0)
         self._buf.clear()
         self._backlog_done = False
-        client.subscribe(f"{self.s.root}/cmd/+", qos=1)
+        client.subscribe(self.topics.cmd_subscription, qos=1)
         self._publish_direct(
-            f"{self.s.root}/status", _dumps(self._status_payload("online")), qos=1, retain=True
+            self.topics.status, _dumps(self._status_payload("online")), qos=1, retain=True
         )
         for topic, (data, qos) in list(self._retained.items()):
             self._publish_direct(topic, data, qos=qos, retain=True)
@@ -618,13 +406,13 @@ class Publisher:
         quick = up_s < max(10.0, 3 * self.s.reconnect_min_s)
         self._quick_losses = self._quick_losses + 1 if quick else 0
         twins = f"another client with the same client id {self.s.client_id!r}"
-        if from_broker and code == _RC_SESSION_TAKEN_OVER:
+        if from_broker and code == RC_SESSION_TAKEN_OVER:
             self._report.lost(
                 "taken_over", f"session taken over by {twins} (two gateways with one config?)"
             )
         elif from_broker:
             self._report.lost("closed", f"the broker closed the connection: '{reason}'")
-        elif code == _RC_UNSPECIFIED and self._quick_losses >= 2:
+        elif code == RC_UNSPECIFIED and self._quick_losses >= 2:
             # mosquitto 2.0 and RabbitMQ close the older of two connections with one
             # client id without a word, even over MQTT 5: the sign is a connection that
             # comes up at once and is closed again within seconds, over and over.
@@ -656,22 +444,16 @@ class Publisher:
         self._answer()
         # No answer to our CONNECT: RabbitMQ 3.x closes the connection on MQTT 5, amqtt
         # waits for bytes that never come (see connack_timeout_s).
-        v5 = self._attempt_protocol == MQTTProtocolVersion.MQTTv5
         why = (
             f"it did not answer within {self.s.connack_timeout_s:g} s"
             if self._overdue
             else "it closed the connection without answering"
         )
-        if v5 and self._may_fall_back():
-            self._fall_back(client, why)
+        if self._version.unanswered(client, why):
             return
-        if not v5 and self.s.protocol == "5" and self._protocol_in_use is None:
-            # 3.1.1 fared no better: try MQTT 5 again next time.
-            self._use_protocol(client, MQTTProtocolVersion.MQTTv5)
         self._report.failed(
             "closed",
-            f"no answer to CONNECT (MQTT {protocol_name(self._attempt_protocol)}): {why} "
-            f"('{reason}')",
+            f"no answer to CONNECT (MQTT {self._version.attempt_name}): {why} ('{reason}')",
         )
 
     def _on_puback(self, mid: int) -> None:
@@ -698,10 +480,9 @@ class Publisher:
         correlation: bytes | None,
         expiry: int | None = None,
     ) -> None:
-        prefix = f"{self.s.root}/cmd/"
-        if not topic.startswith(prefix) or self._command_handler is None:
+        command = self.topics.command_of(topic)
+        if command is None or self._command_handler is None:
             return
-        command = topic[len(prefix) :]
         handler = self._command_handler
         expiry_s = None if expiry is None else float(expiry)
         task = asyncio.ensure_future(
@@ -775,7 +556,7 @@ class Publisher:
         self._stopping = True
         if client.is_connected():
             info = client.publish(
-                f"{self.s.root}/status",
+                self.topics.status,
                 _dumps(self._status_payload("offline", "shutdown")),
                 qos=1,
                 retain=True,
@@ -889,15 +670,6 @@ def _tls_context(s: MqttSettings) -> ssl.SSLContext | None:
         return client_context(tls)
     except TlsFileError as err:
         raise ConfigError([f"mqtt.tls.{err.key}  {err}"]) from err
-
-
-def host_port(host: str, port: int) -> str:
-    """``host:port`` for logs, with an IPv6 literal in brackets."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _protocol(name: str) -> MQTTProtocolVersion:
-    return MQTTProtocolVersion.MQTTv5 if name == "5" else MQTTProtocolVersion.MQTTv311
 
 
 def _log_task_error(task: asyncio.Future[None]) -> None:

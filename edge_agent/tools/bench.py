@@ -50,6 +50,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from edge_agent.topics import RootPattern, Topics, classify, root_of
+
 if TYPE_CHECKING:  # paho is imported only when a part runs: `edge-agent --help` stays quick
     import paho.mqtt.client as mqtt
 
@@ -57,7 +59,8 @@ if TYPE_CHECKING:  # paho is imported only when a part runs: `edge-agent --help`
 PARTS = ("campus", "ingest", "drain", "latency")
 SITE_ID = "bench-school"
 GATEWAY_ID = "gw1"
-ROOT = f"campus/{SITE_ID}/{GATEWAY_ID}"
+ROOT = root_of("campus", SITE_ID, GATEWAY_ID)
+TOPICS = Topics(ROOT)
 ALARM_PERIOD_S = 0.05
 #: A Raspberry Pi 4 core is roughly this many times slower than a current x86 server core.
 PI4_SLOWDOWN = (4.0, 6.0)
@@ -340,7 +343,8 @@ def _progress(text: str) -> None:
 
 
 class _Subscriber:
-    """A paho client on its own thread that hands every message to ``on_message``."""
+    """A subscriber on its own thread that hands every message to ``on_message``
+    (the agent's client wrapper: MQTT 5 first, 3.1.1 when the broker refuses it)."""
 
     def __init__(
         self,
@@ -352,40 +356,25 @@ class _Subscriber:
         protocol: str = "5",
         client_id: str = "bench-sub",
     ) -> None:
+        from edge_agent.mqtt.client import ClientOptions, Subscriber
+
         self.host, self.port, self.topics = host, port, list(topics)
         self._on_message = on_message
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
+        self.session = Subscriber(
+            ClientOptions(client_id=client_id, protocol=protocol), self.topics, self._cb_message
+        )
 
-        proto = mqtt.MQTTv5 if protocol == "5" else mqtt.MQTTv311
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=proto)
-        self._subscribed = threading.Event()
-        self.client.on_connect = self._cb_connect
-        self.client.on_subscribe = self._cb_subscribe
-        self.client.on_message = self._cb_message
-
-    def _cb_connect(self, client: mqtt.Client, *_: Any) -> None:
-        client.subscribe([(t, 1) for t in self.topics])
-
-    def _cb_subscribe(self, *_: Any) -> None:
-        self._subscribed.set()
-
-    def _cb_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+    def _cb_message(self, msg: mqtt.MQTTMessage) -> None:
         self._on_message(msg.topic, bytes(msg.payload), bool(msg.retain), time.monotonic())
 
     def start(self, timeout_s: float = 10.0) -> None:
-        self.client.connect(self.host, self.port, keepalive=30)
-        self.client.loop_start()
-        if not self._subscribed.wait(timeout_s):
+        self.session.start(self.host, self.port)
+        if not self.session.subscribed.wait(timeout_s):
             self.stop()
             raise BenchError(f"subscriber could not subscribe on {self.host}:{self.port}")
 
     def stop(self) -> None:
-        with contextlib.suppress(Exception):
-            self.client.disconnect()
-        from edge_agent.mqtt.client import stop_network_thread
-
-        stop_network_thread(self.client)
+        self.session.stop()
 
 
 def _air_reading(i: int) -> dict[str, float | int]:
@@ -410,7 +399,7 @@ async def _fill_outbox(outbox: Any, n: int, batch: int) -> float:
     from edge_agent.envelope import Lane
 
     devices = _device_ids()
-    topics = [f"{ROOT}/telemetry/{d}" for d in devices]
+    topics = [TOPICS.telemetry(d) for d in devices]
     nd = len(devices)
     t0 = time.perf_counter()
     ts = time.time()
@@ -545,7 +534,7 @@ async def run_drain(
             sub = _Subscriber(
                 host,
                 port,
-                [f"{ROOT}/alarms"],
+                [TOPICS.alarms],
                 on_alarm,
                 protocol=protocol,
                 client_id="bench-alarms",
@@ -577,7 +566,7 @@ async def run_drain(
             if alarms and backlog_left and now >= next_alarm:
                 outbox.put(
                     Lane.ALARM,
-                    f"{ROOT}/alarms",
+                    TOPICS.alarms,
                     device="bench",
                     kind="alarm",
                     ts=time.time(),
@@ -692,7 +681,7 @@ def run_bare_paho(
 
     client.on_connect = on_connect
     client.on_publish = on_publish
-    topics = [f"{ROOT}/telemetry/{d}" for d in _device_ids()]
+    topics = [TOPICS.telemetry(d) for d in _device_ids()]
     client.connect(host, port, keepalive=30)
     client.loop_start()
     try:
@@ -834,16 +823,20 @@ def run_campus(
         online = threading.Event()
         lock = threading.Lock()
 
+        pattern = RootPattern(ROOT)
+
         def on_message(topic: str, payload: bytes, retain: bool, now: float) -> None:
-            if topic == f"{ROOT}/status":
+            if topic == TOPICS.status:
                 if b'"online"' in payload:
                     online.set()
-            elif not retain and topic.startswith((f"{ROOT}/telemetry/", f"{ROOT}/events/")):
+                return
+            split = pattern.split(topic)
+            if not retain and split and classify(split[1])[0] in ("telemetry", "event"):
                 with lock:
                     counts["messages"] += 1
 
         sub = _Subscriber(
-            host, port, [f"{ROOT}/#"], on_message, protocol=protocol, client_id="bench-campus"
+            host, port, [TOPICS.everything], on_message, protocol=protocol, client_id="bench-campus"
         )
         sub.start()
         agent_argv = [sys.executable, "-m", "edge_agent", "run", "-c", str(cfg_path)]

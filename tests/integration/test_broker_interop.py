@@ -11,8 +11,11 @@ its answer. RabbitMQ also wants a user name and password, and maps ``.`` in topi
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
+import os
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,8 @@ import pytest
 from edge_agent.config.loader import load_config
 from edge_agent.simulators.campus import CampusSim
 from edge_agent.supervisor import Agent
+from edge_agent.tools.bench import _Subscriber
+from edge_agent.tools.tail.model import ContractState, run_console
 from tests.contract import check_envelope
 from tests.e2e.helpers import agent_config
 from tests.mqtt_helpers import MqttBroker, Received, mqtt_subscriber, publish
@@ -133,3 +138,69 @@ async def test_agent_falls_back_to_311_and_works_through_the_broker(
         finally:
             agent.stop()
             await asyncio.wait_for(task, 30)
+
+
+async def test_tail_falls_back_to_311_and_shows_what_the_broker_delivers(
+    broker: MqttBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    # `edge-agent tail` as it ships (MQTT 5) against a broker that refuses MQTT 5: it must
+    # get there by itself, like the agent, and say which version it uses.
+    caplog.set_level(logging.INFO, "edge_agent.tools.tail.model")
+    root = f"campus/tail-{os.urandom(3).hex()}/gw1"
+    topic = f"{root}/telemetry/b1-r101-air"
+    payload = json.dumps({"v": 1, "msg_id": "t1", "epoch": "ep1", "seq": 1,
+                          "ts": "2026-11-29T08:00:00.000Z", "device": "b1-r101-air",
+                          "kind": "telemetry", "historical": False,
+                          "data": {"co2": 812}, "quality": "good"}).encode()  # fmt: skip
+    out = io.StringIO()
+    state = ContractState(root)
+    console = asyncio.create_task(
+        run_console(
+            broker.host,
+            broker.port,
+            root,
+            protocol="5",
+            out=out,
+            state=state,
+            username=getattr(broker, "username", None),
+            password=getattr(broker, "password", None),
+        )
+    )
+    try:
+
+        async def keep_publishing() -> None:
+            # Live messages only reach it once it has subscribed: repeat until one did.
+            while "b1-r101-air" not in state.devices:
+                await asyncio.to_thread(publish, broker, topic, payload, 1, False, broker.protocol)
+                await asyncio.sleep(0.2)
+
+        await asyncio.wait_for(keep_publishing(), 30)
+    finally:
+        console.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await console
+    text = out.getvalue()
+    assert state.devices["b1-r101-air"].values["co2"].value == 812
+    assert "co2=812" in text
+    assert "broker connected (MQTT 3.1.1)" in text
+    # the refused MQTT 5 attempt is the expected way there, not a disconnection
+    assert "broker disconnected" not in text
+    assert "does not accept MQTT 5" in caplog.text
+
+
+def test_bench_subscriber_falls_back_to_311(amqtt_broker: MqttBroker) -> None:
+    # bench's subscribers are the agent's client wrapper too: MQTT 5 refused, 3.1.1 works.
+    got = threading.Event()
+    topic = f"campus/bench-{os.urandom(3).hex()}/gw1/status"
+
+    def on_message(t: str, payload: bytes, retain: bool, now: float) -> None:
+        if t == topic and payload == b"hello":
+            got.set()
+
+    sub = _Subscriber(amqtt_broker.host, amqtt_broker.port, [topic], on_message, protocol="5")
+    sub.start(timeout_s=30)
+    try:
+        publish(amqtt_broker, topic, b"hello", protocol=amqtt_broker.protocol)
+        assert got.wait(10), "the bench subscriber received nothing"
+    finally:
+        sub.stop()

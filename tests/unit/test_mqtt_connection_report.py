@@ -12,8 +12,9 @@ import ssl
 
 import pytest
 
-from edge_agent.mqtt.publisher import ConnectionReport, describe_connect_error, host_port
+from edge_agent.mqtt.client import ConnectionReport, describe_connect_error, host_port
 
+# The report writes through its owner's logger (the publisher's, in the agent).
 LOGGER = "edge_agent.mqtt.publisher"
 
 
@@ -30,7 +31,13 @@ def lines(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
 
 
 def make(clock: FakeClock) -> ConnectionReport:
-    return ConnectionReport("broker.example:1883", summary_s=300, stable_s=60, clock=clock)
+    return ConnectionReport(
+        "broker.example:1883",
+        summary_s=300,
+        stable_s=60,
+        clock=clock,
+        logger=logging.getLogger(LOGGER),
+    )
 
 
 def test_an_outage_is_one_warning_a_summary_and_one_info(caplog: pytest.LogCaptureFixture) -> None:

@@ -9,7 +9,11 @@ Three layers, each usable alone::
 
     ContractState.feed(topic, payload, retain)   pure model, no I/O (unit-tested)   here
     render_line / render_dashboard / Dashboard   drawn with rich                    console_view
-    run_console(host, port, root, mode=...)      paho-mqtt subscriber driving both  here
+    run_console(host, port, root, mode=...)      an MQTT subscriber driving both    here
+
+Topics are read with :mod:`edge_agent.topics` and the connection is the agent's own
+client wrapper (:class:`edge_agent.mqtt.client.Subscriber`: MQTT 5 first, 3.1.1 when the
+broker refuses it, TLS, credentials); neither pulls in the publisher or the outbox.
 
 Colours are only used when the output is a terminal (and ``NO_COLOR`` is not set).
 """
@@ -32,17 +36,16 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal, TextIO
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
 from rich.console import Console
 from rich.live import Live
 
-from edge_agent.mqtt.client import stop_network_thread
-from edge_agent.mqtt.tls import describe_error as describe_tls_error
+from edge_agent.mqtt.client import ClientOptions, Subscriber
+from edge_agent.topics import RootPattern, classify
+
+if TYPE_CHECKING:
+    import paho.mqtt.client as mqtt
 
 log = logging.getLogger(__name__)
 
@@ -231,61 +234,6 @@ class _SeqWindow:
                 if overlap > 0:
                     missing -= overlap
         return missing
-
-
-class RootPattern:
-    """``ROOT`` as given on the command line, possibly with ``+`` wildcards."""
-
-    def __init__(self, root: str) -> None:
-        root = root.strip("/")
-        parts = root.split("/") if root else []
-        if not parts or any(p == "" or p == "#" or ("+" in p and p != "+") for p in parts):
-            raise ValueError(
-                f"root must be like 'campus/site/gw' or 'campus/+/+' (no '#'): {root!r}"
-            )
-        self.text = root
-        self.parts = parts
-        self.wildcard = "+" in parts
-
-    @property
-    def subscription(self) -> str:
-        return f"{self.text}/#"
-
-    def split(self, topic: str) -> tuple[str, list[str]] | None:
-        """``(actual root, remaining levels)`` or None when the topic is not under ROOT."""
-        levels = topic.split("/")
-        n = len(self.parts)
-        if len(levels) <= n:
-            return None
-        for pat, lvl in zip(self.parts, levels, strict=False):
-            if pat != "+" and pat != lvl:
-                return None
-        return "/".join(levels[:n]), levels[n:]
-
-
-def classify(rel: list[str]) -> tuple[str, str | None]:
-    """Map the levels below ROOT to ``(kind, id)``; kind ``unknown`` when not in the contract."""
-    n = len(rel)
-    head = rel[0]
-    if n == 1 and head in ("status", "health"):
-        return head, None
-    if head == "devices" and n == 3 and rel[2] in ("meta", "state"):
-        return rel[2], rel[1]
-    if head == "telemetry" and n == 2:
-        return "telemetry", rel[1]
-    if head == "events" and n == 2:
-        return "event", rel[1]
-    if head == "alarms" and n == 1:
-        return "alarm", None
-    if head == "alarms" and n == 3 and rel[1] == "active":
-        return "alarm_active", rel[2]
-    if head == "snapshots" and n >= 2:
-        return "snapshot", rel[1]
-    if head == "cmd_result" and n == 2:
-        return "cmd_result", rel[1]
-    if head == "cmd" and n >= 2:
-        return "cmd", "/".join(rel[1:])
-    return "unknown", None
 
 
 def parse_ts(value: Any) -> float | None:
@@ -793,11 +741,7 @@ async def run_console(
     tty = _is_tty(stream)
     use_color = (tty and "NO_COLOR" not in os.environ) if color is None else color
     inbox: deque[tuple[str, bytes, bool] | tuple[bool, str]] = deque()
-    client_id = f"edge-console-{os.urandom(4).hex()}"
-    stopping = threading.Event()  # set before our own disconnect: not a "lost" connection
-    client = _make_client(
-        client_id, st.pattern, protocol, username, password, tls, keepalive_s, inbox, stopping
-    )
+    session = _subscriber(st.pattern, protocol, username, password, tls, inbox)
     loop = asyncio.get_running_loop()
     deadline = None if duration_s is None else loop.time() + duration_s
     dashboard = Dashboard(st, language)
@@ -828,12 +772,7 @@ async def run_console(
     log.info(
         "console: watching %s on %s:%d (MQTT %s)", st.pattern.subscription, host, port, protocol
     )
-    client.connect_async(host, port, keepalive=keepalive_s)
-    client.loop_start()
-    # paho names its loop_start thread after the client id; we wait for it on stop.
-    paho_thread = next(
-        (th for th in threading.enumerate() if th.name == f"paho-mqtt-client-{client_id}"), None
-    )
+    session.start(host, port, keepalive_s=keepalive_s)
     last_draw = -math.inf
     dirty = True
     try:
@@ -855,8 +794,7 @@ async def run_console(
             tick = _TAIL_TICK_S if mode == "tail" else _REDRAW_MIN_S / 2
             await asyncio.sleep(tick if deadline is None else max(0.0, min(tick, deadline - now)))
     finally:
-        stopping.set()
-        await _stop_client(client, paho_thread)
+        await _stop_client(session)
         _drain(inbox, st, stream, mode, use_color)
         if live is not None:
             live.stop()  # leaves the alternate screen; the last screen stays on the terminal
@@ -867,60 +805,40 @@ async def run_console(
     return st
 
 
-def _make_client(
-    client_id: str,
+def _subscriber(
     pattern: RootPattern,
     protocol: Protocol,
     username: str | None,
     password: str | None,
     tls: bool | ssl.SSLContext,
-    keepalive_s: int,
     inbox: deque[tuple[str, bytes, bool] | tuple[bool, str]],
-    stopping: threading.Event,
-) -> mqtt.Client:
-    proto = mqtt.MQTTv5 if protocol == "5" else mqtt.MQTTv311
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=proto)
-    client.connect_timeout = 3.0
-    client.reconnect_delay_set(min_delay=1, max_delay=10)
-    if username is not None:
-        client.username_pw_set(username, password)
-    if tls is not False:
-        client.tls_set_context(
-            tls if isinstance(tls, ssl.SSLContext) else ssl.create_default_context()
-        )
+) -> Subscriber:
+    options = ClientOptions(
+        client_id=f"edge-console-{os.urandom(4).hex()}",
+        protocol=protocol,
+        username=username,
+        password=password,
+        tls=None
+        if tls is False
+        else (tls if isinstance(tls, ssl.SSLContext) else ssl.create_default_context()),
+        reconnect_min_s=1,
+        reconnect_max_s=10,
+        connect_timeout_s=3.0,
+    )
 
     # These callbacks run on paho's thread: they only append to ``inbox`` (deque.append is
     # thread-safe); the event loop owns ContractState and the output stream.
-    def on_connect(c: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Properties | None) -> None:
-        if rc.is_failure:
-            inbox.append((False, f"refused: {rc}"))
-            return
-        c.subscribe(pattern.subscription, qos=1)
-        inbox.append((True, ""))
-
-    def on_disconnect(
-        _c: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Properties | None
-    ) -> None:
-        if not stopping.is_set():
-            inbox.append((False, str(rc)))
-
-    def on_connect_fail(_c: mqtt.Client, _u: Any) -> None:
-        if not stopping.is_set():
-            # Called inside paho's ``except OSError``: a TLS failure says why.
-            err = sys.exc_info()[1]
-            if isinstance(err, ssl.SSLError | ssl.CertificateError):
-                inbox.append((False, describe_tls_error(err, None)))
-            else:
-                inbox.append((False, "connection failed"))
-
-    def on_message(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+    def on_message(msg: mqtt.MQTTMessage) -> None:
         inbox.append((msg.topic, bytes(msg.payload), bool(msg.retain)))
 
-    client.on_connect = on_connect
-    client.on_disconnect = on_disconnect
-    client.on_connect_fail = on_connect_fail
-    client.on_message = on_message
-    return client
+    return Subscriber(
+        options,
+        [pattern.subscription],
+        on_message,
+        on_up=lambda protocol: inbox.append((True, f"MQTT {protocol}")),
+        on_down=lambda reason: inbox.append((False, reason)),
+        logger=log,
+    )
 
 
 def _drain(
@@ -942,11 +860,15 @@ def _drain(
             state.set_connection(bool(up), str(note))
             if was is not up:
                 if up:
-                    log.info("console: connected, subscribed to %s", state.pattern.subscription)
+                    log.info(
+                        "console: connected (%s), subscribed to %s",
+                        note,
+                        state.pattern.subscription,
+                    )
                 else:
                     log.warning("console: broker connection lost (%s); reconnecting", note)
                 if mode == "tail":
-                    text = "broker connected" if up else f"broker disconnected ({note})"
+                    text = f"broker connected ({note})" if up else f"broker disconnected ({note})"
                     out.write(f"{clock_text(time.time(), None, ms=True)} --------- {text}\n")
             continue
         topic, payload, retain = item
@@ -956,7 +878,7 @@ def _drain(
     return changed
 
 
-async def _stop_client(client: mqtt.Client, paho_thread: threading.Thread | None) -> None:
+async def _stop_client(session: Subscriber) -> None:
     """Disconnect and end paho's thread without blocking the event loop.
 
     ``loop_stop`` joins the network thread, which can sit in a TCP connect for up to
@@ -967,14 +889,11 @@ async def _stop_client(client: mqtt.Client, paho_thread: threading.Thread | None
 
     def stop() -> None:
         try:
-            stop_network_thread(client)
-            if paho_thread is not None:
-                paho_thread.join()
+            session.stop()
         finally:
             with contextlib.suppress(RuntimeError):  # the loop closed while we were stopping
                 loop.call_soon_threadsafe(stopped.set)
 
-    client.disconnect()
     stopper = threading.Thread(target=stop, name="console-mqtt-stop", daemon=True)
     stopper.start()
     try:

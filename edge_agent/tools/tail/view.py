@@ -26,14 +26,13 @@ from rich.text import Text
 from edge_agent.tools.tail.model import (
     ContractState,
     DeviceView,
-    RootPattern,
-    classify,
     decode_payload,
     escape_controls,
     metrics_from_meta,
     parse_health,
     parse_ts,
 )
+from edge_agent.topics import RootPattern, classify
 
 Language = Literal["en", "zh"]
 _R = TypeVar("_R")
