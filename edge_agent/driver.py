@@ -31,6 +31,7 @@ import asyncio
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, tzinfo
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
@@ -140,6 +141,8 @@ class DriverContext:
     config_dir: Path | None = None
     #: per-site HMAC secret for pseudonymising card numbers (None in sites without card readers)
     pseudonym_key: bytes | None = None
+    #: the school's time zone (``site.timezone``), for devices that report local time
+    tz: tzinfo = UTC
     #: the kind's shared listener (an instance of the driver class's ``Hub``), built by
     #: the supervisor; None for kinds without one and in ``check-config``/``doctor``
     hub: Any = None

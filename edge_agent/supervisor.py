@@ -30,7 +30,7 @@ from edge_agent.commands import (
     write_handler,
 )
 from edge_agent.config.loader import AgentConfigBase, kind_settings
-from edge_agent.config.models import SerialBus, TcpBus
+from edge_agent.config.models import SerialBus, TcpBus, site_tz
 from edge_agent.driver import Bus, DriverContext, Hub, HubContext, PushDriver, Quality, Value
 from edge_agent.envelope import Lane, iso_ms
 from edge_agent.errors import OutboxError
@@ -223,6 +223,7 @@ class Agent:
             buses=buses,
             config_dir=base,
             pseudonym_key=pseudonym.encode() if pseudonym else None,
+            tz=site_tz(self.cfg.site.timezone),
         )
         kinds = registry.drivers()
         enabled = [dev for dev in self.devices.values() if dev.enabled]

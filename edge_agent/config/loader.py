@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import logging
 import os
+from datetime import UTC
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args
 
@@ -26,6 +27,7 @@ from edge_agent.config.models import (
     OutboxConfig,
     SiteConfig,
     Strict,
+    site_tz,
 )
 from edge_agent.config.yamlsrc import FileProblems, KeyProblem, SourceError
 from edge_agent.config.yamlsrc import load as load_yaml
@@ -526,12 +528,25 @@ def check_drivers_build(
     problems: list[tuple[Path_, str]] = []
     reported: set[str] = set()
     kinds = registry.drivers()
+    if isinstance(source, AgentConfigBase):
+        zone: Any = source.site.timezone
+    else:
+        site = source.get("site")
+        zone = (
+            site.get("timezone", SiteConfig.model_fields["timezone"].default)
+            if isinstance(site, dict)
+            else None
+        )
+    try:
+        tz = site_tz(zone) if isinstance(zone, str) else UTC
+    except ValueError:
+        tz = UTC  # reported by the site section's own check
     contexts: dict[str, DriverContext] = {}
     for i, dev in devices:
         cls = kinds[dev.kind]
         if dev.kind not in contexts:
             contexts[dev.kind] = DriverContext(
-                buses={}, settings=kind_settings(cls, source), config_dir=base
+                buses={}, settings=kind_settings(cls, source), config_dir=base, tz=tz
             )
         try:
             cls(dev, contexts[dev.kind])
