@@ -10,14 +10,29 @@ the online/offline state of the device. Push devices implement
 reporting is a capability, a small protocol (:class:`Writable`,
 :class:`DoorOpener`, :class:`Snapshotter`, :class:`Diagnosable`) that the
 command handlers check with ``isinstance``.
+
+What a kind brings besides its drivers (all optional class attributes of the driver
+class, so the core never names a kind):
+
+- ``Settings``: a pydantic model of kind-wide settings, whose fields are top-level keys
+  of the config file (Modbus: ``profile_dirs``); the driver gets it as
+  :attr:`DriverContext.settings`;
+- ``check_across(devices, ctx)``: checks across the kind's devices (one unit id per
+  bus, ...) that ``check-config`` runs; see :class:`AcrossContext`;
+- ``Hub``: one shared listener per kind (:class:`Hub`): one UDP socket for every door
+  controller, one set of HTTP routes for every terminal. The supervisor builds one per
+  kind that has devices, hands it to each driver as :attr:`DriverContext.hub`, runs it
+  and closes it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, tzinfo
+from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel
@@ -119,10 +134,75 @@ class DriverContext:
 
     #: buses by id (from the config's ``buses:`` plus implicit TCP endpoints)
     buses: dict[str, Bus]
-    #: directory that holds device profiles (``drivers/modbus/profiles`` by default)
-    profile_dirs: list[str]
+    #: the kind's own settings (an instance of the driver class's ``Settings``), None
+    #: when the kind has none: the driver then uses its defaults
+    settings: Any = None
+    #: the config file's folder: relative paths in the kind's settings start there
+    config_dir: Path | None = None
     #: per-site HMAC secret for pseudonymising card numbers (None in sites without card readers)
     pseudonym_key: bytes | None = None
+    #: the school's time zone (``site.timezone``), for devices that report local time
+    tz: tzinfo = UTC
+    #: the kind's shared listener (an instance of the driver class's ``Hub``), built by
+    #: the supervisor; None for kinds without one and in ``check-config``/``doctor``
+    hub: Any = None
+
+
+#: one problem found by a check: the key path in the config file, and the message
+Problem = tuple[tuple[str | int, ...], str]
+
+
+@dataclass(frozen=True)
+class AcrossContext:
+    """What ``check_across(devices, ctx)`` of a kind may look at besides its devices."""
+
+    #: ids written in ``buses:`` (valid or not: a bus with a typo still exists)
+    bus_ids: frozenset[str]
+    #: the kind's settings (``Settings`` instance) or None
+    settings: Any = None
+    config_dir: Path | None = None
+
+
+class HttpRoutes(Protocol):
+    """The part of the agent's one HTTP server (:class:`edge_agent.http.HttpServer`) a hub
+    sees: it adds its routes (aiohttp ``RouteDef``) while it is built, before the server
+    starts."""
+
+    def add_routes(
+        self, kind: str, routes: Iterable[Any], *, stream: bool = False, start: bool = True
+    ) -> None: ...
+
+
+@dataclass
+class HubContext:
+    """What the core hands a kind's hub when it builds it (no I/O in the constructor)."""
+
+    kind: str
+    #: the kind's settings (``Settings`` instance) or None: where to listen
+    settings: Any
+    #: the enabled devices of this kind (their validated configs), in config order
+    devices: list[Any]
+    #: the agent's HTTP server, for a hub whose class sets ``needs_http = True``
+    #: (``check-config`` then requires ``http.bind`` in the file); None otherwise
+    http: HttpRoutes | None = None
+    config_dir: Path | None = None
+
+
+@runtime_checkable
+class Hub(Protocol):
+    """One shared listener for every device of a kind (a driver class names it in its
+    ``Hub`` class attribute; the class is built as ``Hub(ctx: HubContext)``).
+
+    ``run`` binds and serves until cancelled; it raises when it cannot (an address in
+    use): the supervisor logs it once, reports each device of the kind ``offline`` with
+    the reason, and runs it again with the devices' backoff (1 s -> 300 s). ``close``
+    releases whatever is still open; called once when the agent stops. Drivers register
+    with the hub (see :class:`edge_agent.hub.UdpHub`) in their ``run``.
+    """
+
+    async def run(self) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 @runtime_checkable

@@ -13,6 +13,7 @@ import logging
 import random
 import signal
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +29,9 @@ from edge_agent.commands import (
     snapshot_handler,
     write_handler,
 )
-from edge_agent.config.loader import AgentConfigBase, profile_dirs
-from edge_agent.config.models import SerialBus, TcpBus
-from edge_agent.driver import Bus, DriverContext, PushDriver, Quality, Value
+from edge_agent.config.loader import AgentConfigBase, kind_settings
+from edge_agent.config.models import SerialBus, TcpBus, site_tz
+from edge_agent.driver import Bus, DriverContext, Hub, HubContext, PushDriver, Quality, Value
 from edge_agent.envelope import Lane, iso_ms
 from edge_agent.errors import OutboxError
 from edge_agent.http import HttpServer
@@ -181,6 +182,10 @@ class Agent:
         self.stats = ProcessStats()
         self.notifier = SystemdNotifier()
         self.drivers: dict[str, Any] = {}
+        #: one shared listener per kind that declares a ``Hub`` and has devices
+        self.hubs: dict[str, Hub] = {}
+        #: the DeviceLink of every push device, built with its driver
+        self.links: dict[str, OutboxLink] = {}
         #: device configs by id, for meta and poll settings
         self.devices: dict[str, Any] = {d.id: d for d in getattr(cfg, "devices", [])}
         self.loops: dict[str, PollLoop] = {}
@@ -221,16 +226,44 @@ class Agent:
                 buses[b.id] = Bus(b.id, b.min_gap_ms / 1000)
                 buses[b.id].resources["config"] = b
         pseudonym = self.cfg.site.pseudonym_secret
+        base = self.config_path.resolve().parent
         ctx = DriverContext(
             buses=buses,
-            profile_dirs=profile_dirs(self.cfg.profile_dirs, self.config_path),
+            config_dir=base,
             pseudonym_key=pseudonym.encode() if pseudonym else None,
+            tz=site_tz(self.cfg.site.timezone),
         )
         kinds = registry.drivers()
-        for dev in self.devices.values():
-            if not dev.enabled:
-                continue
-            self.drivers[dev.id] = kinds[dev.kind](dev, ctx)
+        enabled = [dev for dev in self.devices.values() if dev.enabled]
+        contexts: dict[str, DriverContext] = {}
+        for kind in dict.fromkeys(dev.kind for dev in enabled):
+            cls = kinds[kind]
+            kctx = replace(ctx, settings=kind_settings(cls, self.cfg))
+            hub_cls = getattr(cls, "Hub", None)
+            if hub_cls is not None:
+                # One listener for every device of the kind; it adds its HTTP routes now,
+                # before the server starts (check-config made sure http.bind is set).
+                hub = hub_cls(
+                    HubContext(
+                        kind=kind,
+                        settings=kctx.settings,
+                        devices=[dev for dev in enabled if dev.kind == kind],
+                        http=self.http if getattr(hub_cls, "needs_http", False) else None,
+                        config_dir=base,
+                    )
+                )
+                self.hubs[kind] = hub
+                kctx = replace(kctx, hub=hub)
+            contexts[kind] = kctx
+        for dev in enabled:
+            driver = self.drivers[dev.id] = kinds[dev.kind](dev, contexts[dev.kind])
+            if isinstance(driver, PushDriver):
+                self.links[dev.id] = OutboxLink(
+                    dev.id,
+                    outbox=self.outbox,
+                    pipeline=self.emitter,
+                    state_sink=self._state_sink,
+                )
         self.publisher.set_device_count(len(self.drivers))
 
     def _register_commands(self) -> None:
@@ -330,6 +363,10 @@ class Agent:
                     tg.create_task(self._health_loop(), name="health"),
                     tg.create_task(watchdog_loop(self.notifier, self._healthy), name="watchdog"),
                 ]
+                hubs = [
+                    tg.create_task(self._hub_task(kind, hub), name=f"hub:{kind}")
+                    for kind, hub in self.hubs.items()
+                ]
                 for dev_id, driver in self.drivers.items():
                     main.append(
                         tg.create_task(self._device_task(dev_id, driver), name=f"device:{dev_id}")
@@ -359,6 +396,9 @@ class Agent:
                 for t in main[4:]:
                     t.cancel()
                 await asyncio.gather(*main[4:], return_exceptions=True)
+                for t in hubs:  # after their devices: a device never sees its hub vanish
+                    t.cancel()
+                await asyncio.gather(*hubs, return_exceptions=True)
                 self.emitter.flush()
                 await self.outbox.flush()
                 for t in main[:4]:
@@ -372,6 +412,11 @@ class Agent:
                         await close()
                     except Exception as err:
                         log.debug("closing %s: %s", getattr(driver, "device_id", "?"), err)
+            for kind, hub in self.hubs.items():
+                try:
+                    await hub.close()
+                except Exception as err:
+                    log.debug("closing the %s hub: %s", kind, err)
             await self.outbox.close()
             for sig in installed:
                 loop.remove_signal_handler(sig)
@@ -457,12 +502,7 @@ class Agent:
     async def _device_task(self, dev_id: str, driver: Any) -> None:
         dev = self.devices[dev_id]
         if isinstance(driver, PushDriver):
-            link = OutboxLink(
-                dev_id,
-                outbox=self.outbox,
-                pipeline=self.emitter,
-                state_sink=self._state_sink,
-            )
+            link = self.links[dev_id]
             await self._supervise(dev_id, lambda: driver.run(link))
             return
         interval = dev.interval_s or driver.meta().get("default_interval_s") or 30.0
@@ -496,15 +536,50 @@ class Agent:
                     delay,
                     exc_info=err,
                 )
-                self._state_sink(
-                    dev_id,
-                    {
-                        "state": "offline",
-                        "since": iso_ms(time.time()),
-                        "last_error": f"driver error: {err!r}",
-                    },
-                )
+                self._offline(dev_id, f"driver error: {err!r}")
                 await asyncio.sleep(delay)
+
+    async def _hub_task(self, kind: str, hub: Hub) -> None:
+        """Run a kind's hub; when it fails (its address in use), log it once, report each
+        of its devices offline with the reason, and run it again with the devices' backoff."""
+        devices = [d for d, dev in self.devices.items() if dev.kind == kind and d in self.drivers]
+        attempt = 0
+        rng = random.Random()
+        while True:
+            try:
+                await hub.run()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:
+                delay = backoff_delay(attempt, rng)
+                attempt += 1
+                reason = f"{kind} listener failed: {err}"
+                if attempt == 1:
+                    log.error(
+                        "%s; its %d devices are offline; retrying in %.0f s "
+                        "/ %s 共享监听失败，其设备离线，稍后重试",
+                        reason,
+                        len(devices),
+                        delay,
+                        kind,
+                    )
+                else:
+                    log.debug("%s (attempt %d); retrying in %.0f s", reason, attempt, delay)
+                for dev_id in devices:
+                    self._offline(dev_id, reason)
+                await asyncio.sleep(delay)
+
+    def _offline(self, dev_id: str, reason: str) -> None:
+        """Report a device offline from outside its driver: through its link when it has
+        one, so the driver's next ``online`` is published again."""
+        link = self.links.get(dev_id)
+        if link is not None:
+            link.state("offline", reason)
+        else:
+            self._state_sink(
+                dev_id, {"state": "offline", "since": iso_ms(time.time()), "last_error": reason}
+            )
 
     async def health(self) -> dict[str, Any]:
         proc = self.stats.sample()

@@ -6,6 +6,7 @@
 
 Every key of the agent's YAML file, with its type, default and description, comes from
 the models themselves (``edge_agent.config.loader.AgentConfigBase`` and what it nests, the
+in-tree kinds' top-level ``Settings`` keys,
 buses, the Modbus device, and the profile schema), so the reference cannot drift from
 the code: ``tests/unit/test_docs.py`` fails when the file is stale.
 
@@ -33,9 +34,12 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run as a plain script from a source checkout
     sys.path.insert(0, str(REPO))
 
-from edge_agent.config.loader import AgentConfigBase  # noqa: E402
+from pydantic import create_model  # noqa: E402
+
+from edge_agent.config.loader import AgentConfigBase, settings_fields  # noqa: E402
 from edge_agent.config.models import ID_PATTERN  # noqa: E402
 from edge_agent.drivers.modbus.config import ModbusDevice  # noqa: E402
+from edge_agent.drivers.modbus.driver import ModbusDriver  # noqa: E402
 from edge_agent.drivers.modbus.profile import Profile  # noqa: E402
 
 OUTPUT = REPO / "docs" / "configuration.md"
@@ -166,18 +170,22 @@ devices:
 
 The agent has one HTTP server (section [`http`](#http)), shared by devices that push to the
 gateway (an access terminal POSTing its records, a camera sending events) and the local
-console. It is off unless `http.enabled: true` or a configured device kind needs it; then it
-listens on `http.bind` (default `127.0.0.1:8080`, this gateway only; `0.0.0.0:8080` for devices
-on the LAN, `[::1]:8080` for an IPv6 address). `GET /healthz` answers the same health JSON as
-the `ROOT/health` topic, with status 503 while the outbox cannot commit. A body larger than
-`http.max_body_bytes` is answered 413, a request slower than `http.request_timeout_s` 408, an
-unknown path 404; a connection idle (or stuck in its headers) for 15 s is closed.
-There is no access log (SD card); a bad request or a failing handler is
-logged once per kind of error, with a count when the agent stops. An address that cannot be
-bound (in use) is logged and retried; the rest of the agent keeps running.
+console. It is off unless `http.enabled: true` or a configured device kind needs it (such a
+kind is refused by `check-config` until `http.bind` is written in the file: the default is this
+gateway only, which no device can reach); then it listens on `http.bind` (default
+`127.0.0.1:8080`, this gateway only; `0.0.0.0:8080` for devices on the LAN, `[::1]:8080` for an
+IPv6 address). `GET /healthz` answers the same health JSON as the `ROOT/health` topic, with
+status 503 while the outbox cannot commit. A body larger than `http.max_body_bytes` is answered
+413, a request slower than `http.request_timeout_s` 408, an unknown path 404; a connection idle
+(or stuck in its headers) for 15 s is closed. There is no access log (SD card); a bad request
+or a failing handler is logged once per kind of error, with a count when the agent stops. An
+address that cannot be bound (in use) is logged and retried; the rest of the agent keeps
+running.
 
 网关内只有一个 HTTP 服务（配置段 `http`），供主动推送数据的设备（门禁终端上传记录、摄像机上报事件）
-和本地控制台共用。默认关闭；设置 `http.enabled: true` 或配置了需要它的设备类型时才启动，监听
+和本地控制台共用。默认关闭；设置 `http.enabled: true` 或配置了需要它的设备类型时才启动
+（此类设备类型要求配置文件中写明 `http.bind`，否则 `check-config` 报错，
+因为默认地址只有本机可访问），监听
 `http.bind`（默认 `127.0.0.1:8080`，仅本机可访问；局域网设备推送请用 `0.0.0.0:8080`；IPv6 地址写在
 方括号内，如 `[::1]:8080`）。`GET /healthz` 返回与 `ROOT/health` 相同的健康信息（本地缓存无法写入时
 返回 503）。请求体超过 `http.max_body_bytes` 返回 413，超过 `http.request_timeout_s` 返回 408，
@@ -465,7 +473,11 @@ def walk(path: str, model: type[BaseModel], seen: set[type[BaseModel]]) -> list[
 def config_sections() -> list[Section]:
     """The config file: the top level, its nested sections, then the Modbus device."""
     seen: set[type[BaseModel]] = set()
-    sections = walk("", AgentConfigBase, seen)
+    # the core's keys, then those the in-tree kinds add through their Settings
+    top = create_model(
+        "AgentConfig", __base__=AgentConfigBase, **settings_fields({"modbus": ModbusDriver})
+    )
+    sections = walk("", top, seen)
     sections += walk("devices[] (kind: modbus)", ModbusDevice, seen)
     return sections
 

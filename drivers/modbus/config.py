@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from edge_agent.config.models import Id, PollingDeviceBase
+from edge_agent.config.models import Id, PollingDeviceBase, Strict
 from edge_agent.drivers.modbus.profile import PROFILE_NAME_PATTERN
 
 
@@ -14,6 +14,16 @@ def unit_range(*, direct_tcp: bool) -> range:
     """Unit ids a device can answer on: any byte for Modbus TCP reached directly; 1-247
     for RTU frames (0 is the broadcast address, which no device answers)."""
     return range(0, 256) if direct_tcp else range(1, 248)
+
+
+class ModbusSettings(Strict):
+    """Settings of the Modbus kind as a whole: top-level keys of the config file."""
+
+    profile_dirs: list[str] = Field(
+        default_factory=list,
+        description="Extra folders with device profiles (relative to this file); "
+        "the shipped profiles always load",
+    )
 
 
 class ModbusDevice(PollingDeviceBase):

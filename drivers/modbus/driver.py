@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
@@ -23,11 +24,19 @@ from typing import Any, ClassVar, Literal
 from pymodbus.transport.serialtransport import create_serial_connection
 
 from edge_agent.config.models import SerialBus, TcpBus
-from edge_agent.driver import Bus, DriverContext, MetricInfo, Reading, Value
+from edge_agent.driver import (
+    AcrossContext,
+    Bus,
+    DriverContext,
+    MetricInfo,
+    Problem,
+    Reading,
+    Value,
+)
 from edge_agent.drivers.modbus import codec, wire
-from edge_agent.drivers.modbus.config import ModbusDevice
+from edge_agent.drivers.modbus.config import ModbusDevice, ModbusSettings
 from edge_agent.drivers.modbus.plan import ReadRequest, plan_reads, split_request
-from edge_agent.drivers.modbus.profile import Point, Profile, load_profile
+from edge_agent.drivers.modbus.profile import Point, Profile, load_profile, search_dirs
 from edge_agent.errors import (
     DeviceError,
     DeviceProtocolError,
@@ -370,11 +379,43 @@ class ModbusDriver:
 
     kind: ClassVar[str] = "modbus"
     Config: ClassVar[type[ModbusDevice]] = ModbusDevice
+    Settings: ClassVar[type[ModbusSettings]] = ModbusSettings
+
+    @classmethod
+    def check_across(
+        cls, devices: Sequence[tuple[int, ModbusDevice]], ctx: AcrossContext
+    ) -> list[Problem]:
+        """A device's ``bus:`` names a bus in ``buses:``; one unit id per line (a bus, or
+        a TCP endpoint reached with ``host:``): two devices on one unit id would answer
+        each other's requests."""
+        problems: list[Problem] = []
+        units: dict[tuple[str, int], str] = {}
+        for i, dev in devices:
+            if dev.bus is not None and dev.bus not in ctx.bus_ids:
+                known = ", ".join(sorted(ctx.bus_ids)) or "none defined"
+                problems.append(
+                    (("devices", i, "bus"), f"unknown bus {dev.bus!r} (buses: {known})")
+                )
+            line = dev.bus if dev.bus is not None else f"tcp:{dev.host}:{dev.port}"
+            if dev.enabled:
+                if (line, dev.unit) in units:
+                    problems.append(
+                        (
+                            ("devices", i, "unit"),
+                            f"unit {dev.unit} on {line} is already used by "
+                            f"{units[(line, dev.unit)]!r}",
+                        )
+                    )
+                else:
+                    units[(line, dev.unit)] = dev.id
+        return problems
 
     def __init__(self, config: ModbusDevice, ctx: DriverContext) -> None:
         """Build the driver without I/O; ValueError for a profile or setting that cannot work."""
         self.config = config
-        self.profile: Profile = load_profile(config.profile, ctx.profile_dirs)
+        kind = ctx.settings if isinstance(ctx.settings, ModbusSettings) else ModbusSettings()
+        dirs = search_dirs(kind.profile_dirs, ctx.config_dir)
+        self.profile: Profile = load_profile(config.profile, dirs)
         unknown = sorted(set(config.scale_overrides) - {p.name for p in self.profile.points})
         if unknown:
             raise ValueError(

@@ -12,6 +12,7 @@ import difflib
 import functools
 import math
 import re
+from importlib.resources import files
 from pathlib import Path
 from typing import Literal
 
@@ -214,6 +215,26 @@ class ProfileNotFound(yamlsrc.KeyProblem):
 class ProfileError(yamlsrc.FileProblems):
     """A profile file that cannot be used. ``problems`` holds one
     ``file:line  key.path  message`` line per problem, at the profile's own lines."""
+
+
+def builtin_profiles() -> Path:
+    """The folder of the shipped profiles: package data of this package, so a wheel
+    carries them; found through importlib.resources, wherever the package is installed."""
+    return Path(str(files(__package__ or "edge_agent.drivers.modbus").joinpath("profiles")))
+
+
+def search_dirs(extra: list[str], config_dir: Path | None) -> list[str]:
+    """Folders searched for profiles, first match wins: ``extra`` (the config's
+    ``profile_dirs``, relative to ``config_dir``), ``profiles/`` next to the config file
+    when it exists, then the shipped ones."""
+    base = (config_dir or Path.cwd()).resolve()
+    dirs = [str((base / d).resolve()) for d in extra]
+    if config_dir is not None:
+        own = base / "profiles"
+        if own.is_dir():
+            dirs.append(str(own))
+    dirs.append(str(builtin_profiles()))
+    return list(dict.fromkeys(dirs))
 
 
 def load_profile(name: str, dirs: list[str] | tuple[str, ...]) -> Profile:

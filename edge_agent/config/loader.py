@@ -10,8 +10,9 @@ the YAML: they are ``${ENV_NAME}`` or ``${cred:NAME}`` (a file in
 from __future__ import annotations
 
 import difflib
+import logging
 import os
-from importlib.resources import files
+from datetime import UTC
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args
 
@@ -26,20 +27,13 @@ from edge_agent.config.models import (
     OutboxConfig,
     SiteConfig,
     Strict,
+    site_tz,
 )
 from edge_agent.config.yamlsrc import FileProblems, KeyProblem, SourceError
 from edge_agent.config.yamlsrc import load as load_yaml
 from edge_agent.errors import ConfigError
 
-#: The package whose ``profiles/`` folder holds the shipped device profiles: package data, so
-#: a wheel carries them; found through importlib.resources, never a path of the checkout.
-BUILTIN_PROFILES_PACKAGE = "edge_agent.drivers.modbus"
-
-
-def builtin_profiles() -> Path:
-    """The folder of the shipped profiles, wherever the package is installed."""
-    return Path(str(files(BUILTIN_PROFILES_PACKAGE).joinpath("profiles")))
-
+log = logging.getLogger(__name__)
 
 SECRET_FIELDS: tuple[tuple[str, ...], ...] = (
     ("mqtt", "password"),
@@ -118,11 +112,6 @@ class AgentConfigBase(Strict):
     http: HttpConfig = Field(
         default_factory=HttpConfig, description="HTTP server for push devices and the console"
     )
-    profile_dirs: list[str] = Field(
-        default_factory=list,
-        description="Extra folders with device profiles (relative to this file); "
-        "the shipped profiles always load",
-    )
     buses: list[BusConfig] = Field(
         default_factory=list, description="Serial lines and shared TCP endpoints"
     )
@@ -131,8 +120,34 @@ class AgentConfigBase(Strict):
 _model_cache: dict[tuple[str, ...], type[AgentConfigBase]] = {}
 
 
+def settings_fields(kinds: dict[str, Any]) -> dict[str, Any]:
+    """The top-level keys the kinds add through their ``Settings`` model (Modbus:
+    ``profile_dirs``), as ``create_model`` fields. A key that the core or an earlier kind
+    already has is left out, with one log line (the kind then gets its default)."""
+    fields: dict[str, Any] = {}
+    owner: dict[str, str] = {}
+    for kind, cls in kinds.items():
+        model = getattr(cls, "Settings", None)
+        if model is None:
+            continue
+        for name, info in model.model_fields.items():
+            taken = (
+                "the core" if name in AgentConfigBase.model_fields or name == "devices" else None
+            )
+            taken = taken or owner.get(name)
+            if taken is not None:
+                log.warning(
+                    "driver kind %r: top-level key %r is already %s's; ignored", kind, name, taken
+                )
+                continue
+            owner[name] = repr(kind)
+            fields[name] = (info.annotation, info)
+    return fields
+
+
 def config_model() -> type[AgentConfigBase]:
-    """The full config model with ``devices`` as a union discriminated on ``kind``."""
+    """The full config model: the core's sections, the top-level keys of each kind's
+    ``Settings``, and ``devices`` as a union discriminated on ``kind``."""
     kinds = registry.drivers()
     key = tuple(sorted(kinds))
     if key in _model_cache:
@@ -146,10 +161,33 @@ def config_model() -> type[AgentConfigBase]:
     model = create_model(
         "AgentConfig",
         __base__=AgentConfigBase,
+        **settings_fields(kinds),
         devices=(list[device_type], Field(default_factory=list, description="Devices to read")),
     )
     _model_cache[key] = model
     return model
+
+
+def kind_settings(cls: Any, source: AgentConfigBase | dict[str, Any]) -> BaseModel | None:
+    """The kind's ``Settings`` instance from a validated config (or, when the file has
+    errors elsewhere, from its raw data: defaults for what does not validate); None for a
+    kind without settings."""
+    model: type[BaseModel] | None = getattr(cls, "Settings", None)
+    if model is None:
+        return None
+    if isinstance(source, dict):
+        raw = {k: source[k] for k in model.model_fields if k in source}
+        try:
+            return model.model_validate(raw)
+        except ValidationError:
+            pass  # reported by the whole model's validation
+        try:
+            return model()
+        except ValidationError:
+            return None
+    return model.model_validate(
+        {k: getattr(source, k) for k in model.model_fields if hasattr(source, k)}
+    )
 
 
 def fmt_path(path: Path_) -> str:
@@ -343,35 +381,50 @@ def check_unique_ids(buses: Indexed, devices: Indexed) -> list[tuple[Path_, str]
     return problems
 
 
-def check_bus_references(bus_ids: set[str], devices: Indexed) -> list[tuple[Path_, str]]:
-    """A device's ``bus:`` must name a bus in ``buses:``; one unit id per bus."""
+def check_across(
+    bus_ids: set[str], devices: Indexed, source: AgentConfigBase | dict[str, Any], base: Path
+) -> list[tuple[Path_, str]]:
+    """Each kind's own checks across its devices (``check_across`` of its driver class:
+    Modbus checks bus references and one unit id per bus); the loader knows no kind."""
+    from edge_agent.driver import AcrossContext
+
     problems: list[tuple[Path_, str]] = []
-    units: dict[tuple[str, int], str] = {}
+    kinds = registry.drivers()
+    by_kind: dict[str, Indexed] = {}
     for i, dev in devices:
-        bus = getattr(dev, "bus", None)
-        if bus is not None and bus not in bus_ids:
-            known = ", ".join(sorted(bus_ids)) or "none defined"
-            problems.append((("devices", i, "bus"), f"unknown bus {bus!r} (buses: {known})"))
-        line = (
-            bus
-            if bus is not None
-            else (
-                f"tcp:{getattr(dev, 'host', '')}:{getattr(dev, 'port', '')}"
-                if getattr(dev, "host", None)
-                else None
+        by_kind.setdefault(dev.kind, []).append((i, dev))
+    for kind, items in by_kind.items():
+        cls = kinds.get(kind)
+        check = getattr(cls, "check_across", None)
+        if check is None:
+            continue
+        ctx = AcrossContext(frozenset(bus_ids), kind_settings(cls, source), base)
+        problems += check(items, ctx)
+    return problems
+
+
+def check_hubs_http(data: dict[str, Any], devices: Indexed) -> list[tuple[Path_, str]]:
+    """A kind whose hub receives over HTTP (``Hub.needs_http``) needs ``http.bind`` in the
+    file: the default (this gateway only) is never an address its devices can reach."""
+    http = data.get("http")
+    if isinstance(http, dict) and "bind" in http:
+        return []
+    kinds = registry.drivers()
+    problems: list[tuple[Path_, str]] = []
+    seen: set[str] = set()
+    for i, dev in devices:
+        hub = getattr(kinds.get(dev.kind), "Hub", None)
+        if not dev.enabled or dev.kind in seen or not getattr(hub, "needs_http", False):
+            continue
+        seen.add(dev.kind)
+        problems.append(
+            (
+                ("devices", i, "kind"),
+                f"kind {dev.kind!r} receives its devices' data over HTTP: set http.bind "
+                "to an address they can reach, e.g. 0.0.0.0:8080 / 该类设备通过 HTTP "
+                "上传数据：请设置 http.bind（设备可访问的地址，如 0.0.0.0:8080）",
             )
         )
-        unit = getattr(dev, "unit", None)
-        if line is not None and unit is not None and dev.enabled:
-            if (line, unit) in units:
-                problems.append(
-                    (
-                        ("devices", i, "unit"),
-                        f"unit {unit} on {line} is already used by {units[(line, unit)]!r}",
-                    )
-                )
-            else:
-                units[(line, unit)] = dev.id
     return problems
 
 
@@ -460,21 +513,43 @@ def check_tls_files(mqtt: MqttConfig) -> list[tuple[Path_, str]]:
 
 
 def check_drivers_build(
-    devices: Indexed, dirs: list[str], other_files: list[str] | None = None
+    devices: Indexed,
+    source: AgentConfigBase | dict[str, Any],
+    base: Path,
+    other_files: list[str] | None = None,
 ) -> list[tuple[Path_, str]]:
-    """Build each device's driver once (no I/O): catches unknown profiles and points.
+    """Build each device's driver once (no I/O): catches what only the kind can tell
+    (a Modbus profile that is missing, a point it does not have).
 
-    A broken profile is reported once, at its own lines, into ``other_files``; not once
-    per device that uses it."""
+    A broken data file of the kind (a profile) is reported once, at its own lines, into
+    ``other_files``; not once per device that uses it."""
     from edge_agent.driver import DriverContext
 
     problems: list[tuple[Path_, str]] = []
     reported: set[str] = set()
-    ctx = DriverContext(buses={}, profile_dirs=dirs)
     kinds = registry.drivers()
+    if isinstance(source, AgentConfigBase):
+        zone: Any = source.site.timezone
+    else:
+        site = source.get("site")
+        zone = (
+            site.get("timezone", SiteConfig.model_fields["timezone"].default)
+            if isinstance(site, dict)
+            else None
+        )
+    try:
+        tz = site_tz(zone) if isinstance(zone, str) else UTC
+    except ValueError:
+        tz = UTC  # reported by the site section's own check
+    contexts: dict[str, DriverContext] = {}
     for i, dev in devices:
+        cls = kinds[dev.kind]
+        if dev.kind not in contexts:
+            contexts[dev.kind] = DriverContext(
+                buses={}, settings=kind_settings(cls, source), config_dir=base, tz=tz
+            )
         try:
-            kinds[dev.kind](dev, ctx)
+            cls(dev, contexts[dev.kind])
         except FileProblems as err:
             if str(err.path) not in reported:
                 reported.add(str(err.path))
@@ -486,19 +561,44 @@ def check_drivers_build(
             problems.append((("devices", i, err.key) if err.key else ("devices", i), str(err)))
         except (ValueError, KeyError, OSError) as err:
             problems.append((("devices", i), str(err)))
+    problems += check_hubs_build(devices, source, base)
     return problems
 
 
-def profile_dirs(extra: list[str], path: Path) -> list[str]:
-    """Folders searched for profiles: the file's own ``profiles/``, ``extra`` (the config's
-    ``profile_dirs``), then the shipped ones."""
-    base = path.resolve().parent
-    dirs = [str((base / d).resolve()) for d in extra]
-    own = base / "profiles"
-    if own.is_dir():
-        dirs.append(str(own))
-    dirs.append(str(builtin_profiles()))
-    return list(dict.fromkeys(dirs))
+def check_hubs_build(
+    devices: Indexed, source: AgentConfigBase | dict[str, Any], base: Path
+) -> list[tuple[Path_, str]]:
+    """Build each kind's hub once, as the supervisor will (no I/O): an address it cannot
+    listen on, or an HTTP route two kinds claim, is a config error here, not a crash at
+    start. Reported at the kind's first enabled device."""
+    from edge_agent.driver import HubContext
+    from edge_agent.http import HttpServer
+
+    kinds = registry.drivers()
+    http_cfg = source.http if isinstance(source, AgentConfigBase) else HttpConfig()
+    server = HttpServer(http_cfg)  # only collects routes: never started here
+    first: dict[str, int] = {}
+    for i, dev in devices:
+        if dev.enabled:
+            first.setdefault(dev.kind, i)
+    problems: list[tuple[Path_, str]] = []
+    for kind, i in first.items():
+        cls = kinds[kind]
+        hub_cls = getattr(cls, "Hub", None)
+        if hub_cls is None:
+            continue
+        ctx = HubContext(
+            kind=kind,
+            settings=kind_settings(cls, source),
+            devices=[d for _, d in devices if d.kind == kind and d.enabled],
+            http=server if getattr(hub_cls, "needs_http", False) else None,
+            config_dir=base,
+        )
+        try:
+            hub_cls(ctx)
+        except (ValueError, KeyError, OSError) as err:
+            problems.append((("devices", i, "kind"), f"{kind} listener: {err}"))
+    return problems
 
 
 def load_config(
@@ -556,26 +656,24 @@ def load_config(
             problems.append((loc, msg))
     # The cross-field checks run on every bus and device that is valid on its own, so
     # one pass of check-config reports everything, not the structural errors first.
+    base = p.resolve().parent
+    source: AgentConfigBase | dict[str, Any] = data
     if cfg is not None:
         buses: Indexed = list(enumerate(cfg.buses))
         devices: Indexed = list(enumerate(getattr(cfg, "devices", [])))
-        dirs = profile_dirs(cfg.profile_dirs, p)
+        source = cfg
     else:
         buses, devices = valid_items(data)
-        raw = data.get("profile_dirs")
-        extra: list[str] = (
-            raw if isinstance(raw, list) and all(isinstance(d, str) for d in raw) else []
-        )
-        dirs = profile_dirs(extra, p)
     mqtt = _mqtt_section(cfg, data)
     if mqtt is not None:
         problems += check_credentials_encrypted(mqtt)
         problems += check_tls_files(mqtt)
     problems += check_unique_ids(buses, devices)
-    problems += check_bus_references(_raw_ids(data, "buses"), devices)
+    problems += check_across(_raw_ids(data, "buses"), devices, source, base)
+    problems += check_hubs_http(data, devices)
     other_files: list[str] = []
     if build_drivers:
-        problems += check_drivers_build(devices, dirs, other_files)
+        problems += check_drivers_build(devices, source, base, other_files)
     if problems or other_files:
         problems.sort(key=lambda pr: lines.line(pr[0]))
         raise ConfigError(

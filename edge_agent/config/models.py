@@ -8,6 +8,8 @@ Units are in field names (``interval_s``, ``timeout_s``).
 from __future__ import annotations
 
 import ipaddress
+import zoneinfo
+from datetime import tzinfo
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -253,6 +255,17 @@ class OutboxConfig(Strict):
     )
 
 
+def site_tz(name: str) -> tzinfo:
+    """The time zone of ``site.timezone``; ValueError names what is wrong."""
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"unknown time zone {name!r}: write an IANA name such as Asia/Shanghai "
+            f"/ 未知时区，请写 IANA 名称，例如 Asia/Shanghai"
+        ) from None
+
+
 class SiteConfig(Strict):
     """The school and this gateway."""
 
@@ -266,11 +279,22 @@ class SiteConfig(Strict):
         default=None,
         description="Per-site HMAC secret for card numbers: only as ${ENV} or ${cred:NAME}",
     )
+    timezone: str = Field(
+        default="Asia/Shanghai",
+        description="IANA time zone of the school: door controllers and terminals report "
+        "local time / 学校所在时区（门禁控制器、考勤机上报本地时间）",
+    )
     raw_card_ids: bool = Field(
         default=False,
         description="Publish card numbers unhashed in events' 'card' (the site opts in). "
         "Default: 'h:' + 16 hex with pseudonym_secret, or null without it",
     )
+
+    @field_validator("timezone")
+    @classmethod
+    def check_timezone(cls, name: str) -> str:
+        site_tz(name)
+        return name
 
 
 class CommandsConfig(Strict):

@@ -21,13 +21,13 @@ import ssl
 import tempfile
 import unicodedata
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from edge_agent import registry
 from edge_agent.clock import SystemClock
-from edge_agent.config.loader import AgentConfigBase, profile_dirs
+from edge_agent.config.loader import AgentConfigBase, kind_settings
 from edge_agent.config.models import SerialBus, TcpBus
 from edge_agent.driver import Bus, DriverContext
 from edge_agent.errors import DeviceError, DeviceTimeout, DeviceUnavailable
@@ -303,8 +303,9 @@ async def check_devices(cfg: AgentConfigBase, config_path: Path) -> list[Row]:
         if isinstance(b, SerialBus | TcpBus):
             buses[b.id] = Bus(b.id, b.min_gap_ms / 1000)
             buses[b.id].resources["config"] = b
-    ctx = DriverContext(buses=buses, profile_dirs=profile_dirs(cfg.profile_dirs, config_path))
+    ctx = DriverContext(buses=buses, config_dir=config_path.parent)
     kinds = registry.drivers()
+    settings = {kind: kind_settings(cls, cfg) for kind, cls in kinds.items()}
 
     async def one(dev: Any) -> Row:
         target = getattr(dev, "bus_id", dev.kind)
@@ -312,7 +313,7 @@ async def check_devices(cfg: AgentConfigBase, config_path: Path) -> list[Row]:
             target += f" unit {unit}"
         if not dev.enabled:
             return Row(f"device {dev.id}", target, "skip", "enabled: false / 已停用")
-        driver: Any = kinds[dev.kind](dev, ctx)
+        driver: Any = kinds[dev.kind](dev, replace(ctx, settings=settings[dev.kind]))
         units = {m.name: m.unit for m in driver.metrics()}
         # the driver applies timeout_s per request; this only bounds a driver that hangs
         limit = getattr(dev, "timeout_s", 5.0) * 10 + 5

@@ -1,5 +1,6 @@
 """The agent's HTTP server, wired into the supervisor: off by default, /healthz when
-enabled, started by a kind that registers routes, and closed when the agent stops."""
+enabled, started by a kind that registers routes (directly, or through its hub), and
+closed when the agent stops."""
 
 from __future__ import annotations
 
@@ -14,10 +15,12 @@ import pytest
 import yaml
 from aiohttp import web
 
+from edge_agent import registry
 from edge_agent.config.loader import load_config
 from edge_agent.supervisor import Agent
 from tests.http_helpers import refused, request
-from tests.mqtt_helpers import MqttBroker
+from tests.mqtt_helpers import MqttBroker, mqtt_subscriber
+from tests.push_fixture_driver import HTTP_KIND, install
 
 pytestmark = pytest.mark.integration
 
@@ -111,3 +114,46 @@ async def test_a_kind_that_registers_routes_starts_the_server_and_gets_its_posts
     assert (status, body) == (200, b"OK")
     assert received == [b"1001\t0"]
     assert (await request(port, "GET", "/nothing-here"))[0] == 404
+
+
+async def test_a_kinds_hub_adds_its_routes_and_routes_each_post_to_its_device(
+    tmp_path: Path, mqtt_broker: MqttBroker, run_agent: Any
+) -> None:
+    saved = dict(registry.BUILTIN), registry._cache
+    install(HTTP_KIND)
+    try:
+        cfg: dict[str, Any] = {
+            "site": {"id": "http-hub-school", "gateway_id": "gw1"},
+            "mqtt": {"host": mqtt_broker.host, "port": mqtt_broker.port},
+            "outbox": {"path": str(tmp_path / "outbox.db"), "commit_interval_ms": 50},
+            "clock": {"sync_check": "none"},
+            "http": {"bind": "127.0.0.1:0"},  # not enabled: the kind starts the server
+            "devices": [
+                {"id": "t1", "kind": HTTP_KIND, "serial": 1},
+                {"id": "t2", "kind": HTTP_KIND, "serial": 2},
+            ],
+        }
+        path = tmp_path / "agent.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        agent = Agent(load_config(path), path)
+    finally:
+        registry.BUILTIN.clear()
+        registry.BUILTIN.update(saved[0])
+        registry._cache = saved[1]
+    hub = agent.hubs[HTTP_KIND]
+    root = "campus/http-hub-school/gw1"
+    with mqtt_subscriber(mqtt_broker, f"{root}/events/#") as sub:
+        run_agent(agent)
+        await until(lambda: bool(agent.http.addresses))
+        port = agent.http.addresses[0][1]
+        answers = [
+            await request(port, "POST", "/fixture/records", body)
+            for body in (b"9 1 x", b"2 1 b", b"1 1 a", b"1 2 c")
+        ]
+        assert [status for status, _h, _b in answers] == [404, 200, 200, 200]
+        got = await asyncio.to_thread(sub.wait_for_count, 3, None, 15)
+    by_device = sorted(
+        (json.loads(m.payload)["device"], json.loads(m.payload)["data"]["record"]) for m in got
+    )
+    assert by_device == [("t1", 1), ("t1", 2), ("t2", 1)]
+    assert hub.unclaimed_by == {9: 1}

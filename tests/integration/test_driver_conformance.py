@@ -1,5 +1,7 @@
 """The driver conformance kit (issue 8): what every device kind must do, run against
-Modbus (polled) and against the push fixture driver (tests/push_fixture_driver.py).
+Modbus (polled) and against the push fixture drivers (tests/push_fixture_driver.py): one
+that connects to its device, one whose device sends datagrams to the kind's shared UDP
+hub, one whose device POSTs to the route its hub added to the agent's HTTP server.
 
 Each kind brings a device on 127.0.0.1 that can go down, come back and send garbage,
 and is run by the real core code: the shared poll loop for a polled kind, a
@@ -13,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import re
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,10 +24,19 @@ import pytest
 
 from edge_agent import registry
 from edge_agent.commands import CommandError, door_handler, snapshot_handler, write_handler
-from edge_agent.driver import Driver, DriverContext, MetricInfo, PollingDriver, PushDriver
-from edge_agent.drivers.modbus import ModbusDevice, ModbusDriver
+from edge_agent.config.models import HttpConfig
+from edge_agent.driver import (
+    Driver,
+    DriverContext,
+    HubContext,
+    MetricInfo,
+    PollingDriver,
+    PushDriver,
+)
+from edge_agent.drivers.modbus import ModbusDevice, ModbusDriver, ModbusSettings
 from edge_agent.drivers.modbus.profile import clear_profile_cache
 from edge_agent.envelope import Lane
+from edge_agent.http import HttpServer
 from edge_agent.link import OutboxLink
 from edge_agent.outbox.store import Outbox
 from edge_agent.pipeline import ClockGate, Pipeline
@@ -32,7 +44,18 @@ from edge_agent.pipeline.sink import OutboxSink
 from edge_agent.poll import PollLoop
 from edge_agent.supervisor import OutboxEmitter
 from tests.hostile_modbus import HostileModbus
-from tests.push_fixture_driver import KIND, PushFixtureDriver, install
+from tests.http_helpers import request
+from tests.push_fixture_driver import (
+    HTTP_KIND,
+    KIND,
+    UDP_KIND,
+    HttpFixtureDriver,
+    HttpFixtureHub,
+    PushFixtureDriver,
+    UdpFixtureDriver,
+    UdpFixtureHub,
+    install,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -125,7 +148,9 @@ class ModbusKind(Kind):
                 "offline_after": 1,
             }
         )
-        self.driver = ModbusDriver(config, DriverContext({}, [str(self.tmp_path)]))
+        self.driver = ModbusDriver(
+            config, DriverContext({}, ModbusSettings(profile_dirs=[str(self.tmp_path)]))
+        )
 
     async def run(self) -> None:
         await PollLoop(
@@ -165,7 +190,7 @@ class PushKind(Kind):
         config = PushFixtureDriver.Config.model_validate(
             {"kind": KIND, "id": "dev1", "port": self.port, "retry_s": 0.05}
         )
-        self.driver = PushFixtureDriver(config, DriverContext({}, []))
+        self.driver = PushFixtureDriver(config, DriverContext({}))
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.writers.add(writer)
@@ -205,7 +230,111 @@ class PushKind(Kind):
         await self.down()
 
 
-KINDS = [ModbusKind, PushKind]
+class UdpKind(Kind):
+    """The udpfixture kind: the device sends ``<serial> <index> <value>`` datagrams to the
+    kind's hub (one UDP socket), which routes them by serial to the driver."""
+
+    name = UDP_KIND
+
+    async def start(self) -> None:
+        config = UdpFixtureDriver.Config.model_validate(
+            {"kind": UDP_KIND, "id": "dev1", "serial": 7, "silence_s": 0.3}
+        )
+        self.hub = UdpFixtureHub(HubContext(UDP_KIND, None, [config]))
+        self.driver = UdpFixtureDriver(config, DriverContext({}, hub=self.hub))
+        self.index = 0
+        self.sending = asyncio.Event()
+        self.sending.set()
+        self.extra: list[bytes] = []
+        self.sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+
+    async def _device(self) -> None:
+        await self.hub.listening.wait()
+        address = self.hub.address
+        assert address is not None
+        while True:
+            await self.sending.wait()
+            for data in self.extra:
+                self.sender.sendto(data, address)
+            self.extra = []
+            self.index += 1
+            self.sender.sendto(f"7 {self.index} v{self.index}".encode(), address)
+            await asyncio.sleep(0.05)
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.hub.run())
+            tg.create_task(self._device())
+            link = OutboxLink("dev1", outbox=self.outbox, pipeline=self.gate, state_sink=self.sink)
+            await self.driver.run(link)
+
+    async def down(self) -> None:
+        self.sending.clear()
+
+    async def up(self) -> None:
+        self.sending.set()
+
+    async def garbage(self) -> None:
+        self.extra = [b"\xff\xfe not a record", b"7", b"7 x y z", b"7 notanumber v"]
+
+    async def close(self) -> None:
+        self.sender.close()
+        await self.hub.close()
+
+
+class HttpKind(Kind):
+    """The httpfixture kind: the device POSTs ``<serial> <index> <value>`` to the route
+    its hub added to the agent's one HTTP server."""
+
+    name = HTTP_KIND
+
+    async def start(self) -> None:
+        config = HttpFixtureDriver.Config.model_validate(
+            {"kind": HTTP_KIND, "id": "dev1", "serial": 7, "silence_s": 0.3}
+        )
+        self.server = HttpServer(HttpConfig(bind="127.0.0.1:0"))
+        self.hub = HttpFixtureHub(HubContext(HTTP_KIND, None, [config], http=self.server))
+        self.driver = HttpFixtureDriver(config, DriverContext({}, hub=self.hub))
+        self.index = 0
+        self.sending = asyncio.Event()
+        self.sending.set()
+        self.extra: list[bytes] = []
+
+    async def _device(self) -> None:
+        while not self.server.addresses:
+            await asyncio.sleep(0.01)
+        port = self.server.addresses[0][1]
+        while True:
+            await self.sending.wait()
+            for body in self.extra:
+                await request(port, "POST", "/fixture/records", body)
+            self.extra = []
+            self.index += 1
+            await request(port, "POST", "/fixture/records", f"7 {self.index} v".encode())
+            await asyncio.sleep(0.05)
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.server.run())
+            tg.create_task(self.hub.run())
+            tg.create_task(self._device())
+            link = OutboxLink("dev1", outbox=self.outbox, pipeline=self.gate, state_sink=self.sink)
+            await self.driver.run(link)
+
+    async def down(self) -> None:
+        self.sending.clear()
+
+    async def up(self) -> None:
+        self.sending.set()
+
+    async def garbage(self) -> None:
+        self.extra = [b"\xff\xfe not a record", b"7", b"7 x y z", b"", b"7 notanumber v"]
+
+    async def close(self) -> None:
+        await self.hub.close()
+
+
+KINDS = [ModbusKind, PushKind, UdpKind, HttpKind]
 
 
 @pytest.fixture(params=KINDS, ids=[k.name for k in KINDS])

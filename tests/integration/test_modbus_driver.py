@@ -23,7 +23,7 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 
 from edge_agent.config.models import SerialBus, TcpBus
 from edge_agent.driver import Bus, DriverContext, PollingDriver
-from edge_agent.drivers.modbus import ModbusDevice, ModbusDriver
+from edge_agent.drivers.modbus import ModbusDevice, ModbusDriver, ModbusSettings
 from edge_agent.drivers.modbus.driver import LINE_KEY
 from edge_agent.drivers.modbus.profile import clear_profile_cache
 from edge_agent.errors import DeviceProtocolError, DeviceTimeout, DeviceUnavailable
@@ -118,7 +118,9 @@ async def drivers() -> AsyncIterator[list[ModbusDriver]]:
 
 
 def ctx(buses: dict[str, Bus] | None = None, dirs: list[str] | None = None) -> DriverContext:
-    return DriverContext(buses={} if buses is None else buses, profile_dirs=dirs or [SHIPPED])
+    return DriverContext(
+        buses={} if buses is None else buses, settings=ModbusSettings(profile_dirs=dirs or [])
+    )
 
 
 def make(made: list[ModbusDriver], context: DriverContext, **cfg: Any) -> ModbusDriver:

@@ -20,7 +20,7 @@ import pytest
 
 from edge_agent.config.models import SerialBus, TcpBus
 from edge_agent.driver import Bus, DriverContext, Value
-from edge_agent.drivers.modbus import ModbusDevice, ModbusDriver
+from edge_agent.drivers.modbus import ModbusDevice, ModbusDriver, ModbusSettings
 from edge_agent.drivers.modbus.driver import LineSettings
 from edge_agent.drivers.modbus.probe import ProbeRequest, error_message, probe
 from edge_agent.drivers.modbus.profile import clear_profile_cache
@@ -87,7 +87,9 @@ def driver(
         | where
         | cfg
     )
-    d = ModbusDriver(config, DriverContext(buses=buses, profile_dirs=[str(tmp_path)]))
+    d = ModbusDriver(
+        config, DriverContext(buses=buses, settings=ModbusSettings(profile_dirs=[str(tmp_path)]))
+    )
     made.append(d)
     return d
 
@@ -259,7 +261,9 @@ async def test_a_late_answer_on_a_serial_line_is_flushed(
             {"kind": "modbus", "id": "dev", "profile": "p", "bus": "rs485"}
             | {"timeout_s": 0.4, "retries": 0}
         )
-        d = ModbusDriver(config, DriverContext({"rs485": bus}, [str(tmp_path)]))
+        d = ModbusDriver(
+            config, DriverContext({"rs485": bus}, ModbusSettings(profile_dirs=[str(tmp_path)]))
+        )
         drivers.append(d)
         first = await d.read()
         assert first.data == {"a": 111}

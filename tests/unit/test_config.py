@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from edge_agent.config.loader import builtin_profiles, load_config
+from edge_agent.config.loader import load_config
+from edge_agent.drivers.modbus.profile import builtin_profiles
 from edge_agent.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
