@@ -1,12 +1,13 @@
-"""Honest timestamps on a gateway without a real-time clock.
+"""Honest timestamps on a gateway without a real-time clock: is the clock right?
 
 A Raspberry Pi has no RTC: it boots with the time it had at shutdown (or 1970)
 and jumps when NTP answers. Until the kernel says the clock is synchronised,
-readings and events are held in memory with a monotonic stamp; once it is
-synchronised their ``ts`` is computed from the monotonic clock, so it is right.
-What waits longer than ``hold_max_s`` is committed with its best-guess ``ts``
-and ``quality: "uncertain"`` rather than held for ever. Alarms are never held:
-security staff need them now, so they go out at once, marked uncertain.
+readings and events are held in memory with a monotonic stamp by the pipeline's
+clock gate (:mod:`edge_agent.pipeline.clockgate`); once it is synchronised their
+``ts`` is computed from the monotonic clock, so it is right. What waits longer
+than ``hold_max_s`` is committed with its best-guess ``ts`` and ``quality:
+"uncertain"`` rather than held for ever. Alarms are never held: security staff
+need them now, so they go out at once, marked uncertain.
 
 ``seq`` is assigned at commit, never from a timestamp, so a clock that jumps
 backwards changes ``ts`` but never the order of ``seq``.
@@ -29,11 +30,8 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
-
-from edge_agent.driver import Quality, Value
+from typing import Literal, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -180,125 +178,3 @@ class Clock(Protocol):
     def mono(self) -> float: ...
 
     def synced(self) -> bool: ...
-
-
-@dataclass(slots=True)
-class _Held:
-    kind: Literal["telemetry", "event"]
-    device: str
-    payload: dict[str, Any]
-    mono: float
-    wall: float
-    quality: Quality
-    type_: str | None
-
-
-class ClockGate:
-    """An :class:`~edge_agent.driver.Emit` in front of another that holds messages
-    until the wall clock is known to be right."""
-
-    def __init__(
-        self,
-        inner: Any,
-        clock: Clock,
-        hold_max_s: float = 120.0,
-        on_change: Callable[[bool], None] | None = None,
-    ) -> None:
-        self.inner = inner
-        self.clock = clock
-        self.hold_max_s = hold_max_s
-        self.on_change = on_change
-        self._held: list[_Held] = []
-        self._synced = bool(clock.synced())
-        if not self._synced:
-            log.warning(
-                "the system clock is not synchronised (no NTP yet?): readings are held up to "
-                "%g s, then sent with quality 'uncertain'. If this clock is right (RTC, GPS), "
-                "set clock.sync_check: none / 系统时钟未同步：数据最多暂存 %g 秒",
-                hold_max_s,
-                hold_max_s,
-            )
-        self.corrected = 0
-        self.uncertain = 0
-
-    @property
-    def synced(self) -> bool:
-        return self._synced
-
-    @property
-    def held(self) -> int:
-        return len(self._held)
-
-    def _mono_of(self, ts: float | None) -> tuple[float, float]:
-        wall, mono = self.clock.wall(), self.clock.mono()
-        if ts is None:
-            return mono, wall
-        # The reading's own wall stamp, translated to the monotonic scale.
-        return mono - (wall - ts), ts
-
-    def telemetry(
-        self,
-        device_id: str,
-        data: dict[str, Value],
-        *,
-        ts: float | None = None,
-        quality: Quality = "good",
-    ) -> None:
-        if self._synced:
-            self.inner.telemetry(device_id, data, ts=ts, quality=quality)
-            return
-        mono, wall = self._mono_of(ts)
-        self._held.append(_Held("telemetry", device_id, dict(data), mono, wall, quality, None))
-
-    def event(
-        self, device_id: str, type_: str, data: dict[str, Any], *, ts: float | None = None
-    ) -> None:
-        if self._synced:
-            self.inner.event(device_id, type_, data, ts=ts)
-            return
-        mono, wall = self._mono_of(ts)
-        self._held.append(_Held("event", device_id, dict(data), mono, wall, "good", type_))
-
-    def check(self) -> None:
-        """Call about once a second: releases held messages on sync or after ``hold_max_s``."""
-        synced = bool(self.clock.synced())
-        if synced != self._synced:
-            self._synced = synced
-            log.info(
-                "system clock %s",
-                "synchronised" if synced else "NOT synchronised: holding readings until it is",
-            )
-            if self.on_change is not None:
-                self.on_change(synced)
-        if not self._held:
-            return
-        mono_now = self.clock.mono()
-        if synced:
-            offset = self.clock.wall() - mono_now
-            for h in self._held:
-                self._release(h, offset + h.mono, h.quality)
-                self.corrected += 1
-            self._held = []
-            return
-        keep: list[_Held] = []
-        for h in self._held:
-            if mono_now - h.mono >= self.hold_max_s:
-                self._release(h, h.wall, "uncertain")
-                self.uncertain += 1
-            else:
-                keep.append(h)
-        self._held = keep
-
-    def _release(self, h: _Held, ts: float, quality: Quality) -> None:
-        if h.kind == "telemetry":
-            self.inner.telemetry(h.device, h.payload, ts=ts, quality=quality)
-        else:
-            # Events carry no quality field: say it in the data instead.
-            data = h.payload if quality == "good" else {**h.payload, "ts_uncertain": True}
-            self.inner.event(h.device, h.type_ or "", data, ts=ts)
-
-    def flush_all(self) -> None:
-        """On shutdown: commit whatever is held, with the best time we have."""
-        for h in self._held:
-            self._release(h, h.wall, "uncertain" if not self._synced else h.quality)
-        self._held = []

@@ -5,9 +5,11 @@ camera streaming events) decides itself when data arrives, so the core cannot
 poll it. Instead the core builds one :class:`OutboxLink` per device and hands it
 to :meth:`~edge_agent.driver.PushDriver.run`. Through it the driver
 
-- sends telemetry (``link.telemetry``), through the clock gate like polled readings;
+- sends telemetry (``link.telemetry``), through the pipeline (:mod:`edge_agent.pipeline`)
+  like polled readings;
 - commits events together with its cursor (``await link.commit(events, cursor=...)``):
-  one SQLite transaction, returned once it is on disk. It raises
+  through the pipeline's stages (card numbers pseudonymised), then one SQLite
+  transaction, returned once it is on disk. It raises
   :class:`~edge_agent.errors.NotDurableError` when only memory would hold them (the
   disk is full, or the clock is not synchronised so the clock gate would hold them):
   then nothing was kept, the cursor did not move, and the device keeps its records;
@@ -26,12 +28,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from edge_agent.clock import ClockGate
 from edge_agent.driver import DeviceStateName, Event, Quality, Value
-from edge_agent.envelope import Lane, iso_ms
-from edge_agent.errors import NotDurableError
-from edge_agent.outbox.store import CURSOR, Outbox
-from edge_agent.topics import Topics
+from edge_agent.envelope import iso_ms
+from edge_agent.outbox.store import Outbox
+from edge_agent.pipeline import Pipeline
 
 __all__ = ["Event", "OutboxLink"]
 
@@ -46,14 +46,12 @@ class OutboxLink:
         device_id: str,
         *,
         outbox: Outbox,
-        gate: ClockGate,
-        root: str,
+        pipeline: Pipeline,
         state_sink: StateSink,
     ) -> None:
         self.device_id = device_id
         self._outbox = outbox
-        self._gate = gate
-        self._topic = Topics(root).events(device_id)
+        self._pipeline = pipeline
         self._state_sink = state_sink
         self._state: DeviceStateName | None = None
         self._reason: str | None = None
@@ -68,7 +66,7 @@ class OutboxLink:
         self, data: dict[str, Value], *, ts: float | None = None, quality: Quality = "good"
     ) -> None:
         """Send one reading (no cursor: a lost reading is superseded by the next)."""
-        self._gate.telemetry(self.device_id, data, ts=ts, quality=quality)
+        self._pipeline.telemetry(self.device_id, data, ts=ts, quality=quality)
 
     async def commit(self, events: Sequence[Event], *, cursor: str | None = None) -> None:
         """Commit ``events`` and ``cursor`` in ONE transaction; return once both are on disk.
@@ -76,25 +74,9 @@ class OutboxLink:
         Raises :class:`NotDurableError` (nothing kept, cursor unchanged) while the clock
         is not synchronised or the disk is full: the device keeps its records and the
         driver retries later from :attr:`cursor`."""
-        if not self._gate.synced:
-            # The gate would hold the events in memory while the cursor moved on: refuse
-            # both, the device is a better place to wait than our RAM.
-            raise NotDurableError(f"{self.device_id}: clock not synchronised, events held back")
-        now = time.time()
-        messages = [
-            Outbox.message(
-                Lane.EVENT,
-                self._topic,
-                device=self.device_id,
-                kind="event",
-                ts=now if e.ts is None else e.ts,
-                data=dict(e.data),
-                type_=e.type,
-            )
-            for e in events
-        ]
-        state = {} if cursor is None else {(self.device_id, CURSOR): str(cursor)}
-        await self._outbox.commit(messages, state)
+        # The clock gate refuses (rather than holds) while the clock is not synchronised:
+        # the device is a better place to wait than our RAM.
+        await self._pipeline.commit(self.device_id, events, cursor=cursor)
 
     def state(self, state: DeviceStateName, reason: str | None = None) -> None:
         """Report the device ``online``, ``degraded`` or ``offline`` (with a reason);

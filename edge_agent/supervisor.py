@@ -19,7 +19,7 @@ from typing import Any
 
 from edge_agent import __version__, registry
 from edge_agent.alarms.lifecycle import AlarmBook, OutboxAlarmStore
-from edge_agent.clock import Clock, ClockGate, SystemClock
+from edge_agent.clock import Clock, SystemClock
 from edge_agent.commands import (
     CommandRouter,
     alarm_ack_handler,
@@ -38,6 +38,8 @@ from edge_agent.http import HttpServer
 from edge_agent.link import OutboxLink
 from edge_agent.mqtt.publisher import MqttSettings, Publisher, response_properties
 from edge_agent.outbox.store import Outbox
+from edge_agent.pipeline import ClockGate, build_pipeline
+from edge_agent.pipeline.sink import OutboxSink
 from edge_agent.poll import PollLoop, backoff_delay
 from edge_agent.procstats import ProcessStats
 from edge_agent.sdnotify import SystemdNotifier, watchdog_loop
@@ -170,7 +172,13 @@ class Agent:
         self.publisher = Publisher(self.settings, self.outbox)
         self.clock: Clock = clock or SystemClock(cfg.clock.sync_check, cfg.clock.sync_file)
         self.outbox_emitter = OutboxEmitter(self.outbox, self.root)
-        self.emitter = ClockGate(self.outbox_emitter, self.clock, cfg.clock.hold_max_s)
+        #: drivers -> pipeline (pseudonymiser, clock gate, taps) -> outbox (edge_agent/pipeline)
+        self.emitter = build_pipeline(
+            cfg,
+            self.clock,
+            OutboxSink(self.outbox_emitter, self.outbox, self.root, self._publish_state),
+        )
+        self.gate = self.emitter.stage(ClockGate)
         self.stats = ProcessStats()
         self.notifier = SystemdNotifier()
         self.drivers: dict[str, Any] = {}
@@ -253,8 +261,7 @@ class Agent:
                 self.links[dev.id] = OutboxLink(
                     dev.id,
                     outbox=self.outbox,
-                    gate=self.emitter,
-                    root=self.root,
+                    pipeline=self.emitter,
                     state_sink=self._state_sink,
                 )
         self.publisher.set_device_count(len(self.drivers))
@@ -306,6 +313,9 @@ class Agent:
         return meta
 
     def _state_sink(self, device_id: str, payload: dict[str, Any]) -> None:
+        self.emitter.state(device_id, payload)  # through the pipeline: taps see states
+
+    def _publish_state(self, device_id: str, payload: dict[str, Any]) -> None:
         self.publisher.set_retained(self.topics.device_state(device_id), payload)
 
     # -- running ------------------------------------------------------------------
@@ -389,7 +399,7 @@ class Agent:
                 for t in hubs:  # after their devices: a device never sees its hub vanish
                     t.cancel()
                 await asyncio.gather(*hubs, return_exceptions=True)
-                self.emitter.flush_all()
+                self.emitter.flush()
                 await self.outbox.flush()
                 for t in main[:4]:
                     t.cancel()
@@ -417,7 +427,7 @@ class Agent:
         ob = self.outbox
         if ob.skipped is not None:
             first, last = ob.skipped
-            self.emitter.inner.event(
+            self.outbox_emitter.event(
                 gw,
                 "seq_skipped",
                 {"from": first, "to": last, "count": last - first + 1, "reason": "unclean_stop"},
@@ -464,7 +474,7 @@ class Agent:
         while True:
             try:
                 await self.outbox.wait_for_work()
-                self.emitter.check()
+                self.emitter.tick()
                 await self.outbox.flush()
                 self._last_flush_ok = time.monotonic()
                 self.alarms.tick()
@@ -612,13 +622,14 @@ class Agent:
             },
             "commands": self.router.stats.as_dict(),
             "clock": {
-                "synced": self.emitter.synced,
+                "synced": self.gate.synced,
                 "check": self.cfg.clock.sync_check,
                 "reason": getattr(self.clock, "reason", None),
-                "held": self.emitter.held,
-                "corrected": self.emitter.corrected,
-                "uncertain": self.emitter.uncertain,
+                "held": self.gate.held,
+                "corrected": self.gate.corrected,
+                "uncertain": self.gate.uncertain,
             },
+            "pipeline": self.emitter.stats(),
             "cpu_percent": proc.get("cpu_percent"),
             "rss_bytes": proc.get("rss_bytes"),
         }

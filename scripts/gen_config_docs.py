@@ -95,6 +95,20 @@ prints a `note:` instead of an error; `edge-agent run` refuses to start without 
 只有这三项会替换引用，其他配置项里的 `${...}` 按普通文字处理。在没有密钥的电脑上运行
 `check-config` 时只给出 `note:` 提示；`edge-agent run` 缺少密钥则拒绝启动。
 
+## Card numbers / 卡号
+
+A card number never leaves the gateway in clear unless the site asks for it. Every event's
+`card` field (`card_read` and any other event that carries one) is published as
+`"h:" + 16 hex digits`, an HMAC-SHA256 of the card number keyed with `site.pseudonym_secret`:
+the same card gives the same pseudonym on every gateway that has the same secret (copy it to
+all gateways of a school, see [installing on a Raspberry Pi](install-raspberry-pi.md)).
+`site.raw_card_ids: true` publishes the number itself instead. With neither, `card` is
+`null` and the log says why once. Details: [MQTT contract](mqtt.md#card-numbers--卡号).
+
+卡号默认不出网关：所有事件的 `card` 字段以 `"h:" + 16 位十六进制`（用 `site.pseudonym_secret`
+计算的 HMAC-SHA256）上传，同一所学校的网关使用同一密钥时，同一张卡的脱敏值相同。
+`site.raw_card_ids: true` 时上传卡号原文；两者都未设置时 `card` 为 `null`，日志说明一次原因。
+
 ## Checking a file / 检查配置
 
 ```sh

@@ -284,6 +284,11 @@ class SiteConfig(Strict):
         description="IANA time zone of the school: door controllers and terminals report "
         "local time / 学校所在时区（门禁控制器、考勤机上报本地时间）",
     )
+    raw_card_ids: bool = Field(
+        default=False,
+        description="Publish card numbers unhashed in events' 'card' (the site opts in). "
+        "Default: 'h:' + 16 hex with pseudonym_secret, or null without it",
+    )
 
     @field_validator("timezone")
     @classmethod

@@ -23,7 +23,6 @@ from typing import Any
 import pytest
 
 from edge_agent import registry
-from edge_agent.clock import ClockGate
 from edge_agent.commands import CommandError, door_handler, snapshot_handler, write_handler
 from edge_agent.config.models import HttpConfig
 from edge_agent.driver import (
@@ -40,6 +39,8 @@ from edge_agent.envelope import Lane
 from edge_agent.http import HttpServer
 from edge_agent.link import OutboxLink
 from edge_agent.outbox.store import Outbox
+from edge_agent.pipeline import ClockGate, Pipeline
+from edge_agent.pipeline.sink import OutboxSink
 from edge_agent.poll import PollLoop
 from edge_agent.supervisor import OutboxEmitter
 from tests.hostile_modbus import HostileModbus
@@ -90,7 +91,10 @@ class Kind:
         self.tmp_path = tmp_path
         self.states: list[dict[str, Any]] = []
         self.outbox = Outbox(tmp_path / "outbox.db", commit_interval_s=0.05)
-        self.gate = ClockGate(OutboxEmitter(self.outbox, ROOT), Synced())
+        self.gate = Pipeline(
+            [ClockGate(Synced())],
+            OutboxSink(OutboxEmitter(self.outbox, ROOT), self.outbox, ROOT, self.sink),
+        )
         self.driver: Any = None
 
     def sink(self, _device: str, payload: dict[str, Any]) -> None:
@@ -203,9 +207,7 @@ class PushKind(Kind):
             writer.close()
 
     async def run(self) -> None:
-        link = OutboxLink(
-            "dev1", outbox=self.outbox, gate=self.gate, root=ROOT, state_sink=self.sink
-        )
+        link = OutboxLink("dev1", outbox=self.outbox, pipeline=self.gate, state_sink=self.sink)
         await self.driver.run(link)
 
     async def down(self) -> None:
@@ -263,9 +265,7 @@ class UdpKind(Kind):
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.hub.run())
             tg.create_task(self._device())
-            link = OutboxLink(
-                "dev1", outbox=self.outbox, gate=self.gate, root=ROOT, state_sink=self.sink
-            )
+            link = OutboxLink("dev1", outbox=self.outbox, pipeline=self.gate, state_sink=self.sink)
             await self.driver.run(link)
 
     async def down(self) -> None:
@@ -318,9 +318,7 @@ class HttpKind(Kind):
             tg.create_task(self.server.run())
             tg.create_task(self.hub.run())
             tg.create_task(self._device())
-            link = OutboxLink(
-                "dev1", outbox=self.outbox, gate=self.gate, root=ROOT, state_sink=self.sink
-            )
+            link = OutboxLink("dev1", outbox=self.outbox, pipeline=self.gate, state_sink=self.sink)
             await self.driver.run(link)
 
     async def down(self) -> None:

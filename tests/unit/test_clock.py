@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
-from edge_agent.clock import STA_UNSYNC, TIME_ERROR, ClockGate, SystemClock
+from edge_agent.clock import STA_UNSYNC, TIME_ERROR, SystemClock
 from edge_agent.config.loader import load_config
+from edge_agent.pipeline import ClockGate, Message, Pipeline
 from edge_agent.supervisor import Agent
 from tests.e2e import system
 
@@ -41,18 +42,33 @@ class FakeClock:
 
 
 class Sink:
+    """The end of a pipeline that only records what reached it."""
+
     def __init__(self) -> None:
         self.out: list[tuple[str, dict[str, Any], float | None, str]] = []
 
-    def telemetry(
-        self, device: str, data: dict[str, Any], *, ts: float | None = None, quality: str = "good"
-    ) -> None:
-        self.out.append((device, data, ts, quality))
+    def put(self, msg: Message) -> None:
+        self.out.append(
+            (msg.device, msg.data, msg.ts, msg.quality if msg.kind == "telemetry" else msg.kind)
+        )
 
-    def event(
-        self, device: str, type_: str, data: dict[str, Any], *, ts: float | None = None
-    ) -> None:
-        self.out.append((device, data, ts, "event"))
+    async def commit(self, device: str, msgs: Any, cursor: str | None) -> None:
+        raise AssertionError("these tests commit nothing")
+
+
+class Gated:
+    """The clock gate in a pipeline of its own: the poll loop's view of it (``telemetry``,
+    ``event``), and the gate's counters."""
+
+    def __init__(self, sink: Sink, clock: Any, hold_max_s: float = 120.0) -> None:
+        self.stage = ClockGate(clock, hold_max_s)
+        self.pipeline = Pipeline([self.stage], sink)
+        self.telemetry = self.pipeline.telemetry
+        self.event = self.pipeline.event
+        self.check = self.pipeline.tick
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stage, name)
 
 
 REAL_NOW = 1_795_600_000.0  # 2026-11-25
@@ -62,7 +78,7 @@ BOOT_WALL = 1_700_000_000.0  # what fake-hwclock restored: months in the past
 def test_held_until_sync_then_stamped_from_the_monotonic_clock() -> None:
     clock = FakeClock(BOOT_WALL, synced=False)
     sink = Sink()
-    gate = ClockGate(sink, clock, hold_max_s=120)
+    gate = Gated(sink, clock, hold_max_s=120)
     gate.telemetry("d", {"co2": 500}, ts=clock.wall())
     clock.advance(10)
     gate.telemetry("d", {"co2": 510}, ts=clock.wall())
@@ -84,7 +100,7 @@ def test_held_until_sync_then_stamped_from_the_monotonic_clock() -> None:
 def test_never_synced_goes_out_uncertain_after_hold_max() -> None:
     clock = FakeClock(BOOT_WALL, synced=False)
     sink = Sink()
-    gate = ClockGate(sink, clock, hold_max_s=60)
+    gate = Gated(sink, clock, hold_max_s=60)
     gate.telemetry("d", {"co2": 500}, ts=clock.wall())
     gate.event("door", "door_opened", {"x": 1}, ts=clock.wall())
     clock.advance(59)
@@ -100,7 +116,7 @@ def test_never_synced_goes_out_uncertain_after_hold_max() -> None:
 def test_backwards_jump_while_synced_passes_through() -> None:
     clock = FakeClock(REAL_NOW, synced=True)
     sink = Sink()
-    gate = ClockGate(sink, clock)
+    gate = Gated(sink, clock)
     gate.telemetry("d", {"v": 1}, ts=clock.wall())
     clock._wall -= 3600  # a step back by an hour
     gate.telemetry("d", {"v": 2}, ts=clock.wall())
@@ -130,7 +146,7 @@ def test_adjtimex_refused_is_not_synchronised(tmp_path: Path) -> None:
     assert "ProtectClock" in clock.reason
     # and readings are held, then marked uncertain, as on any unsynchronised clock
     sink = Sink()
-    gate = ClockGate(sink, clock, hold_max_s=60)
+    gate = Gated(sink, clock, hold_max_s=60)
     gate.telemetry("d", {"co2": 500})
     gate.check()
     assert sink.out == []

@@ -98,6 +98,7 @@ def _in(name: str, group: set[str]) -> bool:
 def _modules() -> dict[str, set[str]]:
     paths = [*ROOT.joinpath("edge_agent").glob("*.py"), *ROOT.joinpath("drivers").rglob("*.py")]
     paths += ROOT.joinpath("simulators").rglob("*.py")
+    paths += ROOT.joinpath("edge_agent", "pipeline").rglob("*.py")
     return {_module_name(p): _absolute_imports(p) for p in paths}
 
 
@@ -121,6 +122,11 @@ RULES = [
         "the runtime never imports the tools or the simulators",
         _group({"edge_agent"}, but=TOOLS | DRIVERS | SIMULATORS),
         _group(TOOLS, SIMULATORS),
+    ),
+    (
+        "the pipeline never knows MQTT, a device protocol or the tools",
+        _group({"edge_agent.pipeline"}),
+        _group(MQTT, DRIVERS, TOOLS, SIMULATORS),
     ),
     (
         "simulators are written from the wire, never from the agent's code",

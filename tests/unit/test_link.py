@@ -10,11 +10,12 @@ from typing import Any
 
 import pytest
 
-from edge_agent.clock import ClockGate
 from edge_agent.envelope import Lane
 from edge_agent.errors import NotDurableError
 from edge_agent.link import Event, OutboxLink
 from edge_agent.outbox.store import Outbox
+from edge_agent.pipeline import ClockGate, Pipeline, Pseudonymiser
+from edge_agent.pipeline.sink import OutboxSink
 from tests.outbox_helpers import fill_disk
 
 ROOT = "campus/s/g"
@@ -43,8 +44,12 @@ class States:
 
 
 def make_link(ob: Outbox, clock: Clock | None = None, states: States | None = None) -> OutboxLink:
-    gate = ClockGate(_Inner(ob), clock or Clock(), hold_max_s=60)
-    return OutboxLink("door1", outbox=ob, gate=gate, root=ROOT, state_sink=states or States())
+    states = states or States()
+    pipeline = Pipeline(
+        [Pseudonymiser(None), ClockGate(clock or Clock(), hold_max_s=60)],
+        OutboxSink(_Inner(ob), ob, ROOT, states),
+    )
+    return OutboxLink("door1", outbox=ob, pipeline=pipeline, state_sink=states)
 
 
 class _Inner:

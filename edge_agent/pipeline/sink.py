@@ -1,0 +1,52 @@
+"""The end of the pipeline in the agent: the outbox (and the retained state topic)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from edge_agent.driver import Emit
+from edge_agent.envelope import Lane
+from edge_agent.outbox.store import CURSOR, Outbox
+from edge_agent.pipeline.base import Message
+from edge_agent.topics import Topics
+
+StateSink = Callable[[str, dict[str, Any]], None]
+
+
+class OutboxSink:
+    """Puts readings and events into the outbox through ``emitter`` (the supervisor's
+    :class:`~edge_agent.supervisor.OutboxEmitter`), commits a push device's events with
+    its cursor in one transaction, and hands device states to ``state``."""
+
+    def __init__(self, emitter: Emit, outbox: Outbox, root: str, state: StateSink) -> None:
+        self.emitter = emitter
+        self.outbox = outbox
+        self.topics = Topics(root)
+        self.state = state
+
+    def put(self, msg: Message) -> None:
+        if msg.kind == "telemetry":
+            self.emitter.telemetry(msg.device, msg.data, ts=msg.ts, quality=msg.quality)
+        elif msg.kind == "event":
+            self.emitter.event(msg.device, msg.type or "", msg.data, ts=msg.ts)
+        else:
+            self.state(msg.device, msg.data)
+
+    async def commit(self, device: str, msgs: Sequence[Message], cursor: str | None) -> None:
+        now = time.time()
+        messages = [
+            Outbox.message(
+                Lane.EVENT,
+                self.topics.events(m.device),
+                device=m.device,
+                kind="event",
+                ts=now if m.ts is None else m.ts,
+                data=m.data,
+                type_=m.type,
+            )
+            for m in msgs
+        ]
+        state = {} if cursor is None else {(device, CURSOR): str(cursor)}
+        await self.outbox.commit(messages, state)
