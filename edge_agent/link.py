@@ -78,6 +78,11 @@ class OutboxLink:
         # the device is a better place to wait than our RAM.
         await self._pipeline.commit(self.device_id, events, cursor=cursor)
 
+    @property
+    def current_state(self) -> DeviceStateName | None:
+        """The state last reported (None before the driver reported any)."""
+        return self._state
+
     def state(self, state: DeviceStateName, reason: str | None = None) -> None:
         """Report the device ``online``, ``degraded`` or ``offline`` (with a reason);
         published only when it changes, ``since`` moves only with the state."""

@@ -583,6 +583,9 @@ class Agent:
 
     async def health(self) -> dict[str, Any]:
         proc = self.stats.sample()
+        # polled devices report through their loop, push devices through their link
+        states = [p.health.state for p in self.loops.values()]
+        states += [link.current_state for link in self.links.values()]
         out = await self.outbox.stats()
         return {
             "ts": iso_ms(time.time()),
@@ -616,9 +619,9 @@ class Agent:
             },
             "devices": {
                 "total": len(self.drivers),
-                "online": sum(1 for p in self.loops.values() if p.health.state == "online"),
-                "offline": sum(1 for p in self.loops.values() if p.health.state == "offline"),
-                "degraded": sum(1 for p in self.loops.values() if p.health.state == "degraded"),
+                "online": states.count("online"),
+                "offline": states.count("offline"),
+                "degraded": states.count("degraded"),
             },
             "commands": self.router.stats.as_dict(),
             "clock": {

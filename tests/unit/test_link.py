@@ -178,3 +178,39 @@ async def test_state_is_published_like_a_polled_device_and_only_on_change(tmp_pa
     assert set(states.seen[0][1]) == {"state", "since", "last_error"}
     assert states.seen[0][1]["since"].endswith("Z")
     await ob.close()
+
+
+async def test_health_counts_push_devices_by_the_state_their_link_reported(
+    tmp_path: Path,
+) -> None:
+    """ROOT/health's device counts cover push devices too, not only polled ones."""
+    from edge_agent import registry
+    from edge_agent.config.loader import load_config
+    from edge_agent.supervisor import Agent
+    from tests.push_fixture_driver import install
+
+    saved = dict(registry.BUILTIN), registry._cache
+    install()
+    cfg_path = tmp_path / "agent.yaml"
+    cfg_path.write_text(
+        "site: {id: school-a, gateway_id: gw1}\n"
+        "mqtt: {host: 127.0.0.1}\n"
+        "clock: {sync_check: none}\n"
+        f"outbox: {{path: {tmp_path / 'outbox.db'}}}\n"
+        "devices:\n"
+        "  - {id: door-a, kind: pushfixture, port: 9}\n"
+        "  - {id: door-b, kind: pushfixture, port: 9}\n"
+        "  - {id: door-c, kind: pushfixture, port: 9}\n"
+    )
+    agent = Agent(load_config(cfg_path), cfg_path)
+    await agent.outbox.open()
+    try:
+        agent.links["door-a"].state("online")
+        agent.links["door-b"].state("offline", "no answer")
+        devices = (await agent.health())["devices"]
+    finally:
+        await agent.outbox.close()
+        registry.BUILTIN.clear()
+        registry.BUILTIN.update(saved[0])
+        registry._cache = saved[1]
+    assert devices == {"total": 3, "online": 1, "offline": 1, "degraded": 0}
