@@ -14,6 +14,7 @@ from edge_agent.tools.doctor import (
     Row,
     check_broker,
     check_clock,
+    check_devices,
     check_outbox,
     check_serial_port,
     check_tls_files,
@@ -161,3 +162,20 @@ def test_device_values_are_shown_as_published() -> None:
     assert _format_value(12345678.0, "kWh") == "12345678.0 kWh"
     assert _format_value(230.1, "V") == "230.1 V"
     assert _format_value(3, "") == "3"
+
+
+async def test_a_push_device_is_skipped_with_the_reason_not_read(tmp_path: Path) -> None:
+    """A push device has no read(): doctor says why it does not ask it, and goes on."""
+    from edge_agent import registry
+    from tests.push_fixture_driver import install
+
+    saved = dict(registry.BUILTIN), registry._cache
+    install()
+    try:
+        cfg = config(tmp_path, "devices:\n  - {id: door-a, kind: pushfixture, port: 9}\n")
+        rows = await check_devices(cfg, tmp_path / "agent.yaml")
+    finally:
+        registry.BUILTIN.clear()
+        registry.BUILTIN.update(saved[0])
+        registry._cache = saved[1]
+    assert [(r.status, r.detail.split(":")[0]) for r in rows] == [("skip", "push device")]
