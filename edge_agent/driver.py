@@ -139,8 +139,6 @@ class DriverContext:
     settings: Any = None
     #: the config file's folder: relative paths in the kind's settings start there
     config_dir: Path | None = None
-    #: per-site HMAC secret for pseudonymising card numbers (None in sites without card readers)
-    pseudonym_key: bytes | None = None
     #: the school's time zone (``site.timezone``), for devices that report local time
     tz: tzinfo = UTC
     #: the kind's shared listener (an instance of the driver class's ``Hub``), built by

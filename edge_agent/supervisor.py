@@ -225,12 +225,10 @@ class Agent:
             if isinstance(b, SerialBus | TcpBus):
                 buses[b.id] = Bus(b.id, b.min_gap_ms / 1000)
                 buses[b.id].resources["config"] = b
-        pseudonym = self.cfg.site.pseudonym_secret
         base = self.config_path.resolve().parent
         ctx = DriverContext(
             buses=buses,
             config_dir=base,
-            pseudonym_key=pseudonym.encode() if pseudonym else None,
             tz=site_tz(self.cfg.site.timezone),
         )
         kinds = registry.drivers()
