@@ -238,7 +238,7 @@ def test_bare_paho_loop_waits_for_every_puback(mqtt_broker: MqttBroker) -> None:
         result = bench.run_bare_paho(
             mqtt_broker.host, mqtt_broker.port, payload=b"x" * 300, messages=2000, inflight=50
         )
-        sub.wait_for_count(2000, timeout=20)
+        sub.wait_for_count(2000, timeout=60)  # a deadline, not a measurement: 2 busy cores
     assert result["messages"] == 2000
     assert result["messages_per_s"] > 0
 
