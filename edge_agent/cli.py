@@ -97,8 +97,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load(args.config, exit_code=EXIT_CONFIG)
     assert isinstance(cfg, AgentConfigBase)
     _setup_logging(args.log_level or cfg.logging.level)
+    profile_path = os.environ.get("EDGE_AGENT_PROFILE")  # developers: docs/performance.md
     try:
-        asyncio.run(Agent(cfg, args.config).run())
+        if profile_path:
+            from .profiling import profiled
+
+            with profiled(profile_path):
+                asyncio.run(Agent(cfg, args.config).run())
+        else:
+            asyncio.run(Agent(cfg, args.config).run())
     except ConfigError as err:  # e.g. a TLS file removed after the config was loaded
         for line in err.problems:
             log.error("%s: %s", args.config, line)

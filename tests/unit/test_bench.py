@@ -150,7 +150,29 @@ def test_fmt_num(value: float, text: str) -> None:
     assert bench.fmt_num(value) == text
 
 
+def test_gateway90_has_the_issue_targets_and_reports_what_arrived() -> None:
+    g = {
+        "agent_cpu_percent": 0.8,
+        "agent_rss_mib": 39.0,
+        "publish_rate_per_s": 8.98,
+        "expected_rate_per_s": 9.0,
+        "devices": 90,
+        "devices_complete": 89,
+        "seq_gaps": 0,
+        "simulator_cpu_percent": 1.4,
+    }
+    verdicts = {(v.target.part, v.target.key): v for v in bench.evaluate({"gateway90": g})}
+    assert verdicts["gateway90", "agent_cpu_percent"].status == "MISS"  # 0.8 > 0.75
+    assert verdicts["gateway90", "agent_rss_mib"].status == "PASS"  # 39 <= 40
+    assert verdicts["campus", "agent_cpu_percent"].status == "n/a"
+    report = bench.render_report({"gateway90": g}, {})
+    assert "gateway90: agent CPU" in report
+    assert "89 / 90" in next(ln for ln in report.splitlines() if "every reading" in ln)
+    assert "8.98 (9.00) msg/s" in report
+
+
 def test_parse_only_keeps_the_canonical_order_and_rejects_unknown_parts() -> None:
+    assert bench.parse_only("gateway90,campus") == ["campus", "gateway90"]
     assert bench.parse_only("drain, campus") == ["campus", "drain"]
     with pytest.raises(ValueError, match="--only"):
         bench.parse_only("campus,speed")
@@ -263,3 +285,31 @@ def test_campus_measures_a_real_agent(mqtt_broker: MqttBroker, tmp_path: Path) -
     # window's figure may be 0. Its start-up (imports, config, connect) always costs more.
     assert result["agent_cpu_percent"] >= 0
     assert result["agent_cpu_s_since_start"] > 0.05
+
+
+@pytest.mark.integration
+@pytest.mark.e2e
+def test_gateway90_reads_90_units_behind_one_endpoint(
+    mqtt_broker: MqttBroker, tmp_path: Path
+) -> None:
+    # 135 requests of 20 ms a round (the lux sensors' split plan): 2.7 s of a 5 s interval
+    result = bench.run_gateway90(
+        mqtt_broker.host,
+        mqtt_broker.port,
+        tmp_path,
+        duration_s=5.5,
+        warmup_s=1.0,
+        interval_s=5.0,
+    )
+    layout = json.loads((tmp_path / "layout.json").read_text())
+    assert len({(d["host"], d["port"]) for d in layout["devices"]}) == 1
+    assert sorted(d["unit"] for d in layout["devices"]) == list(range(1, 91))
+    assert result["devices"] == 90
+    assert result["devices_silent"] == []
+    assert result["devices_complete"] == 90, result["devices_short"]
+    assert result["incomplete_per_device"] == {}
+    assert result["seq_gaps"] == 0
+    # every lux_noise sensor refused the read across its reserved register and was split
+    log_text = (tmp_path / "agent.log").read_text()
+    refused = {line.split(": ")[1] for line in log_text.splitlines() if "refused" in line}
+    assert refused == {d["id"] for d in layout["devices"] if d["profile"] == "lux_noise"}
