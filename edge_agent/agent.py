@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import signal
 import time
 from pathlib import Path
@@ -36,7 +35,7 @@ from .errors import OutboxError
 from .http import HttpServer
 from .link import OutboxLink
 from .outbox import Outbox
-from .poll import PollLoop, backoff_delay
+from .poll import SHARED_RNG, PollLoop, backoff_delay
 from .procstats import ProcessStats
 from .publisher import MqttSettings, Publisher, response_properties
 from .sdnotify import SystemdNotifier, watchdog_loop
@@ -466,7 +465,7 @@ class Agent:
 
     async def _supervise(self, dev_id: str, make: Any) -> None:
         attempt = 0
-        rng = random.Random()
+        rng = SHARED_RNG
         while True:
             try:
                 await make()

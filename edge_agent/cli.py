@@ -405,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("-v", "--verbose", action="store_true")
     d.set_defaults(fn=cmd_demo)
 
-    from .bench import add_arguments as bench_arguments
+    from .bench_args import add_arguments as bench_arguments
 
     b = sub.add_parser("bench", help="measure CPU, memory, throughput, alarm latency / 性能测试")
     bench_arguments(b)

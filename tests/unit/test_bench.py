@@ -104,7 +104,8 @@ def _results(**overrides: Any) -> dict[str, Any]:
 
 
 def test_evaluate_passes_misses_and_marks_what_did_not_run() -> None:
-    verdicts = {v.target.key: v for v in bench.evaluate(_results())}
+    # gateway90 has the same keys (it did not run here: n/a, tested below)
+    verdicts = {v.target.key: v for v in bench.evaluate(_results()) if v.target.part != "gateway90"}
     assert verdicts["agent_cpu_percent"].status == "PASS"
     assert verdicts["agent_rss_mib"].status == "MISS"  # 61 > 60
     assert verdicts["readings_per_s"].status == "PASS"  # exactly on the target passes
