@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import statistics
+import time
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,16 @@ def test_proc_sampler_reads_this_process() -> None:
     sampler = bench.ProcSampler(os.getpid())
     assert sampler.rss_bytes() > 1024 * 1024
     assert sampler.cpu_seconds() > 0
+    before = sampler.wakeups()
+    time.sleep(0.01)  # a sleep ends in a wake-up
+    assert sampler.wakeups() > before
+
+
+def test_ctxt_switches_come_from_the_voluntary_line() -> None:
+    status = "Name:\tpython\nvoluntary_ctxt_switches:\t1481\nnonvoluntary_ctxt_switches:\t923\n"
+    assert bench.parse_ctxt_switches(status) == 1481
+    with pytest.raises(ValueError, match="voluntary"):
+        bench.parse_ctxt_switches("Name:\tpython\n")
 
 
 # -- targets, table, options ------------------------------------------------------------------
