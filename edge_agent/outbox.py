@@ -127,23 +127,6 @@ def _dumps(obj: Any) -> bytes:
     return _ENCODER.encode(obj).encode()
 
 
-def _write_transaction(
-    conn: sqlite3.Connection, steps: list[tuple[str, list[tuple[Any, ...]]]]
-) -> None:
-    """Run in aiosqlite's thread: one transaction, rolled back when a statement fails."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        for sql, params in steps:
-            conn.executemany(sql, params)
-        conn.execute("COMMIT")
-    except sqlite3.Error:
-        try:
-            conn.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass
-        raise
-
-
 class Outbox:
     """The SQLite outbox. Use :meth:`open`, then run :meth:`run` in the supervisor's TaskGroup."""
 
@@ -603,34 +586,35 @@ class Outbox:
         acked_set = set(acked)
         held = [r for r in self._mem if r.seq not in acked_set]
         dirty = dict(self._meta_dirty)
-        steps: list[tuple[str, list[tuple[Any, ...]]]] = []
-        if rows or held:
-            steps.append(
-                (
+        db = self.db
+        try:
+            await db.execute("BEGIN IMMEDIATE")
+            if rows or held:
+                await db.executemany(
                     "INSERT OR IGNORE INTO outbox(seq, lane, topic, payload, created) "
                     "VALUES (?,?,?,?,?)",
                     [(r.seq, int(r.lane), r.topic, r.payload, r.created) for r in held + rows],
                 )
-            )
-            dirty["next_seq"] = str(seq)
-        if dirty:
-            steps.append(
-                ("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", list(dirty.items()))
-            )
-        if acked:
-            steps.append(("DELETE FROM outbox WHERE seq=?", [(s,) for s in acked]))
-        if state:
-            now = time.time()
-            steps.append(
-                (
+                dirty["next_seq"] = str(seq)
+            if dirty:
+                await db.executemany(
+                    "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", list(dirty.items())
+                )
+            if acked:
+                await db.executemany("DELETE FROM outbox WHERE seq=?", [(s,) for s in acked])
+            if state:
+                now = time.time()
+                await db.executemany(
                     "INSERT OR REPLACE INTO device_state(device, key, value, updated) "
                     "VALUES (?,?,?,?)",
                     [(d, k, v, now) for (d, k), v in state.items()],
                 )
-            )
-        try:
-            await self._transaction(steps)
+            await db.execute("COMMIT")
         except sqlite3.Error as err:
+            try:
+                await db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
             if not _is_disk_full(err):
                 # Keep everything in memory and try again with the next commit.
                 self._pending = pending + self._pending
@@ -687,33 +671,6 @@ class Outbox:
             self._size_check_due = now + 10
             await self.enforce_cap()
         return rows
-
-    async def _transaction(self, steps: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
-        """Run ``steps`` (statement, rows) in ONE transaction; rolled back if one fails.
-
-        The whole transaction goes to the database thread in one hop. Statement by
-        statement (BEGIN, INSERT, meta, DELETE, COMMIT) a group commit woke that thread
-        and then the event loop five times; at 9 readings a second that was a fifth of
-        the agent's wake-ups (docs/performance.md, gateway90). aiosqlite has no public
-        call for it: without its ``_execute``/``_conn`` the statements go one by one.
-        """
-        db = self.db
-        run = getattr(db, "_execute", None)
-        conn = getattr(db, "_connection", None)
-        if run is not None and isinstance(conn, sqlite3.Connection):
-            await run(_write_transaction, conn, steps)
-            return
-        try:
-            await db.execute("BEGIN IMMEDIATE")
-            for sql, params in steps:
-                await db.executemany(sql, params)
-            await db.execute("COMMIT")
-        except sqlite3.Error:
-            try:
-                await db.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            raise
 
     def _build_rows(self, pending: list[_Pending]) -> list[Row]:
         rows: list[Row] = []
