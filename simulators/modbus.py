@@ -11,8 +11,9 @@ CPU. Faults are applied in the same callback (``exception``, ``slow``) and in th
 Two traits of a Modbus TCP gateway in front of an RS-485 line, both off by default: a
 :class:`RequestGate` makes a server answer one request at a time, each after a fixed delay
 (the serial exchange behind the gateway), and ``reserved`` registers of a device answer
-exception 2 (illegal data address) to any read that spans them, as sensors do that keep a
-reserved word between two values: the agent's split plan must then find the reads that work.
+exception 2 (illegal data address) to any read that spans them, so a client's coalesced read
+across them fails and only smaller reads work (set per model by the caller: no shipped
+profile says its device does this).
 """
 
 from __future__ import annotations
