@@ -96,8 +96,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load(args.config, exit_code=EXIT_CONFIG)
     assert isinstance(cfg, AgentConfigBase)
     _setup_logging(args.log_level or cfg.logging.level)
+    profile_path = os.environ.get("EDGE_AGENT_PROFILE")  # developers: docs/performance.md
     try:
-        asyncio.run(Agent(cfg, args.config).run())
+        if profile_path:
+            from edge_agent.tools.profiling import profiled
+
+            with profiled(profile_path):
+                asyncio.run(Agent(cfg, args.config).run())
+        else:
+            asyncio.run(Agent(cfg, args.config).run())
     except ConfigError as err:  # e.g. a TLS file removed after the config was loaded
         for line in err.problems:
             log.error("%s: %s", args.config, line)
@@ -400,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("-v", "--verbose", action="store_true")
     d.set_defaults(fn=cmd_demo)
 
-    from edge_agent.tools.bench import add_arguments as bench_arguments
+    from edge_agent.tools.bench_args import add_arguments as bench_arguments
 
     b = sub.add_parser("bench", help="measure CPU, memory, throughput, alarm latency / 性能测试")
     bench_arguments(b)

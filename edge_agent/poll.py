@@ -54,6 +54,11 @@ class DeviceHealth:
         return {"state": self.state, "since": iso_ms(self.since), "last_error": self.last_error}
 
 
+#: One generator for every device's jitter: a ``random.Random`` holds 2.5 KB of state, and
+#: 90 devices (a poll loop and a supervisor each) would keep 450 KB of it.
+SHARED_RNG = random.Random()
+
+
 def backoff_delay(attempt: int, rng: random.Random) -> float:
     """Exponential backoff with full jitter in the upper half: 1, 2, 4 … 300 s."""
     base = min(BACKOFF_MAX_S, BACKOFF_MIN_S * 2.0 ** max(0, attempt))
@@ -81,7 +86,7 @@ class PollLoop:
         self.offline_after = offline_after
         self.emit = emit
         self.state_sink = state_sink
-        self.rng = rng or random.Random()
+        self.rng = rng or SHARED_RNG
         self.health = DeviceHealth(driver.device_id)
         self._log = _DeviceLog(driver.device_id, clock)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import signal
 import time
 from dataclasses import replace
@@ -40,7 +39,7 @@ from edge_agent.mqtt.publisher import MqttSettings, Publisher, response_properti
 from edge_agent.outbox.store import Outbox
 from edge_agent.pipeline import ClockGate, build_pipeline
 from edge_agent.pipeline.sink import OutboxSink
-from edge_agent.poll import PollLoop, backoff_delay
+from edge_agent.poll import SHARED_RNG, PollLoop, backoff_delay
 from edge_agent.procstats import ProcessStats
 from edge_agent.sdnotify import SystemdNotifier, watchdog_loop
 from edge_agent.topics import Topics, root_of
@@ -517,7 +516,7 @@ class Agent:
 
     async def _supervise(self, dev_id: str, make: Any) -> None:
         attempt = 0
-        rng = random.Random()
+        rng = SHARED_RNG
         while True:
             try:
                 await make()
@@ -542,7 +541,7 @@ class Agent:
         of its devices offline with the reason, and run it again with the devices' backoff."""
         devices = [d for d, dev in self.devices.items() if dev.kind == kind and d in self.drivers]
         attempt = 0
-        rng = random.Random()
+        rng = SHARED_RNG
         while True:
             try:
                 await hub.run()

@@ -25,6 +25,18 @@ from . import wg
 from .campus import CampusSim
 
 
+def _reserved(text: str) -> tuple[str, list[int]]:
+    """``"lux_noise:1,5"`` -> ``("lux_noise", [1, 5])``."""
+    model, _, addresses = text.partition(":")
+    try:
+        values = [int(a, 0) for a in addresses.split(",") if a.strip()]
+    except ValueError:
+        values = []
+    if not model or not values or not all(0 <= a <= 0xFFFF for a in values):
+        raise argparse.ArgumentTypeError(f"expected MODEL:ADDR[,ADDR...], not {text!r}")
+    return model, values
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m edge_agent.simulators",
@@ -71,9 +83,32 @@ def _parser() -> argparse.ArgumentParser:
         default=30,
         help="devices per server / 每个服务器设备数 (max 247)",
     )
+    campus.add_argument(
+        "--request-delay-ms",
+        type=float,
+        default=0.0,
+        help="each server answers one request at a time after this delay, like a serial line "
+        "behind a Modbus TCP gateway / 每台服务器逐个应答请求，每个延迟该毫秒数 (default 0)",
+    )
+    campus.add_argument(
+        "--reserved",
+        action="append",
+        type=_reserved,
+        default=[],
+        metavar="MODEL:ADDR[,ADDR]",
+        help="registers of a model that answer exception 2 to a read spanning them, e.g. "
+        "lux_noise:1 / 保留寄存器：跨越它们的读取返回异常码 2",
+    )
     campus.add_argument("--log-level", default="WARNING", help="logging level / 日志级别")
     _wg_parser(sub)
     return parser
+
+
+def _merge(pairs: Sequence[tuple[str, list[int]]]) -> dict[str, list[int]]:
+    merged: dict[str, list[int]] = {}
+    for model, addresses in pairs:
+        merged.setdefault(model, []).extend(addresses)
+    return merged
 
 
 def _event_som(text: str) -> int:
@@ -169,6 +204,8 @@ async def _run(args: argparse.Namespace) -> int:
         profiles_dir=args.profiles_dir,
         faults=args.faults,
         units_per_server=args.units_per_server,
+        request_delay_s=args.request_delay_ms / 1000,
+        reserved=_merge(args.reserved),
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -9,6 +9,11 @@ Layout:
 - the energy meters (``meter-{n}``, alternately ``sdm630`` and ``adl400``) on servers of their
   own.
 
+``request_delay_s`` makes every server a gateway in front of a slow serial line (one request
+at a time, each answered after the delay); ``reserved`` names registers of a model that refuse
+a read spanning them. ``edge-agent bench --only gateway90`` uses both: 45 classrooms (90 units)
+behind one server, 20 ms a request, register 1 of ``lux_noise`` reserved.
+
 Usage::
 
     async with CampusSim(classrooms=4, meters=2, seed=1) as sim:
@@ -24,14 +29,14 @@ import json
 import logging
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from .faults import Fault, FaultBoard, ScheduledFault, load_schedule
-from .modbus import BusServer, DeviceInfo, SimulatedDevice
+from .modbus import BusServer, DeviceInfo, RequestGate, SimulatedDevice
 from .profiles import Profile, load_profiles
 from .timetable import SimClock, Timetable
 from .world import Meter, Room, Weather
@@ -57,6 +62,10 @@ class CampusSim:
         faults: a fault schedule (list of :class:`ScheduledFault`) or a file to read one from.
         units_per_server: devices per server (at most 247; a classroom's two units stay together).
         rooms_per_floor: classrooms per floor.
+        request_delay_s: each server answers one request at a time, after this delay (the
+            serial line behind a Modbus TCP gateway); 0 answers at once, concurrently.
+        reserved: per profile model, register addresses (fc 3/4) whose read answers
+            exception 2 (illegal data address) when a request spans them.
     """
 
     def __init__(
@@ -74,6 +83,8 @@ class CampusSim:
         faults: Iterable[ScheduledFault] | Path | str | None = None,
         units_per_server: int = 30,
         rooms_per_floor: int = 5,
+        request_delay_s: float = 0.0,
+        reserved: Mapping[str, Iterable[int]] | None = None,
     ) -> None:
         if classrooms < 0 or meters < 0:
             raise ValueError("classrooms and meters must be >= 0")
@@ -103,6 +114,13 @@ class CampusSim:
                 raise ValueError(
                     f"profile {model!r} not found in {profiles_dir or 'drivers/modbus/profiles'}"
                 )
+        if not (0 <= request_delay_s < 60):
+            raise ValueError("request_delay_s must be 0..60 s")
+        self.request_delay_s = request_delay_s
+        self.reserved = {model: frozenset(addrs) for model, addrs in (reserved or {}).items()}
+        unknown = sorted(set(self.reserved) - set(self.profiles))
+        if unknown:
+            raise ValueError(f"reserved registers for unknown profile(s) {', '.join(unknown)}")
         if isinstance(faults, (str, Path)):
             faults = load_schedule(faults)
         self.faults = FaultBoard(faults or ())
@@ -121,6 +139,7 @@ class CampusSim:
         port = self.base_port
         for b in range(buildings):
             building = b + 1
+            gate = self._gate()
             devices: list[SimulatedDevice] = []
             first = b * rooms_per_building
             for i in range(min(rooms_per_building, classrooms - first)):
@@ -135,7 +154,7 @@ class CampusSim:
                     (2 * i + 2, "lux", "lux_noise"),
                 ):
                     info = DeviceInfo(f"b{building}-r{room_no}-{suffix}", model, unit, location)
-                    devices.append(self._device(info, room.values))
+                    devices.append(self._device(info, room.values, gate))
             self.servers.append(
                 BusServer(
                     f"building-{building}", devices, host=self.host, port=port, framer=self.framer
@@ -144,6 +163,7 @@ class CampusSim:
             port = port + 1 if port else 0
         meter_servers = math.ceil(meters / per_server) if meters else 0
         for s in range(meter_servers):
+            gate = self._gate()
             devices = []
             for i in range(min(per_server, meters - s * per_server)):
                 n = s * per_server + i + 1
@@ -159,9 +179,8 @@ class CampusSim:
                     self.weather,
                     max_day_kw=20.0,
                 )
-                devices.append(
-                    self._device(DeviceInfo(f"meter-{n}", model, i + 1, location), meter.values)
-                )
+                info = DeviceInfo(f"meter-{n}", model, i + 1, location)
+                devices.append(self._device(info, meter.values, gate))
             self.servers.append(
                 BusServer(f"meters-{s + 1}", devices, host=self.host, port=port, framer=self.framer)
             )
@@ -169,8 +188,19 @@ class CampusSim:
         if port > 65536:
             raise ValueError("base_port too high for this many servers")
 
-    def _device(self, info: DeviceInfo, source: Any) -> SimulatedDevice:
-        device = SimulatedDevice(info, self.profiles[info.profile], source, self.clock, self.faults)
+    def _gate(self) -> RequestGate | None:
+        return RequestGate(self.request_delay_s) if self.request_delay_s > 0 else None
+
+    def _device(self, info: DeviceInfo, source: Any, gate: RequestGate | None) -> SimulatedDevice:
+        device = SimulatedDevice(
+            info,
+            self.profiles[info.profile],
+            source,
+            self.clock,
+            self.faults,
+            reserved=self.reserved.get(info.profile, ()),
+            gate=gate,
+        )
         self.devices[info.id] = device
         return device
 

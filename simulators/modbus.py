@@ -7,6 +7,13 @@ the classroom sensors use holding register 0). Registers are filled from the sim
 in the SimDevice ``action`` callback, i.e. only when a client reads: an idle campus costs no
 CPU. Faults are applied in the same callback (``exception``, ``slow``) and in the server's
 ``trace_packet`` hook, which sees the finished frame (``no_answer``, ``garbled``).
+
+Two traits of a Modbus TCP gateway in front of an RS-485 line, both off by default: a
+:class:`RequestGate` makes a server answer one request at a time, each after a fixed delay
+(the serial exchange behind the gateway), and ``reserved`` registers of a device answer
+exception 2 (illegal data address) to any read that spans them, so a client's coalesced read
+across them fails and only smaller reads work (set per model by the caller: no shipped
+profile says its device does this).
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -55,6 +62,34 @@ _FC_BLOCK = {1: 0, 2: 1, 3: 2, 4: 3}
 ValueSource = Callable[[float], Mapping[str, float]]
 
 
+class RequestGate:
+    """One request at a time, each held ``delay_s`` seconds: the RS-485 line behind a gateway.
+
+    ``served`` counts the requests that went through, ``max_busy`` the most that were ever in
+    service at once (1 while the gate works: the tests check it).
+    """
+
+    def __init__(self, delay_s: float) -> None:
+        if not (delay_s >= 0 and delay_s < float("inf")):
+            raise ValueError("request delay must be >= 0 s")
+        self.delay_s = delay_s
+        self.served = 0
+        self.max_busy = 0
+        self._busy = 0
+        self._lock = asyncio.Lock()
+
+    async def pass_through(self, wait: Callable[[float], Awaitable[None]]) -> None:
+        """Wait for the line, then hold it for ``delay_s`` (with ``wait``, which may end early)."""
+        async with self._lock:
+            self._busy += 1
+            self.max_busy = max(self.max_busy, self._busy)
+            try:
+                await wait(self.delay_s)
+            finally:
+                self._busy -= 1
+                self.served += 1
+
+
 @dataclass(frozen=True)
 class DeviceInfo:
     """Where a simulated device is reachable and what it is."""
@@ -76,6 +111,9 @@ class SimulatedDevice:
         clock: SimClock,
         faults: FaultBoard,
         stopping: asyncio.Event | None = None,
+        *,
+        reserved: Iterable[int] = (),
+        gate: RequestGate | None = None,
     ) -> None:
         self.info = info
         self.profile = profile
@@ -83,6 +121,16 @@ class SimulatedDevice:
         self.clock = clock
         self.faults = faults
         self.stopping = stopping
+        #: Register addresses (fc 3 and 4) that refuse a read spanning them with exception 2.
+        self.reserved = frozenset(reserved)
+        used = {a for p in profile.points if p.fc in (3, 4) for a in p.addresses}
+        clash = sorted(self.reserved & used)
+        if clash:
+            raise ValueError(
+                f"{info.id}: reserved registers {clash} hold points of {profile.model}"
+            )
+        #: The server's gate (one request at a time, with a delay), shared by its devices.
+        self.gate = gate
         #: Values written by clients to writable points (engineering units).
         self.written: dict[str, float] = {}
         self._blocks: tuple[list[Point], ...] = ([], [], [], [])
@@ -175,6 +223,8 @@ class SimulatedDevice:
         registers: list[int],
         set_values: list[int] | list[bool] | None,
     ) -> ExcCodes | None:
+        if self.gate is not None:
+            await self.gate.pass_through(self._delay)
         fault = self.current_fault()
         if fault is not None:
             if fault.kind == "exception":
@@ -186,6 +236,12 @@ class SimulatedDevice:
             return ExcCodes.ILLEGAL_FUNCTION
         if set_values is not None:
             return self._write(block, address, list(set_values))
+        if (
+            block >= 2
+            and self.reserved
+            and not self.reserved.isdisjoint(range(address, address + count))
+        ):
+            return ExcCodes.ILLEGAL_ADDRESS
         values = self.wire_values(self.clock.now_s(), fault)
         if block >= 2:
             _fill_registers(self._blocks[block], values, start_address, registers)

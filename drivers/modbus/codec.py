@@ -10,6 +10,7 @@ the least significant first (CDAB, many Schneider and Chinese PLC maps), and
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 from collections.abc import Sequence
@@ -38,6 +39,13 @@ Number = int | float
 
 
 def _to_bytes(registers: Sequence[int], byte_order: str, word_order: str) -> bytes:
+    if byte_order == "big" and word_order == "big":
+        # The common case (every classroom sensor), in one call; a bad word falls through
+        # to the loop below for its error message.
+        try:
+            return struct.pack(f">{len(registers)}H", *registers)
+        except struct.error:
+            pass
     words = list(registers)
     if word_order == "little":
         words.reverse()
@@ -95,6 +103,7 @@ def encode_raw(
     return _from_bytes(struct.pack(_FORMAT[type_], value), byte_order, word_order)
 
 
+@functools.lru_cache(maxsize=256)  # a profile has a handful of scales; every poll asks again
 def _decimals(x: float) -> int:
     """Decimal places of ``x`` as written (0.01 -> 2, 2.5 -> 1, 10 -> 0)."""
     exponent = Decimal(repr(float(x))).normalize().as_tuple().exponent

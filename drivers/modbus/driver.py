@@ -16,12 +16,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
-
-from pymodbus.transport.serialtransport import create_serial_connection
 
 from edge_agent.config.models import SerialBus, TcpBus
 from edge_agent.driver import (
@@ -188,21 +187,23 @@ class _Line:
         self._stale: collections.deque[int] = collections.deque(maxlen=16)
         #: RTU: until when (loop time) whatever arrives is a late answer to throw away
         self._flush_until = 0.0
-
-    @property
-    def rtu(self) -> bool:
-        """RTU frames (serial, or a serial server in transparent mode) carry no
-        transaction id: a late answer looks like the answer to the next request."""
-        return self.settings.type == "serial" or self.settings.framer == "rtu"
+        #: RTU frames (serial, or a serial server in transparent mode) carry no
+        #: transaction id: a late answer looks like the answer to the next request.
+        #: (An attribute, not a property: every request asks several times.)
+        self.rtu = settings.type == "serial" or settings.framer == "rtu"
 
     def _trace(self, sending: bool, data: bytes | bytearray) -> None:
         if self.sink is not None and data:
-            self.sink.append(Frame(datetime.now(UTC).timestamp(), sending, bytes(data)))
+            self.sink.append(Frame(time.time(), sending, bytes(data)))
 
     async def _open(self) -> _Link:
         s = self.settings
         loop = asyncio.get_running_loop()
         if s.type == "serial":
+            # Imported here: pymodbus (40 modules, ~1.4 MiB) serves only serial lines; an
+            # agent whose devices are all on Modbus TCP never loads it.
+            from pymodbus.transport.serialtransport import create_serial_connection
+
             _, protocol = await create_serial_connection(
                 loop,
                 _Link,
@@ -601,7 +602,7 @@ class ModbusDriver:
         offset = point.address - request.start
         if point.is_bit_fc:
             return bool(block[offset])
-        return codec.decode(point, [int(w) for w in block[offset : offset + point.count]])
+        return codec.decode(point, block[offset : offset + point.count])
 
     async def _read_parts(
         self, request: ReadRequest, refused: list[str]
@@ -671,10 +672,24 @@ class ModbusDriver:
         """Run one request with the bus held, the device's timeout and retries."""
         if self._closed:
             raise DeviceUnavailable(self.device_id, "driver is closed")
+        line, bus = self._line, self._bus
         attempts, attempt = self.config.retries + 1, 1
         while True:
             try:
-                return await self._attempt(what, request)
+                if line is None or bus is None:
+                    raise DeviceUnavailable(
+                        self.device_id,
+                        f"bus '{self.config.bus_id}' is not defined or has no settings",
+                    )
+                # One coroutine less per request than an _attempt() of its own.
+                async with bus:
+                    line.sink = self._frames
+                    try:
+                        return await line.exchange(
+                            self.device_id, request, what, self.config.timeout_s
+                        )
+                    finally:
+                        line.sink = None
             except ExceptionResponse:
                 raise  # not retried: the device answered and will again
             except DeviceError as err:
@@ -684,20 +699,6 @@ class ModbusDriver:
                     "%s: %s (attempt %d of %d)", self.device_id, err.reason, attempt, attempts
                 )
                 attempt += 1
-
-    async def _attempt(self, what: str, request: wire.Request) -> bytes:
-        line, bus = self._line, self._bus
-        if line is None or bus is None:
-            raise DeviceUnavailable(
-                self.device_id,
-                f"bus '{self.config.bus_id}' is not defined or has no settings",
-            )
-        async with bus:
-            line.sink = self._frames
-            try:
-                return await line.exchange(self.device_id, request, what, self.config.timeout_s)
-            finally:
-                line.sink = None
 
 
 __all__ = ["EXCEPTION_NAMES", "ExceptionResponse", "Frame", "LineSettings", "ModbusDriver"]

@@ -470,7 +470,11 @@ class Publisher:
             # keeps the link busy.
             self._commit_requested = True
             self.outbox.request_commit()
-        self._work.set()
+        if self._live or not self._backlog_done:
+            # A PUBACK frees no slot of the window (the row stays counted until its
+            # delete is committed: _on_deleted wakes the drain), so with nothing waiting
+            # a wake-up per message would only spin the drain loop once for nothing.
+            self._work.set()
 
     def _on_message(
         self,

@@ -325,3 +325,77 @@ async def test_a_busy_port_is_reported_and_nothing_stays_open() -> None:
         with pytest.raises(OSError, match="cannot listen"):
             await campus.start()
     await assert_no_leaked_tasks()
+
+
+# -- a Modbus TCP gateway in front of RS-485 sensors (bench part gateway90) -----------------
+
+
+async def test_a_reserved_register_refuses_reads_that_span_it() -> None:
+    async with CampusSim(
+        classrooms=1, meters=0, speed=0, start=LESSON, reserved={"lux_noise": [1]}
+    ) as campus:
+        client, unit = await client_for(campus, "b1-r101-lux")
+        try:
+            # noise at 0, illuminance at 2-3: one read of both spans the reserved word 1
+            rr = await client.read_holding_registers(0, count=4, device_id=unit)
+            assert rr.isError()
+            assert rr.exception_code == 2
+            truth = campus.truth("b1-r101-lux")
+            rr = await client.read_holding_registers(0, count=1, device_id=unit)
+            assert rr.registers[0] / 10 == pytest.approx(truth["noise"])
+            rr = await client.read_holding_registers(2, count=2, device_id=unit)
+            assert rr.registers[0] << 16 | rr.registers[1] == truth["illuminance"]
+            # the other model on the same server is not affected
+            air, air_unit = await client_for(campus, "b1-r101-air")
+            try:
+                assert not (
+                    await air.read_holding_registers(0, count=7, device_id=air_unit)
+                ).isError()
+            finally:
+                air.close()
+        finally:
+            client.close()
+    await assert_no_leaked_tasks()
+
+
+def test_a_reserved_register_that_holds_a_point_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"reserved registers \[2\]"):
+        CampusSim(classrooms=1, meters=0, reserved={"lux_noise": [2]})
+    with pytest.raises(ValueError, match="unknown profile"):
+        CampusSim(classrooms=1, meters=0, reserved={"no_such_model": [1]})
+
+
+async def test_a_gateway_answers_one_request_at_a_time() -> None:
+    async with CampusSim(
+        classrooms=2, meters=0, speed=0, start=LESSON, request_delay_s=0.02
+    ) as campus:
+        ids = ["b1-r101-air", "b1-r101-lux", "b1-r102-air", "b1-r102-lux"]
+        clients = [await client_for(campus, device_id) for device_id in ids]
+        try:
+            answers = await asyncio.gather(
+                *(c.read_holding_registers(0, count=1, device_id=u) for c, u in clients)
+            )
+            assert not any(rr.isError() for rr in answers)
+        finally:
+            for c, _ in clients:
+                c.close()
+        gate = campus.device("b1-r101-air").gate
+        assert gate is not None
+        assert gate is campus.device("b1-r102-lux").gate  # one line per server
+        assert gate.served == 4
+        assert gate.max_busy == 1  # four connections, still one exchange at a time
+    await assert_no_leaked_tasks()
+
+
+async def test_a_gateway_answers_after_its_request_delay() -> None:
+    async with CampusSim(
+        classrooms=1, meters=0, speed=0, start=LESSON, request_delay_s=5
+    ) as campus:
+        client, unit = await client_for(campus, "b1-r101-air", timeout=0.3)
+        try:
+            with pytest.raises(ModbusException):
+                await client.read_holding_registers(0, count=1, device_id=unit)
+        finally:
+            client.close()
+        # the request still held in the gate ends when the campus closes
+    await assert_no_leaked_tasks()

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import statistics
+import time
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,16 @@ def test_proc_sampler_reads_this_process() -> None:
     sampler = bench.ProcSampler(os.getpid())
     assert sampler.rss_bytes() > 1024 * 1024
     assert sampler.cpu_seconds() > 0
+    before = sampler.wakeups()
+    time.sleep(0.01)  # a sleep ends in a wake-up
+    assert sampler.wakeups() > before
+
+
+def test_ctxt_switches_come_from_the_voluntary_line() -> None:
+    status = "Name:\tpython\nvoluntary_ctxt_switches:\t1481\nnonvoluntary_ctxt_switches:\t923\n"
+    assert bench.parse_ctxt_switches(status) == 1481
+    with pytest.raises(ValueError, match="voluntary"):
+        bench.parse_ctxt_switches("Name:\tpython\n")
 
 
 # -- targets, table, options ------------------------------------------------------------------
@@ -104,7 +115,8 @@ def _results(**overrides: Any) -> dict[str, Any]:
 
 
 def test_evaluate_passes_misses_and_marks_what_did_not_run() -> None:
-    verdicts = {v.target.key: v for v in bench.evaluate(_results())}
+    # gateway90 has the same keys (it did not run here: n/a, tested below)
+    verdicts = {v.target.key: v for v in bench.evaluate(_results()) if v.target.part != "gateway90"}
     assert verdicts["agent_cpu_percent"].status == "PASS"
     assert verdicts["agent_rss_mib"].status == "MISS"  # 61 > 60
     assert verdicts["readings_per_s"].status == "PASS"  # exactly on the target passes
@@ -150,7 +162,29 @@ def test_fmt_num(value: float, text: str) -> None:
     assert bench.fmt_num(value) == text
 
 
+def test_gateway90_has_the_issue_targets_and_reports_what_arrived() -> None:
+    g = {
+        "agent_cpu_percent": 0.8,
+        "agent_rss_mib": 39.0,
+        "publish_rate_per_s": 8.98,
+        "expected_rate_per_s": 9.0,
+        "devices": 90,
+        "devices_complete": 89,
+        "seq_gaps": 0,
+        "simulator_cpu_percent": 1.4,
+    }
+    verdicts = {(v.target.part, v.target.key): v for v in bench.evaluate({"gateway90": g})}
+    assert verdicts["gateway90", "agent_cpu_percent"].status == "MISS"  # 0.8 > 0.75
+    assert verdicts["gateway90", "agent_rss_mib"].status == "PASS"  # 39 <= 40
+    assert verdicts["campus", "agent_cpu_percent"].status == "n/a"
+    report = bench.render_report({"gateway90": g}, {})
+    assert "gateway90: agent CPU" in report
+    assert "89 / 90" in next(ln for ln in report.splitlines() if "every reading" in ln)
+    assert "8.98 (9.00) msg/s" in report
+
+
 def test_parse_only_keeps_the_canonical_order_and_rejects_unknown_parts() -> None:
+    assert bench.parse_only("gateway90,campus") == ["campus", "gateway90"]
     assert bench.parse_only("drain, campus") == ["campus", "drain"]
     with pytest.raises(ValueError, match="--only"):
         bench.parse_only("campus,speed")
@@ -263,3 +297,31 @@ def test_campus_measures_a_real_agent(mqtt_broker: MqttBroker, tmp_path: Path) -
     # window's figure may be 0. Its start-up (imports, config, connect) always costs more.
     assert result["agent_cpu_percent"] >= 0
     assert result["agent_cpu_s_since_start"] > 0.05
+
+
+@pytest.mark.integration
+@pytest.mark.e2e
+def test_gateway90_reads_90_units_behind_one_endpoint(
+    mqtt_broker: MqttBroker, tmp_path: Path
+) -> None:
+    # 135 requests of 20 ms a round (the lux sensors' split plan): 2.7 s of a 5 s interval
+    result = bench.run_gateway90(
+        mqtt_broker.host,
+        mqtt_broker.port,
+        tmp_path,
+        duration_s=5.5,
+        warmup_s=1.0,
+        interval_s=5.0,
+    )
+    layout = json.loads((tmp_path / "layout.json").read_text())
+    assert len({(d["host"], d["port"]) for d in layout["devices"]}) == 1
+    assert sorted(d["unit"] for d in layout["devices"]) == list(range(1, 91))
+    assert result["devices"] == 90
+    assert result["devices_silent"] == []
+    assert result["devices_complete"] == 90, result["devices_short"]
+    assert result["incomplete_per_device"] == {}
+    assert result["seq_gaps"] == 0
+    # every lux_noise sensor refused the read across its reserved register and was split
+    log_text = (tmp_path / "agent.log").read_text()
+    refused = {line.split(": ")[1] for line in log_text.splitlines() if "refused" in line}
+    assert refused == {d["id"] for d in layout["devices"] if d["profile"] == "lux_noise"}

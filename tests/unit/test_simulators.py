@@ -382,3 +382,25 @@ def test_layout_of_a_large_campus() -> None:
 def test_consecutive_ports_from_base_port() -> None:
     sim = campus(classrooms=20, meters=1, base_port=15020)
     assert [s["port"] for s in sim.layout["servers"]] == [15020, 15021, 15022]
+
+
+def test_cli_reserved_registers_parse_and_merge() -> None:
+    import argparse
+
+    from edge_agent.simulators.__main__ import _merge, _parser
+
+    args = _parser().parse_args(
+        [
+            "campus",
+            "--reserved",
+            "lux_noise:1",
+            "--reserved",
+            "lux_noise:0x10,7",
+            "--reserved",
+            "air7in1:9",
+        ]
+    )
+    assert _merge(args.reserved) == {"lux_noise": [1, 16, 7], "air7in1": [9]}
+    for bad in ("lux_noise", "lux_noise:", ":1", "lux_noise:x", "lux_noise:70000"):
+        with pytest.raises((SystemExit, argparse.ArgumentTypeError)):
+            _parser().parse_args(["campus", "--reserved", bad])
