@@ -528,3 +528,16 @@ class DoorsConfig(Strict):
         default_factory=list,
         description="Fire and emergency inputs: critical digital_input events / 消防和紧急报警输入",
     )
+    input_telemetry: Literal["on_change", "every_poll"] = Field(
+        default="on_change",
+        description="Telemetry of the input modules named here: 'on_change' sends a reading "
+        "only when an input changed (and every input_heartbeat_s), 'every_poll' every "
+        "read (4 a second per module at 0.25 s) / 输入模块的遥测：仅在变化时发送，或每次轮询都发送",
+    )
+    input_heartbeat_s: float = Field(
+        default=60,
+        ge=1,
+        le=86400,
+        description="With on_change: send an unchanged reading after this many seconds "
+        "anyway / 无变化时每隔多少秒仍发送一次",
+    )

@@ -10,8 +10,9 @@ other, so the rule lives here, on the stream (issue 9 item 4)::
     card_read granted  ─┘   (+ tick)       door_held_open              (open too long, once)
                                            digital_input exit_button / fire / emergency
 
-- **Edges only.** A poll that repeats a value emits nothing; the telemetry itself
-  passes on unchanged.
+- **Edges only.** A poll that repeats a value emits nothing. The input modules'
+  telemetry passes on only when a value changed, and every ``input_heartbeat_s``
+  (``input_telemetry: on_change``, the default; ``every_poll`` passes every reading).
 - **Forced.** An opening with no grant (card of a configured reader, exit button)
   within ``grant_window_s`` before it is ``door_forced``; with ``grant_late_s`` the
   decision waits that long for a grant that arrives late.
@@ -163,7 +164,17 @@ class DoorLogic(Stage):
             self._w(inp.device).inputs.setdefault(inp.point, []).append(
                 _Input(inp.device, inp.point, inp.active_when, kind=inp.input, name=inp.name)
             )
-        self.counts = {"opened": 0, "forced": 0, "held_open": 0, "critical": 0}
+        self.counts = {
+            "opened": 0,
+            "forced": 0,
+            "held_open": 0,
+            "critical": 0,
+            "telemetry_skipped": 0,
+        }
+        self.on_change = cfg.input_telemetry == "on_change"
+        self.heartbeat_s = cfg.input_heartbeat_s
+        #: the last reading passed on per input device: data, quality, ts
+        self._passed: dict[str, tuple[dict[str, Any], str, float]] = {}
 
     def _w(self, device: str) -> _Watch:
         return self._watch.setdefault(device, _Watch())
@@ -174,9 +185,29 @@ class DoorLogic(Stage):
             watch = self._watch.get(msg.device)
             if watch is not None:
                 self._telemetry(watch, msg)
+                if self.on_change and self._unchanged(msg):
+                    self.counts["telemetry_skipped"] += 1
+                    return None
         elif msg.kind == "event" and msg.device in self._grants:
             self._maybe_grant(msg)
         return msg
+
+    def _unchanged(self, msg: Message) -> bool:
+        """An input module's reading that says nothing new: the same values and quality
+        as the last one passed on, less than ``input_heartbeat_s`` ago. A module polled
+        every 0.25 s would otherwise send 345,600 identical messages a day; the edges
+        are in the door events, and the device's state topic says it is read."""
+        ts = self._now(msg.ts)
+        last = self._passed.get(msg.device)
+        if (
+            last is not None
+            and last[0] == msg.data
+            and last[1] == msg.quality
+            and 0 <= ts - last[2] < self.heartbeat_s
+        ):
+            return True
+        self._passed[msg.device] = (dict(msg.data), msg.quality, ts)
+        return False
 
     def _now(self, ts: float | None) -> float:
         return self.clock.wall() if ts is None else ts

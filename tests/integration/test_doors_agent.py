@@ -130,10 +130,31 @@ async def test_forced_and_granted_openings_reach_the_broker(
                 sim.set_input("b1-di", "di7", 0)
                 await asyncio.to_thread(sub.wait_for, of_type("digital_input"), 15)
                 events = door_events(sub)
+
+                # 4. twenty polls with nothing new, then one change: only the change is sent
+                loop = agent.loops["b1-di"]
+                reads = loop.health.reads
+                async with asyncio.timeout(30):
+                    while loop.health.reads < reads + 20:
+                        await asyncio.sleep(0.05)
+                sim.set_input("b1-di", "di8", 0)
+                await asyncio.to_thread(
+                    sub.wait_for, lambda m: m.topic == telemetry and not m.json()["data"]["di8"], 15
+                )
+                readings = [m.json()["data"] for m in sub.messages if m.topic == telemetry]
         finally:
             agent.stop()
             await asyncio.wait_for(task, 15)
             reader.close()
+    assert [(r["di1"], r["di7"], r["di8"]) for r in readings] == [
+        (True, True, True),
+        (False, True, True),  # door opened (forced)
+        (True, True, True),
+        (False, True, True),  # door opened (granted)
+        (True, True, True),
+        (True, False, True),  # fire
+        (True, False, False),  # di8, after 20 polls that were not sent
+    ]
     events.sort(key=lambda e: e["seq"])
     assert [e["type"] for e in events] == [
         "door_opened",
@@ -178,9 +199,9 @@ async def test_a_door_open_across_an_agent_restart_is_not_reported_twice(
             agent = Agent(load_config(path), path)
             task = asyncio.create_task(agent.run())
             try:
-                # a few polls of the still open door after the restart, then it closes
+                # the first reading after the restart (the door still open), then it closes
                 await asyncio.to_thread(
-                    sub.wait_for_count, seen + 3, lambda m: m.topic == telemetry, 15
+                    sub.wait_for_count, seen + 1, lambda m: m.topic == telemetry, 15
                 )
                 sim.set_input("b1-di", "di1", 1)
                 await asyncio.to_thread(sub.wait_for, of_type("door_closed"), 15)

@@ -152,9 +152,9 @@ def test_an_opening_without_a_grant_is_forced_at_once_and_each_edge_is_one_event
     rig.poll(di1=True)
     assert rig.sink.types() == ["door_opened", "door_forced", "door_closed"]
     assert rig.of("door_closed")[0].data["open_s"] == pytest.approx(1.0)
-    # the telemetry passes on unchanged, every poll
+    # the module's telemetry goes on when a value changed: the first, open, closed
     telemetry = [m for m in rig.sink.out if m.kind == "telemetry"]
-    assert len(telemetry) == 1 + 8 + 3 + 4 + 1
+    assert [m.data["di1"] for m in telemetry] == [True, False, True]
     assert telemetry[-1].data == rig.inputs
 
 
@@ -363,7 +363,34 @@ def test_stats_count_what_the_platform_was_told() -> None:
         "doors_forced": 1,
         "doors_held_open": 1,
         "doors_critical": 0,
+        "doors_telemetry_skipped": 124,  # the polls of the 31 s the door stood open
     }
+
+
+def test_input_telemetry_on_change_sends_changes_and_a_heartbeat() -> None:
+    rig = started()
+    rig.wait(59.75)  # 239 polls, nothing new
+    rig.pipe.telemetry("b1-di", rig.inputs, ts=rig.clock.now, quality="uncertain")
+    rig.wait(60.25)  # the heartbeat: one reading a minute
+    rig.pipe.telemetry("other", {"x": 1}, ts=rig.clock.now)  # not an input module: untouched
+    rig.pipe.telemetry("other", {"x": 1}, ts=rig.clock.now)
+    sent = [(m.device, m.quality, round(m.ts - T0, 2)) for m in rig.sink.out]
+    assert sent == [
+        ("b1-di", "good", 0.0),
+        ("b1-di", "uncertain", 59.75),  # a change of quality is news
+        ("b1-di", "good", 60.0),
+        ("b1-di", "good", 120.0),
+        ("other", "good", 120.0),
+        ("other", "good", 120.0),
+    ]
+
+
+def test_input_telemetry_every_poll_sends_every_reading() -> None:
+    doors = {**DOORS, "input_telemetry": "every_poll"}
+    rig = Rig(doors)
+    rig.poll()
+    rig.wait(2)
+    assert len([m for m in rig.sink.out if m.kind == "telemetry"]) == 9
 
 
 # -- config -------------------------------------------------------------------------------
