@@ -22,6 +22,8 @@ from edge_agent import registry
 from edge_agent.config.models import (
     BusConfig,
     CommandsConfig,
+    CriticalInput,
+    DoorConfig,
     DoorsConfig,
     HttpConfig,
     MqttConfig,
@@ -434,8 +436,30 @@ def check_hubs_http(data: dict[str, Any], devices: Indexed) -> list[tuple[Path_,
     return problems
 
 
+def _door_items(cfg: AgentConfigBase | None, data: dict[str, Any]) -> tuple[Indexed, Indexed]:
+    """Doors and alarm inputs that validate on their own, with their index, so the
+    door checks run even when something else in the file is wrong."""
+    if cfg is not None:
+        if cfg.doors is None:
+            return [], []
+        return list(enumerate(cfg.doors.doors)), list(enumerate(cfg.doors.inputs))
+    section = data.get("doors")
+    if not isinstance(section, dict):
+        return [], []
+    out: tuple[Indexed, Indexed] = ([], [])
+    for items, key, model in ((out[0], "doors", DoorConfig), (out[1], "inputs", CriticalInput)):
+        raw = section.get(key)
+        for i, item in enumerate(raw if isinstance(raw, list) else []):
+            try:
+                items.append((i, model.model_validate(item)))
+            except ValidationError:
+                pass  # reported by the whole model's validation
+    return out
+
+
 def check_doors(
     cfg: AgentConfigBase | None,
+    data: dict[str, Any],
     devices: Indexed,
     source: AgentConfigBase | dict[str, Any],
     base: Path,
@@ -443,12 +467,15 @@ def check_doors(
     """Every door and alarm input names a device of ``devices:`` and a point that device
     reports (a door that watches nothing would never say it was forced); door ids are
     unique and no input serves two purposes."""
-    if cfg is None or cfg.doors is None:
+    doors, inputs = _door_items(cfg, data)
+    if not doors and not inputs:
         return []
     from edge_agent.driver import DriverContext
 
     kinds = registry.drivers()
+    # a device that does not validate still exists: name only its points, if any
     by_id = {dev.id: dev for _, dev in devices}
+    written = _raw_ids(data, "devices")
     points: dict[str, set[str] | None] = {}
 
     def points_of(device_id: str) -> set[str] | None:
@@ -467,24 +494,22 @@ def check_doors(
 
     def check_ref(path: Path_, device: str, point: str | None, what: str) -> None:
         if device not in by_id:
-            known = ", ".join(sorted(by_id)) or "none"
-            problems.append(
-                (
-                    (*path, "device"),
-                    f"unknown device {device!r} (devices: {known}) / 设备不存在",
-                )
-            )
+            if device in written:
+                return  # the device has its own problem, reported at its lines
+            guess = close_match(device, written)
+            hint = f"did you mean {guess!r}?" if guess else f"devices: {', '.join(sorted(written))}"
+            problems.append(((*path, "device"), f"unknown device {device!r} ({hint}) / 设备不存在"))
             return
         if point is None:
             return
         have = points_of(device)
         if have is not None and point not in have:
-            listed = ", ".join(sorted(have)) or "none"
+            guess = close_match(point, have)
+            hint = f"did you mean {guess!r}?" if guess else f"points: {', '.join(sorted(have))}"
             problems.append(
                 (
                     (*path, "point"),
-                    f"device {device!r} has no point {point!r} (points: {listed}) "
-                    "/ 该设备没有此输入点",
+                    f"device {device!r} has no point {point!r} ({hint}) / 该设备没有此输入点",
                 )
             )
             return
@@ -498,7 +523,7 @@ def check_doors(
         used[(device, point)] = what
 
     seen: dict[str, int] = {}
-    for i, door in enumerate(cfg.doors.doors):
+    for i, door in doors:
         path: Path_ = ("doors", "doors", i)
         if door.id in seen:
             problems.append(
@@ -524,7 +549,7 @@ def check_doors(
             )
         for j, grant in enumerate(door.grants):
             check_ref((*path, "grants", j), grant.device, None, "")
-    for i, inp in enumerate(cfg.doors.inputs):
+    for i, inp in inputs:
         check_ref(("doors", "inputs", i), inp.device, inp.point, f"the {inp.input} input {i}")
     return problems
 
@@ -772,7 +797,7 @@ def load_config(
     problems += check_unique_ids(buses, devices)
     problems += check_across(_raw_ids(data, "buses"), devices, source, base)
     problems += check_hubs_http(data, devices)
-    problems += check_doors(cfg, devices, source, base)
+    problems += check_doors(cfg, data, devices, source, base)
     other_files: list[str] = []
     if build_drivers:
         problems += check_drivers_build(devices, source, base, other_files)
