@@ -446,3 +446,12 @@ def test_check_config_names_an_unknown_device_or_point_at_its_line(tmp_path: Pat
     assert f"{name}:12  doors.doors[1].id  duplicate door id 'd1'" in text
     assert f"{name}:15  doors.inputs[0].point  b1-di.di1 is already the contact of door" in text
     assert len(lines) == 5
+
+
+def test_an_emergency_exit_without_grants_is_forced_even_after_a_card_elsewhere() -> None:
+    doors = {"doors": [{"id": "exit", "contact": {"device": "b1-di", "point": "di4"}}]}
+    rig = Rig(doors)
+    rig.poll(di4=True)  # closed (NC contact)
+    rig.card(1)  # a grant the exit does not listen to
+    rig.poll(di4=False)
+    assert rig.sink.types() == ["card_read", "door_opened", "door_forced"]
