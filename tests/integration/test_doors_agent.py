@@ -49,7 +49,9 @@ def of_type(type_: str) -> Any:
     return match
 
 
-def agent_config(tmp_path: Path, broker: MqttBroker, sim_port: int, reader_port: int) -> Path:
+def agent_config(
+    tmp_path: Path, broker: MqttBroker, sim_port: int, reader_port: int, framer: str = "socket"
+) -> Path:
     cfg = {
         "site": {"id": "door-school", "gateway_id": "gw1"},
         "mqtt": {"host": broker.host, "port": broker.port},
@@ -62,6 +64,7 @@ def agent_config(tmp_path: Path, broker: MqttBroker, sim_port: int, reader_port:
                 "profile": "waveshare_io8",
                 "host": "127.0.0.1",
                 "port": sim_port,
+                "framer": framer,
                 "unit": 1,
                 "timeout_s": 0.1,
                 "retries": 0,
@@ -175,16 +178,18 @@ async def test_forced_and_granted_openings_reach_the_broker(
     assert (fire["input"], fire["active"], fire["severity"]) == ("fire", True, "critical")
 
 
+@pytest.mark.parametrize("framer", ["socket", "rtu"], ids=["modbus-tcp", "rtu-over-tcp"])
 async def test_a_door_open_across_an_agent_restart_is_not_reported_twice(
-    tmp_path: Path, mqtt_broker: MqttBroker, push_kind: None
+    tmp_path: Path, mqtt_broker: MqttBroker, push_kind: None, framer: str
 ) -> None:
     """The door's state is in the outbox database: after a restart the agent knows the
     door was open (no second door_opened, no second door_forced) and its door_closed
-    counts the time from the real opening."""
+    counts the time from the real opening. Over Modbus TCP and over RTU frames (the
+    framing of the RS-485 line, carried by a serial server)."""
     reader = RecordDevice(0)
     telemetry = f"{ROOT}/telemetry/b1-di"
-    async with DiModuleSim({"b1-di": 1}) as sim:
-        path = agent_config(tmp_path, mqtt_broker, sim.port, reader.port)
+    async with DiModuleSim({"b1-di": 1}, framer=framer) as sim:
+        path = agent_config(tmp_path, mqtt_broker, sim.port, reader.port, framer)
         with mqtt_subscriber(mqtt_broker, f"{ROOT}/#") as sub:
             agent = Agent(load_config(path), path)
             task = asyncio.create_task(agent.run())
@@ -236,3 +241,26 @@ async def test_the_di_simulator_answers_function_02_as_the_manual_says() -> None
             writer.close()
             await writer.wait_closed()
     assert answer == bytes.fromhex("0102 0000 0004 01 02 01") + bytes([0b1000_0101])
+
+
+async def test_the_di_simulator_answers_the_manuals_rtu_frame() -> None:
+    """The read command printed in the Waveshare manual, byte for byte, over RTU framing
+    (as a serial server in transparent mode carries it)."""
+    async with DiModuleSim({"b1-di": 1}, framer="rtu", initial=0) as sim:
+        sim.set_input("b1-di", "di2", 1)
+        reader, writer = await asyncio.open_connection("127.0.0.1", sim.port)
+        try:
+            writer.write(bytes.fromhex("01 02 00 00 00 08 79 CC"))
+            await writer.drain()
+            answer = await asyncio.wait_for(reader.readexactly(6), 5)
+        finally:
+            writer.close()
+            await writer.wait_closed()
+    assert answer[:4] == bytes.fromhex("01 02 01 02")  # unit, fc, 1 byte, DI2 = bit 1
+    # CRC-16/MODBUS of the answer, computed here from the spec, low byte first
+    crc = 0xFFFF
+    for byte in answer[:4]:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
+    assert answer[4:] == crc.to_bytes(2, "little")
