@@ -1,14 +1,16 @@
 """Simulated campus devices that speak the real wire protocols (for demos, tests, benchmarks):
-Modbus classrooms and meters, WG short-packet door controllers (UDP).
+Modbus classrooms and meters, digital-input modules (door contacts), WG short-packet door
+controllers (UDP).
 
 Written from the wire format and the devices' datasheets, never from the agent's drivers:
 nothing here imports ``drivers`` or ``edge_agent``. Profiles (register maps as data) are shared.
 
-Entry points: :class:`CampusSim` and :class:`WgSim` (Python), ``python -m edge_agent.simulators
-campus`` and ``... wg`` (CLI).
+Entry points: :class:`CampusSim`, :class:`DiModuleSim` and :class:`WgSim` (Python),
+``python -m edge_agent.simulators campus`` and ``... wg`` (CLI).
 """
 
 from .campus import CampusSim
+from .doors import DiModuleSim
 from .faults import FAULT_KINDS, Fault, FaultBoard, ScheduledFault, load_schedule, parse_schedule
 from .timetable import Phase, SimClock, Timetable
 from .wg import WgController, WgSim
@@ -16,6 +18,7 @@ from .wg import WgController, WgSim
 __all__ = [
     "FAULT_KINDS",
     "CampusSim",
+    "DiModuleSim",
     "Fault",
     "FaultBoard",
     "Phase",

@@ -22,6 +22,9 @@ from edge_agent import registry
 from edge_agent.config.models import (
     BusConfig,
     CommandsConfig,
+    CriticalInput,
+    DoorConfig,
+    DoorsConfig,
     HttpConfig,
     MqttConfig,
     OutboxConfig,
@@ -114,6 +117,11 @@ class AgentConfigBase(Strict):
     )
     buses: list[BusConfig] = Field(
         default_factory=list, description="Serial lines and shared TCP endpoints"
+    )
+    doors: DoorsConfig | None = Field(
+        default=None,
+        description="Door logic: door contacts, exit buttons, fire and emergency inputs "
+        "(docs/doors.md#door-logic) / 门磁与门逻辑",
     )
 
 
@@ -428,6 +436,124 @@ def check_hubs_http(data: dict[str, Any], devices: Indexed) -> list[tuple[Path_,
     return problems
 
 
+def _door_items(cfg: AgentConfigBase | None, data: dict[str, Any]) -> tuple[Indexed, Indexed]:
+    """Doors and alarm inputs that validate on their own, with their index, so the
+    door checks run even when something else in the file is wrong."""
+    if cfg is not None:
+        if cfg.doors is None:
+            return [], []
+        return list(enumerate(cfg.doors.doors)), list(enumerate(cfg.doors.inputs))
+    section = data.get("doors")
+    if not isinstance(section, dict):
+        return [], []
+    out: tuple[Indexed, Indexed] = ([], [])
+    for items, key, model in ((out[0], "doors", DoorConfig), (out[1], "inputs", CriticalInput)):
+        raw = section.get(key)
+        for i, item in enumerate(raw if isinstance(raw, list) else []):
+            try:
+                items.append((i, model.model_validate(item)))
+            except ValidationError:
+                pass  # reported by the whole model's validation
+    return out
+
+
+def check_doors(
+    cfg: AgentConfigBase | None,
+    data: dict[str, Any],
+    devices: Indexed,
+    source: AgentConfigBase | dict[str, Any],
+    base: Path,
+) -> list[tuple[Path_, str]]:
+    """Every door and alarm input names a device of ``devices:`` and a point that device
+    reports (a door that watches nothing would never say it was forced); door ids are
+    unique and no input serves two purposes."""
+    doors, inputs = _door_items(cfg, data)
+    if not doors and not inputs:
+        return []
+    from edge_agent.driver import DriverContext
+
+    kinds = registry.drivers()
+    # a device that does not validate still exists: name only its points, if any
+    by_id = {dev.id: dev for _, dev in devices}
+    written = _raw_ids(data, "devices")
+    points: dict[str, set[str] | None] = {}
+
+    def points_of(device_id: str) -> set[str] | None:
+        if device_id not in points:
+            dev = by_id[device_id]
+            cls = kinds[dev.kind]
+            ctx = DriverContext(buses={}, settings=kind_settings(cls, source), config_dir=base)
+            try:
+                points[device_id] = {m.name for m in cls(dev, ctx).metrics()}
+            except Exception:  # reported by check_drivers_build
+                points[device_id] = None
+        return points[device_id]
+
+    problems: list[tuple[Path_, str]] = []
+    used: dict[tuple[str, str], str] = {}
+
+    def check_ref(path: Path_, device: str, point: str | None, what: str) -> None:
+        if device not in by_id:
+            if device in written:
+                return  # the device has its own problem, reported at its lines
+            guess = close_match(device, written)
+            hint = f"did you mean {guess!r}?" if guess else f"devices: {', '.join(sorted(written))}"
+            problems.append(((*path, "device"), f"unknown device {device!r} ({hint}) / 设备不存在"))
+            return
+        if point is None:
+            return
+        have = points_of(device)
+        if have is not None and point not in have:
+            guess = close_match(point, have)
+            hint = f"did you mean {guess!r}?" if guess else f"points: {', '.join(sorted(have))}"
+            problems.append(
+                (
+                    (*path, "point"),
+                    f"device {device!r} has no point {point!r} ({hint}) / 该设备没有此输入点",
+                )
+            )
+            return
+        if (device, point) in used:
+            problems.append(
+                (
+                    (*path, "point"),
+                    f"{device}.{point} is already {used[(device, point)]} / 输入点重复使用",
+                )
+            )
+        used[(device, point)] = what
+
+    seen: dict[str, int] = {}
+    for i, door in doors:
+        path: Path_ = ("doors", "doors", i)
+        if door.id in seen:
+            problems.append(
+                (
+                    (*path, "id"),
+                    f"duplicate door id {door.id!r} (first at doors.doors[{seen[door.id]}]) "
+                    "/ 门 id 重复",
+                )
+            )
+        seen.setdefault(door.id, i)
+        check_ref(
+            (*path, "contact"),
+            door.contact.device,
+            door.contact.point,
+            f"the contact of door {door.id!r}",
+        )
+        if door.rex is not None:
+            check_ref(
+                (*path, "rex"),
+                door.rex.device,
+                door.rex.point,
+                f"the exit button of door {door.id!r}",
+            )
+        for j, grant in enumerate(door.grants):
+            check_ref((*path, "grants", j), grant.device, None, "")
+    for i, inp in inputs:
+        check_ref(("doors", "inputs", i), inp.device, inp.point, f"the {inp.input} input {i}")
+    return problems
+
+
 def prepare_tls(data: dict[str, Any], base: Path) -> None:
     """An empty ``tls:`` (every key commented out) means TLS with the defaults, not plain TCP;
     relative CA/certificate/key paths are taken from the config file's folder."""
@@ -671,6 +797,7 @@ def load_config(
     problems += check_unique_ids(buses, devices)
     problems += check_across(_raw_ids(data, "buses"), devices, source, base)
     problems += check_hubs_http(data, devices)
+    problems += check_doors(cfg, data, devices, source, base)
     other_files: list[str] = []
     if build_drivers:
         problems += check_drivers_build(devices, source, base, other_files)

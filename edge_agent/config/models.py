@@ -399,3 +399,145 @@ class HttpConfig(Strict):
     def address(self) -> tuple[str, int]:
         """``bind`` as (host, port), host without brackets."""
         return parse_bind(self.bind)
+
+
+# -- doors (issue 9): door logic on the pipeline, edge_agent/pipeline/doors.py ----------
+
+
+class InputRef(Strict):
+    """One digital input: a point of a device (a channel of a Modbus DI module)."""
+
+    device: Id = Field(description="Device id of the input module / 输入模块的设备 id")
+    point: str = Field(
+        min_length=1,
+        description="Point (metric) of that device, e.g. 'di1' / 输入点名称，如 di1",
+    )
+
+
+class ContactInput(InputRef):
+    """A door contact (门磁): which value means 'closed'."""
+
+    closed_when: Literal[0, 1] = Field(
+        default=1,
+        description="Value the input reads while the door is closed: 1 for a normally "
+        "closed (NC) contact on a dry-contact input, 0 for a normally open one / "
+        "门关闭时输入点的值：常闭门磁接无源输入为 1，常开为 0",
+    )
+
+
+class ActiveInput(InputRef):
+    """A button or relay input: which value means 'active'."""
+
+    active_when: Literal[0, 1] = Field(
+        default=1,
+        description="Value the input reads while active (button pressed, relay "
+        "energised): 1 for a normally open contact, 0 for a normally closed one / "
+        "动作时输入点的值：常开触点为 1，常闭触点为 0",
+    )
+
+
+class GrantSource(Strict):
+    """Where a grant for a door comes from: a granted ``card_read`` (or an exit button or
+    lock release, ``digital_input`` ``exit_button`` / ``lock``) of this device, optionally
+    only for one of its doors or readers."""
+
+    device: Id = Field(
+        description="Device id of the reader, controller or terminal "
+        "/ 读卡器、控制器或终端的设备 id"
+    )
+    door: int | str | None = Field(
+        default=None,
+        description="Only events whose 'door' field is this (a WG controller's door 1-4, "
+        "a Hikvision or ZKTeco door number); default: any door of the device / "
+        "仅限该门号的事件（默认不限）",
+    )
+    reader: str | None = Field(
+        default=None,
+        description="Only card reads of this reader (the event's 'reader' field); default: "
+        "any reader / 仅限该读卡器的刷卡（默认不限）",
+    )
+
+
+class DoorConfig(Strict):
+    """One door watched by the door logic: its contact, its exit button, what unlocks it."""
+
+    id: Id = Field(description="Door id, in every door event's 'door' field / 门 id")
+    name: str | None = Field(default=None, description="Human-readable name / 名称")
+    contact: ContactInput = Field(description="The door contact input / 门磁输入")
+    rex: ActiveInput | None = Field(
+        default=None,
+        description="Exit (REX) button input: a press grants the door like a card / "
+        "出门按钮输入：按下视同授权开门",
+    )
+    grants: list[GrantSource] = Field(
+        default_factory=list,
+        description="Readers and controllers whose granted card reads unlock this door / "
+        "授权刷卡可开此门的读卡器或控制器",
+    )
+    grant_window_s: float = Field(
+        default=5,
+        gt=0,
+        le=300,
+        description="An opening within this many seconds after a grant (card, REX) is "
+        "granted; without one it is door_forced / 授权后多少秒内开门视为正常，否则为强行开门",
+    )
+    grant_late_s: float = Field(
+        default=0,
+        ge=0,
+        le=10,
+        description="Wait this long after an opening for a grant that arrives late (a "
+        "reader whose events come through a slower path) before door_forced; 0 = decide "
+        "at once / 开门后等待迟到授权的秒数，0 表示立即判断",
+    )
+    held_open_s: float = Field(
+        default=30,
+        gt=0,
+        le=86400,
+        description="Open longer than this -> door_held_open (once per opening) / "
+        "开门超过此秒数报门长时间未关（每次开门一次）",
+    )
+    flap_s: float = Field(
+        default=2,
+        ge=0,
+        le=60,
+        description="A door that reopens within this many seconds of closing continues "
+        "the same opening (a bouncing contact, a door that springs back): no second "
+        "door_forced, the held-open time runs on / 关门后此秒数内再次打开视为同一次开门",
+    )
+
+
+class CriticalInput(ActiveInput):
+    """A fire-panel relay or an emergency button: each change is a critical
+    ``digital_input`` event."""
+
+    input: Literal["fire", "emergency"] = Field(
+        description="What it is: 'fire' (fire-panel relay output) or 'emergency' "
+        "(one-button alarm) / 'fire' 消防联动输出，'emergency' 一键报警按钮",
+    )
+    name: str | None = Field(default=None, description="Human-readable name / 名称")
+
+
+class DoorsConfig(Strict):
+    """Door logic on the pipeline: door contacts, exit buttons and alarm inputs read
+    through input modules (docs/doors.md#door-logic)."""
+
+    doors: list[DoorConfig] = Field(
+        default_factory=list, description="Doors with a contact input / 带门磁的门"
+    )
+    inputs: list[CriticalInput] = Field(
+        default_factory=list,
+        description="Fire and emergency inputs: critical digital_input events / 消防和紧急报警输入",
+    )
+    input_telemetry: Literal["on_change", "every_poll"] = Field(
+        default="on_change",
+        description="Telemetry of the input modules named here: 'on_change' sends a reading "
+        "only when an input changed (and every input_heartbeat_s), 'every_poll' every "
+        "read (4 a second per module at 0.25 s) / 输入模块的遥测：仅在变化时发送，或每次轮询都发送",
+    )
+    input_heartbeat_s: float = Field(
+        default=60,
+        ge=1,
+        le=86400,
+        description="With on_change: send an unchanged reading after this many seconds "
+        "anyway / 无变化时每隔多少秒仍发送一次",
+    )

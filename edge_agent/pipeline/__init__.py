@@ -3,7 +3,7 @@
 ::
 
     poll loop (Emit) ─┐
-                      ├─► pseudonym ─► clock gate ─► (door logic) ─► sink ─► taps
+                      ├─► pseudonym ─► clock gate ─► door logic ─► sink ─► taps
     push link ────────┘   card → h:…    hold until     derived       outbox   rules,
       put / commit                      NTP            events                console
 
@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from edge_agent.clock import Clock
 from edge_agent.pipeline.base import Message, Sink, Stage
 from edge_agent.pipeline.clockgate import ClockGate
+from edge_agent.pipeline.doors import DoorLogic, StateStore
 from edge_agent.pipeline.pseudonym import Pseudonymiser
 from edge_agent.pipeline.runner import Pipeline
 from edge_agent.pipeline.taps import QueueTap, Tap, Taps
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ClockGate",
+    "DoorLogic",
     "Message",
     "Pipeline",
     "Pseudonymiser",
@@ -47,11 +49,16 @@ def build_pipeline(
 ) -> Pipeline:
     """The agent's pipeline: the pseudonymiser first (a raw card number is never held
     in memory nor seen by a later stage, a tap included), then the clock gate (later
-    stages see corrected timestamps), then ``extra`` stages (door logic, issue 9)."""
+    stages see corrected timestamps), then ``extra`` stages, then the door logic when
+    ``doors:`` is configured (it keeps its state in the sink when the sink can: the
+    outbox's ``device_state``)."""
     secret = cfg.site.pseudonym_secret
     stages: list[Stage] = [
         Pseudonymiser(secret.encode("utf-8") if secret else None, raw=cfg.site.raw_card_ids),
         ClockGate(clock, cfg.clock.hold_max_s),
         *extra,
     ]
+    doors = getattr(cfg, "doors", None)
+    if doors is not None and (doors.doors or doors.inputs):
+        stages.append(DoorLogic(doors, clock, sink if isinstance(sink, StateStore) else None))
     return Pipeline(stages, sink)

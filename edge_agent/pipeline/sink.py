@@ -34,6 +34,15 @@ class OutboxSink:
         else:
             self.state(msg.device, msg.data)
 
+    # -- StateStore (the door logic's state across restarts) ----------------------------
+    def get_state(self, device: str, key: str) -> str | None:
+        """A ``device_state`` value as committed (loaded when the outbox opened)."""
+        return self.outbox.state.get((device, key))
+
+    def put_state(self, device: str, key: str, value: str) -> None:
+        """Saved with the next commit, in the transaction of the messages put before it."""
+        self.outbox.put_state(device, key, value)
+
     async def commit(self, device: str, msgs: Sequence[Message], cursor: str | None) -> None:
         now = time.time()
         messages = [
