@@ -21,6 +21,7 @@ from edge_agent.drivers.zkteco import iclock
 from edge_agent.drivers.zkteco.events import (
     Reader,
     event_ts,
+    known,
     offset_zone,
     punch_event,
     rtlog_event,
@@ -537,18 +538,45 @@ def rtev(event: int, **kw: Any) -> RtEvent:
         (201, "door_closed", {}),
         (102, "door_forced", {}),
         (28, "door_held_open", {}),
-        (202, "exit_button", {}),
-        (8, "door_unlocked", {"by": "remote"}),
+        (202, "digital_input", {"input": "exit_button", "active": True}),
+        (8, "digital_input", {"input": "lock", "active": True, "by": "remote"}),
         (100, "reader_tamper", {}),
-        (101, "duress", {"by": "password"}),
-        (206, "access_record", {}),
-        (9999, "access_record", {}),
+        (
+            101,
+            "digital_input",
+            {"input": "duress", "active": True, "severity": "critical", "by": "password"},
+        ),
+        (
+            103,
+            "digital_input",
+            {"input": "duress", "active": True, "severity": "critical", "by": "fingerprint"},
+        ),
+        (206, "digital_input", {"input": "unknown"}),
+        (9999, "digital_input", {"input": "unknown"}),
     ],
 )
 def test_rtlog_door_and_alarm_codes(code: int, etype: str, extra: dict[str, Any]) -> None:
     got, data = rtlog_event(rtev(code), {})
     assert got == etype
     assert data == {"door": 2, "direction": "in", "event_code": code, "record_index": 9} | extra
+
+
+#: the event types of uplink contract v1.1 (docs/mqtt.md): nothing else is published
+CONTRACT_EVENT_TYPES = {
+    "card_read", "door_opened", "door_closed", "door_forced", "door_held_open",
+    "reader_tamper", "motion", "camera_tamper", "line_crossed", "people_count",
+    "digital_input", "device_fault",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("code", range(256))
+def test_every_rtlog_code_is_a_contract_event_type(code: int) -> None:
+    etype, data = rtlog_event(rtev(code, pin="7"), {})
+    assert etype in CONTRACT_EVENT_TYPES
+    assert data["event_code"] == code
+    if etype == "digital_input":
+        assert data["input"] in {"exit_button", "lock", "duress", "unknown"}
+    assert known(code) == (data.get("input") != "unknown")
 
 
 def test_rtlog_passes_and_refusals_are_card_reads_at_the_configured_reader() -> None:
