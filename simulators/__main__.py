@@ -1,4 +1,4 @@
-"""Command line: ``python -m edge_agent.simulators campus|wg [options]``.
+"""Command line: ``python -m edge_agent.simulators campus|wg|zkteco [options]``.
 
 ``campus`` starts the simulated campus, prints one line per server when it listens, writes the
 layout JSON if asked, and runs until SIGINT/SIGTERM (Ctrl-C).
@@ -7,6 +7,9 @@ layout JSON if asked, and runs until SIGINT/SIGTERM (Ctrl-C).
 ``wg`` starts simulated WG short-packet door controllers (UDP), optionally plays a scenario
 script and reads scenario commands from stdin (``--stdin``).
 ``wg`` 启动模拟微耕短报文门禁控制器，可执行场景脚本或从标准输入读取命令。
+
+``zkteco`` starts simulated ZKTeco PUSH terminals that push to a gateway (``--server``).
+``zkteco`` 启动向网关推送的模拟中控终端。
 """
 
 from __future__ import annotations
