@@ -195,6 +195,9 @@ class ZkTerminal:
         self._realtime = True
         #: commands run, in order: (id, command, return code)
         self.ran: list[tuple[int, str, int]] = []
+        #: scenario: commands whose first word is a key fail with that return code
+        #: (``{"CONTROL": -1}``: the lock output is not wired)
+        self.refuse: dict[str, int] = {}
 
     # -- scenario hooks --------------------------------------------------------------
     def _now(self, at: datetime | None) -> str:
@@ -443,6 +446,8 @@ class ZkTerminal:
                 raise HttpError(f"devicecmd answered {status}")
 
     def _execute(self, cmd: str) -> int:
+        if cmd.split(" ", 1)[0] in self.refuse:
+            return self.refuse[cmd.split(" ", 1)[0]]
         if m := re.fullmatch(r"CONTROL DEVICE 01([0-9A-F]{2})01([0-9A-F]{2})", cmd):
             door = int(m[1], 16)
             if not 1 <= door <= 4:

@@ -350,3 +350,26 @@ async def test_door_open_times_out_once_and_is_withdrawn_when_the_terminal_is_aw
     assert "withdrawn" in result["error"]
     assert len(sub.messages) == 1  # exactly one answer
     assert term.ran == []  # the door did not open later
+
+
+async def test_door_open_answers_with_the_terminals_result(
+    tmp_path: Path, mqtt_broker: MqttBroker, agents: Any
+) -> None:
+    port = free_port()
+    agent = make_agent(tmp_path, mqtt_broker, port, [terminal_cfg("gym-door", "ZK8")])
+    term = ZkTerminal("ZK8", ("127.0.0.1", port), access=True, poll_s=0.2)
+    term.refuse["CONTROL"] = -1  # this terminal's lock output is not wired
+    with mqtt_subscriber(mqtt_broker, f"{ROOT}/cmd_result/#") as sub:
+        agents(agent)
+        async with term:
+            await until(lambda: term.stats.getrequests > 0)
+            publish(
+                mqtt_broker,
+                f"{ROOT}/cmd/door_open",
+                json.dumps({"request_id": "open-3", "device": "gym-door", "door": 2, "by": "t"}),
+            )
+            answer = await asyncio.to_thread(sub.wait_for, None, 15)
+    result = json.loads(answer.payload)
+    assert result["ok"] is False
+    assert "refused to open door 2" in result["error"]
+    assert [(cmd, code) for _id, cmd, code in term.ran] == [("CONTROL DEVICE 01020105", -1)]

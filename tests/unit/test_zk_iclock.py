@@ -39,6 +39,7 @@ from edge_agent.drivers.zkteco.iclock import (
     Punch,
     RtEvent,
     Upload,
+    User,
     classify,
     handshake_reply,
     parse_upload,
@@ -875,3 +876,27 @@ def test_fixtures_are_found_relative_to_the_repository() -> None:
     # from /work/wt-x, /work/main or a clone in /tmp/x: <repo>/../shared/fixtures
     assert FIXTURES.parent.parent.parent == REPO.parent / "shared"
     assert REPO.joinpath("drivers", "zkteco", "iclock.py").is_file()
+
+
+def test_the_cursor_keeps_the_pin_to_card_table_through_encode_and_commits() -> None:
+    cur = Cursor({"ATTLOG": "5"}, 3).with_users((User("7", "123"), User("8", None)))
+    assert cur.cards == {"7": "123"}
+    back = Cursor.decode(cur.encode())
+    assert back == cur
+    # a later commit keeps the table; a user without a card any more drops it
+    upload = iclock.parse_attlog("7\t2026-11-30 07:40:00\t0\t4\n", "6")
+    plan = plan_commit(back, upload)
+    assert plan.cursor.cards == {"7": "123"}
+    assert plan.cursor.with_users((User("7", None),)).cards == {}
+    assert Cursor.decode('{"v":1,"stamps":{},"rtlog":null}').cards == {}  # older cursors
+    with pytest.raises(CursorError):
+        Cursor.decode('{"v":1,"stamps":{},"rtlog":null,"cards":{"7":1}}')
+
+
+def test_a_command_not_yet_fetched_can_be_withdrawn_a_sent_one_cannot() -> None:
+    q = CommandQueue(next_id=10)
+    first, second = q.add("INFO"), q.add("CHECK")
+    assert q.cancel(second) is True
+    assert q.getrequest_reply() == "C:10:INFO\n"
+    assert q.cancel(first) is False  # handed out: the terminal may run it
+    assert q.cancel(99) is False
