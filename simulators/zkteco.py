@@ -186,7 +186,7 @@ class ZkTerminal:
         self.stats = Stats()
         self.plugged = True
         self._garbage: list[tuple[str, bytes]] = []
-        self._ignore_acks = 0
+        self._ignore_acks: dict[str | None, int] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._delay_s = 10.0
@@ -286,10 +286,10 @@ class ZkTerminal:
         self._garbage.append((table, body))
         self._wake.set()
 
-    def ignore_acks(self, n: int = 1) -> None:
-        """Lose the next ``n`` answers to uploads (the OK never reaches the terminal): it
-        sends the same records, with the same Stamp, again."""
-        self._ignore_acks += n
+    def ignore_acks(self, n: int = 1, table: str | None = None) -> None:
+        """Lose the next ``n`` answers to uploads (of ``table``, or of any): the OK never
+        reaches the terminal, so it sends the same records, with the same Stamp, again."""
+        self._ignore_acks[table] = self._ignore_acks.get(table, 0) + n
 
     def backlog(self, table: str = "ATTLOG") -> int:
         """Records the terminal holds that it believes undelivered."""
@@ -417,9 +417,10 @@ class ZkTerminal:
             self.stats.refused += 1
             self.stats.last_error = f"{table} upload answered {status} {answer[:60]!r}"
             raise HttpError(self.stats.last_error)
-        if self._ignore_acks:
-            self._ignore_acks -= 1
-            return True  # the answer was "lost": the same batch goes again
+        for key in (table, None):
+            if self._ignore_acks.get(key):
+                self._ignore_acks[key] -= 1
+                return True  # the answer was "lost": the same batch goes again
         self.stats.ok += 1
         self.stats.acked.append((table, params.get("Stamp", str(batch[-1].stamp))))
         self._sent[table] = batch[-1].stamp

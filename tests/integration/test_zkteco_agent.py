@@ -283,7 +283,7 @@ async def test_door_open_goes_through_the_terminal_and_an_unknown_sn_is_counted(
         agents(agent)
         async with term, stranger:
             stranger.punch("1")
-            term.ignore_acks(2)  # the user's and the first rtlog upload's OKs are lost
+            term.ignore_acks(1, "rtlog")  # the first rtlog upload's OK is lost
             term.add_user("31", "99")
             term.punch("31", verify="card")
             term.deny(reason="unregistered", inout=1)
@@ -304,7 +304,7 @@ async def test_door_open_goes_through_the_terminal_and_an_unknown_sn_is_counted(
             assert len(events_of(sub, "lib-door")) == 6
     got = [e for e in everything if e["type"] != "command_audit"]
     assert len(got) == 5
-    assert term.stats.uploads - term.stats.ok >= 2  # two batches really went twice
+    assert term.stats.uploads - term.stats.ok >= 1  # an rtlog batch really went twice
     assert json.loads(answer.payload)["ok"] is True, answer.payload
     assert [cmd for _id, cmd, _code in term.ran] == ["CONTROL DEVICE 01010105"]
     kinds = [(e["type"], e["data"].get("input"), e["data"].get("result")) for e in got]
