@@ -27,6 +27,7 @@ from edge_agent.config.loader import load_config
 from edge_agent.simulators.zkteco import ZkTerminal
 from edge_agent.supervisor import Agent
 from tests.contract import check_envelope
+from tests.http_helpers import request
 from tests.mqtt_helpers import MqttBroker, Received, mqtt_subscriber, publish
 
 pytestmark = pytest.mark.integration
@@ -261,8 +262,15 @@ async def test_garbage_is_logged_once_and_the_records_after_it_arrive(
             term.punch("5")
             await wait_events(sub, "gate-e", 1)
             await until(lambda: term.backlog() == 0 and not term._garbage)
+            # requests no terminal would send: no SN, an SN that is no serial number
+            for path in ("/iclock/cdata?table=ATTLOG", "/iclock/getrequest?SN=%0Abad"):
+                status, _h, _b = await request(port, "POST" if "table" in path else "GET", path)
+                assert status == 400
     unreadable = [r for r in caplog.records if "unreadable line" in r.getMessage()]
     assert len(unreadable) == 1, [r.getMessage() for r in unreadable]
+    unusable = [r for r in caplog.records if "unusable request" in r.getMessage()]
+    assert len(unusable) == 1
+    assert agent.hubs["zkteco"].malformed == 2
     assert agent.drivers["gate-e"].skipped_lines >= 4
 
 
