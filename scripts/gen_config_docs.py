@@ -41,6 +41,7 @@ from edge_agent.config.models import ID_PATTERN  # noqa: E402
 from edge_agent.drivers.modbus.config import ModbusDevice  # noqa: E402
 from edge_agent.drivers.modbus.driver import ModbusDriver  # noqa: E402
 from edge_agent.drivers.modbus.profile import Profile  # noqa: E402
+from edge_agent.drivers.zkteco.config import ZkTecoDevice  # noqa: E402
 
 OUTPUT = REPO / "docs" / "configuration.md"
 
@@ -416,6 +417,8 @@ ZH: dict[str, str] = {
     "TcpBus": "多台设备共用的 TCP 端点：串口服务器（RTU over TCP）或 Modbus TCP 网关。",
     "ModbusDevice": "通过设备模板（寄存器表）读取的 Modbus RTU/TCP 设备；"
     "`bus:` 与 `host:` 二选一。",
+    "ZkTecoDevice": "通过 PUSH（iclock/ADMS）协议向网关推送记录的中控考勤机或门禁终端。",
+    "ZkReader": "门禁终端的一个读卡器：门号及方向。",
     "Location": "设备安装位置，发布在设备的 meta 主题中。",
     "Profile": "某一型号设备的寄存器表。",
     "Point": "设备的一个指标（或可写参数）：寄存器位置与换算方法。",
@@ -479,6 +482,7 @@ def config_sections() -> list[Section]:
     )
     sections = walk("", top, seen)
     sections += walk("devices[] (kind: modbus)", ModbusDevice, seen)
+    sections += walk("devices[] (kind: zkteco)", ZkTecoDevice, seen)
     return sections
 
 

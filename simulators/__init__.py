@@ -1,12 +1,12 @@
 """Simulated campus devices that speak the real wire protocols (for demos, tests, benchmarks):
 Modbus classrooms and meters, digital-input modules (door contacts), WG short-packet door
-controllers (UDP).
+controllers (UDP), ZKTeco PUSH terminals (HTTP clients of the agent).
 
 Written from the wire format and the devices' datasheets, never from the agent's drivers:
 nothing here imports ``drivers`` or ``edge_agent``. Profiles (register maps as data) are shared.
 
-Entry points: :class:`CampusSim`, :class:`DiModuleSim` and :class:`WgSim` (Python),
-``python -m edge_agent.simulators campus`` and ``... wg`` (CLI).
+Entry points: :class:`CampusSim`, :class:`DiModuleSim`, :class:`WgSim` and :class:`ZkTerminal`
+(Python), ``python -m edge_agent.simulators campus``, ``... wg`` and ``... zkteco`` (CLI).
 """
 
 from .campus import CampusSim
@@ -14,6 +14,7 @@ from .doors import DiModuleSim
 from .faults import FAULT_KINDS, Fault, FaultBoard, ScheduledFault, load_schedule, parse_schedule
 from .timetable import Phase, SimClock, Timetable
 from .wg import WgController, WgSim
+from .zkteco import ZkTerminal
 
 __all__ = [
     "FAULT_KINDS",
@@ -27,6 +28,7 @@ __all__ = [
     "Timetable",
     "WgController",
     "WgSim",
+    "ZkTerminal",
     "load_schedule",
     "parse_schedule",
 ]

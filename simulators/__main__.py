@@ -1,4 +1,4 @@
-"""Command line: ``python -m edge_agent.simulators campus|wg [options]``.
+"""Command line: ``python -m edge_agent.simulators campus|wg|zkteco [options]``.
 
 ``campus`` starts the simulated campus, prints one line per server when it listens, writes the
 layout JSON if asked, and runs until SIGINT/SIGTERM (Ctrl-C).
@@ -7,6 +7,9 @@ layout JSON if asked, and runs until SIGINT/SIGTERM (Ctrl-C).
 ``wg`` starts simulated WG short-packet door controllers (UDP), optionally plays a scenario
 script and reads scenario commands from stdin (``--stdin``).
 ``wg`` 启动模拟微耕短报文门禁控制器，可执行场景脚本或从标准输入读取命令。
+
+``zkteco`` starts simulated ZKTeco PUSH terminals that push to a gateway (``--server``).
+``zkteco`` 启动向网关推送的模拟中控终端。
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
-from . import wg
+from . import wg, zkteco
 from .campus import CampusSim
 
 
@@ -101,6 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     campus.add_argument("--log-level", default="WARNING", help="logging level / 日志级别")
     _wg_parser(sub)
+    _zk_parser(sub)
     return parser
 
 
@@ -109,6 +113,26 @@ def _merge(pairs: Sequence[tuple[str, list[int]]]) -> dict[str, list[int]]:
     for model, addresses in pairs:
         merged.setdefault(model, []).extend(addresses)
     return merged
+
+
+def _zk_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "zkteco",
+        help="run ZKTeco PUSH (iclock) terminals / 运行中控 PUSH 考勤门禁终端模拟器",
+        description="Run simulated ZKTeco terminals pushing to a gateway until SIGINT/SIGTERM"
+        " / 运行模拟中控终端（向网关推送）直到收到退出信号",
+        epilog="commands (--stdin, --script):\n" + zkteco.COMMANDS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--server", type=_listener, required=True, help="gateway HOST:PORT / 网关地址")
+    p.add_argument("--sn", action="append", required=True, help="a terminal's SN (repeat) / 序列号")
+    p.add_argument("--access", action="store_true", help="security terminals (rtlog) / 门禁终端")
+    p.add_argument("--poll-s", type=float, default=None, help="cap the server's Delay / 轮询间隔")
+    p.add_argument("--script", default=None, help="scenario: '@SECONDS command' lines / 场景脚本")
+    p.add_argument(
+        "--stdin", action="store_true", help="read commands from stdin / 从标准输入读取命令"
+    )
+    p.add_argument("--log-level", default="WARNING", help="logging level / 日志级别")
 
 
 def _event_som(text: str) -> int:
@@ -192,6 +216,8 @@ def _wg_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 async def _run(args: argparse.Namespace) -> int:
     if args.command == "wg":
         return await _run_wg(args)
+    if args.command == "zkteco":
+        return await _run_zk(args)
     sim = CampusSim(
         classrooms=args.classrooms,
         meters=args.meters,
@@ -326,10 +352,68 @@ async def _run_wg(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _run_zk(args: argparse.Namespace) -> int:
+    steps = wg.parse_script(args.script_text) if args.script else []
+    terminals = {
+        sn: zkteco.ZkTerminal(sn, args.server, access=args.access, poll_s=args.poll_s)
+        for sn in args.sn
+    }
+
+    async def command(line: str) -> None:
+        try:
+            out = await zkteco.run_command(terminals, line)
+        except (ValueError, KeyError) as err:
+            print(f"error / 错误: {err}", flush=True)
+        else:
+            if out:
+                print(out, flush=True)
+
+    async def play() -> None:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for at, line in steps:
+            await asyncio.sleep(max(0.0, start + at - loop.time()))
+            await command(line)
+        print("script done / 脚本已执行完", flush=True)
+
+    async def from_stdin() -> None:
+        reader = asyncio.StreamReader()
+        loop = asyncio.get_running_loop()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+        while line := await reader.readline():
+            await command(line.decode(errors="replace"))
+        stop.set()
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        for t in terminals.values():
+            await t.start()
+            kind = "security (rtlog)" if t.access else "attendance (ATTLOG)"
+            print(f"zkteco terminal {t.sn} {kind} pushing to {args.server[0]}:{args.server[1]}")
+        print("zkteco ready; Ctrl-C to stop / 中控终端模拟器已就绪，Ctrl-C 退出", flush=True)
+        async with asyncio.TaskGroup() as tg:
+            work = [tg.create_task(play())] if steps else []
+            if args.stdin:
+                work.append(tg.create_task(from_stdin()))
+            await stop.wait()
+            for task in work:
+                task.cancel()
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+        for t in terminals.values():
+            await t.stop()
+    print("zkteco stopped / 中控终端模拟器已停止", flush=True)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     args = _parser().parse_args(argv)
-    if args.command == "wg" and args.script:
+    if args.command in ("wg", "zkteco") and args.script:
         try:
             args.script_text = Path(args.script).read_text(encoding="utf-8")
         except OSError as err:

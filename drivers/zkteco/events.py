@@ -4,8 +4,11 @@ A punch (an attendance terminal's ATTLOG record) is always a ``card_read`` grant
 terminal only records people it recognised. An rtlog event of a security terminal maps by
 its event code: verified opens are ``card_read`` granted, refusals ``card_read`` denied with
 a reason, door and alarm codes ``door_opened``, ``door_closed``, ``door_forced``,
-``door_held_open``, ``exit_button``, ``door_unlocked``, ``duress``, ``reader_tamper``;
-anything else an ``access_record`` that keeps the raw code, so nothing is dropped.
+``door_held_open``, ``reader_tamper``. Only the contract's event types are published
+(``docs/mqtt.md`` "Door and card events"): the exit button, a remote open (the lock
+released) and duress are ``digital_input`` with ``input`` ``exit_button``, ``lock``,
+``duress``; anything else a ``digital_input`` with ``input: "unknown"`` that keeps the raw
+code (:func:`known` tells the driver which codes to log once), so nothing is dropped.
 
 ``card`` is the user's card number as the terminal prints it, else the PIN (a face or
 fingerprint user may have no card), in the clear: the pipeline pseudonymises it before it
@@ -89,21 +92,29 @@ DENIED: Final[Mapping[int, str]] = {
     42: "wiegand_format_error",
 }
 
-#: rtlog door and alarm codes → (event type, extra data)
+_CRITICAL: Final[Mapping[str, Any]] = {"active": True, "severity": "critical"}
+
+#: rtlog door and alarm codes → (event type, extra data); what the contract has no type
+#: for is a ``digital_input`` named by ``input`` (docs/mqtt.md "Door and card events")
 DOOR_EVENTS: Final[Mapping[int, tuple[str, Mapping[str, Any]]]] = {
-    8: ("door_unlocked", {"by": "remote"}),
+    8: ("digital_input", {"input": "lock", "active": True, "by": "remote"}),
     28: ("door_held_open", {}),
     100: ("reader_tamper", {}),
-    101: ("duress", {"by": "password"}),
+    101: ("digital_input", {"input": "duress", **_CRITICAL, "by": "password"}),
     102: ("door_forced", {}),
-    103: ("duress", {"by": "fingerprint"}),
+    103: ("digital_input", {"input": "duress", **_CRITICAL, "by": "fingerprint"}),
     200: ("door_opened", {}),
     201: ("door_closed", {}),
-    202: ("exit_button", {}),
+    202: ("digital_input", {"input": "exit_button", "active": True}),
 }
 
-#: the type of an event for a code that maps to nothing above
-FALLBACK: Final = "access_record"
+#: the type of an event for a code that maps to nothing above, with ``input: "unknown"``
+FALLBACK: Final = "digital_input"
+
+
+def known(code: int) -> bool:
+    """Whether an rtlog event code has a meaning here (else the driver logs it once)."""
+    return code in GRANTED or code in DENIED or code in DOOR_EVENTS
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +210,7 @@ def rtlog_event(
     if code in DOOR_EVENTS:
         event_type, extra = DOOR_EVENTS[code]
         return event_type, data | dict(extra)
+    data["input"] = "unknown"
     if event.card or event.pin:
         data |= _credential(event.card, event.pin, cards or {})
     return FALLBACK, data

@@ -29,7 +29,7 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Final
@@ -640,16 +640,36 @@ class Cursor:
 
     stamps: Mapping[str, str] = field(default_factory=dict)
     rtlog_index: int | None = None
+    #: the gateway's PIN → card table (from the terminal's USER lines), kept with the
+    #: cursor so that one person keeps one pseudonym across restarts
+    cards: Mapping[str, str] = field(default_factory=dict)
 
     def stamp(self, table: str) -> str:
         """The stamp the handshake hands back for ``table``: ``0`` before the first commit."""
         return self.stamps.get(table, "0")
 
+    def with_users(self, users: tuple[User, ...]) -> Cursor:
+        """This cursor with the PIN → card table updated by ``users`` (a user without a
+        card drops its PIN's entry)."""
+        if not users:
+            return self
+        cards = dict(self.cards)
+        for user in users:
+            if user.card:
+                cards[user.pin] = user.card
+            else:
+                cards.pop(user.pin, None)
+        return replace(self, cards=cards)
+
     def encode(self) -> str:
-        return json.dumps(
-            {"v": 1, "stamps": dict(sorted(self.stamps.items())), "rtlog": self.rtlog_index},
-            separators=(",", ":"),
-        )
+        raw: dict[str, object] = {
+            "v": 1,
+            "stamps": dict(sorted(self.stamps.items())),
+            "rtlog": self.rtlog_index,
+        }
+        if self.cards:
+            raw["cards"] = dict(self.cards)
+        return json.dumps(raw, separators=(",", ":"))
 
     @classmethod
     def decode(cls, text: str | None) -> Cursor:
@@ -660,6 +680,7 @@ class Cursor:
             raw = json.loads(text)
             stamps = raw["stamps"]
             index = raw["rtlog"]
+            cards = raw.get("cards", {})
             ok = (
                 raw.get("v") == 1
                 and isinstance(stamps, dict)
@@ -668,12 +689,14 @@ class Cursor:
                     for t, s in stamps.items()
                 )
                 and (index is None or (isinstance(index, int) and not isinstance(index, bool)))
+                and isinstance(cards, dict)
+                and all(isinstance(p, str) and isinstance(c, str) for p, c in cards.items())
             )
         except (ValueError, TypeError, KeyError, AttributeError) as err:
             raise CursorError(f"stored iclock cursor {text[:80]!r} unreadable: {err}") from err
         if not ok:
             raise CursorError(f"stored iclock cursor {text[:80]!r} is not one of ours")
-        return cls(dict(stamps), index)
+        return cls(dict(stamps), index, dict(cards))
 
 
 @dataclass(frozen=True, slots=True)
@@ -714,12 +737,12 @@ def plan_commit(cursor: Cursor, upload: Upload) -> Commit:
             return Commit(cursor, resent=upload.received)
         new = cursor
         if upload.stamp is not None:
-            new = Cursor({**cursor.stamps, upload.table: upload.stamp}, cursor.rtlog_index)
+            new = replace(cursor, stamps={**cursor.stamps, upload.table: upload.stamp})
         return Commit(new, punches=upload.punches, users=upload.users)
     if upload.table == "rtlog":
         fresh = tuple(e for e in upload.rtlog if not _is_resend(e.index, cursor.rtlog_index))
         indexed = [e.index for e in fresh if e.index is not None]
-        new = Cursor(cursor.stamps, indexed[-1]) if indexed else cursor
+        new = replace(cursor, rtlog_index=indexed[-1]) if indexed else cursor
         return Commit(new, rtlog=fresh, resent=len(upload.rtlog) - len(fresh))
     return Commit(cursor, users=upload.users)
 
@@ -882,6 +905,15 @@ class CommandQueue:
         self._next += 1
         self._queue[cmd_id] = _Queued(cmd_id, cmd)
         return cmd_id
+
+    def cancel(self, cmd_id: int) -> bool:
+        """Withdraw a command the terminal has not fetched yet (its caller gave up): True
+        when it was withdrawn, False when it was already handed out (or is unknown)."""
+        queued = self._queue.get(cmd_id)
+        if queued is None or queued.sent:
+            return False
+        del self._queue[cmd_id]
+        return True
 
     def unanswered(self) -> list[tuple[int, str]]:
         """Commands sent and not yet confirmed, oldest first."""

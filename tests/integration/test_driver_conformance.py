@@ -35,6 +35,7 @@ from edge_agent.driver import (
 )
 from edge_agent.drivers.modbus import ModbusDevice, ModbusDriver, ModbusSettings
 from edge_agent.drivers.modbus.profile import clear_profile_cache
+from edge_agent.drivers.zkteco.driver import ZkHub, ZkTecoDriver
 from edge_agent.envelope import Lane
 from edge_agent.http import HttpServer
 from edge_agent.link import OutboxLink
@@ -42,6 +43,7 @@ from edge_agent.outbox.store import Outbox
 from edge_agent.pipeline import ClockGate, Pipeline
 from edge_agent.pipeline.sink import OutboxSink
 from edge_agent.poll import PollLoop
+from edge_agent.simulators.zkteco import ZkTerminal
 from edge_agent.supervisor import OutboxEmitter
 from tests.hostile_modbus import HostileModbus
 from tests.http_helpers import request
@@ -86,6 +88,9 @@ class Kind:
     """One device kind under test: its device, its driver, how the core runs it."""
 
     name = ""
+    #: a door ``door_open`` must refuse: any door for a kind that opens none, a door the
+    #: device does not have for a kind that does
+    bad_door: int = 1
 
     def __init__(self, tmp_path: Path) -> None:
         self.tmp_path = tmp_path
@@ -334,7 +339,59 @@ class HttpKind(Kind):
         await self.hub.close()
 
 
-KINDS = [ModbusKind, PushKind, UdpKind, HttpKind]
+class ZkKind(Kind):
+    """The zkteco kind: a simulated terminal (edge_agent.simulators.zkteco) pushes over
+    HTTP to the iclock routes its hub added to the agent's one server."""
+
+    name = "zkteco"
+    bad_door = 9
+
+    async def start(self) -> None:
+        config = ZkTecoDriver.Config.model_validate(
+            {"kind": "zkteco", "id": "dev1", "sn": "ZKC1", "delay_s": 1, "offline_after": 2}
+        )
+        self.server = HttpServer(HttpConfig(bind="127.0.0.1:0"))
+        self.hub = ZkHub(HubContext("zkteco", None, [config], http=self.server))
+        self.driver = ZkTecoDriver(config, DriverContext({}, hub=self.hub))
+        self.terminal: ZkTerminal | None = None
+
+    async def _device(self) -> None:
+        while not self.server.addresses:
+            await asyncio.sleep(0.01)
+        self.terminal = ZkTerminal("ZKC1", ("127.0.0.1", self.server.addresses[0][1]), poll_s=0.1)
+        async with self.terminal:
+            while True:
+                self.terminal.punch("1001")
+                await asyncio.sleep(0.1)
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.server.run())
+            tg.create_task(self.hub.run())
+            tg.create_task(self._device())
+            link = OutboxLink("dev1", outbox=self.outbox, pipeline=self.gate, state_sink=self.sink)
+            await self.driver.run(link)
+
+    async def down(self) -> None:
+        assert self.terminal is not None
+        self.terminal.unplug()
+
+    async def up(self) -> None:
+        assert self.terminal is not None
+        self.terminal.plug()
+
+    async def garbage(self) -> None:
+        assert self.terminal is not None
+        for body in (b"\xff\xfe not a record", b"7", b"", b"1\tnot-a-time\t0\t1\n"):
+            self.terminal.garble("ATTLOG", body)
+        self.terminal.garble("rtlog", b"time=bad\tevent=x\n")
+        self.terminal.garble("OPERLOG", b"USER Name=no pin\n")
+
+    async def close(self) -> None:
+        await self.hub.close()
+
+
+KINDS = [ModbusKind, PushKind, UdpKind, HttpKind, ZkKind]
 
 
 @pytest.fixture(params=KINDS, ids=[k.name for k in KINDS])
@@ -451,7 +508,7 @@ async def test_commands_are_refused_cleanly(kind: Kind) -> None:
     write, door, snap = write_handler(lookup), door_handler(lookup), snapshot_handler(lookup)
     for handler, args in (
         (write, {"device": "dev1", "point": "a", "value": 1}),
-        (door, {"device": "dev1", "door": 1, "by": "ops"}),
+        (door, {"device": "dev1", "door": kind.bad_door, "by": "ops"}),
         (snap, {"device": "dev1"}),
         (write, {"device": "nope", "point": "a", "value": 1}),
     ):

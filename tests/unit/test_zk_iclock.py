@@ -21,6 +21,7 @@ from edge_agent.drivers.zkteco import iclock
 from edge_agent.drivers.zkteco.events import (
     Reader,
     event_ts,
+    known,
     offset_zone,
     punch_event,
     rtlog_event,
@@ -38,6 +39,7 @@ from edge_agent.drivers.zkteco.iclock import (
     Punch,
     RtEvent,
     Upload,
+    User,
     classify,
     handshake_reply,
     parse_upload,
@@ -537,18 +539,45 @@ def rtev(event: int, **kw: Any) -> RtEvent:
         (201, "door_closed", {}),
         (102, "door_forced", {}),
         (28, "door_held_open", {}),
-        (202, "exit_button", {}),
-        (8, "door_unlocked", {"by": "remote"}),
+        (202, "digital_input", {"input": "exit_button", "active": True}),
+        (8, "digital_input", {"input": "lock", "active": True, "by": "remote"}),
         (100, "reader_tamper", {}),
-        (101, "duress", {"by": "password"}),
-        (206, "access_record", {}),
-        (9999, "access_record", {}),
+        (
+            101,
+            "digital_input",
+            {"input": "duress", "active": True, "severity": "critical", "by": "password"},
+        ),
+        (
+            103,
+            "digital_input",
+            {"input": "duress", "active": True, "severity": "critical", "by": "fingerprint"},
+        ),
+        (206, "digital_input", {"input": "unknown"}),
+        (9999, "digital_input", {"input": "unknown"}),
     ],
 )
 def test_rtlog_door_and_alarm_codes(code: int, etype: str, extra: dict[str, Any]) -> None:
     got, data = rtlog_event(rtev(code), {})
     assert got == etype
     assert data == {"door": 2, "direction": "in", "event_code": code, "record_index": 9} | extra
+
+
+#: the event types of uplink contract v1.1 (docs/mqtt.md): nothing else is published
+CONTRACT_EVENT_TYPES = {
+    "card_read", "door_opened", "door_closed", "door_forced", "door_held_open",
+    "reader_tamper", "motion", "camera_tamper", "line_crossed", "people_count",
+    "digital_input", "device_fault",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("code", range(256))
+def test_every_rtlog_code_is_a_contract_event_type(code: int) -> None:
+    etype, data = rtlog_event(rtev(code, pin="7"), {})
+    assert etype in CONTRACT_EVENT_TYPES
+    assert data["event_code"] == code
+    if etype == "digital_input":
+        assert data["input"] in {"exit_button", "lock", "duress", "unknown"}
+    assert known(code) == (data.get("input") != "unknown")
 
 
 def test_rtlog_passes_and_refusals_are_card_reads_at_the_configured_reader() -> None:
@@ -584,11 +613,14 @@ def test_event_time_is_local_in_the_site_zone_or_epoch_as_it_is() -> None:
     assert offset_zone(330) == timezone(timedelta(hours=5, minutes=30))
 
 
-def test_zkteco_package_imports_only_the_standard_library() -> None:
+def test_zkteco_protocol_layer_imports_only_the_standard_library() -> None:
+    # the pure layer; driver.py and config.py are the agent's side (aiohttp, pydantic)
     allowed = {"edge_agent.drivers.zkteco", "__future__"}
     package = Path(iclock.__file__).resolve().parent
     bad = []
     for path in sorted(package.glob("*.py")):
+        if path.name in ("driver.py", "config.py"):
+            continue
         for node in ast.walk(ast.parse(path.read_text("utf-8"))):
             names: list[str] = []
             if isinstance(node, ast.Import):
@@ -844,3 +876,27 @@ def test_fixtures_are_found_relative_to_the_repository() -> None:
     # from /work/wt-x, /work/main or a clone in /tmp/x: <repo>/../shared/fixtures
     assert FIXTURES.parent.parent.parent == REPO.parent / "shared"
     assert REPO.joinpath("drivers", "zkteco", "iclock.py").is_file()
+
+
+def test_the_cursor_keeps_the_pin_to_card_table_through_encode_and_commits() -> None:
+    cur = Cursor({"ATTLOG": "5"}, 3).with_users((User("7", "123"), User("8", None)))
+    assert cur.cards == {"7": "123"}
+    back = Cursor.decode(cur.encode())
+    assert back == cur
+    # a later commit keeps the table; a user without a card any more drops it
+    upload = iclock.parse_attlog("7\t2026-11-30 07:40:00\t0\t4\n", "6")
+    plan = plan_commit(back, upload)
+    assert plan.cursor.cards == {"7": "123"}
+    assert plan.cursor.with_users((User("7", None),)).cards == {}
+    assert Cursor.decode('{"v":1,"stamps":{},"rtlog":null}').cards == {}  # older cursors
+    with pytest.raises(CursorError):
+        Cursor.decode('{"v":1,"stamps":{},"rtlog":null,"cards":{"7":1}}')
+
+
+def test_a_command_not_yet_fetched_can_be_withdrawn_a_sent_one_cannot() -> None:
+    q = CommandQueue(next_id=10)
+    first, second = q.add("INFO"), q.add("CHECK")
+    assert q.cancel(second) is True
+    assert q.getrequest_reply() == "C:10:INFO\n"
+    assert q.cancel(first) is False  # handed out: the terminal may run it
+    assert q.cancel(99) is False
