@@ -922,7 +922,9 @@ def test_the_hikvision_package_imports_only_the_standard_library() -> None:
     # the protocol layer stays pure: the driver, a simulator test or a tool can use it
     package = Path(events.__file__).resolve().parent
     bad = []
-    for path in sorted(package.glob("*.py")):
+    # config.py and driver.py are the driver (pydantic, aiohttp); the rest is the pure layer
+    pure = ("__init__.py", "acsevent.py", "alerts.py", "events.py", "multipart.py")
+    for path in sorted(package / name for name in pure):
         for node in ast.walk(ast.parse(path.read_text("utf-8"))):
             names: list[str] = []
             if isinstance(node, ast.Import):
