@@ -52,7 +52,7 @@ from aiohttp import (
 
 from edge_agent.config.secrets import SecretError, resolve
 from edge_agent.driver import DeviceLink, DriverContext, Event, HubContext, MetricInfo
-from edge_agent.drivers.hikvision.acsevent import AcsEventSearch
+from edge_agent.drivers.hikvision.acsevent import AcsEventSearch, SearchPage
 from edge_agent.drivers.hikvision.alerts import AlertStream
 from edge_agent.drivers.hikvision.config import HikvisionDevice
 from edge_agent.drivers.hikvision.events import (
@@ -331,7 +331,11 @@ class HikvisionDriver:
         now = datetime.now(UTC)
         if cursor is None:
             if self.config.first_catchup_h <= 0:
-                return  # the very first start: only what comes from now on
+                # the very first start: only what comes from now on, counted from the
+                # terminal's last serial number (so an outage before the first record
+                # still leaves nothing behind)
+                await self._baseline(link, now)
+                return
             start = now - timedelta(hours=self.config.first_catchup_h)
         else:
             start = now - timedelta(days=self.config.catchup_days)
@@ -344,14 +348,43 @@ class HikvisionDriver:
             begin_serial=None if cursor is None else cursor + 1,
         )
         while not search.done:
-            path, body = search.request()
-            _resp, answer = await self._call("POST", path, json_body=body)
-            self._check_search_id(answer, search.search_id)
-            try:
-                page = search.accept(answer, self.tz)
-            except IsapiError as err:
-                raise DeviceProtocolError(self.device_id, f"AcsEvent answer: {err}") from err
+            page = await self._page(search)
             await self._commit_notes(link, list(page.events), from_search=True)
+
+    async def _baseline(self, link: DeviceLink, now: datetime) -> None:
+        """Commit the terminal's last serial number as the cursor, without its records: a
+        search of one result per page, asked for its last position."""
+        search = AcsEventSearch(
+            secrets.token_hex(8),
+            now - timedelta(days=self.config.catchup_days),
+            now + timedelta(days=1),
+            self.tz,
+            max_results=1,
+        )
+        page = await self._page(search)
+        if page.total > 1:
+            search.position = page.total - 1
+            search.done = False
+            page = await self._page(search)
+        last = page.last_serial if page.total else 0
+        if last is None:
+            raise DeviceProtocolError(self.device_id, "AcsEvent record without a serialNo")
+        log.info(
+            "%s: first start, taking records after serialNo %d / 首次启动，从流水号 %d 之后开始",
+            self.device_id,
+            last,
+            last,
+        )
+        await self._commit(link, [], last)
+
+    async def _page(self, search: AcsEventSearch) -> SearchPage:
+        path, body = search.request()
+        _resp, answer = await self._call("POST", path, json_body=body)
+        self._check_search_id(answer, search.search_id)
+        try:
+            return search.accept(answer, self.tz)
+        except IsapiError as err:
+            raise DeviceProtocolError(self.device_id, f"AcsEvent answer: {err}") from err
 
     def _check_search_id(self, answer: bytes, search_id: str) -> None:
         with contextlib.suppress(ValueError, AttributeError, TypeError):
@@ -474,9 +507,9 @@ class HikvisionDriver:
         stats = stream.stats
         self.counts["pictures_dropped"] = stats.pictures
         skipped = stream.skipped + stats.oversized + stats.malformed
-        if skipped > self.counts["skipped_parts"]:
-            self.counts["skipped_parts"] = skipped
+        for _ in range(skipped - self.counts["skipped_parts"]):
             self._once("part", "unreadable alertStream part (%s)", stream.last_skip or "malformed")
+        self.counts["skipped_parts"] = max(skipped, self.counts["skipped_parts"])
 
     # -- push mode -----------------------------------------------------------------------
     async def _push_mode(self, link: DeviceLink) -> None:
