@@ -204,9 +204,7 @@ class HikTerminal:
         await site.start()
         self._runner = runner
         if self.port == 0:
-            server = site._server
-            assert server is not None
-            self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            self.port = runner.addresses[0][1]
 
     async def _unbind(self) -> None:
         for queue in list(self._streams):
@@ -343,6 +341,8 @@ class HikTerminal:
         return head.encode() + body + b"\r\n"
 
     def _broadcast(self, data: bytes) -> None:
+        if self._silent:
+            return  # a hung terminal: what it records now is only in its log
         for queue in self._streams:
             queue.put_nowait(data)
 

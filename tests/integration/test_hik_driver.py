@@ -412,3 +412,27 @@ async def test_door_open_puts_the_remote_control_and_checks_the_answer() -> None
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+async def test_a_record_missing_from_the_stream_is_fetched_from_the_log(
+    tmp_path: Path, mqtt_broker: MqttBroker
+) -> None:
+    root = "campus/hik-gap/gw1"
+    async with HikTerminal(password=PASSWORD, heartbeat_s=0.2) as term:
+        agent = agent_for(tmp_path, mqtt_broker, "hik-gap", {"port": term.port, "silence_s": 30})
+        with mqtt_subscriber(mqtt_broker, f"{root}/#") as sub:
+            async with running(agent):
+                await wait_state(sub, root, "online")
+                term.swipe("1")
+                await wait_events(sub, root, 1)
+                searches = len(term.searches)
+                term.silence()  # one record lost on the stream, the connection stays
+                term.swipe("2")
+                term.resume()
+                term.swipe("3")
+                await wait_events(sub, root, 3)
+                await asyncio.sleep(0.3)
+    assert serials(events_of(sub, root)) == [1, 2, 3]
+    assert term.searches[searches]["beginSerialNo"] == 2
+    assert term.streams_opened == 1  # no reconnect: the gap itself asked the log
+    assert [s["state"] for s in states_of(sub, root)] == ["online"]
