@@ -38,17 +38,7 @@ import re
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, ClassVar
-
-from aiohttp import (
-    ClientError,
-    ClientResponse,
-    ClientSession,
-    ClientTimeout,
-    DigestAuthMiddleware,
-    TCPConnector,
-    web,
-)
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from edge_agent.config.secrets import SecretError, resolve
 from edge_agent.driver import DeviceLink, DriverContext, Event, HubContext, MetricInfo
@@ -84,6 +74,12 @@ from edge_agent.errors import (
 )
 from edge_agent.hub import KeyedHub
 
+if TYPE_CHECKING:
+    from aiohttp import ClientResponse, ClientSession, web
+
+# aiohttp is imported where it is used: the registry imports every kind's driver, and an
+# agent with only polled devices must not pay aiohttp's memory (tests/unit/test_http.py)
+
 log = logging.getLogger(__name__)
 
 KIND = "hikvision"
@@ -94,7 +90,7 @@ PUSH_ROUTE = "/hik/{device_id}"
 #: the longest answer read from a terminal (a 30-record search page is about 30 KiB)
 MAX_ANSWER_BYTES = 4 * 1024 * 1024
 
-Receiver = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Receiver = Callable[["web.Request"], Awaitable["web.StreamResponse"]]
 
 
 class HikvisionHub(KeyedHub):
@@ -109,6 +105,8 @@ class HikvisionHub(KeyedHub):
         super().__init__(ctx)
         self.receivers: dict[str, Receiver] = {}
         if ctx.http is not None:
+            from aiohttp import web
+
             # the server starts for this kind only when a terminal pushes
             push = any(getattr(d, "mode", None) == "push" for d in ctx.devices)
             ctx.http.add_routes(KIND, [web.post(PUSH_ROUTE, self._post)], start=push)
@@ -126,6 +124,8 @@ class HikvisionHub(KeyedHub):
         return detach
 
     async def _post(self, request: web.Request) -> web.StreamResponse:
+        from aiohttp import web
+
         device_id = request.match_info["device_id"]
         receiver = self.receivers.get(device_id)
         if receiver is None:
@@ -224,6 +224,8 @@ class HikvisionDriver:
         except SecretError as err:
             self._down(link, "offline", f"password not available: {err}")
             return False
+        from aiohttp import ClientSession, ClientTimeout, DigestAuthMiddleware, TCPConnector
+
         # True: aiohttp's default checks; False: a terminal's self-signed certificate
         ssl = self.config.scheme == "http" or self.config.tls_verify
         async with ClientSession(
@@ -285,6 +287,8 @@ class HikvisionDriver:
     async def _call(
         self, method: str, path: str, *, json_body: Any = None, data: str | None = None
     ) -> tuple[ClientResponse, bytes]:
+        from aiohttp import ClientError
+
         session = self._session
         if session is None:
             raise DeviceUnavailable(self.device_id, "not connected to the terminal")
@@ -458,6 +462,8 @@ class HikvisionDriver:
 
     # -- stream mode ---------------------------------------------------------------------
     async def _stream(self, link: DeviceLink) -> None:
+        from aiohttp import ClientError
+
         session = self._session
         assert session is not None
         try:
@@ -540,6 +546,8 @@ class HikvisionDriver:
     async def _receive(self, request: web.Request) -> web.StreamResponse:
         """One POST of the terminal: 200 once its records are committed, else an error so
         that the terminal sends them again."""
+        from aiohttp import web
+
         link = self._link
         assert link is not None
         if not self._from_terminal(request.remote):
