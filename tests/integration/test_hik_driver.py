@@ -26,7 +26,7 @@ from edge_agent.errors import DeviceError, NotDurableError
 from edge_agent.simulators.hikvision import HikTerminal
 from edge_agent.supervisor import Agent
 from tests.contract import check_envelope
-from tests.mqtt_helpers import MqttBroker, MqttSubscriber, Received, mqtt_subscriber
+from tests.mqtt_helpers import MqttBroker, MqttSubscriber, Received, mqtt_subscriber, publish
 
 pytestmark = pytest.mark.integration
 
@@ -436,3 +436,92 @@ async def test_a_record_missing_from_the_stream_is_fetched_from_the_log(
     assert term.searches[searches]["beginSerialNo"] == 2
     assert term.streams_opened == 1  # no reconnect: the gap itself asked the log
     assert [s["state"] for s in states_of(sub, root)] == ["online"]
+
+
+async def test_door_open_command_over_mqtt_opens_the_door_and_is_audited(
+    tmp_path: Path, mqtt_broker: MqttBroker
+) -> None:
+    root = "campus/hik-door/gw1"
+    async with HikTerminal(password=PASSWORD, heartbeat_s=0.2) as term:
+        agent = agent_for(tmp_path, mqtt_broker, "hik-door", {"port": term.port})
+        with mqtt_subscriber(mqtt_broker, f"{root}/#") as sub:
+            async with running(agent):
+                await wait_state(sub, root, "online")
+                for rid, door in (("open-1", 1), ("open-9", 9)):
+                    body = {"request_id": rid, "device": "gate1", "door": door, "by": "guard"}
+                    await asyncio.to_thread(
+                        publish, mqtt_broker, f"{root}/cmd/door_open", json.dumps(body)
+                    )
+
+                def results(m: Received) -> bool:
+                    return m.topic.startswith(f"{root}/cmd_result/")
+
+                got = await asyncio.to_thread(sub.wait_for_count, 2, results, 20)
+
+                def lock(m: Received) -> bool:
+                    return m.topic == f"{root}/events/gate1" and b'"input":"lock"' in m.payload
+
+                # the terminal logs the remote open (3/0x400, 5/0x15): records like any other
+                await asyncio.to_thread(sub.wait_for_count, 2, lock, 20)
+                await asyncio.sleep(0.3)
+    answers = {m.topic.rsplit("/", 1)[1]: json.loads(m.payload) for m in got}
+    assert answers["open-1"]["ok"] is True, answers
+    assert answers["open-9"]["ok"] is False
+    assert "door 9" in answers["open-9"]["error"]
+    assert term.remote_opens == [1]
+    events = events_of(sub, root)
+    locks = [e["data"] for e in events if e["data"].get("input") == "lock"]
+    assert locks[0]["by"] == "remote"
+    audits = [e["data"] for e in events if e["type"] == "command_audit"]
+    assert {(a["request_id"], a["result"]) for a in audits} == {
+        ("open-1", "ok"),
+        ("open-9", "refused"),
+    }
+
+
+async def test_push_mode_goes_offline_when_the_terminal_is_gone_and_back(
+    tmp_path: Path, mqtt_broker: MqttBroker
+) -> None:
+    root = "campus/hik-push-off/gw1"
+    port = free_port()
+    term = HikTerminal(password=PASSWORD, push_url=f"http://127.0.0.1:{port}/hik/gate1")
+    async with term:
+        device = {"port": term.port, "mode": "push"}
+        agent = agent_for(tmp_path, mqtt_broker, "hik-push-off", device, bind=f"127.0.0.1:{port}")
+        with mqtt_subscriber(mqtt_broker, f"{root}/#") as sub:
+            async with running(agent):
+                await wait_state(sub, root, "online")
+                await term.unplug()  # no POSTs, and the log search fails
+                off = await wait_state(sub, root, "offline")
+                assert "cannot reach" in off["last_error"]
+                n = len(states_of(sub, root))
+                await term.plug()
+                await wait_state(sub, root, "online", after=n)
+                term.swipe("7")
+                await wait_events(sub, root, 1)
+    assert serials(events_of(sub, root)) == [1]
+
+
+async def test_an_unknown_code_is_published_raw_and_logged_once(
+    tmp_path: Path, mqtt_broker: MqttBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="edge_agent.drivers.hikvision")
+    root = "campus/hik-unknown/gw1"
+    async with HikTerminal(password=PASSWORD, heartbeat_s=0.2) as term:
+        agent = agent_for(tmp_path, mqtt_broker, "hik-unknown", {"port": term.port})
+        with mqtt_subscriber(mqtt_broker, f"{root}/#") as sub:
+            async with running(agent):
+                await wait_state(sub, root, "online")
+                term.record(5, 0x1234, doorNo=1)
+                term.record(5, 0x1234, doorNo=1)
+                term.record(1, 0x41C)  # the emergency button
+                await wait_events(sub, root, 3)
+    events = events_of(sub, root)
+    assert [e["type"] for e in events] == ["digital_input"] * 3
+    assert events[0]["data"]["input"] == "unknown"
+    assert (events[0]["data"]["major"], events[0]["data"]["minor"]) == (5, 0x1234)
+    assert events[2]["data"]["input"] == "emergency"
+    assert events[2]["data"]["severity"] == "critical"
+    logged = [r for r in caplog.records if "unknown event code" in r.getMessage()]
+    assert len(logged) == 1
+    assert logged[0].levelno == logging.WARNING
