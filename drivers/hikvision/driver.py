@@ -581,10 +581,12 @@ class HikvisionDriver:
         ctype = request.headers.get("Content-Type", "")
         main = header_params(ctype)[0]
         if not main.startswith("multipart/"):
-            body = await request.content.read(MAX_PART_BYTES + 1)
-            if len(body) > MAX_PART_BYTES:
-                raise IsapiError(f"body longer than {MAX_PART_BYTES} bytes")
-            return [notification(decode_body(body), self.tz)]
+            body = bytearray()
+            async for chunk in request.content.iter_chunked(64 * 1024):
+                body += chunk
+                if len(body) > MAX_PART_BYTES:
+                    raise IsapiError(f"body longer than {MAX_PART_BYTES} bytes")
+            return [notification(decode_body(bytes(body)), self.tz)]
         try:
             parser = MultipartParser(boundary_from_content_type(ctype))
         except ValueError as err:

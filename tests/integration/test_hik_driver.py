@@ -525,3 +525,69 @@ async def test_an_unknown_code_is_published_raw_and_logged_once(
     logged = [r for r in caplog.records if "unknown event code" in r.getMessage()]
     assert len(logged) == 1
     assert logged[0].levelno == logging.WARNING
+
+
+FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "access" / "hik_isapi.json"
+
+
+async def test_real_push_bodies_posted_to_the_route(caplog: pytest.LogCaptureFixture) -> None:
+    # bodies of real terminals (../shared/fixtures/access/hik_isapi.json), POSTed over HTTP
+    from aiohttp import ClientSession
+
+    from edge_agent.config.models import HttpConfig
+    from edge_agent.http import HttpServer
+
+    if not FIXTURES.exists():
+        pytest.skip(f"{FIXTURES} is not on this machine")
+    caplog.set_level(logging.DEBUG, logger="edge_agent.drivers.hikvision")
+    cases = {c["name"]: c["text"].encode() for c in json.loads(FIXTURES.read_text("utf-8"))}
+    server = HttpServer(HttpConfig(bind="127.0.0.1:0"))
+    term = HikTerminal(password=PASSWORD)  # answers the catch-up search after a gap
+    await term.start()
+    config = HikvisionDriver.Config.model_validate(
+        {"kind": "hikvision", "id": "gate1", "host": "127.0.0.1", "port": term.port,
+         "password": "${HIK_PW}", "mode": "push", "silence_s": 30}
+    )  # fmt: skip
+    hub = HikvisionHub(HubContext("hikvision", None, [config], http=server))
+    driver = HikvisionDriver(config, DriverContext({}, hub=hub))
+    link = RefusingLink(refuse=0, cursor="138")
+    plain = {"Content-Type": "application/json"}
+    probe = {"Content-Type": "multipart/form-data; boundary=probe"}
+    posts = [
+        ("accesscontrollerevent_push_json_card_5_38_checkin", plain, 200),
+        ("accesscontrollerevent_push_json_card_5_38_checkin", plain, 200),  # sent twice
+        ("accesscontrollerevent_push_json_door_locked_5_22", plain, 200),  # 159: a gap
+        ("httphosts_multipart_untyped_event_log_plus_decoys", probe, 200),  # 123: old
+        (None, plain, 400),
+        (None, plain, 400),
+    ]
+    statuses = []
+    try:
+        async with asyncio.TaskGroup() as tg:
+            srv = tg.create_task(server.run())
+            run = tg.create_task(driver.run(link))  # type: ignore[arg-type]
+            async with asyncio.timeout(10):
+                while not server.addresses or ("online", None) not in link.states:
+                    await asyncio.sleep(0.02)
+            url = f"http://127.0.0.1:{server.addresses[0][1]}/hik/gate1"
+            async with ClientSession() as http:
+                for name, headers, _want in posts:
+                    body = cases[name] if name else b"{not json"
+                    async with http.post(url, data=body, headers=headers) as resp:
+                        statuses.append(resp.status)
+                async with http.post(url.replace("gate1", "nobody"), data=b"{}") as resp:
+                    assert resp.status == 404
+            for t in (srv, run):
+                t.cancel()
+    finally:
+        await term.stop()
+        await hub.close()
+    assert statuses == [want for *_, want in posts]
+    assert [e.data["serial_no"] for e in link.committed] == [139, 159]
+    card, lock = link.committed
+    assert (card.type, card.data["card"], card.data["verify"]) == ("card_read", "11", "fingerprint")
+    assert (lock.type, lock.data["input"], lock.data["active"]) == ("digital_input", "lock", False)
+    assert term.searches[-1]["beginSerialNo"] == 140  # the gap asked the terminal's log
+    assert link.cursor == "159"
+    bad = [r for r in caplog.records if "unreadable POST body" in r.getMessage()]
+    assert [r.levelno for r in bad] == [logging.WARNING, logging.DEBUG]  # once, then counted
