@@ -487,6 +487,7 @@ class HikvisionDriver:
             async with self._lock:
                 await self._catch_up(link)
             self._up(link)
+            seen: dict[str, int] = {}
             while True:
                 try:
                     async with asyncio.timeout(self.config.silence_s):
@@ -504,18 +505,24 @@ class HikvisionDriver:
                         self._once("truncated", "alertStream ended inside a part")
                     raise DeviceUnavailable(self.device_id, "the terminal closed the alertStream")
                 notes = stream.feed(chunk)
-                self._count_stream(stream)
+                self._count_stream(stream, seen)
                 await self._take(link, notes)
         finally:
             resp.close()
 
-    def _count_stream(self, stream: AlertStream) -> None:
+    def _count_stream(self, stream: AlertStream, seen: dict[str, int]) -> None:
+        """Add what this stream skipped and dropped since the last call (``seen`` holds the
+        stream's own counts so far: a new connection starts from zero)."""
         stats = stream.stats
-        self.counts["pictures_dropped"] = stats.pictures
-        skipped = stream.skipped + stats.oversized + stats.malformed
-        for _ in range(skipped - self.counts["skipped_parts"]):
+        now = {
+            "pictures_dropped": stats.pictures,
+            "skipped_parts": stream.skipped + stats.oversized + stats.malformed,
+        }
+        for _ in range(now["skipped_parts"] - seen.get("skipped_parts", 0)):
             self._once("part", "unreadable alertStream part (%s)", stream.last_skip or "malformed")
-        self.counts["skipped_parts"] = max(skipped, self.counts["skipped_parts"])
+        for key, value in now.items():
+            self.counts[key] += value - seen.get(key, 0)
+            seen[key] = value
 
     # -- push mode -----------------------------------------------------------------------
     async def _push_mode(self, link: DeviceLink) -> None:

@@ -239,8 +239,20 @@ async def test_garbage_on_the_stream_is_logged_once_and_never_stops_it(
                     term.inject(b"\r\n")
                     term.swipe(str(i + 1))
                 await wait_events(sub, root, 3)
+                await term.unplug()  # a new connection: its parser counts from zero again
+                await term.plug()
+                async with asyncio.timeout(20):
+                    while term.streams_opened < 2:
+                        await asyncio.sleep(0.05)
+                term.inject(b"--MIME_boundary\r\nContent-Type: application/json\r\n\r\n{bad")
+                term.inject(b"\r\n")
+                term.swipe("4")
+                await wait_events(sub, root, 4)
                 await asyncio.sleep(0.3)
-    assert serials(events_of(sub, root)) == [1, 2, 3]
+    assert serials(events_of(sub, root)) == [1, 2, 3, 4]
+    driver = agent.drivers["gate1"]
+    assert isinstance(driver, HikvisionDriver)
+    assert driver.counts["skipped_parts"] == 4
     warnings = [
         r
         for r in caplog.records
@@ -249,7 +261,7 @@ async def test_garbage_on_the_stream_is_logged_once_and_never_stops_it(
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
     summary = [r.getMessage() for r in caplog.records if "repeated problems" in r.getMessage()]
     assert summary
-    assert "part x2" in summary[0]
+    assert "part x3" in summary[0]
 
 
 async def test_a_wrong_password_is_offline_with_the_reason(
