@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 BUILTIN: dict[str, str] = {
     "modbus": "edge_agent.drivers.modbus.driver:ModbusDriver",
     "zkteco": "edge_agent.drivers.zkteco.driver:ZkTecoDriver",
+    "hikvision": "edge_agent.drivers.hikvision.driver:HikvisionDriver",
 }
 
 ENTRY_POINT_GROUP = "edge_agent.drivers"

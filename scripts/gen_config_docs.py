@@ -38,6 +38,7 @@ from pydantic import create_model  # noqa: E402
 
 from edge_agent.config.loader import AgentConfigBase, settings_fields  # noqa: E402
 from edge_agent.config.models import ID_PATTERN  # noqa: E402
+from edge_agent.drivers.hikvision.config import HikvisionDevice  # noqa: E402
 from edge_agent.drivers.modbus.config import ModbusDevice  # noqa: E402
 from edge_agent.drivers.modbus.driver import ModbusDriver  # noqa: E402
 from edge_agent.drivers.modbus.profile import Profile  # noqa: E402
@@ -420,6 +421,9 @@ ZH: dict[str, str] = {
     "ZkTecoDevice": "通过 PUSH（iclock/ADMS）协议向网关推送记录的中控考勤机或门禁终端。",
     "ZkReader": "门禁终端的一个读卡器：门号及方向。",
     "Location": "设备安装位置，发布在设备的 meta 主题中。",
+    "HikvisionDevice": "海康 ISAPI 门禁终端（摘要认证）：stream 模式由网关保持事件流连接，"
+    "push 模式由终端推送到网关；断线后按流水号从终端日志补采。",
+    "HikReader": "终端上一个读卡器的名称、用途和进出方向。",
     "Profile": "某一型号设备的寄存器表。",
     "Point": "设备的一个指标（或可写参数）：寄存器位置与换算方法。",
 }
@@ -483,6 +487,7 @@ def config_sections() -> list[Section]:
     sections = walk("", top, seen)
     sections += walk("devices[] (kind: modbus)", ModbusDevice, seen)
     sections += walk("devices[] (kind: zkteco)", ZkTecoDevice, seen)
+    sections += walk("devices[] (kind: hikvision)", HikvisionDevice, seen)
     return sections
 
 

@@ -1,4 +1,4 @@
-"""Command line: ``python -m edge_agent.simulators campus|wg|zkteco [options]``.
+"""Command line: ``python -m edge_agent.simulators campus|wg|zkteco|hikvision [options]``.
 
 ``campus`` starts the simulated campus, prints one line per server when it listens, writes the
 layout JSON if asked, and runs until SIGINT/SIGTERM (Ctrl-C).
@@ -10,21 +10,24 @@ script and reads scenario commands from stdin (``--stdin``).
 
 ``zkteco`` starts simulated ZKTeco PUSH terminals that push to a gateway (``--server``).
 ``zkteco`` 启动向网关推送的模拟中控终端。
+``hikvision`` starts a simulated Hikvision ISAPI access terminal (HTTP, digest auth),
+the same way. ``hikvision`` 启动模拟海康 ISAPI 门禁终端。
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 
-from . import wg, zkteco
+from . import hikvision, wg, zkteco
 from .campus import CampusSim
 
 
@@ -105,6 +108,7 @@ def _parser() -> argparse.ArgumentParser:
     campus.add_argument("--log-level", default="WARNING", help="logging level / 日志级别")
     _wg_parser(sub)
     _zk_parser(sub)
+    _hik_parser(sub)
     return parser
 
 
@@ -213,11 +217,84 @@ def _wg_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--log-level", default="WARNING", help="logging level / 日志级别")
 
 
+def _hik_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "hikvision",
+        help="run a Hikvision ISAPI access terminal (HTTP) / 运行海康门禁终端模拟器",
+        description="Run a simulated Hikvision ISAPI access terminal until SIGINT/SIGTERM"
+        " / 运行模拟海康 ISAPI 门禁终端直到收到退出信号",
+        epilog="commands (--stdin, --script):\n" + hikvision.COMMANDS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--host", default="127.0.0.1", help="listen address / 监听地址")
+    p.add_argument("--port", type=int, default=0, help="HTTP port; 0 = ephemeral / 端口")
+    p.add_argument("--user", default=hikvision.DEFAULT_USER, help="digest user / 用户名")
+    p.add_argument("--password", default="Campus-2026!", help="digest password / 密码")
+    p.add_argument("--doors", type=int, default=1, help="doors / 门数 (default 1)")
+    p.add_argument(
+        "--heartbeat-s", type=float, default=10.0, help="alertStream heartbeat / 心跳间隔（秒）"
+    )
+    p.add_argument("--push-url", default=None, help="httpHosts URL to POST events to / 推送地址")
+    p.add_argument(
+        "--push-anywhere",
+        action="store_true",
+        help="allow a push URL that is not on loopback / 允许推送到非本机地址",
+    )
+    p.add_argument("--pictures", action="store_true", help="send face pictures / 发送人脸图片")
+    p.add_argument("--script", default=None, help="scenario script to play / 场景脚本文件")
+    p.add_argument(
+        "--stdin", action="store_true", help="read commands from stdin / 从标准输入读取命令"
+    )
+    p.add_argument("--log-level", default="WARNING", help="logging level / 日志级别")
+
+
+async def _run_hik(args: argparse.Namespace) -> int:
+    steps = wg.parse_script(args.script_text) if args.script else []
+    term = hikvision.HikTerminal(
+        user=args.user,
+        password=args.password,
+        host=args.host,
+        port=args.port,
+        doors=args.doors,
+        heartbeat_s=args.heartbeat_s,
+        push_url=args.push_url,
+        push_anywhere=args.push_anywhere,
+        pictures=args.pictures,
+    )
+    run = functools.partial(hikvision.run_command, term)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        async with term, asyncio.TaskGroup() as tg:
+            print(
+                f"hikvision terminal listening on {term.host}:{term.port} http"
+                f" doors={term.doors}; Ctrl-C to stop / 海康门禁终端模拟器已就绪，Ctrl-C 退出",
+                flush=True,
+            )
+            work = []
+            if steps:
+                work.append(tg.create_task(_play(run, steps)))
+            if args.stdin:
+                work.append(tg.create_task(_commands_from_stdin(run, stop)))
+            await stop.wait()
+            for task in work:
+                task.cancel()
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+    print("hikvision stopped / 海康门禁终端模拟器已停止", flush=True)
+    return 0
+
+
 async def _run(args: argparse.Namespace) -> int:
     if args.command == "wg":
         return await _run_wg(args)
     if args.command == "zkteco":
         return await _run_zk(args)
+    if args.command == "hikvision":
+        return await _run_hik(args)
     sim = CampusSim(
         classrooms=args.classrooms,
         meters=args.meters,
@@ -263,7 +340,10 @@ async def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _commands_from_stdin(sim: wg.WgSim, stop: asyncio.Event) -> None:
+Runner = Callable[[str], Awaitable[str]]
+
+
+async def _commands_from_stdin(run: Runner, stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     try:
@@ -272,13 +352,13 @@ async def _commands_from_stdin(sim: wg.WgSim, stop: asyncio.Event) -> None:
         print(f"stdin cannot be read as a stream / 无法读取标准输入: {err}", flush=True)
         return
     while line := await reader.readline():
-        await _command(sim, line.decode(errors="replace"))
+        await _command(run, line.decode(errors="replace"))
     stop.set()  # stdin closed: the scenario is over
 
 
-async def _command(sim: wg.WgSim, line: str) -> None:
+async def _command(run: Runner, line: str) -> None:
     try:
-        out = await wg.run_command(sim, line)
+        out = await run(line)
     except ValueError as err:
         print(f"error / 错误: {err}", flush=True)
     else:
@@ -286,14 +366,14 @@ async def _command(sim: wg.WgSim, line: str) -> None:
             print(out, flush=True)
 
 
-async def _play(sim: wg.WgSim, steps: list[tuple[float, str]]) -> None:
+async def _play(run: Runner, steps: list[tuple[float, str]]) -> None:
     loop = asyncio.get_running_loop()
     start = loop.time()
     for at, line in steps:
         delay = start + at - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
-        await _command(sim, line)
+        await _command(run, line)
     print("script done / 脚本已执行完", flush=True)
 
 
@@ -317,6 +397,7 @@ async def _run_wg(args: argparse.Namespace) -> int:
         clock_offset_s=args.clock_offset_s,
         capacity=args.records,
     )
+    run = functools.partial(wg.run_command, sim)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -339,9 +420,9 @@ async def _run_wg(args: argparse.Namespace) -> int:
             )
             work = []
             if steps:
-                work.append(tg.create_task(_play(sim, steps)))
+                work.append(tg.create_task(_play(run, steps)))
             if args.stdin:
-                work.append(tg.create_task(_commands_from_stdin(sim, stop)))
+                work.append(tg.create_task(_commands_from_stdin(run, stop)))
             await stop.wait()
             for task in work:
                 task.cancel()
@@ -413,7 +494,7 @@ async def _run_zk(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     args = _parser().parse_args(argv)
-    if args.command in ("wg", "zkteco") and args.script:
+    if args.command in ("wg", "zkteco", "hikvision") and args.script:
         try:
             args.script_text = Path(args.script).read_text(encoding="utf-8")
         except OSError as err:

@@ -14,8 +14,10 @@ time           ``dateTime`` (top)   ``time``
 The codes are those of the Hikvision device network SDK (``HCNetSDK.h``): major 0x1 alarm, 0x2
 exception, 0x3 operation, 0x5 event. (idstein/hikvision_access's README numbers the majors
 from 0 and is wrong; a DS-K1T342MWX reports its access events as major 5.) :func:`to_event`
-maps a record to a contract event ``(type, data)``; a code this module does not map is an
-``access_record`` with its raw ``major`` and ``minor``, never dropped.
+maps a record to a contract event ``(type, data)``, only the contract's types (docs/mqtt.md
+"Door and card events"): exit button, lock, fire, duress and emergency records are
+``digital_input`` with ``input`` naming them; a code this module does not map is a
+``digital_input`` with ``input: "unknown"`` and its raw ``major`` and ``minor``, never dropped.
 
 What never comes out of here: the person's ``name``, pictures (``pictureURL``, ``FaceRect``,
 the binary parts), the device's IP and MAC. ``card`` holds what identifies the person, as the
@@ -42,8 +44,8 @@ MAJOR_EXCEPTION: Final = 0x2
 MAJOR_OPERATION: Final = 0x3
 MAJOR_EVENT: Final = 0x5
 
-#: the type of an event for a code that maps to nothing below
-FALLBACK: Final = "access_record"
+#: the type of an event for a code that maps to nothing below (``input: "unknown"``)
+FALLBACK: Final = "digital_input"
 
 #: the reader contexts a site may give a reader (issue #9)
 CONTEXTS: Final = ("access", "attendance", "canteen", "library", "shop", "dorm", "gate")
@@ -128,31 +130,46 @@ VERIFY: Final[Mapping[int, tuple[str, bool, str | None]]] = {
     0xB5: ("password", _G, None),  # MINOR_PASSWD_VERIFY_PASS
 }
 
-#: (major, minor) of door, lock, button and alarm codes -> (event type, extra data)
+#: the ``data`` of a ``digital_input`` for fire, duress and emergency (docs/mqtt.md)
+_CRITICAL: Final[Mapping[str, Any]] = {"active": True, "severity": "critical"}
+
+#: (major, minor) of door, lock, button and alarm codes -> (event type, extra data). Only the
+#: contract's types (docs/mqtt.md "Door and card events"): what has no type of its own is a
+#: ``digital_input`` whose ``input`` says what it was
 DOOR_EVENTS: Final[Mapping[tuple[int, int], tuple[str, Mapping[str, Any]]]] = {
-    (MAJOR_EVENT, 0x15): ("door_unlocked", {}),  # MINOR_LOCK_OPEN: the relay released
-    (MAJOR_EVENT, 0x16): ("door_locked", {}),  # MINOR_LOCK_CLOSE
+    # MINOR_LOCK_OPEN / MINOR_LOCK_CLOSE: the lock relay released / locked again
+    (MAJOR_EVENT, 0x15): ("digital_input", {"input": "lock", "active": True}),
+    (MAJOR_EVENT, 0x16): ("digital_input", {"input": "lock", "active": False}),
     # MINOR_DOOR_BUTTON_PRESS. santanapedro's DS-K1T342MWX table calls 23/24 the door
     # contact; its counts (999 unlocks = 610 face grants + 437 presses) fit the SDK
-    (MAJOR_EVENT, 0x17): ("exit_button", {}),
+    (MAJOR_EVENT, 0x17): ("digital_input", {"input": "exit_button", "active": True}),
     (MAJOR_EVENT, 0x19): ("door_opened", {}),  # MINOR_DOOR_OPEN_NORMAL (door contact)
     (MAJOR_EVENT, 0x1A): ("door_closed", {}),  # MINOR_DOOR_CLOSE_NORMAL
     (MAJOR_EVENT, 0x1B): ("door_forced", {}),  # MINOR_DOOR_OPEN_ABNORMAL
     (MAJOR_EVENT, 0x1C): ("door_held_open", {}),  # MINOR_DOOR_OPEN_TIMEOUT
-    (MAJOR_EVENT, 0x34): ("fire_alarm", {}),  # MINOR_FIRE_RELAY_TURN_ON_DOOR_ALWAYS_OPEN
+    # MINOR_FIRE_RELAY_TURN_ON_DOOR_ALWAYS_OPEN / MINOR_FIRE_RELAY_RECOVER
+    (MAJOR_EVENT, 0x34): ("digital_input", {"input": "fire", **_CRITICAL}),
+    (MAJOR_EVENT, 0x35): ("digital_input", {"input": "fire", "active": False}),
     (MAJOR_EVENT, 0x87): ("door_forced", {"by": "gate_forced"}),  # MINOR_FORCE_ACCESS
     (MAJOR_ALARM, 0x404): ("reader_tamper", {"part": "controller"}),  # HOST_DESMANTLE_ALARM
     (MAJOR_ALARM, 0x406): ("reader_tamper", {"part": "reader"}),  # CARD_READER_DESMANTLE
     (MAJOR_ALARM, 0x408): ("reader_tamper", {"part": "case"}),  # MINOR_CASE_SENSOR_ALARM
-    (MAJOR_ALARM, 0x40A): ("duress", {}),  # MINOR_STRESS_ALARM
-    (MAJOR_ALARM, 0x418): ("fire_alarm", {}),  # MINOR_FIRE_BUTTON_TRIGGER
-    (MAJOR_ALARM, 0x41C): ("emergency", {}),  # MINOR_EMERGENCY_BUTTON_TRIGGER
+    (MAJOR_ALARM, 0x40A): ("digital_input", {"input": "duress", **_CRITICAL}),  # STRESS_ALARM
+    (MAJOR_ALARM, 0x418): ("digital_input", {"input": "fire", **_CRITICAL}),  # FIRE_BUTTON
+    (MAJOR_ALARM, 0x419): ("digital_input", {"input": "fire", "active": False}),
+    (MAJOR_ALARM, 0x41C): ("digital_input", {"input": "emergency", **_CRITICAL}),
+    (MAJOR_ALARM, 0x41D): ("digital_input", {"input": "emergency", "active": False}),
     (MAJOR_EXCEPTION, 0x409): ("device_fault", {"fault": "card_reader_offline"}),
-    (MAJOR_OPERATION, 0x400): ("door_unlocked", {"by": "remote"}),  # MINOR_REMOTE_OPEN_DOOR
-    (MAJOR_OPERATION, 0x41D): ("door_unlocked", {"by": "remote_control"}),  # key fob
+    # MINOR_REMOTE_OPEN_DOOR; 0x41D: a remote-control key fob
+    (MAJOR_OPERATION, 0x400): ("digital_input", {"input": "lock", "active": True, "by": "remote"}),
+    (MAJOR_OPERATION, 0x41D): (
+        "digital_input",
+        {"input": "lock", "active": True, "by": "remote_control"},
+    ),
 }
 
-#: names of codes that stay ``access_record`` (so the platform can read them); others: None
+#: names of codes that have no event of their own: a ``digital_input`` with ``input:
+#: "unknown"`` and this name as ``code`` (so the platform can read them); others: None
 NAMES: Final[Mapping[tuple[int, int], str]] = {
     (MAJOR_EVENT, 0x13): "always_open_begin",
     (MAJOR_EVENT, 0x14): "always_open_end",
@@ -162,7 +179,6 @@ NAMES: Final[Mapping[tuple[int, int], str]] = {
     (MAJOR_EVENT, 0x1F): "always_close_begin",
     (MAJOR_EVENT, 0x20): "always_close_end",
     (MAJOR_EVENT, 0x25): "doorbell_ringing",
-    (MAJOR_EVENT, 0x35): "fire_relay_recover",
     (MAJOR_EVENT, 0x83): "heartbeat",  # in an AcsEvent page; on a stream it is a Heartbeat
     (MAJOR_EVENT, 0x85): "tailgating",
     (MAJOR_EVENT, 0x86): "reverse_access",
@@ -173,8 +189,6 @@ NAMES: Final[Mapping[tuple[int, int], str]] = {
     (MAJOR_ALARM, 0x407): "reader_tamper_resume",
     (MAJOR_ALARM, 0x409): "case_sensor_resume",
     (MAJOR_ALARM, 0x40C): "card_max_authenticate_fail",
-    (MAJOR_ALARM, 0x419): "fire_button_resume",
-    (MAJOR_ALARM, 0x41D): "emergency_button_resume",
     (MAJOR_EXCEPTION, 0x27): "network_broken",
     (MAJOR_EXCEPTION, 0x400): "device_power_on",
     (MAJOR_EXCEPTION, 0x401): "device_power_off",
@@ -251,7 +265,8 @@ class AccessEvent:
     """One access-control record as every report path gives it, with nothing personal but the
     card and employee numbers (which the pipeline pseudonymises)."""
 
-    #: the SDK codes; None when the record had none (still published, as an access_record)
+    #: the SDK codes; None when the record had none (still published, as an unknown
+    #: ``digital_input``)
     major: int | None
     minor: int | None
     #: when it happened (UTC); None when the record had no time
@@ -380,8 +395,9 @@ def to_event(event: AccessEvent, readers: ReaderMap) -> tuple[str, dict[str, Any
     ``serial_no``, ``major`` and ``minor``; a verification code is a ``card_read`` with
     ``result``, ``verify``, ``card`` and ``credential`` (:func:`identity`), ``reader``,
     ``context``, ``direction`` (and ``reason`` when denied); door, lock and alarm codes map
-    by the table; anything else is an ``access_record`` with ``code`` (the SDK's name, or
-    None when unknown). Any record with a card or employee number carries ``card`` and
+    by the table (a ``digital_input`` with ``input`` for what the contract has no type for);
+    anything else is a ``digital_input`` with ``input: "unknown"`` and ``code`` (the SDK's
+    name, or None when unknown). Any record with a card or employee number carries ``card`` and
     ``credential``."""
     data: dict[str, Any] = {
         "door": event.door,
@@ -415,6 +431,7 @@ def to_event(event: AccessEvent, readers: ReaderMap) -> tuple[str, dict[str, Any
         data["code"] = NAMES.get((major, minor))
     else:
         data["code"] = None
+    data["input"] = "unknown"
     return FALLBACK, data
 
 

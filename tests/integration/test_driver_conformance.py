@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
 import socket
 from collections.abc import AsyncIterator
@@ -33,16 +34,19 @@ from edge_agent.driver import (
     PollingDriver,
     PushDriver,
 )
+from edge_agent.drivers.hikvision.driver import HikvisionDriver
 from edge_agent.drivers.modbus import ModbusDevice, ModbusDriver, ModbusSettings
 from edge_agent.drivers.modbus.profile import clear_profile_cache
 from edge_agent.drivers.zkteco.driver import ZkHub, ZkTecoDriver
 from edge_agent.envelope import Lane
+from edge_agent.errors import DeviceError
 from edge_agent.http import HttpServer
 from edge_agent.link import OutboxLink
 from edge_agent.outbox.store import Outbox
 from edge_agent.pipeline import ClockGate, Pipeline
 from edge_agent.pipeline.sink import OutboxSink
 from edge_agent.poll import PollLoop
+from edge_agent.simulators.hikvision import HikTerminal
 from edge_agent.simulators.zkteco import ZkTerminal
 from edge_agent.supervisor import OutboxEmitter
 from tests.hostile_modbus import HostileModbus
@@ -391,7 +395,60 @@ class ZkKind(Kind):
         await self.hub.close()
 
 
-KINDS = [ModbusKind, PushKind, UdpKind, HttpKind, ZkKind]
+class HikvisionKind(Kind):
+    """The hikvision kind in stream mode against the ISAPI terminal simulator: swipes
+    every 50 ms, heartbeats every 0.1 s; down = the cable out, garbage = broken parts."""
+
+    name = "hikvision"
+
+    async def start(self) -> None:
+        os.environ["HIK_CONFORMANCE_PW"] = "conf-pw"
+        self.term = HikTerminal(password="conf-pw", heartbeat_s=0.1)
+        await self.term.start()
+        config = HikvisionDriver.Config.model_validate(
+            {
+                "kind": "hikvision",
+                "id": "dev1",
+                "host": "127.0.0.1",
+                "port": self.term.port,
+                "password": "${HIK_CONFORMANCE_PW}",
+                "silence_s": 0.5,
+                "timeout_s": 2,
+                "retry_max_s": 1,
+            }
+        )
+        self.driver = HikvisionDriver(config, DriverContext({}))
+
+    async def _swipes(self) -> None:
+        n = 0
+        while True:
+            n += 1
+            self.term.swipe(str(6154000 + n))
+            await asyncio.sleep(0.05)
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._swipes())
+            link = OutboxLink("dev1", outbox=self.outbox, pipeline=self.gate, state_sink=self.sink)
+            await self.driver.run(link)
+
+    async def down(self) -> None:
+        await self.term.unplug()
+
+    async def up(self) -> None:
+        await self.term.plug()
+
+    async def garbage(self) -> None:
+        self.term.inject(b"--MIME_boundary\r\nContent-Type: application/json\r\n\r\n{not json\r\n")
+        self.term.inject(b"\xff\xfe garbage outside any part\r\n")
+        self.term.inject(b"--MIME_boundary\r\n\r\n<EventNotificationAlert><x>\r\n")
+
+    async def close(self) -> None:
+        await self.term.stop()
+        os.environ.pop("HIK_CONFORMANCE_PW", None)
+
+
+KINDS = [ModbusKind, PushKind, UdpKind, HttpKind, ZkKind, HikvisionKind]
 
 
 @pytest.fixture(params=KINDS, ids=[k.name for k in KINDS])
@@ -512,7 +569,8 @@ async def test_commands_are_refused_cleanly(kind: Kind) -> None:
         (snap, {"device": "dev1"}),
         (write, {"device": "nope", "point": "a", "value": 1}),
     ):
-        with pytest.raises((CommandError, ValueError)):
+        # a door opener that is not running refuses with a DeviceError (not connected)
+        with pytest.raises((CommandError, ValueError, DeviceError)):
             await handler(args)
 
 

@@ -492,19 +492,23 @@ def test_nothing_a_device_sends_raises() -> None:
             {"result": "granted", "verify": "qr", "card": "qr-77", "credential": "qr"},
         ),
         (5, 0x9D, {}, "card_read", {"result": "denied", "verify": "qr", "credential": None}),
-        (5, 0x17, {"doorNo": 1}, "exit_button", {"door": 1}),
+        (5, 0x17, {"doorNo": 1}, "digital_input", {"door": 1, "input": "exit_button"}),
         (5, 0x19, {"doorNo": 2}, "door_opened", {"door": 2}),
         (5, 0x1A, {"doorNo": 2}, "door_closed", {"door": 2}),
         (5, 0x1B, {"doorNo": 1}, "door_forced", {"door": 1}),
         (5, 0x1C, {"doorNo": 1}, "door_held_open", {"door": 1}),
-        (5, 0x15, {"doorNo": 1}, "door_unlocked", {}),
-        (5, 0x16, {"doorNo": 1}, "door_locked", {}),
-        (3, 0x400, {"doorNo": 1}, "door_unlocked", {"by": "remote"}),
+        (5, 0x15, {"doorNo": 1}, "digital_input", {"input": "lock", "active": True}),
+        (5, 0x16, {"doorNo": 1}, "digital_input", {"input": "lock", "active": False}),
+        (3, 0x400, {"doorNo": 1}, "digital_input", {"input": "lock", "by": "remote"}),
         (1, 0x406, {}, "reader_tamper", {"part": "reader"}),
-        (1, 0x40A, {}, "duress", {}),
+        (1, 0x40A, {}, "digital_input", {"input": "duress", "severity": "critical"}),
+        (1, 0x418, {}, "digital_input", {"input": "fire", "active": True, "severity": "critical"}),
+        (1, 0x419, {}, "digital_input", {"input": "fire", "active": False}),
+        (1, 0x41C, {}, "digital_input", {"input": "emergency", "severity": "critical"}),
+        (5, 0x34, {}, "digital_input", {"input": "fire", "severity": "critical"}),
         (2, 0x409, {}, "device_fault", {"fault": "card_reader_offline"}),
-        (2, 0x400, {}, "access_record", {"code": "device_power_on"}),
-        (5, 0x18, {}, "access_record", {"code": "door_button_release"}),
+        (2, 0x400, {}, "digital_input", {"input": "unknown", "code": "device_power_on"}),
+        (5, 0x18, {}, "digital_input", {"input": "unknown", "code": "door_button_release"}),
     ],
 )
 def test_codes_map_to_contract_events(
@@ -520,8 +524,9 @@ def test_codes_map_to_contract_events(
 @pytest.mark.parametrize(("major", "minor"), [(5, 0x1234), (9, 1), (1, 0), (3, 0x7FFF)])
 def test_an_unknown_code_is_published_with_its_raw_codes(major: int, minor: int) -> None:
     etype, data = mapped(major, minor, cardNo="5", doorNo=3)
-    assert etype == "access_record"
+    assert etype == "digital_input"
     assert data == {
+        "input": "unknown",
         "door": 3,
         "serial_no": 7,
         "major": major,
@@ -535,13 +540,14 @@ def test_an_unknown_code_is_published_with_its_raw_codes(major: int, minor: int)
 
 def test_an_event_without_codes_is_still_published() -> None:
     etype, data = mapped(None, None, QRCodeInfo="abc-123")
-    assert (etype, data["major"], data["minor"], data["card"], data["credential"]) == (
-        "access_record",
+    assert (etype, data["input"], data["major"], data["minor"], data["card"]) == (
+        "digital_input",
+        "unknown",
         None,
         None,
         "abc-123",
-        "qr",
     )
+    assert data["credential"] == "qr"
     assert not events.known(None, None)
 
 
@@ -899,13 +905,13 @@ def test_fixture(case: dict[str, Any]) -> None:
     # what a DS-K1T342MWX's codes mean (HCNetSDK.h, not the repository's discovery table)
     by_code = {(n.major, n.minor): to_event(n, {})[0] for n in found if isinstance(n, AccessEvent)}
     expected = {
-        (5, 23): "exit_button",
-        (5, 22): "door_locked",
-        (5, 21): "door_unlocked",
+        (5, 23): "digital_input",  # exit button
+        (5, 22): "digital_input",  # lock
+        (5, 21): "digital_input",  # lock
         (5, 75): "card_read",
         (5, 38): "card_read",
-        (2, 1024): "access_record",
-        (3, 112): "access_record",
+        (2, 1024): "digital_input",  # unknown
+        (3, 112): "digital_input",  # unknown
     }
     for code, etype in by_code.items():
         if code in expected:
@@ -916,7 +922,9 @@ def test_the_hikvision_package_imports_only_the_standard_library() -> None:
     # the protocol layer stays pure: the driver, a simulator test or a tool can use it
     package = Path(events.__file__).resolve().parent
     bad = []
-    for path in sorted(package.glob("*.py")):
+    # config.py and driver.py are the driver (pydantic, aiohttp); the rest is the pure layer
+    pure = ("__init__.py", "acsevent.py", "alerts.py", "events.py", "multipart.py")
+    for path in sorted(package / name for name in pure):
         for node in ast.walk(ast.parse(path.read_text("utf-8"))):
             names: list[str] = []
             if isinstance(node, ast.Import):
@@ -933,3 +941,27 @@ def test_the_hikvision_package_imports_only_the_standard_library() -> None:
                 bad.append(f"{path.name}: {name}")
     assert not bad
     assert {acsevent.__name__, multipart.__name__}  # the modules this file covers
+
+
+#: the event types of contract v1.1 (/work/shared/CONTRACT.md, docs/mqtt.md)
+CONTRACT_TYPES = {
+    "card_read", "door_opened", "door_closed", "door_forced", "door_held_open",
+    "reader_tamper", "motion", "camera_tamper", "line_crossed", "people_count",
+    "digital_input", "device_fault",
+}  # fmt: skip
+
+
+def test_every_code_maps_to_a_contract_event_type() -> None:
+    # docs/mqtt.md "Door and card events": a platform that validates `type` never meets
+    # an unknown one; the rest are digital_input with `input`
+    codes = [(5, m) for m in events.VERIFY] + list(events.DOOR_EVENTS) + list(events.NAMES)
+    codes = [c for c in codes if c != events.HEARTBEAT_CODE] + [(5, 0x1234), (9, 1), (None, None)]
+    inputs = set()
+    for major, minor in codes:
+        etype, data = mapped(major, minor)
+        assert etype in CONTRACT_TYPES, (major, minor, etype)
+        if etype == "digital_input":
+            inputs.add(data["input"])
+            if data["input"] in ("fire", "duress", "emergency") and data["active"]:
+                assert data["severity"] == "critical"
+    assert inputs == {"exit_button", "lock", "fire", "duress", "emergency", "unknown"}
