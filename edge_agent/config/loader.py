@@ -29,6 +29,7 @@ from edge_agent.config.models import (
     Strict,
     site_tz,
 )
+from edge_agent.config.patrol import PatrolConfig, check_patrol
 from edge_agent.config.yamlsrc import FileProblems, KeyProblem, SourceError
 from edge_agent.config.yamlsrc import load as load_yaml
 from edge_agent.errors import ConfigError
@@ -114,6 +115,9 @@ class AgentConfigBase(Strict):
     )
     buses: list[BusConfig] = Field(
         default_factory=list, description="Serial lines and shared TCP endpoints"
+    )
+    patrol: PatrolConfig = Field(
+        default_factory=PatrolConfig, description="Guard patrol checkpoints and routes / 电子巡更"
     )
 
 
@@ -627,7 +631,7 @@ def load_config(
         del data[key]
 
     # A section whose keys are all commented out is null in YAML: same as absent.
-    for section in ("mqtt", "outbox", "publish", "logging", "clock"):
+    for section in ("mqtt", "outbox", "publish", "logging", "clock", "patrol"):
         if section in data and data[section] is None:
             del data[section]
     prepare_tls(data, p.resolve().parent)
@@ -671,6 +675,7 @@ def load_config(
     problems += check_unique_ids(buses, devices)
     problems += check_across(_raw_ids(data, "buses"), devices, source, base)
     problems += check_hubs_http(data, devices)
+    problems += check_patrol(data.get("patrol"), _raw_ids(data, "devices"))
     other_files: list[str] = []
     if build_drivers:
         problems += check_drivers_build(devices, source, base, other_files)
