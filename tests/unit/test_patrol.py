@@ -382,3 +382,25 @@ def test_check_config_accepts_a_patrol(tmp_path: Path) -> None:
     cfg = load_config(path, build_drivers=False)
     assert [r.id for r in cfg.patrol.routes] == ["night", "day"]
     assert cfg.patrol.routes[1].start_offsets_min()[-1] == 29 * 60  # 05:00 the next day
+
+
+def test_a_late_visit_does_not_complete_the_round() -> None:
+    cfg = route(checkpoints=["north", "lab", {"checkpoint": "dorm", "tolerance_min": 20}])
+    c = started(cfg)
+    c.swipe("b2-lab", "2026-11-30 22:10")
+    c.go("2026-11-30 22:36")
+    [alarm] = c.raised()
+    assert alarm["device"] == "gate-n"
+    c.swipe("gate-n", "2026-11-30 22:40")  # after its deadline (22:35)
+    c.swipe("dorm-1", "2026-11-30 22:45")  # in time (22:50)
+    c.go("2026-11-30 23:30")
+    assert [a["state"] for a in c.alarms_sent] == ["active_unacked"]  # not cleared
+
+
+def test_a_read_caught_up_after_its_round_was_judged_changes_nothing() -> None:
+    c = started(route(checkpoints=["lab"]))
+    c.go("2026-11-30 22:36")
+    assert len(c.raised()) == 1
+    c.swipe("b2-lab", "2026-11-30 22:10")  # arrives at 22:36, after the judgement
+    c.go("2026-11-30 23:30")
+    assert [a["state"] for a in c.alarms_sent] == ["active_unacked"]
