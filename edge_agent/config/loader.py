@@ -675,7 +675,7 @@ def load_config(
     problems += check_unique_ids(buses, devices)
     problems += check_across(_raw_ids(data, "buses"), devices, source, base)
     problems += check_hubs_http(data, devices)
-    problems += check_patrol(data.get("patrol"), _raw_ids(data, "devices"))
+    problems += check_patrol(data.get("patrol"), _raw_ids(data, "devices"), data.get("site"))
     other_files: list[str] = []
     if build_drivers:
         problems += check_drivers_build(devices, source, base, other_files)

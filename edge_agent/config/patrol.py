@@ -8,6 +8,7 @@ are in :func:`check_patrol` (``check-config`` prints them at their lines).
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -19,6 +20,8 @@ Path_ = tuple[str | int, ...]
 #: a round's length, a tolerance: bounded so that a round's window stays within a day
 ROUND_MAX_MIN = 720
 TOLERANCE_MAX_MIN = 120
+#: a card as the pseudonymiser publishes it
+PSEUDONYM = re.compile(r"h:[0-9a-f]{16}")
 
 
 def parse_hhmm(text: str) -> int:
@@ -176,6 +179,12 @@ class PatrolConfig(Strict):
         default_factory=list, description="Readers a guard swipes a card at / 巡更点"
     )
     routes: list[Route] = Field(default_factory=list, description="Routes and their schedules")
+    cards: list[str] = Field(
+        default_factory=list,
+        description="Guards' cards: only reads of these count as visits, written as the card "
+        "appears in card_read events ('h:' + 16 hex; `edge-agent pseudonym CARD` prints it). "
+        "Empty: a read of any card counts",
+    )
 
 
 def _items(raw: Any, key: str) -> list[tuple[int, dict[str, Any]]]:
@@ -185,11 +194,12 @@ def _items(raw: Any, key: str) -> list[tuple[int, dict[str, Any]]]:
     return [(i, it) for i, it in enumerate(items) if isinstance(it, dict)]
 
 
-def check_patrol(raw: Any, device_ids: set[str]) -> list[tuple[Path_, str]]:
+def check_patrol(raw: Any, device_ids: set[str], site: Any = None) -> list[tuple[Path_, str]]:
     """What the models alone cannot see: a checkpoint naming a device that does not
-    exist, duplicate ids, a route naming an unknown checkpoint or one twice. Works on
-    the raw section, so one pass of check-config reports these with any other error."""
-    problems: list[tuple[Path_, str]] = []
+    exist, duplicate ids, a route naming an unknown checkpoint or one twice, guards' cards
+    that can never match the site's card rule (``site``: the raw ``site:`` section). Works
+    on the raw sections, so one pass of check-config reports these with any other error."""
+    problems: list[tuple[Path_, str]] = _check_cards(raw, site)
     known: dict[str, int] = {}
     for i, cp in _items(raw, "checkpoints"):
         cp_id, device = cp.get("id"), cp.get("device")
@@ -237,3 +247,28 @@ def check_patrol(raw: Any, device_ids: set[str]) -> list[tuple[Path_, str]]:
                 problems.append((where, f"checkpoint {stop!r} twice in one route / 巡更点重复"))
             seen.add(stop)
     return problems
+
+
+def _check_cards(raw: Any, site: Any) -> list[tuple[Path_, str]]:
+    cards = raw.get("cards") if isinstance(raw, dict) else None
+    if not isinstance(cards, list) or not cards or not isinstance(site, dict):
+        return []
+    if site.get("raw_card_ids") is True:
+        return []  # card_read carries the number itself: any text may be one
+    if not site.get("pseudonym_secret"):
+        return [
+            (
+                ("patrol", "cards"),
+                "no card can match: without site.pseudonym_secret (or raw_card_ids) card_read "
+                "events carry no card / 未设置 site.pseudonym_secret，刷卡事件不含卡号，无法匹配",
+            )
+        ]
+    return [
+        (
+            ("patrol", "cards", i),
+            f"{card!r} is not a pseudonym: write 'h:' + 16 hex digits, as printed by "
+            "`edge-agent pseudonym -c FILE CARD` / 请填写 edge-agent pseudonym 输出的 h:… 值",
+        )
+        for i, card in enumerate(cards)
+        if not (isinstance(card, str) and PSEUDONYM.fullmatch(card))
+    ]

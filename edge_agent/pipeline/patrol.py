@@ -183,6 +183,8 @@ class Patrol:
         for run in self.routes:
             for i, stop in enumerate(run.stops):
                 self.by_device.setdefault(stop.checkpoint.device, []).append((run, i))
+        #: guards' cards (as card_read carries them); empty: any card
+        self.cards = frozenset(cfg.cards)
         #: every deadline up to this time (UNIX s) has been checked
         self.checked_until: float | None = None
         #: after a restart: old deadlines wait until this time
@@ -243,7 +245,7 @@ class Patrol:
         if msg.kind != "event" or msg.type != "card_read":
             return
         targets = self.by_device.get(msg.device)
-        if not targets:
+        if not targets or (self.cards and msg.data.get("card") not in self.cards):
             return
         ts = self.now() if msg.ts is None else msg.ts
         if self.checked_until is None:

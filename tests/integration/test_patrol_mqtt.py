@@ -9,6 +9,8 @@ waits for a real deadline."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import socket
 import time
@@ -33,6 +35,9 @@ from tests.push_fixture_driver import UDP_KIND, UdpFixtureDriver, UdpFixtureHub
 pytestmark = pytest.mark.integration
 
 SITE = "patrol-school"
+SECRET = "a-school-secret"
+#: the guard's card 12345678 as card_read carries it (HMAC-SHA256 from the contract)
+GUARD = "h:" + hmac.new(SECRET.encode(), b"12345678", hashlib.sha256).hexdigest()[:16]
 ROOT = f"campus/{SITE}/gw1"
 
 
@@ -113,6 +118,7 @@ def write_config(tmp_path: Path, broker: MqttBroker) -> Path:
             {"id": "b2-lab", "kind": UDP_KIND, "serial": 22},
         ],
         "patrol": {
+            "cards": [GUARD],
             "checkpoints": [
                 {"id": "north", "device": "gate-n", "name": "North gate"},
                 {"id": "lab", "device": "b2-lab", "name": "Lab"},
@@ -193,16 +199,18 @@ async def test_a_missed_checkpoint_is_an_alarm_cleared_by_the_next_round(
     card_kind: None,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("PATROL_TEST_SECRET", "a-school-secret")
+    monkeypatch.setenv("PATROL_TEST_SECRET", SECRET)
     path = write_config(tmp_path, mqtt_broker)
     clock = SchoolClock(at("2026-11-30 21:58"))
     with mqtt_subscriber(mqtt_broker, f"{ROOT}/#") as sub:
         async with Running(path, clock) as run:
             clock.now = at("2026-11-30 22:05")
-            run.swipe(b"11 1 12345678")  # the north gate, in time; the lab never
+            run.swipe(b"11 1 12345678")  # the guard at the north gate, in time
+            run.swipe(b"22 1 87654321")  # a student's card at the lab: no visit
             [read] = await wait(sub, 1, is_topic(f"{ROOT}/events/gate-n"))
+            await wait(sub, 1, is_topic(f"{ROOT}/events/b2-lab"))
             data = check_envelope(read.payload, "event", "gate-n")["data"]
-            assert data["card"].startswith("h:")  # the patrol saw it pseudonymised
+            assert data["card"] == GUARD  # pseudonymised before the patrol saw it
             clock.now = at("2026-11-30 22:36")  # past the deadline, 22:35
             [raised] = await wait(sub, 1, alarm_in("active_unacked", "b2-lab"))
             alarm = check_envelope(raised.payload, "alarm", "b2-lab")["data"]
@@ -222,7 +230,7 @@ async def test_a_missed_checkpoint_is_an_alarm_cleared_by_the_next_round(
             await wait(sub, 2, is_topic(f"{ROOT}/events/gate-n"))
         async with Running(path, clock) as run:
             clock.now = at("2026-11-30 23:12")
-            run.swipe(b"22 1 12345678")  # the lab: with the north gate before the restart,
+            run.swipe(b"22 2 12345678")  # the lab: with the north gate before the restart,
             [cleared] = await wait(sub, 1, alarm_in("cleared_unacked", "b2-lab"))
             assert json.loads(cleared.payload)["data"]["alarm_id"] == alarm["alarm_id"]
             # still visible on its retained topic until someone acknowledges it

@@ -404,3 +404,78 @@ def test_a_read_caught_up_after_its_round_was_judged_changes_nothing() -> None:
     c.swipe("b2-lab", "2026-11-30 22:10")  # arrives at 22:36, after the judgement
     c.go("2026-11-30 23:30")
     assert [a["state"] for a in c.alarms_sent] == ["active_unacked"]
+
+
+# -- guards' cards ------------------------------------------------------------------
+GUARD = "h:00112233aabbccdd"  # what Campus.swipe sends
+
+
+def test_with_guards_cards_only_their_reads_are_visits() -> None:
+    cfg = route()
+    cfg["cards"] = [GUARD]
+    c = started(cfg)
+    c.swipe("gate-n", "2026-11-30 22:03")
+    c.swipe("b2-lab", "2026-11-30 22:10")
+    c.clock = at("2026-11-30 22:12")  # a student's card at the dorm reader: no visit
+    data = {"card": "h:ffffffffffffffff", "reader": 1, "result": "granted"}
+    c.patrol.see(Message("event", "dorm-1", data, at("2026-11-30 22:12"), type="card_read"))
+    c.go("2026-11-30 22:40")
+    assert [a["device"] for a in c.raised()] == ["dorm-1"]
+
+
+def pseudonym_of(secret: str, number: str) -> str:
+    """Written from the contract (HMAC-SHA256, 'h:' + 16 hex), not from the agent's code."""
+    import hashlib
+    import hmac
+
+    return "h:" + hmac.new(secret.encode(), number.encode(), hashlib.sha256).hexdigest()[:16]
+
+
+def test_edge_agent_pseudonym_prints_what_card_read_carries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from edge_agent.cli import main
+
+    monkeypatch.setenv("SITE_SECRET", "k1")
+    path = tmp_path / "agent.yaml"
+    path.write_text("site: {id: s, gateway_id: gw1, pseudonym_secret: '${SITE_SECRET}'}\n")
+    assert main(["pseudonym", "-c", str(path), "093,59562", "0006154410", "nope"]) == 1
+    out = capsys.readouterr()
+    expected = pseudonym_of("k1", "6154410")
+    assert out.out.splitlines() == [
+        f"093,59562  6154410  {expected}",  # facility 93, card 59562 (Wiegand 26)
+        f"0006154410  6154410  {expected}",
+    ]
+    assert "nope" in out.err
+    path.write_text("site: {id: s, gateway_id: gw1}\n")
+    assert main(["pseudonym", "-c", str(path), "1"]) == 1
+    assert "pseudonym_secret" in capsys.readouterr().err
+
+
+def test_check_config_refuses_guards_cards_that_can_never_match(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "agent.yaml"
+    text = BASE.replace("device: b2-lab", "device: gate-n")
+    text = text.replace("attic, {checkpoint: north}", "lab").replace('"25:10"', '"02:10"')
+    window = 'every_min: 60\n      window_start: "20:00"\n      window_end: "06:00"\n'
+    text = text.replace("every_min: 60\n", window)
+    path.write_text(text + "  cards: [h:00112233aabbccdd]\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, build_drivers=False)
+    assert err.value.problems == [
+        f"{path}:21  patrol.cards  no card can match: without site.pseudonym_secret "
+        "(or raw_card_ids) card_read events carry no card / 未设置 site.pseudonym_secret，"
+        "刷卡事件不含卡号，无法匹配"
+    ]
+    monkeypatch.setenv("SITE_SECRET", "k1")
+    text = text.replace(
+        "timezone: Asia/Shanghai}", "timezone: Asia/Shanghai, pseudonym_secret: '${SITE_SECRET}'}"
+    )
+    path.write_text(text + "  cards: [h:00112233aabbccdd, '6154410']\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, build_drivers=False)
+    [problem] = err.value.problems
+    assert problem.startswith(f"{path}:21  patrol.cards[1]  '6154410' is not a pseudonym")
+    path.write_text(text + "  cards: [h:00112233aabbccdd]\n")
+    assert load_config(path, build_drivers=False).patrol.cards == ["h:00112233aabbccdd"]
