@@ -248,8 +248,8 @@ class Patrol:
         if not targets or (self.cards and msg.data.get("card") not in self.cards):
             return
         ts = self.now() if msg.ts is None else msg.ts
-        if self.checked_until is None:
-            self.checked_until = self.now()
+        # Before the first tick (the clock may not be synchronised yet) every round is open.
+        checked = self.checked_until if self.checked_until is not None else float("-inf")
         reader = msg.data.get("reader")
         changed = False
         for run, i in targets:
@@ -259,7 +259,7 @@ class Patrol:
             for start in run.rounds_at(ts):
                 if ts > run.deadline(start, run.stops[i]):
                     continue  # late for this round
-                if run.last_deadline(start) <= self.checked_until:
+                if run.last_deadline(start) <= checked:
                     continue  # that round was judged already
                 changed |= self._visit(run, start, i)
         if changed:

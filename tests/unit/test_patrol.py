@@ -479,3 +479,13 @@ def test_check_config_refuses_guards_cards_that_can_never_match(
     assert problem.startswith(f"{path}:21  patrol.cards[1]  '6154410' is not a pseudonym")
     path.write_text(text + "  cards: [h:00112233aabbccdd]\n")
     assert load_config(path, build_drivers=False).patrol.cards == ["h:00112233aabbccdd"]
+
+
+def test_a_read_before_the_clock_is_synchronised_does_not_start_the_checks_in_the_past() -> None:
+    c = Campus(route())
+    c.clock = 0.0  # a Pi without RTC boots in 1970; the clock gate released a held read
+    data = {"card": GUARD, "reader": 1, "result": "denied"}
+    c.patrol.see(Message("event", "gate-n", data, at("2026-11-30 20:55"), type="card_read"))
+    c.go("2026-11-30 21:00")  # synchronised: the first check starts now, not in 1970
+    c.go("2026-11-30 21:30")
+    assert c.alarms_sent == []
