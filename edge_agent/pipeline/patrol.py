@@ -190,8 +190,6 @@ class Patrol:
         #: after a restart: old deadlines wait until this time
         self._hold_until: float | None = None
         self.failures = Failures("tap", "the patrol check is tried again / 巡更检查出错，稍后重试")
-        self.visits = 0
-        self.missed = 0
 
     # -- state --------------------------------------------------------------------
     def load(self) -> None:
@@ -263,7 +261,6 @@ class Patrol:
                     continue  # that round was judged already
                 changed |= self._visit(run, start, i)
         if changed:
-            self.visits += 1
             self._save()
 
     def _visit(self, run: _RouteRun, start: int, i: int) -> bool:
@@ -338,7 +335,6 @@ class Patrol:
         cp = stop.checkpoint
         if rnd is not None and cp.id in rnd.seen:
             return
-        self.missed += 1
         name = cp.name or cp.id
         self.alarms.raise_(
             RULE,
@@ -351,6 +347,3 @@ class Patrol:
             zh=f"巡更漏检：路线「{run.label}」{run.local(start)} 这一轮未在 "
             f"{run.local(deadline)} 前到达巡更点「{name}」。",
         )
-
-    def stats(self) -> dict[str, int]:
-        return {"patrol_visits": self.visits, "patrol_missed": self.missed}
