@@ -18,8 +18,8 @@ round is due at the round's start + ``round_min`` + its tolerance. The visits of
 rounds and the last time checked are kept in the outbox database (``device_state``, row
 ``("", "patrol")``, written with the next group commit like the alarm book), so a restart
 in the middle of a round neither forgets a visit nor a deadline that passed while the
-agent was down; those are checked ``catchup_s`` after the start, once the drivers have
-caught up from the devices' logs.
+agent was down; those are checked ``catchup_s`` after the start (counted from the first
+check on a synchronised clock), once the drivers have caught up from the devices' logs.
 
 Imports nothing of MQTT, the drivers or the tools (``tests/unit/test_imports.py``).
 """
@@ -187,8 +187,10 @@ class Patrol:
         self.cards = frozenset(cfg.cards)
         #: every deadline up to this time (UNIX s) has been checked
         self.checked_until: float | None = None
-        #: after a restart: old deadlines wait until this time
+        #: after a restart: old deadlines wait until this time (set at the first check,
+        #: when the clock is synchronised: at load it may still be in 1970)
         self._hold_until: float | None = None
+        self._restarted = False
         self.failures = Failures("tap", "the patrol check is tried again / 巡更检查出错，稍后重试")
 
     # -- state --------------------------------------------------------------------
@@ -214,7 +216,7 @@ class Patrol:
             log.error("the saved patrol state is unreadable and was ignored: %s", err)
             return
         self.checked_until = checked
-        self._hold_until = self.now() + self.catchup_s
+        self._restarted = True
         log.info(
             "patrol: visits of %d open rounds from before the restart",
             sum(len(r.rounds) for r in self.routes),
@@ -309,6 +311,9 @@ class Patrol:
             self.checked_until = now  # first start: rounds before it are not ours to judge
             self._save()
             return
+        if self._restarted:
+            self._restarted = False
+            self._hold_until = now + self.catchup_s
         if self._hold_until is not None:
             if now < self._hold_until:
                 return  # the drivers are catching up what the devices kept meanwhile

@@ -489,3 +489,15 @@ def test_a_read_before_the_clock_is_synchronised_does_not_start_the_checks_in_th
     c.go("2026-11-30 21:00")  # synchronised: the first check starts now, not in 1970
     c.go("2026-11-30 21:30")
     assert c.alarms_sent == []
+
+
+def test_after_a_restart_on_an_unsynchronised_clock_the_catch_up_waits_for_the_real_time() -> None:
+    c = started(route())
+    c.swipe("gate-n", "2026-11-30 22:03")
+    c.clock = 0.0  # restarted without RTC: 1970 until NTP answers
+    c.start()
+    c.go("2026-11-30 22:50")  # synchronised, past the deadline: the drivers catch up first
+    c.swipe("b2-lab", "2026-11-30 22:20")
+    c.swipe("dorm-1", "2026-11-30 22:21")
+    c.go("2026-11-30 22:53")
+    assert c.alarms_sent == []
