@@ -196,9 +196,13 @@ class Patrol:
     # -- state --------------------------------------------------------------------
     def load(self) -> None:
         """Take back the visits and the check mark saved before a restart (call after the
-        outbox opened). Without saved state, checking starts now."""
+        outbox opened). Without saved state, checking starts now: rounds whose deadlines
+        passed before the agent first ran with this patrol are not judged."""
         text = self.db.state.get(PATROL_STATE) if self.db is not None else None
         if text is None:
+            if self.synced():  # else at the first check on a synchronised clock
+                self.checked_until = self.now()
+                self._save()
             return
         try:
             saved = json.loads(text)

@@ -40,13 +40,21 @@ class Db:
 class Campus:
     """A patrol, its alarm book and what they sent, on a clock the test moves."""
 
-    def __init__(self, cfg: dict[str, Any], db: Db | None = None, language: str = "en") -> None:
+    def __init__(
+        self,
+        cfg: dict[str, Any],
+        db: Db | None = None,
+        language: str = "en",
+        when: str | None = None,
+        synced: bool = True,
+    ) -> None:
         self.cfg = PatrolConfig.model_validate(cfg)
         self.db = db or Db()
         self.language = language
         self.alarms_sent: list[dict[str, Any]] = []
         self.retained: dict[str, dict[str, Any] | None] = {}
-        self.clock = 0.0
+        self.clock = 0.0 if when is None else at(when)
+        self.synced = synced
         self.start()
 
     def start(self) -> None:
@@ -55,7 +63,14 @@ class Campus:
             ROOT, self._put, self._retain, self.language, store=OutboxAlarmStore(self.db)
         )
         self.book.load()
-        self.patrol = Patrol(self.cfg, SHANGHAI, self.book, self.db, now=lambda: self.clock)
+        self.patrol = Patrol(
+            self.cfg,
+            SHANGHAI,
+            self.book,
+            self.db,
+            now=lambda: self.clock,
+            synced=lambda: self.synced,
+        )
         self.patrol.load()
 
     def _put(self, lane: Lane, topic: str, **kw: Any) -> None:
@@ -101,8 +116,8 @@ def route(**kw: Any) -> dict[str, Any]:
 
 
 def started(cfg: dict[str, Any], when: str = "2026-11-30 21:00", **kw: Any) -> Campus:
-    campus = Campus(cfg, **kw)
-    campus.go(when)  # the agent runs from before the round
+    campus = Campus(cfg, when=when, **kw)  # the agent runs from before the round
+    campus.go(when)
     return campus
 
 
@@ -276,8 +291,8 @@ def test_an_alarm_raised_before_a_restart_is_not_raised_again() -> None:
 
 
 def test_the_first_start_judges_no_round_before_it() -> None:
-    c = Campus(route())
-    c.go("2026-11-30 22:50")  # started after the round
+    c = Campus(route(), when="2026-11-30 22:50")  # started after the round
+    c.go("2026-11-30 22:50")
     c.go("2026-11-30 23:59")
     assert c.alarms_sent == []
     c.go("2026-12-01 22:40")  # the next night's round is judged
@@ -482,10 +497,12 @@ def test_check_config_refuses_guards_cards_that_can_never_match(
 
 
 def test_a_read_before_the_clock_is_synchronised_does_not_start_the_checks_in_the_past() -> None:
-    c = Campus(route())
-    c.clock = 0.0  # a Pi without RTC boots in 1970; the clock gate released a held read
+    c = Campus(route(), synced=False)  # a Pi without RTC boots in 1970
+    c.go("1970-01-01 08:00")
+    # the clock gate released a held read (after hold_max_s, with its device's time)
     data = {"card": GUARD, "reader": 1, "result": "denied"}
     c.patrol.see(Message("event", "gate-n", data, at("2026-11-30 20:55"), type="card_read"))
+    c.synced = True
     c.go("2026-11-30 21:00")  # synchronised: the first check starts now, not in 1970
     c.go("2026-11-30 21:30")
     assert c.alarms_sent == []
@@ -495,9 +512,20 @@ def test_after_a_restart_on_an_unsynchronised_clock_the_catch_up_waits_for_the_r
     c = started(route())
     c.swipe("gate-n", "2026-11-30 22:03")
     c.clock = 0.0  # restarted without RTC: 1970 until NTP answers
+    c.synced = False
     c.start()
+    c.go("1970-01-01 08:10")
+    c.synced = True
     c.go("2026-11-30 22:50")  # synchronised, past the deadline: the drivers catch up first
     c.swipe("b2-lab", "2026-11-30 22:20")
     c.swipe("dorm-1", "2026-11-30 22:21")
     c.go("2026-11-30 22:53")
     assert c.alarms_sent == []
+
+
+def test_the_first_start_counts_from_the_agent_start_not_the_first_check() -> None:
+    c = Campus(route(), when="2026-11-30 22:30")
+    data = {"card": GUARD, "reader": 1, "result": "denied"}
+    c.patrol.see(Message("event", "gate-n", data, at("2026-11-30 22:31"), type="card_read"))
+    c.go("2026-11-30 22:40")  # the first check comes after the deadline: still judged
+    assert sorted(a["device"] for a in c.raised()) == ["b2-lab", "dorm-1"]
