@@ -9,9 +9,11 @@ acknowledged.
 
 :class:`Patrol` is a tap of the pipeline (:meth:`Patrol.see`): it sees every
 ``card_read`` once it is in the outbox, pseudonymised and with its time corrected by the
-clock gate. A visit is **any** read at the checkpoint's reader, whatever its ``result``:
-a guard's card usually opens no door there. Visits count by the event's own ``ts``, so a
-read a driver catches up from a device's log after an outage still counts.
+clock gate. A visit is **any** read at the checkpoint's reader, whatever its ``result``
+(a guard's card usually opens no door there), of a guard's card when ``patrol.cards``
+lists them (as pseudonyms: the pipeline hashed the card before the tap sees it).
+Visits count by the event's own ``ts``, so a read a driver catches up from a device's
+log after an outage still counts.
 
 :meth:`Patrol.tick` (from the agent's outbox task) checks the deadlines: each stop of a
 round is due at the round's start + ``round_min`` + its tolerance. The visits of open
