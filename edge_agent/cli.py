@@ -1,4 +1,4 @@
-"""``edge-agent``: run, check-config, doctor, tail, sim, demo, bench, probe.
+"""``edge-agent``: run, check-config, doctor, tail, sim, demo, bench, probe, pseudonym.
 
 Exit codes: 0 ok, 1 bad config or failed start, 2 usage, 130 interrupted.
 """
@@ -63,6 +63,37 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     buses = getattr(cfg, "buses", [])
     print(f"{args.file}: OK ({len(devices)} devices, {len(buses)} buses) / 配置正确")
     return 0
+
+
+def cmd_pseudonym(args: argparse.Namespace) -> int:
+    """Print each card as ``card_read`` events carry it on this site: what
+    ``patrol.cards`` lists (the guards' cards), without a card number in the file."""
+    from edge_agent.config.loader import AgentConfigBase
+    from edge_agent.drivers.cards import CardError, canonical, parse_printed
+    from edge_agent.pipeline.pseudonym import pseudonym
+
+    cfg = _load(args.config)
+    assert isinstance(cfg, AgentConfigBase)
+    secret = cfg.site.pseudonym_secret
+    if not secret and not cfg.site.raw_card_ids:
+        print(
+            f"{args.config}: site.pseudonym_secret is not set: card_read events carry no card "
+            "/ 未设置 site.pseudonym_secret，刷卡事件不含卡号",
+            file=sys.stderr,
+        )
+        return 1
+    rc = 0
+    for text in args.cards:
+        try:
+            number = canonical(parse_printed(text, hex_digits=args.hex))
+        except CardError as err:
+            print(f"{text}: {err} / 无法识别的卡号", file=sys.stderr)
+            rc = 1
+            continue
+        raw = cfg.site.raw_card_ids or not secret  # the pipeline's rule: raw wins
+        shown = number if raw else pseudonym((secret or "").encode("utf-8"), number)
+        print(f"{text}  {number}  {shown}")
+    return rc
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -365,6 +396,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dr.add_argument("-c", "--config", required=True, help="YAML config file")
     dr.set_defaults(fn=cmd_doctor)
+
+    ps = sub.add_parser(
+        "pseudonym",
+        help="a card as card_read events carry it (for patrol.cards) / 计算卡号的脱敏值",
+        description="Print each card's canonical number and its pseudonym ('h:' + 16 hex, "
+        "with the config's site.pseudonym_secret), as card_read events carry it: write it "
+        "in patrol.cards. 输出卡号的规范形式及其脱敏值（写入 patrol.cards）",
+    )
+    ps.add_argument("-c", "--config", required=True, help="YAML config file")
+    ps.add_argument(
+        "cards", nargs="+", help="as printed: 0006154410, 093,59562 (facility,card), 0x5DE8AA"
+    )
+    ps.add_argument("--hex", action="store_true", help="the cards are printed in hex / 十六进制")
+    ps.set_defaults(fn=cmd_pseudonym)
 
     t = sub.add_parser("tail", help="subscribe and pretty-print the contract topics / 查看上报数据")
     t.add_argument(

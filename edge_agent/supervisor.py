@@ -38,6 +38,7 @@ from edge_agent.link import OutboxLink
 from edge_agent.mqtt.publisher import MqttSettings, Publisher, response_properties
 from edge_agent.outbox.store import Outbox
 from edge_agent.pipeline import ClockGate, build_pipeline
+from edge_agent.pipeline.patrol import Patrol
 from edge_agent.pipeline.sink import OutboxSink
 from edge_agent.poll import SHARED_RNG, PollLoop, backoff_delay
 from edge_agent.procstats import ProcessStats
@@ -208,6 +209,18 @@ class Agent:
                 self.outbox, self.outbox.path.with_name(self.outbox.path.name + ".alarms.json")
             ),
         )
+        #: guard patrol: a tap counting visits, deadlines checked with the outbox's tick
+        self.patrol: Patrol | None = None
+        if cfg.patrol.routes:
+            self.patrol = Patrol(
+                cfg.patrol,
+                site_tz(cfg.site.timezone),
+                self.alarms,
+                self.outbox,
+                now=self.clock.wall,
+                synced=lambda: self.gate.synced,
+            )
+            self.emitter.add_tap("patrol", self.patrol.see)
         self._stop = asyncio.Event()
         self._last_flush_ok = time.monotonic()
         self._started = time.monotonic()
@@ -331,6 +344,8 @@ class Agent:
                 pass  # not the main thread (tests) or not supported
         await self.outbox.open()
         self.alarms.load()
+        if self.patrol is not None:
+            self.patrol.load()
         gw = self.cfg.site.gateway_id
         if self.outbox.recovered_from is not None:
             moved, why = self.outbox.recovered_from
@@ -475,6 +490,8 @@ class Agent:
                 await self.outbox.flush()
                 self._last_flush_ok = time.monotonic()
                 self.alarms.tick()
+                if self.patrol is not None:
+                    self.patrol.tick()
                 if self.outbox.mode == "memory":
                     self.alarms.raise_(
                         "outbox_disk_full",

@@ -32,6 +32,7 @@ from edge_agent.config.models import (
     Strict,
     site_tz,
 )
+from edge_agent.config.patrol import PatrolConfig, check_patrol
 from edge_agent.config.yamlsrc import FileProblems, KeyProblem, SourceError
 from edge_agent.config.yamlsrc import load as load_yaml
 from edge_agent.errors import ConfigError
@@ -122,6 +123,9 @@ class AgentConfigBase(Strict):
         default=None,
         description="Door logic: door contacts, exit buttons, fire and emergency inputs "
         "(docs/doors.md#door-logic) / 门磁与门逻辑",
+    )
+    patrol: PatrolConfig = Field(
+        default_factory=PatrolConfig, description="Guard patrol checkpoints and routes / 电子巡更"
     )
 
 
@@ -753,7 +757,7 @@ def load_config(
         del data[key]
 
     # A section whose keys are all commented out is null in YAML: same as absent.
-    for section in ("mqtt", "outbox", "publish", "logging", "clock"):
+    for section in ("mqtt", "outbox", "publish", "logging", "clock", "patrol"):
         if section in data and data[section] is None:
             del data[section]
     prepare_tls(data, p.resolve().parent)
@@ -798,6 +802,7 @@ def load_config(
     problems += check_across(_raw_ids(data, "buses"), devices, source, base)
     problems += check_hubs_http(data, devices)
     problems += check_doors(cfg, data, devices, source, base)
+    problems += check_patrol(data.get("patrol"), _raw_ids(data, "devices"), data.get("site"))
     other_files: list[str] = []
     if build_drivers:
         problems += check_drivers_build(devices, source, base, other_files)
