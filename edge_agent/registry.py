@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 #: kind -> "module:attribute" of the driver class (which has ``kind`` and ``Config``)
 BUILTIN: dict[str, str] = {
     "modbus": "edge_agent.drivers.modbus.driver:ModbusDriver",
+    "wg": "edge_agent.drivers.wg.driver:WgDriver",
 }
 
 ENTRY_POINT_GROUP = "edge_agent.drivers"
