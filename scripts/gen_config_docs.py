@@ -41,6 +41,8 @@ from edge_agent.config.models import ID_PATTERN  # noqa: E402
 from edge_agent.drivers.modbus.config import ModbusDevice  # noqa: E402
 from edge_agent.drivers.modbus.driver import ModbusDriver  # noqa: E402
 from edge_agent.drivers.modbus.profile import Profile  # noqa: E402
+from edge_agent.drivers.wg.config import WgDevice  # noqa: E402
+from edge_agent.drivers.wg.driver import WgDriver  # noqa: E402
 
 OUTPUT = REPO / "docs" / "configuration.md"
 
@@ -419,6 +421,9 @@ ZH: dict[str, str] = {
     "Location": "设备安装位置，发布在设备的 meta 主题中。",
     "Profile": "某一型号设备的寄存器表。",
     "Point": "设备的一个指标（或可写参数）：寄存器位置与换算方法。",
+    "WgListen": "微耕门禁控制器共用的网关 UDP 端口，以及控制器推送事件的目标地址（接收服务器）。",
+    "WgDevice": "微耕短报文门禁控制器（UDP），按序列号识别；详见 [门禁](doors.md#wg-driver)。",
+    "WgReader": "门的读卡器：名称、用途（门禁、考勤、食堂……）和进出方向。",
 }
 
 
@@ -475,10 +480,13 @@ def config_sections() -> list[Section]:
     seen: set[type[BaseModel]] = set()
     # the core's keys, then those the in-tree kinds add through their Settings
     top = create_model(
-        "AgentConfig", __base__=AgentConfigBase, **settings_fields({"modbus": ModbusDriver})
+        "AgentConfig",
+        __base__=AgentConfigBase,
+        **settings_fields({"modbus": ModbusDriver, "wg": WgDriver}),
     )
     sections = walk("", top, seen)
     sections += walk("devices[] (kind: modbus)", ModbusDevice, seen)
+    sections += walk("devices[] (kind: wg)", WgDevice, seen)
     return sections
 
 
@@ -509,8 +517,9 @@ def _render_sections(
 #: ``devices`` is added to the top-level model at run time from the driver registry
 _DEVICES_ROW = (
     "buses",
-    "| `devices` | list of mapping ([devices[] (kind: modbus)](#devices-kind-modbus)) | `[]` "
-    "| Devices to read; each has a `kind:` (today only `modbus`) |",
+    "| `devices` | list of mapping ([devices[] (kind: modbus)](#devices-kind-modbus), "
+    "[devices[] (kind: wg)](#devices-kind-wg)) | `[]` "
+    "| Devices to read; each has a `kind:` |",
 )
 
 
