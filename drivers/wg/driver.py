@@ -87,7 +87,7 @@ class WgDriver:
                 problems.append(
                     (
                         ("devices", i, "serial"),
-                        f"serial {dev.serial} is already device {serials[dev.serial]!r}'s "
+                        f"serial {dev.serial}: device {serials[dev.serial]!r} has it too "
                         "/ 序列号重复",
                     )
                 )
@@ -97,7 +97,7 @@ class WgDriver:
                 problems.append(
                     (
                         ("devices", i, "host"),
-                        f"{dev.host}:{dev.port} is already device {hosts[addr]!r}'s / 地址重复",
+                        f"{dev.host}:{dev.port}: device {hosts[addr]!r} has it too / 地址重复",
                     )
                 )
             hosts.setdefault(addr, dev.id)
