@@ -232,6 +232,7 @@ class Agent:
             config_dir=base,
             pseudonym_key=pseudonym.encode() if pseudonym else None,
             tz=site_tz(self.cfg.site.timezone),
+            clock=self.clock,
         )
         kinds = registry.drivers()
         enabled = [dev for dev in self.devices.values() if dev.enabled]

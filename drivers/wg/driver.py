@@ -119,7 +119,9 @@ class WgDriver:
         self._news: collections.deque[wire.Status] = collections.deque(maxlen=NEWS_MAX)
         self._news_ready = asyncio.Event()
         self._cursor: int | None = None
-        self._wall = time.time
+        #: the gateway's clock: wall() and synced() (the agent's; system time otherwise)
+        self._clock = ctx.clock
+        self._wall = ctx.clock.wall if ctx.clock is not None else time.time
         #: the last raw frames from the controller, printed with the first malformed one
         self.frames: collections.deque[bytes] = collections.deque(maxlen=8)
         #: counters for diagnostics() and the log summaries
@@ -207,8 +209,7 @@ class WgDriver:
             try:
                 if not ready:
                     status = await self._ask(wire.get_status(cfg.serial))
-                    await self._check_clock(link)
-                    next_clock = time.monotonic() + cfg.clock_check_s
+                    next_clock = await self._check_clock(link)
                     await self._set_listener()
                     ready, missed, pause_s = True, 0, cfg.poll_interval_s
                     if offline:
@@ -218,8 +219,7 @@ class WgDriver:
                     await self._take(link, [status], polled=True)
                     continue
                 if time.monotonic() >= next_clock:
-                    await self._check_clock(link)
-                    next_clock = time.monotonic() + cfg.clock_check_s
+                    next_clock = await self._check_clock(link)
                 news = await self._next_news(cfg.poll_interval_s)
                 if news:
                     await self._take(link, news)
@@ -409,27 +409,33 @@ class WgDriver:
         return Event(etype, data, event_ts(record, self.tz))
 
     # -- clock and receiving server ----------------------------------------------------------
-    async def _check_clock(self, link: DeviceLink) -> None:
-        """Keep the controller's clock within ``clock_tolerance_s`` of the gateway's."""
+    async def _check_clock(self, link: DeviceLink) -> float:
+        """Keep the controller's clock within ``clock_tolerance_s`` of the gateway's;
+        returns when to check again (monotonic): soon while the gateway's own clock is not
+        synchronised, else after ``clock_check_s``."""
         serial, tol = self.config.serial, self.config.clock_tolerance_s
+        later = time.monotonic() + self.config.clock_check_s
         reply = await self._ask(wire.get_time(serial))
         if reply.time is None:
             self._once("no_time", logging.WARNING, "%s: controller has no time", self.device_id)
-            return
+            return later
         now = self._wall()
         drift = wire.local_to_utc(reply.time, self.tz).timestamp() - now
         link.telemetry({"clock_offset_s": round(drift, 1)}, ts=now)
         if abs(drift) <= tol:
-            return
-        if now < PLAUSIBLE_SINCE:
+            return later
+        synced = self._clock.synced() if self._clock is not None else True
+        if not synced or now < PLAUSIBLE_SINCE:
+            # A Pi without RTC before NTP: copying its clock would break every door's records.
             self._once(
-                "clock_implausible",
+                "clock_unsynced",
                 logging.WARNING,
-                "%s: the gateway's own clock is not plausible: controller clock left alone "
-                "/ 网关时钟不可信，不校正控制器时钟",
+                "%s: controller clock is %+.0f s off, but the gateway's own clock is not "
+                "synchronised: left alone until it is / 网关时钟未同步，暂不校正控制器时钟",
                 self.device_id,
+                drift,
             )
-            return
+            return time.monotonic() + self.config.poll_interval_s
         target = wire.utc_to_local(datetime.fromtimestamp(round(self._wall()), UTC), self.tz)
         answer = await self._ask(wire.set_time(serial, target))
         after = (
@@ -447,7 +453,7 @@ class WgDriver:
                 drift,
                 drift,
             )
-            return
+            return later
         log.info(
             "%s: controller clock was %+.0f s off the gateway's; set to %s (%s) "
             "/ 控制器时钟偏差 %+.0f 秒，已校正",
@@ -457,6 +463,7 @@ class WgDriver:
             self.tz,
             drift,
         )
+        return later
 
     async def _set_listener(self) -> None:
         """Point the controller's receiving server at the gateway (when configured)."""

@@ -90,8 +90,8 @@ def write_config(
 
 
 @contextlib.asynccontextmanager
-async def running(path: Path) -> AsyncIterator[Agent]:
-    agent = Agent(load_config(path), path)
+async def running(path: Path, clock: Any = None) -> AsyncIterator[Agent]:
+    agent = Agent(load_config(path), path, clock=clock)
     task = asyncio.create_task(agent.run())
     try:
         yield agent
@@ -225,6 +225,51 @@ async def test_a_controller_clock_five_minutes_off_is_corrected(
     fixed = [r.getMessage() for r in caplog.records if "clock was" in r.getMessage()]
     assert len(fixed) == 1, fixed
     assert "+300 s off" in fixed[0] or "+299 s off" in fixed[0], fixed
+
+
+class GatewayClock:
+    """The gateway's clock, synchronised or not as the test says (a Pi before NTP)."""
+
+    def __init__(self) -> None:
+        self.is_synced = False
+
+    def wall(self) -> float:
+        return time.time()
+
+    def mono(self) -> float:
+        return time.monotonic()
+
+    def synced(self) -> bool:
+        return self.is_synced
+
+
+async def test_records_wait_on_the_controller_while_the_gateway_clock_is_unsynchronised(
+    tmp_path: Path, mqtt_broker: MqttBroker
+) -> None:
+    root = "campus/wg-nosync/gw1"
+    clock = GatewayClock()
+    async with controllers(clock_offset_s=300) as sim:
+        ctl = sim[SERIAL]
+        path = write_config(tmp_path, mqtt_broker, sim, "wg-nosync")
+        with mqtt_subscriber(mqtt_broker, f"{root}/#") as sub:
+            async with running(path, clock) as agent:
+                await wait_for(sub, 1, state_is(root, "ctl-1", "online"))
+                for card in (11, 12, 13):
+                    ctl.swipe(card, 1)
+                degraded = (await wait_for(sub, 1, state_is(root, "ctl-1", "degraded")))[0]
+                await asyncio.sleep(1)  # two more polls: still refused, nothing sent
+                assert not envelopes(sub, root, "ctl-1")
+                # an unsynchronised gateway clock is never copied to the doors
+                assert ctl.clock_offset_s == 300
+                clock.is_synced = True
+                await wait_for(sub, 3, events_of(root, "ctl-1"))
+                await until(lambda: abs(ctl.clock_offset_s) <= 2, "clock corrected")
+                await wait_for(sub, 2, state_is(root, "ctl-1", "online"))
+                await asyncio.sleep(1)
+                assert agent.drivers["ctl-1"] is not None
+        events = envelopes(sub, root, "ctl-1")
+    assert "clock not synchronised" in degraded.json()["last_error"]
+    assert [e["data"]["card"] for e in events] == ["11", "12", "13"]  # once, in order
 
 
 async def test_forced_and_held_doors_and_fire_are_contract_events(
