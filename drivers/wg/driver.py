@@ -225,8 +225,8 @@ class WgDriver:
                     await self._take(link, news)
                 else:
                     status = await self._ask(wire.get_status(cfg.serial), retries=0)
-                    missed = 0
                     await self._take(link, [status], polled=True)
+                missed = 0
                 self._report(link)
             except (DeviceTimeout, DeviceUnavailable) as err:
                 missed += 1
@@ -421,11 +421,14 @@ class WgDriver:
             return later
         now = self._wall()
         drift = wire.local_to_utc(reply.time, self.tz).timestamp() - now
-        link.telemetry({"clock_offset_s": round(drift, 1)}, ts=now)
+        synced = (self._clock.synced() if self._clock is not None else True) and (
+            now >= PLAUSIBLE_SINCE
+        )
+        if synced:  # else it is measured against a wrong clock (and checked at every poll)
+            link.telemetry({"clock_offset_s": round(drift, 1)}, ts=now)
         if abs(drift) <= tol:
             return later
-        synced = self._clock.synced() if self._clock is not None else True
-        if not synced or now < PLAUSIBLE_SINCE:
+        if not synced:
             # A Pi without RTC before NTP: copying its clock would break every door's records.
             self._once(
                 "clock_unsynced",
@@ -542,13 +545,14 @@ class WgDriver:
             return
         pending = self._pending
         if fn is wire.Fn.STATUS:
-            # pushed or asked for, a status is the newest record: news either way
+            # Pushed or asked for, a status is news of the newest record: the one asking
+            # for a status handles it, else it joins the pushes.
             self.counts["statuses"] += 1
+            if pending is not None and pending[0].fn is wire.Fn.STATUS and not pending[1].done():
+                pending[1].set_result(status)
+                return
             self._news.append(status)
             self._news_ready.set()
-            if pending is not None and pending[0].fn is wire.Fn.STATUS:
-                if not pending[1].done():
-                    pending[1].set_result(status)
             return
         if pending is None or pending[1].done():
             self.counts["late_answers"] += 1

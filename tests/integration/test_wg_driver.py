@@ -374,6 +374,52 @@ async def test_an_unplugged_controller_goes_offline_and_comes_back_caught_up(
     assert [e["data"]["card"] for e in events] == [str(c) for c in range(1, 12)]
 
 
+async def test_a_dead_controller_is_retried_with_backoff(
+    tmp_path: Path, mqtt_broker: MqttBroker
+) -> None:
+    root = "campus/wg-backoff/gw1"
+    async with controllers() as sim:
+        ctl = sim[SERIAL]
+        quick = {"poll_interval_s": 0.1, "timeout_s": 0.1, "retries": 0, "retry_max_s": 10}
+        path = write_config(tmp_path, mqtt_broker, sim, "wg-backoff", **quick)
+        with mqtt_subscriber(mqtt_broker, f"{root}/#") as sub:
+            async with running(path):
+                await wait_for(sub, 1, state_is(root, "ctl-1", "online"))
+                ctl.unplug()
+                await wait_for(sub, 1, state_is(root, "ctl-1", "offline"))
+                ctl.ignored.clear()
+                await asyncio.sleep(3)
+                # waits of 0.1, 0.2, 0.4, 0.8, 1.6 s between tries: at most 5 in 3 s, where
+                # a try every poll (0.1 s wait + 0.1 s timeout) would be 15
+                tries = ctl.ignored["unplugged"]
+                ctl.replug()
+                await wait_for(sub, 2, state_is(root, "ctl-1", "online"))
+    assert 1 <= tries <= 6, tries
+
+
+async def test_firmware_v6_62_pushes_with_start_byte_0x19_are_taken(
+    tmp_path: Path, mqtt_broker: MqttBroker
+) -> None:
+    root = "campus/wg-v662/gw1"
+    async with controllers(event_som=0x19) as sim:
+        ctl = sim[SERIAL]
+        path = write_config(tmp_path, mqtt_broker, sim, "wg-v662")
+        with mqtt_subscriber(mqtt_broker, f"{root}/#") as sub:
+            async with running(path) as agent:
+                await wait_for(sub, 1, state_is(root, "ctl-1", "online"))
+                for card in (1, 2, 3):
+                    ctl.swipe(card, 1)
+                await wait_for(sub, 3, events_of(root, "ctl-1"))
+                driver = agent.drivers["ctl-1"]
+                assert isinstance(driver, WgDriver)
+                hub = agent.hubs["wg"]
+                assert isinstance(hub, WgHub)
+        events = envelopes(sub, root, "ctl-1")
+    assert [e["data"]["card"] for e in events] == ["1", "2", "3"]
+    assert driver.counts["read_back"] == 0  # taken as pushes, not read back
+    assert hub.unclaimed == 0
+
+
 async def test_garbage_datagrams_are_logged_once_and_never_stop_the_driver(
     tmp_path: Path, mqtt_broker: MqttBroker, caplog: pytest.LogCaptureFixture
 ) -> None:
