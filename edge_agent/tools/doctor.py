@@ -29,7 +29,7 @@ from edge_agent import registry
 from edge_agent.clock import SystemClock
 from edge_agent.config.loader import AgentConfigBase, kind_settings
 from edge_agent.config.models import SerialBus, TcpBus
-from edge_agent.driver import Bus, DriverContext
+from edge_agent.driver import Bus, DriverContext, PollingDriver
 from edge_agent.errors import DeviceError, DeviceTimeout, DeviceUnavailable
 from edge_agent.mqtt.tls import TlsFileError, TlsSettings, check_readable, client_context
 
@@ -314,6 +314,9 @@ async def check_devices(cfg: AgentConfigBase, config_path: Path) -> list[Row]:
         if not dev.enabled:
             return Row(f"device {dev.id}", target, "skip", "enabled: false / 已停用")
         driver: Any = kinds[dev.kind](dev, replace(ctx, settings=settings[dev.kind]))
+        if not isinstance(driver, PollingDriver):  # a push device needs its hub: the agent's
+            why = "push device: see its state topic / 推送型设备，请查看其状态主题"
+            return Row(f"device {dev.id}", target, "skip", why)
         units = {m.name: m.unit for m in driver.metrics()}
         # the driver applies timeout_s per request; this only bounds a driver that hangs
         limit = getattr(dev, "timeout_s", 5.0) * 10 + 5

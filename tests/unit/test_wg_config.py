@@ -4,15 +4,18 @@ tested end to end in tests/integration/test_wg_driver.py)."""
 from __future__ import annotations
 
 import typing
+from pathlib import Path
 
 import pytest
 
+from edge_agent.config.loader import load_config
 from edge_agent.driver import DriverContext, HubContext
 from edge_agent.drivers.wg import wire
 from edge_agent.drivers.wg.config import Context, WgDevice, WgSettings, parse_listener
 from edge_agent.drivers.wg.driver import WgDriver
 from edge_agent.drivers.wg.events import CONTEXTS
 from edge_agent.drivers.wg.hub import WgHub
+from edge_agent.tools.doctor import check_devices
 
 SERIAL = 423187757
 
@@ -68,3 +71,16 @@ async def test_the_constructor_does_no_io_and_checks_the_door_of_a_command() -> 
     for door in (0, 3, "2a", "-1"):  # refused before anything is sent
         with pytest.raises(ValueError, match="has doors 1-2"):
             await driver.open_door(door)
+
+
+async def test_doctor_skips_a_controller_it_cannot_reach_without_the_agent(tmp_path: Path) -> None:
+    # doctor reads each polled device once; a WG controller answers only through the
+    # kind's hub, which runs in the agent: doctor says so instead of failing on read()
+    path = tmp_path / "agent.yaml"
+    path.write_text(
+        "site: {id: s, gateway_id: gw1}\n"
+        "devices:\n  - {id: gate-1, kind: wg, serial: 423187757, host: 192.0.2.10}\n"
+    )
+    rows = await check_devices(load_config(path), path)
+    assert [(r.check, r.status) for r in rows] == [("device gate-1", "skip")]
+    assert "push device" in rows[0].detail
