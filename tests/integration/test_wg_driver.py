@@ -204,6 +204,30 @@ async def test_swipes_made_while_the_agent_was_stopped_arrive_after_restart(
     assert driver.counts["read_back"] == 35  # the missed ones were read back by index
 
 
+async def test_records_overwritten_before_they_were_read_are_reported_once(
+    tmp_path: Path, mqtt_broker: MqttBroker
+) -> None:
+    root = "campus/wg-overwritten/gw1"
+    async with controllers(capacity=10) as sim:  # a controller that keeps 10 records
+        ctl = sim[SERIAL]
+        path = write_config(tmp_path, mqtt_broker, sim, "wg-overwritten")
+        with mqtt_subscriber(mqtt_broker, f"{root}/#") as sub:
+            async with running(path):
+                await wait_for(sub, 1, state_is(root, "ctl-1", "online"))
+                ctl.swipe(1, 1)
+                await wait_for(sub, 1, events_of(root, "ctl-1"))
+            for card in range(2, 27):  # the agent is off for 25 swipes: 2-16 are overwritten
+                ctl.swipe(card, 1)
+            async with running(path):
+                await wait_for(sub, 12, events_of(root, "ctl-1"))
+                await asyncio.sleep(1)
+        events = envelopes(sub, root, "ctl-1")
+    assert [e["type"] for e in events] == ["card_read", "device_fault"] + ["card_read"] * 10
+    fault = events[1]["data"]
+    assert fault == {"fault": "records_overwritten", "first_lost": 2, "count": 15}
+    assert [e["data"]["card"] for e in events[2:]] == [str(c) for c in range(17, 27)]
+
+
 async def test_a_controller_clock_five_minutes_off_is_corrected(
     tmp_path: Path, mqtt_broker: MqttBroker, caplog: pytest.LogCaptureFixture
 ) -> None:
