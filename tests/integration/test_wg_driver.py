@@ -522,7 +522,7 @@ async def test_a_controller_without_a_listener_is_read_by_polling(
     root = "campus/wg-poll/gw1"
     async with controllers() as sim:
         ctl = sim[SERIAL]
-        path = write_config(tmp_path, mqtt_broker, sim, "wg-poll", listener=False)
+        path = write_config(tmp_path, mqtt_broker, sim, "wg-poll", listener=False, store_index=True)
         with mqtt_subscriber(mqtt_broker, f"{root}/#") as sub:
             async with running(path):
                 await wait_for(sub, 1, state_is(root, "ctl-1", "online"))
@@ -532,6 +532,43 @@ async def test_a_controller_without_a_listener_is_read_by_polling(
         events = envelopes(sub, root, "ctl-1")
     assert ctl.listener == ("0.0.0.0", 0)  # never set: the gateway reads instead
     assert [e["data"]["record_index"] for e in events] == [1, 2, 3]
+    assert ctl.read_index == 3  # store_index: the vendor's tool sees what was committed
+
+
+async def test_a_replaced_controller_is_read_from_its_first_record(
+    tmp_path: Path, mqtt_broker: MqttBroker
+) -> None:
+    root = "campus/wg-replaced/gw1"
+    async with controllers() as sim:
+        old = sim[SERIAL]
+        path = write_config(tmp_path, mqtt_broker, sim, "wg-replaced")
+        with mqtt_subscriber(mqtt_broker, f"{root}/#") as sub:
+            async with running(path):
+                await wait_for(sub, 1, state_is(root, "ctl-1", "online"))
+                for card in range(1, 6):
+                    old.swipe(card, 1)
+                await wait_for(sub, 5, events_of(root, "ctl-1"))
+                # the controller is swapped for a new one (its log starts at 1 again) on the
+                # same address, and the installer keeps the serial in the config
+                old.close()
+                new = WgController(SERIAL, doors=4, port=old.port, clock=shanghai_now)
+                async with asyncio.timeout(5):
+                    while True:  # the old socket closes on a later turn of the loop
+                        try:
+                            await new.start()
+                            break
+                        except OSError:
+                            await asyncio.sleep(0.01)
+                try:
+                    new.swipe(6, 1)
+                    new.swipe(7, 1)
+                    await wait_for(sub, 7, events_of(root, "ctl-1"))
+                    await asyncio.sleep(1)
+                finally:
+                    new.close()
+        events = envelopes(sub, root, "ctl-1")
+    assert [e["data"]["card"] for e in events] == [str(c) for c in range(1, 8)]
+    assert [e["data"]["record_index"] for e in events] == [1, 2, 3, 4, 5, 1, 2]
 
 
 async def test_a_late_answer_is_never_taken_for_the_next_request(
