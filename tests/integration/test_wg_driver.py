@@ -620,3 +620,55 @@ async def test_a_late_answer_is_never_taken_for_the_next_request(
         (2, "502"),
         (3, "503"),
     ]
+
+
+async def test_one_request_in_flight_per_controller_even_with_a_command_during_catch_up(
+    tmp_path: Path, mqtt_broker: MqttBroker
+) -> None:
+    """A controller (the simulator's wire logic behind a proxy that answers after 20 ms)
+    with 30 records to catch up; a door_open arrives meanwhile: it waits its turn."""
+    root = "campus/wg-inflight/gw1"
+    sim = WgController(SERIAL, doors=4, clock=shanghai_now)
+    await sim.start()
+    for card in range(1, 31):
+        sim.swipe(card, 1)
+    sim.close()
+    loop = asyncio.get_running_loop()
+    outstanding = [0, 0]  # now, most at once
+
+    class Proxy(asyncio.DatagramProtocol):
+        def connection_made(self, transport: Any) -> None:
+            self.transport = transport
+
+        def datagram_received(self, data: bytes, addr: Any) -> None:
+            answer = sim.handle(data)
+            if answer is None:
+                return
+            outstanding[0] += 1
+            outstanding[1] = max(outstanding)
+            loop.call_later(0.02, self.answer, answer, addr)
+
+        def answer(self, answer: bytes, addr: Any) -> None:
+            outstanding[0] -= 1
+            self.transport.sendto(answer, addr)
+
+    transport, _ = await loop.create_datagram_endpoint(Proxy, local_addr=("127.0.0.1", 0))
+    one = [SimpleNamespace(serial=SERIAL, port=transport.get_extra_info("sockname")[1])]
+    try:
+        path = write_config(tmp_path, mqtt_broker, one, "wg-inflight", listener=False)
+        with mqtt_subscriber(mqtt_broker, f"{root}/#") as sub:
+            async with running(path):
+                await wait_for(sub, 1, state_is(root, "ctl-1", "online"))
+                request = {"request_id": "open-9", "device": "ctl-1", "door": 3, "by": "guard"}
+                await asyncio.to_thread(
+                    publish, mqtt_broker, f"{root}/cmd/door_open", json.dumps(request)
+                )
+                result = (await wait_for(sub, 1, lambda m: "/cmd_result/open-9" in m.topic))[0]
+                await wait_for(sub, 31, events_of(root, "ctl-1"))  # 30 swipes + the audit
+                caught_up = len(cards_of(envelopes(sub, root, "ctl-1")))
+    finally:
+        transport.close()
+        sim.close()
+    assert result.json()["ok"] is True, result.json()
+    assert caught_up == 30
+    assert outstanding[1] == 1  # never two requests to one controller at once
