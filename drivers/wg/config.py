@@ -106,6 +106,25 @@ class WgReader(Strict):
     )
 
 
+#: door control modes of 0x80/0x82, as the config spells them
+DOOR_MODES = {"normally_open": 1, "normally_closed": 2, "controlled": 3}
+
+
+class WgDoorControl(Strict):
+    """How a door's lock works, set on the controller at every start (0x80) when it differs
+    (门控制方式与开门延时)."""
+
+    door: int = Field(ge=1, le=4, description="Door 1-4 of the controller / 门号")
+    mode: Literal["controlled", "normally_open", "normally_closed"] = Field(
+        default="controlled",
+        description="controlled: opens for a grant; normally_open / normally_closed: always "
+        "unlocked / locked / 在线控制、常开、常闭",
+    )
+    delay_s: int = Field(
+        default=3, ge=0, le=255, description="Seconds the lock stays open after a grant / 开门延时"
+    )
+
+
 class WgDevice(DeviceBase):
     """A WG short-packet door controller (Shenzhen Weigeng 微耕 and OEMs such as UHPPOTE
     UT0311-L0x), reached over UDP."""
@@ -125,6 +144,11 @@ class WgDevice(DeviceBase):
         default_factory=list,
         description="Names, contexts and directions of the readers; a reader not listed is "
         "'door<n>-<in|out>' in the access context / 读卡器名称、用途和方向",
+    )
+    door_control: list[WgDoorControl] = Field(
+        default_factory=list,
+        description="Doors whose mode and unlock delay the gateway keeps as written here; "
+        "a door not listed is left as the controller has it / 由网关设置的门控制方式与延时",
     )
     timeout_s: float = Field(default=1.0, gt=0, le=30, description="Wait for one answer")
     retries: int = Field(default=2, ge=0, le=10, description="Retries of an unanswered request")
@@ -215,4 +239,14 @@ class WgDevice(DeviceBase):
                 side = reader.direction or "every direction"
                 raise ValueError(f"door {reader.door} ({side}) has two readers / 读卡器重复")
             seen.add(key)
+        doors: set[int] = set()
+        for control in self.door_control:
+            if control.door > self.doors:
+                raise ValueError(
+                    f"door_control: door {control.door}, the controller has {self.doors} "
+                    "/ 门号超出控制器门数"
+                )
+            if control.door in doors:
+                raise ValueError(f"door_control: door {control.door} twice / 门号重复")
+            doors.add(control.door)
         return self

@@ -41,7 +41,7 @@ from edge_agent.driver import (
     Problem,
 )
 from edge_agent.drivers.wg import wire
-from edge_agent.drivers.wg.config import WgDevice, WgSettings, parse_listener
+from edge_agent.drivers.wg.config import DOOR_MODES, WgDevice, WgSettings, parse_listener
 from edge_agent.drivers.wg.events import Reader, ReaderMap, event_ts, is_unknown, record_to_event
 from edge_agent.drivers.wg.hub import WgHub
 from edge_agent.errors import (
@@ -211,6 +211,7 @@ class WgDriver:
                     status = await self._ask(wire.get_status(cfg.serial))
                     next_clock = await self._check_clock(link)
                     await self._set_listener()
+                    await self._set_doors()
                     ready, missed, pause_s = True, 0, cfg.poll_interval_s
                     if offline:
                         log.info("%s: controller answers again / 控制器已恢复", self.device_id)
@@ -499,6 +500,42 @@ class WgDriver:
             host,
             port,
         )
+
+    async def _set_doors(self) -> None:
+        """Give the doors of ``door_control`` their mode and delay (0x82, then 0x80 when
+        they differ), and say so once."""
+        serial = self.config.serial
+        for control in self.config.door_control:
+            mode = wire.DoorMode(DOOR_MODES[control.mode])
+            now = await self._ask(wire.get_door_control(serial, control.door))
+            if (now.mode, now.delay_s) == (mode, control.delay_s):
+                continue
+            done = await self._ask(
+                wire.set_door_control(serial, control.door, mode, control.delay_s)
+            )
+            if (done.mode, done.delay_s) != (mode, control.delay_s):
+                self._once(
+                    f"door {control.door} refused",
+                    logging.WARNING,
+                    "%s: door %d kept mode %d, delay %d s instead of %s, %d s "
+                    "/ 控制器未接受门控制设置",
+                    self.device_id,
+                    control.door,
+                    done.mode,
+                    done.delay_s,
+                    control.mode,
+                    control.delay_s,
+                )
+                continue
+            log.info(
+                "%s: door %d set to %s, delay %d s (was mode %d, %d s) / 已设置门控制方式与延时",
+                self.device_id,
+                control.door,
+                control.mode,
+                control.delay_s,
+                now.mode,
+                now.delay_s,
+            )
 
     # -- requests and what comes in ----------------------------------------------------------
     async def _ask(self, request: wire.Request[R], *, retries: int | None = None) -> R:

@@ -672,3 +672,29 @@ async def test_one_request_in_flight_per_controller_even_with_a_command_during_c
     assert result.json()["ok"] is True, result.json()
     assert caught_up == 30
     assert outstanding[1] == 1  # never two requests to one controller at once
+
+
+async def test_door_mode_and_delay_are_kept_as_the_config_says(
+    tmp_path: Path, mqtt_broker: MqttBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="edge_agent.drivers.wg.driver")
+    root = "campus/wg-doors/gw1"
+    controls = [
+        {"door": 2, "delay_s": 7},
+        {"door": 4, "mode": "normally_closed", "delay_s": 3},
+        {"door": 1, "mode": "controlled", "delay_s": 3},  # as the controller has it already
+    ]
+    async with controllers() as sim:
+        ctl = sim[SERIAL]
+        path = write_config(tmp_path, mqtt_broker, sim, "wg-doors", door_control=controls)
+        with mqtt_subscriber(mqtt_broker, f"{root}/#") as sub:
+            for _run in range(2):  # the second start finds them set: no change, no log line
+                async with running(path):
+                    await wait_for(sub, 1, state_is(root, "ctl-1", "online"))
+                    await asyncio.sleep(0.2)
+    assert (ctl.doors[2].mode, ctl.doors[2].delay_s) == (3, 7)
+    assert (ctl.doors[4].mode, ctl.doors[4].delay_s) == (2, 3)
+    assert (ctl.doors[3].mode, ctl.doors[3].delay_s) == (3, 3)  # not listed: left alone
+    changed = [r.getMessage() for r in caplog.records if "delay" in r.getMessage()]
+    assert len(changed) == 2, changed
+    assert "door 2 set to controlled, delay 7 s (was mode 3, 3 s)" in changed[0]

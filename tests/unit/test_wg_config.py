@@ -84,3 +84,18 @@ async def test_doctor_skips_a_controller_it_cannot_reach_without_the_agent(tmp_p
     rows = await check_devices(load_config(path), path)
     assert [(r.check, r.status) for r in rows] == [("device gate-1", "skip")]
     assert "push device" in rows[0].detail
+
+
+@pytest.mark.parametrize(
+    ("controls", "message"),
+    [
+        ([{"door": 3}], "door_control: door 3, the controller has 2"),
+        ([{"door": 1}, {"door": 1, "delay_s": 5}], "door_control: door 1 twice"),
+    ],
+)
+def test_door_control_names_doors_the_controller_has_once(
+    controls: list[dict[str, int]], message: str
+) -> None:
+    device = {"id": "g", "kind": "wg", "serial": 1, "host": "192.0.2.1", "doors": 2}
+    with pytest.raises(ValueError, match=message):
+        WgDevice.model_validate(device | {"door_control": controls})
