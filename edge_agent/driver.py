@@ -144,6 +144,10 @@ class DriverContext:
     #: the kind's shared listener (an instance of the driver class's ``Hub``), built by
     #: the supervisor; None for kinds without one and in ``check-config``/``doctor``
     hub: Any = None
+    #: the gateway's clock (:class:`edge_agent.clock.Clock`: ``wall()``, ``synced()``), for
+    #: drivers that set a device's clock (never from an unsynchronised one); None: the
+    #: system time, taken as synchronised
+    clock: Any = None
 
 
 #: one problem found by a check: the key path in the config file, and the message

@@ -20,6 +20,7 @@ BUILTIN: dict[str, str] = {
     "modbus": "edge_agent.drivers.modbus.driver:ModbusDriver",
     "zkteco": "edge_agent.drivers.zkteco.driver:ZkTecoDriver",
     "hikvision": "edge_agent.drivers.hikvision.driver:HikvisionDriver",
+    "wg": "edge_agent.drivers.wg.driver:WgDriver",
 }
 
 ENTRY_POINT_GROUP = "edge_agent.drivers"

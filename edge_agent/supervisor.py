@@ -242,6 +242,7 @@ class Agent:
             buses=buses,
             config_dir=base,
             tz=site_tz(self.cfg.site.timezone),
+            clock=self.clock,
         )
         kinds = registry.drivers()
         enabled = [dev for dev in self.devices.values() if dev.enabled]

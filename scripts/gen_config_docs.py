@@ -42,6 +42,8 @@ from edge_agent.drivers.hikvision.config import HikvisionDevice  # noqa: E402
 from edge_agent.drivers.modbus.config import ModbusDevice  # noqa: E402
 from edge_agent.drivers.modbus.driver import ModbusDriver  # noqa: E402
 from edge_agent.drivers.modbus.profile import Profile  # noqa: E402
+from edge_agent.drivers.wg.config import WgDevice  # noqa: E402
+from edge_agent.drivers.wg.driver import WgDriver  # noqa: E402
 from edge_agent.drivers.zkteco.config import ZkTecoDevice  # noqa: E402
 
 OUTPUT = REPO / "docs" / "configuration.md"
@@ -426,6 +428,10 @@ ZH: dict[str, str] = {
     "HikReader": "终端上一个读卡器的名称、用途和进出方向。",
     "Profile": "某一型号设备的寄存器表。",
     "Point": "设备的一个指标（或可写参数）：寄存器位置与换算方法。",
+    "WgListen": "微耕门禁控制器共用的网关 UDP 端口，以及控制器推送事件的目标地址（接收服务器）。",
+    "WgDevice": "微耕短报文门禁控制器（UDP），按序列号识别；详见 [门禁](doors.md#wg-driver)。",
+    "WgReader": "门的读卡器：名称、用途（门禁、考勤、食堂……）和进出方向。",
+    "WgDoorControl": "门的控制方式（在线控制、常开、常闭）与开门延时，网关每次启动时按此设置。",
 }
 
 
@@ -482,12 +488,15 @@ def config_sections() -> list[Section]:
     seen: set[type[BaseModel]] = set()
     # the core's keys, then those the in-tree kinds add through their Settings
     top = create_model(
-        "AgentConfig", __base__=AgentConfigBase, **settings_fields({"modbus": ModbusDriver})
+        "AgentConfig",
+        __base__=AgentConfigBase,
+        **settings_fields({"modbus": ModbusDriver, "wg": WgDriver}),
     )
     sections = walk("", top, seen)
     sections += walk("devices[] (kind: modbus)", ModbusDevice, seen)
     sections += walk("devices[] (kind: zkteco)", ZkTecoDevice, seen)
     sections += walk("devices[] (kind: hikvision)", HikvisionDevice, seen)
+    sections += walk("devices[] (kind: wg)", WgDevice, seen)
     return sections
 
 
@@ -518,8 +527,9 @@ def _render_sections(
 #: ``devices`` is added to the top-level model at run time from the driver registry
 _DEVICES_ROW = (
     "buses",
-    "| `devices` | list of mapping ([devices[] (kind: modbus)](#devices-kind-modbus)) | `[]` "
-    "| Devices to read; each has a `kind:` (today only `modbus`) |",
+    "| `devices` | list of mapping ([devices[] (kind: modbus)](#devices-kind-modbus), "
+    "[devices[] (kind: wg)](#devices-kind-wg)) | `[]` "
+    "| Devices to read; each has a `kind:` |",
 )
 
 

@@ -1,11 +1,16 @@
 """WG records as contract events: record type and reason code → ``(type, data)``.
 
-A swipe record (type 1) is a ``card_read``, granted or denied by its granted byte, with the
-denial reason as text. Door and alarm records (types 2 and 3) are mapped by reason code:
-``door_opened``, ``door_closed``, ``exit_button`` (the REX push button), ``door_unlocked``
-(remote open, super password), ``door_held_open``, ``door_forced``, ``fire_alarm``, ``duress``,
-``emergency``. Everything else (controller power-on, an invalid push button, an unknown type or
-reason) becomes an ``access_record`` that keeps the raw codes, so nothing is ever dropped.
+The agent publishes only the uplink contract's event types (``docs/mqtt.md``, "Door and card
+events"). A swipe record (type 1) is a ``card_read``, granted or denied by its granted byte,
+with the denial reason as text. Door and alarm records (types 2 and 3) are mapped by reason
+code: ``door_opened``, ``door_closed``, ``door_held_open``, ``door_forced``; what has no
+contract type of its own is a ``digital_input`` whose ``input`` says what it was:
+``exit_button`` (the REX push button), ``lock`` (released by a remote open or the super
+password, with ``by``), ``fire``, ``duress`` and ``emergency`` (these three with
+``severity: "critical"``). Everything else (controller power-on, an invalid push button, an
+overwritten record, an unknown type or reason) is a ``digital_input`` with ``input:
+"unknown"`` that keeps the raw codes, so nothing is ever dropped (the driver logs each such
+code once: :func:`is_unknown`).
 
 Every event carries ``door``, ``direction``, ``record_index`` and the raw ``reason_code``.
 The reason codes and their names follow the vendor's short-packet document as listed in
@@ -62,21 +67,21 @@ REASONS: Final[Mapping[int, str]] = {
 
 #: reason code of a door (type 2) or alarm (type 3) record → (event type, extra data)
 DOOR_EVENTS: Final[Mapping[int, tuple[str, Mapping[str, Any]]]] = {
-    20: ("exit_button", {}),
+    20: ("digital_input", {"input": "exit_button", "active": True}),
     23: ("door_opened", {}),
     24: ("door_closed", {}),
-    25: ("door_unlocked", {"by": "super_password"}),
-    44: ("door_unlocked", {"by": "remote"}),
-    45: ("door_unlocked", {"by": "remote_usb_reader"}),
-    34: ("duress", {}),
+    25: ("digital_input", {"input": "lock", "active": True, "by": "super_password"}),
+    44: ("digital_input", {"input": "lock", "active": True, "by": "remote"}),
+    45: ("digital_input", {"input": "lock", "active": True, "by": "remote_usb_reader"}),
+    34: ("digital_input", {"input": "duress", "active": True, "severity": "critical"}),
     37: ("door_held_open", {}),
     38: ("door_forced", {}),
-    39: ("fire_alarm", {}),
-    43: ("emergency", {}),
+    39: ("digital_input", {"input": "fire", "active": True, "severity": "critical"}),
+    43: ("digital_input", {"input": "emergency", "active": True, "severity": "critical"}),
 }
 
-#: the type of an event for a record that maps to nothing above
-FALLBACK = "access_record"
+#: the type of an event for a record that maps to nothing above (with ``input: "unknown"``)
+FALLBACK = "digital_input"
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +135,7 @@ def record_to_event(record: Record, reader_map: ReaderMap) -> tuple[str, dict[st
             "reader": reader.name,
             "context": reader.context,
             "result": "granted" if record.granted else "denied",
+            "credential": "card",
         }
         if not record.granted:
             data["reason"] = REASONS.get(record.reason, f"unknown_{record.reason}")
@@ -139,12 +145,19 @@ def record_to_event(record: Record, reader_map: ReaderMap) -> tuple[str, dict[st
     if kind in (RecordType.DOOR, RecordType.ALARM) and record.reason in DOOR_EVENTS:
         event_type, extra = DOOR_EVENTS[record.reason]
         return event_type, data | dict(extra)
+    data["input"] = "unknown"
     data["record_type"] = record.type
     if kind is RecordType.OVERWRITTEN:
         data["reason"] = "record_overwritten"
     else:
         data["reason"] = REASONS.get(record.reason)
     return FALLBACK, data
+
+
+def is_unknown(event_type: str, data: Mapping[str, Any]) -> bool:
+    """Whether :func:`record_to_event` could not name the record (the driver logs each
+    ``(record_type, reason_code)`` of these once)."""
+    return event_type == FALLBACK and data.get("input") == "unknown"
 
 
 def event_ts(record: Record, tz: tzinfo) -> float | None:

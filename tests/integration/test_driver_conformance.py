@@ -18,6 +18,7 @@ import os
 import re
 import socket
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,9 @@ from edge_agent.driver import (
 from edge_agent.drivers.hikvision.driver import HikvisionDriver
 from edge_agent.drivers.modbus import ModbusDevice, ModbusDriver, ModbusSettings
 from edge_agent.drivers.modbus.profile import clear_profile_cache
+from edge_agent.drivers.wg.config import WgListen, WgSettings
+from edge_agent.drivers.wg.driver import WgDriver
+from edge_agent.drivers.wg.hub import WgHub
 from edge_agent.drivers.zkteco.driver import ZkHub, ZkTecoDriver
 from edge_agent.envelope import Lane
 from edge_agent.errors import DeviceError
@@ -46,6 +50,7 @@ from edge_agent.outbox.store import Outbox
 from edge_agent.pipeline import ClockGate, Pipeline
 from edge_agent.pipeline.sink import OutboxSink
 from edge_agent.poll import PollLoop
+from edge_agent.simulators import WgController
 from edge_agent.simulators.hikvision import HikTerminal
 from edge_agent.simulators.zkteco import ZkTerminal
 from edge_agent.supervisor import OutboxEmitter
@@ -64,6 +69,8 @@ from tests.push_fixture_driver import (
 )
 
 pytestmark = pytest.mark.integration
+
+WG_SERIAL = 423187757
 
 ROOT = "campus/s/gw1"
 PROFILE = (
@@ -448,7 +455,75 @@ class HikvisionKind(Kind):
         os.environ.pop("HIK_CONFORMANCE_PW", None)
 
 
-KINDS = [ModbusKind, PushKind, UdpKind, HttpKind, ZkKind, HikvisionKind]
+class WgKind(Kind):
+    """The WG door controller driver against a simulated controller (``simulators/wg.py``)
+    swiping every 50 ms, through the kind's hub (one UDP socket, frames routed by serial)."""
+
+    name = "wg"
+    bad_door = 9
+
+    async def start(self) -> None:
+        self.sim = WgController(WG_SERIAL, doors=2, clock=lambda: datetime.now(UTC))
+        await self.sim.start()
+        config = WgDriver.Config.model_validate(
+            {
+                "kind": "wg",
+                "id": "dev1",
+                "serial": WG_SERIAL,
+                "host": "127.0.0.1",
+                "port": self.sim.port,
+                "doors": 2,
+                "poll_interval_s": 0.1,
+                "timeout_s": 0.1,
+                "retries": 0,
+                "offline_after": 2,
+                "retry_max_s": 0.2,
+            }
+        )
+        settings = WgSettings(wg=WgListen(bind="127.0.0.1:0", listener="127.0.0.1"))
+        self.hub = WgHub(HubContext("wg", settings, [config]))
+        self.driver = WgDriver(config, DriverContext({}, settings, hub=self.hub))
+        self.sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+
+    async def _device(self) -> None:
+        card = 1000
+        while True:
+            card += 1
+            self.sim.swipe(card, 1 + card % 2)
+            await asyncio.sleep(0.05)
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.hub.run())
+            tg.create_task(self._device())
+            link = OutboxLink("dev1", outbox=self.outbox, pipeline=self.gate, state_sink=self.sink)
+            await self.driver.run(link)
+
+    async def down(self) -> None:
+        self.sim.unplug()
+
+    async def up(self) -> None:
+        self.sim.replug()
+
+    async def garbage(self) -> None:
+        address = self.hub.address
+        assert address is not None
+        ours = WG_SERIAL.to_bytes(4, "little")
+        for data in (
+            b"\xff\xfe not a frame",
+            b"\x17\x20\x00\x00" + ours,
+            b"\x17\xee\x00\x00" + ours + bytes(56),
+            b"\x17\x20\x00\x00" + ours + b"\xff" * 56,
+        ):
+            self.sender.sendto(data, address)
+
+    async def close(self) -> None:
+        self.sender.close()
+        self.sim.close()
+        await self.hub.close()
+
+
+KINDS = [ModbusKind, PushKind, UdpKind, HttpKind, ZkKind, HikvisionKind, WgKind]
 
 
 @pytest.fixture(params=KINDS, ids=[k.name for k in KINDS])
