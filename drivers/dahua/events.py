@@ -203,7 +203,7 @@ class EventStream:
     def finish(self) -> End:
         """The stream ended (the connection closed): a record the close completed, and whether
         a part was cut. Never raises; the parser is ready for a new stream."""
-        state, buf, scan = self._state, bytes(self._buf), self._json
+        state, buf, scan, headers = self._state, bytes(self._buf), self._json, self._headers
         self._buf.clear()
         self._state, self._json, self._headers = _State.PREAMBLE, None, 0
         items: list[Item] = []
@@ -212,7 +212,7 @@ class EventStream:
             self._line(buf.strip(), items)
             return End(items, truncated=False, pending_bytes=0)
         stripped = buf.strip()
-        cut = (state is _State.HEADERS and (self._headers > 0 or bool(stripped))) or (
+        cut = (state is _State.HEADERS and (headers > 0 or bool(stripped))) or (
             # a record cut inside its JSON or its first line; "--myboundary" cut short is not
             state is _State.BODY and (scan is not None or not self._dash.startswith(stripped))
         )
