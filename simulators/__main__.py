@@ -398,6 +398,9 @@ def _write_json(path: str, data: object) -> None:
 async def _run_wg(args: argparse.Namespace) -> int:
     if args.controllers < 1:
         raise ValueError("--controllers must be at least 1")
+    if args.trickle is not None and (args.trickle <= 0 or args.doors < 2):
+        # checked here: raised in the task group it would end as a traceback
+        raise ValueError("--trickle needs SECONDS > 0 and --doors 2 or 4 (door 2 is the side door)")
     steps = wg.parse_script(args.script_text) if args.script else []
     sim = wg.WgSim.build(
         args.controllers,

@@ -691,3 +691,12 @@ async def test_the_gate_trickle_needs_the_side_door() -> None:
     ctl = WgController(doors=1)
     with pytest.raises(ValueError, match="no door 2"):
         await gate_trickle(ctl, rounds=1)
+
+
+def test_the_cli_refuses_a_trickle_without_a_side_door(capsys: pytest.CaptureFixture[str]) -> None:
+    from edge_agent.simulators.__main__ import main
+
+    assert main(["wg", "--doors", "1", "--trickle", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "--trickle needs" in err
+    assert "Traceback" not in err
