@@ -37,11 +37,16 @@ def _setup_logging(level: str) -> None:
 EXIT_CONFIG = 78
 
 
-def _load(path: str, notes: list[str] | None = None, exit_code: int = 1) -> object:
+def _load(
+    path: str,
+    notes: list[str] | None = None,
+    exit_code: int = 1,
+    warnings: list[str] | None = None,
+) -> object:
     from edge_agent.config.loader import load_config
 
     try:
-        return load_config(path, notes=notes)
+        return load_config(path, notes=notes, warnings=warnings)
     except ConfigError as err:
         for line in err.problems:
             print(line, file=sys.stderr)
@@ -56,9 +61,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         parser.error("give the config file once: FILE or -c FILE / 请指定一个配置文件")
     args.file = args.file or args.config
     notes: list[str] = []
-    cfg = _load(args.file, notes)
+    warnings: list[str] = []
+    cfg = _load(args.file, notes, warnings=warnings)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
+    for warning in warnings:  # valid, so the exit code stays 0
+        print(f"warning: {warning}", file=sys.stderr)
     devices = getattr(cfg, "devices", [])
     buses = getattr(cfg, "buses", [])
     print(f"{args.file}: OK ({len(devices)} devices, {len(buses)} buses) / 配置正确")

@@ -26,6 +26,7 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from . import hikvision, wg, zkteco
 from .campus import CampusSim
@@ -211,6 +212,15 @@ def _wg_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("--script", default=None, help="scenario script to play / 场景脚本文件")
     p.add_argument(
+        "--trickle",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="students at the first controller's gate, a swipe about every SECONDS, now and "
+        "then a refused card, a forced and a held-open side door (door 2), until stopped "
+        "/ 模拟校门：约每 SECONDS 秒一次刷卡，间或拒绝、强行开门、门长时间未关",
+    )
+    p.add_argument(
         "--stdin", action="store_true", help="read commands from stdin / 从标准输入读取命令"
     )
     p.add_argument("--layout-out", default=None, help="write the layout JSON here / 布局输出文件")
@@ -378,12 +388,19 @@ async def _play(run: Runner, steps: list[tuple[float, str]]) -> None:
 
 
 def _write_json(path: str, data: object) -> None:
-    Path(path).write_text(json.dumps(data, indent=1), encoding="utf-8")
+    """Atomically: a reader that polls for the file never sees half of it."""
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
+    tmp.replace(target)
 
 
 async def _run_wg(args: argparse.Namespace) -> int:
     if args.controllers < 1:
         raise ValueError("--controllers must be at least 1")
+    if args.trickle is not None and (args.trickle <= 0 or args.doors < 2):
+        # checked here: raised in the task group it would end as a traceback
+        raise ValueError("--trickle needs SECONDS > 0 and --doors 2 or 4 (door 2 is the side door)")
     steps = wg.parse_script(args.script_text) if args.script else []
     sim = wg.WgSim.build(
         args.controllers,
@@ -418,11 +435,14 @@ async def _run_wg(args: argparse.Namespace) -> int:
                 " / 门禁控制器模拟器已就绪，Ctrl-C 退出",
                 flush=True,
             )
-            work = []
+            work: list[asyncio.Task[Any]] = []
             if steps:
                 work.append(tg.create_task(_play(run, steps)))
             if args.stdin:
                 work.append(tg.create_task(_commands_from_stdin(run, stop)))
+            if args.trickle is not None:
+                trickle = wg.gate_trickle(sim.controllers[0], every_s=args.trickle)
+                work.append(tg.create_task(trickle))
             await stop.wait()
             for task in work:
                 task.cancel()

@@ -914,6 +914,63 @@ async def run_rush(
     return len(schedule)
 
 
+# -- the demo's school gate ------------------------------------------------------------------
+
+#: One round of the gate trickle, step by step: students swiping in at the turnstile lane
+#: (door 1), now and then one going out, a refused card, the side door (door 2) forced open
+#: and, later, held open. The unusual steps come early, so a demo shows them within a minute.
+GATE_ROUND: tuple[str, ...] = (
+    "in", "in", "denied", "in", "forced", "in", "out", "in", "in", "held",
+    "in", "in", "out", "in", "denied", "in", "in", "in", "out", "in",
+)  # fmt: skip
+
+
+async def gate_trickle(
+    controller: WgController,
+    *,
+    every_s: float = 2.0,
+    seed: int = 1,
+    first_card: int = 20_000_001,
+    students: int = 600,
+    lane_door: int = 1,
+    side_door: int = 2,
+    open_s: float = 4.0,
+    rounds: int | None = None,
+) -> int:
+    """Students arriving at the school gate, one step of :data:`GATE_ROUND` about every
+    ``every_s`` seconds (jittered), round after round until cancelled (or ``rounds`` done);
+    returns the number of steps played. ``in``/``out``: a granted card at the lane's in or
+    out reader; ``denied``: a card without privilege; ``forced``: the side door opened with
+    no grant (the controller's forced-open alarm), closed ``open_s`` later; ``held``: the
+    side door left open too long, then closed. Same seed, same cards."""
+    if every_s <= 0 or students < 1 or open_s < 0:
+        raise ValueError("every_s must be > 0, students >= 1, open_s >= 0")
+    controller._door(lane_door)  # ValueError now, not at the first forced door
+    controller._door(side_door)
+    rng = random.Random(seed)
+    steps = 0
+    done = 0
+    while rounds is None or done < rounds:
+        for step in GATE_ROUND:
+            await asyncio.sleep(every_s * rng.uniform(0.5, 1.5))
+            card = first_card + rng.randrange(students)
+            if step in ("in", "out"):
+                direction = DIRECTION_IN if step == "in" else DIRECTION_OUT
+                controller.swipe(card, lane_door, direction=direction)
+            elif step == "denied":
+                controller.swipe(card + students, lane_door, granted=False)  # an unknown card
+            else:
+                if step == "forced":
+                    controller.forced_open(side_door)
+                else:
+                    controller.held_open(side_door)
+                await asyncio.sleep(open_s)
+                controller.door_contact(side_door, False)
+            steps += 1
+        done += 1
+    return steps
+
+
 # -- scripted commands (the CLI's stdin and --script) ----------------------------------------
 
 COMMANDS = """\

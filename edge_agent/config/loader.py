@@ -731,13 +731,45 @@ def check_hubs_build(
     return problems
 
 
+#: Kinds whose events carry a card number (``card_read``): without ``site.pseudonym_secret``
+#: (or the ``raw_card_ids`` opt-in) their cards go out as null.
+CARD_READER_KINDS = ("wg", "hikvision", "zkteco")
+
+
+def check_card_secret(site: Any, devices: Indexed) -> list[tuple[Path_, str]]:
+    """A warning (not an error: a site may count swipes without knowing whose) when card
+    readers are configured but their card numbers would be published as null."""
+    if getattr(site, "pseudonym_secret", None) or getattr(site, "raw_card_ids", False):
+        return []
+    readers = [(i, d) for i, d in devices if getattr(d, "kind", None) in CARD_READER_KINDS]
+    if not readers:
+        return []
+    i, first = readers[0]
+    more = f" (and {len(readers) - 1} more)" if len(readers) > 1 else ""
+    return [
+        (
+            ("devices", i, "kind"),
+            f"{first.kind} reads cards{more}, but site.pseudonym_secret is not set and "
+            "site.raw_card_ids is false: card_read events will carry card: null "
+            "/ 已配置读卡设备，但未设置 site.pseudonym_secret（raw_card_ids 为 false），"
+            "刷卡事件的卡号将为空",
+        )
+    ]
+
+
 def load_config(
-    path: str | os.PathLike[str], *, build_drivers: bool = True, notes: list[str] | None = None
+    path: str | os.PathLike[str],
+    *,
+    build_drivers: bool = True,
+    notes: list[str] | None = None,
+    warnings: list[str] | None = None,
 ) -> AgentConfigBase:
     """Load, validate and check a config file. Raises :class:`ConfigError` with every problem.
 
     With ``notes`` (a list to fill), secrets that cannot be resolved on this machine
-    are reported there instead of failing: ``check-config`` on a laptop.
+    are reported there instead of failing: ``check-config`` on a laptop. With
+    ``warnings``, what is valid but probably not meant (card readers whose cards
+    would go out as null) is added there as ``file:line  key.path  message``.
     """
     p = Path(path)
     name = str(path)
@@ -815,4 +847,9 @@ def load_config(
     assert cfg is not None
     if notes is not None and secret_notes:
         notes.extend(f"{name}:{lines.line(p_)}  {fmt_path(p_)}  {m}" for p_, m in secret_notes)
+    if warnings is not None:
+        warnings.extend(
+            f"{name}:{lines.line(p_)}  {fmt_path(p_)}  {m}"
+            for p_, m in check_card_secret(cfg.site, devices)
+        )
     return cfg

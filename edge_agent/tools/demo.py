@@ -5,6 +5,12 @@ Everything runs on loopback. The simulators are a separate process started as
 layout file that says which devices answer on which port, and the demo turns
 that layout into an ordinary agent config (kept in the work folder, so a
 newcomer can read a config that works).
+
+Doors too: a second simulator process plays a WG controller at the school gate
+(``python -m edge_agent.simulators wg --trickle``): students swiping in and out, now
+and then a refused card, a forced and a held-open side door. Its cards are
+pseudonymised with a demo-only secret (:data:`DEMO_SECRET_ENV`), so they appear as
+``h:`` pseudonyms, as on a real site.
 """
 
 from __future__ import annotations
@@ -13,11 +19,14 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import yaml
 
@@ -28,6 +37,36 @@ log = logging.getLogger(__name__)
 
 SITE_ID = "demo-school"
 GATEWAY_ID = "gw1"
+#: The demo's site time zone: the WG controller's clock is set to its wall time.
+DEMO_TZ = "Asia/Shanghai"
+#: The environment variable the demo config's ``site.pseudonym_secret`` names; the demo sets
+#: it to :data:`DEMO_SECRET` unless it is set. Demo only: a real site keeps its secret in
+#: ``${cred:pseudonym-secret}``.
+DEMO_SECRET_ENV = "EDGE_AGENT_DEMO_PSEUDONYM_SECRET"  # noqa: S105 - a variable name
+DEMO_SECRET = "demo-only-not-a-secret"  # noqa: S105 - a published value, for the demo only
+#: The gate controller's device id in the demo.
+GATE_ID = "gate-main"
+#: Mean seconds between the gate's swipes.
+GATE_EVERY_S = 2.0
+
+
+def gate_device(controller: dict[str, Any]) -> dict[str, Any]:
+    """The ``kind: wg`` device entry of the simulated gate controller (from its layout)."""
+    return {
+        "id": GATE_ID,
+        "kind": "wg",
+        "name": "School gate / 校门",
+        "serial": int(controller["serial"]),
+        "host": controller["host"],
+        "port": int(controller["port"]),
+        "doors": int(controller["doors"]),
+        "location": {"building": "gate"},
+        "readers": [
+            {"door": 1, "direction": "in", "name": "gate-lane-1-in", "context": "gate"},
+            {"door": 1, "direction": "out", "name": "gate-lane-1-out", "context": "gate"},
+            {"door": 2, "name": "gate-side-door", "context": "access"},
+        ],
+    }
 
 
 def config_from_layout(
@@ -39,8 +78,10 @@ def config_from_layout(
     outbox_path: str,
     interval_s: float = 5.0,
     language: str = "en",
+    wg_layout: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """An agent config (as a dict) that reads every device of a simulator layout."""
+    """An agent config (as a dict) that reads every device of a simulator layout, and the
+    WG controllers of ``wg_layout`` (``python -m edge_agent.simulators wg --layout-out``)."""
     buses: list[dict[str, Any]] = []
     bus_ids: dict[tuple[str, int], str] = {}
     for server in layout["servers"]:
@@ -71,13 +112,46 @@ def config_from_layout(
         if loc:
             entry["location"] = {k: v for k, v in loc.items() if v is not None}
         devices.append(entry)
+    site: dict[str, Any] = {
+        "id": SITE_ID,
+        "gateway_id": GATEWAY_ID,
+        "name": "Demo School / 演示学校",
+        "language": language,
+    }
+    doors: dict[str, Any] = {}
+    if wg_layout is not None:
+        controllers = wg_layout["controllers"]
+        devices += [gate_device(c) for c in controllers[:1]]
+        site["timezone"] = DEMO_TZ
+        site["pseudonym_secret"] = "${" + DEMO_SECRET_ENV + "}"
+        # the controllers push every record to the gateway's socket (0x90), on loopback
+        doors["wg"] = {"bind": "127.0.0.1:0", "listener": "127.0.0.1"}
+        # a guard should check the gate's side door every two minutes; nobody does, so
+        # the live view shows a patrol_missed alarm (the door events themselves are events)
+        doors["patrol"] = {
+            "checkpoints": [
+                {
+                    "id": "gate-side-door",
+                    "device": GATE_ID,
+                    "reader": "gate-side-door",
+                    "name": "Gate side door / 校门侧门",
+                }
+            ],
+            "routes": [
+                {
+                    "id": "gate-round",
+                    "name": "Gate round / 校门巡更",
+                    "checkpoints": ["gate-side-door"],
+                    "every_min": 2,
+                    "window_start": "00:00",
+                    "window_end": "23:59",
+                    "round_min": 1,
+                    "tolerance_min": 0,
+                }
+            ],
+        }
     return {
-        "site": {
-            "id": SITE_ID,
-            "gateway_id": GATEWAY_ID,
-            "name": "Demo School / 演示学校",
-            "language": language,
-        },
+        "site": site,
         "mqtt": {
             "host": broker_host,
             "port": broker_port,
@@ -89,8 +163,17 @@ def config_from_layout(
         # NTP says about it: nothing to wait for.
         "clock": {"sync_check": "none"},
         "buses": buses,
+        **doors,
         "devices": devices,
     }
+
+
+def _controller_offset_s(tz: str) -> float:
+    """Seconds from this machine's local wall time to ``tz``'s: the WG simulator's clock is
+    local wall time, a controller on a campus in ``tz`` shows that zone's."""
+    local = datetime.now()
+    there = datetime.now(ZoneInfo(tz)).replace(tzinfo=None)
+    return round((there - local).total_seconds() / 60) * 60
 
 
 async def _wait_for_file(path: Path, proc: asyncio.subprocess.Process, timeout_s: float) -> None:
@@ -180,11 +263,35 @@ async def run_demo(
         stdout=asyncio.subprocess.DEVNULL,
         stderr=sim_log,
     )
+    wg_layout_path = workdir / "wg-layout.json"
+    wg_layout_path.unlink(missing_ok=True)
+    gate = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "edge_agent.simulators",
+        "wg",
+        "--controllers",
+        "1",
+        "--doors",
+        "2",
+        "--host",
+        "127.0.0.1",
+        "--clock-offset-s",
+        str(_controller_offset_s(DEMO_TZ)),
+        "--trickle",
+        str(GATE_EVERY_S),
+        "--layout-out",
+        str(wg_layout_path),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=sim_log,
+    )
     agent: Agent | None = None
     agent_task: asyncio.Task[None] | None = None
     try:
         await _wait_for_file(layout_path, sim, 30)
+        await _wait_for_file(wg_layout_path, gate, 30)
         layout = json.loads(layout_path.read_text())
+        wg_layout = json.loads(wg_layout_path.read_text())
         cfg_dict = config_from_layout(
             layout,
             broker_host="127.0.0.1",
@@ -192,7 +299,9 @@ async def run_demo(
             protocol=broker.protocol,
             outbox_path=str(workdir / "outbox.db"),
             language=language,
+            wg_layout=wg_layout,
         )
+        os.environ.setdefault(DEMO_SECRET_ENV, DEMO_SECRET)
         cfg_path = workdir / "demo-agent.yaml"
         cfg_path.write_text(
             "## Generated by `edge-agent demo` from the simulators' layout.\n"
@@ -205,7 +314,8 @@ async def run_demo(
             return 1
         print(
             f"simulated campus: {len(layout['devices'])} devices on {len(layout['servers'])} "
-            f"Modbus TCP servers; agent config: {cfg_path}",
+            f"Modbus TCP servers, a WG door controller at the gate ({GATE_ID}); "
+            f"agent config: {cfg_path}",
             file=sys.stderr,
         )
         agent = Agent(cfg, cfg_path)
@@ -240,6 +350,7 @@ async def run_demo(
             agent.stop()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(agent_task, 15)
+        await _stop_process(gate)
         await _stop_process(sim)
         sim_log.close()
         await asyncio.to_thread(broker.stop)

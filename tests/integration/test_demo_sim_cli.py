@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -148,4 +149,49 @@ def test_stopping_demo_stops_its_broker_and_simulators(
         for pid in family:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+        out.close()
+
+
+def test_demo_shows_the_gate_swipes_and_door_events(tmp_path: Path) -> None:
+    # `./scripts/demo --plain`: the simulated gate controller's swipes reach the live view as
+    # card_read with pseudonymised cards, and the forced and held-open side door as events
+    work = tmp_path / "demo"
+    out_path = tmp_path / "demo.out"
+    out = out_path.open("wb")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("EDGE_AGENT_DEMO_PSEUDONYM_SECRET", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge_agent", "demo", "--broker-port", str(free_port()),
+         "--duration", "300", "--plain", "--classrooms", "1", "--meters", "0",
+         "--workdir", str(work)],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=REPO,
+    )  # fmt: skip
+    wanted = {
+        "granted": re.compile(r" gate-main card_read granted in gate reader=gate-lane-1-in "
+                              r"card=h:[0-9a-f]{16}$"),
+        "denied": re.compile(r" gate-main card_read denied .*reader=gate-lane-1-in card=h:"),
+        "forced": re.compile(r" gate-main door_forced door=2 "),
+        "held": re.compile(r" gate-main door_held_open door=2 "),
+        "closed": re.compile(r" gate-main door_closed door=2 "),
+    }  # fmt: skip
+    seen: set[str] = set()
+    try:
+        while seen != set(wanted):  # the per-test timeout ends a demo that never shows them
+            assert proc.poll() is None, out_path.read_text()
+            for line in out_path.read_text(errors="replace").splitlines():
+                seen |= {name for name, pattern in wanted.items() if pattern.search(line)}
+            time.sleep(0.2)
+        text = out_path.read_text()
+        # a card number never appears: every card_read carries a pseudonym
+        assert not re.search(r"card=(?!h:)", text)
+        cfg = (work / "demo-agent.yaml").read_text()
+        assert "pseudonym_secret: ${EDGE_AGENT_DEMO_PSEUDONYM_SECRET}" in cfg
+        assert "kind: wg" in cfg
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        stop_process(proc, 5, "edge-agent demo")
         out.close()

@@ -29,7 +29,15 @@ from typing import Any, cast
 import pytest
 
 from edge_agent.simulators import WgController, WgSim
-from edge_agent.simulators.wg import run_command, run_rush, rush_schedule
+from edge_agent.simulators.wg import (
+    GATE_ROUND,
+    Reason,
+    RecordType,
+    gate_trickle,
+    run_command,
+    run_rush,
+    rush_schedule,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO.parent / "shared" / "fixtures" / "access" / "wg_short_packet.json"
@@ -653,3 +661,42 @@ async def test_cli_runs_controllers_a_script_and_stdin_commands(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_the_gate_trickle_plays_swipes_refusals_a_forced_and_a_held_door() -> None:
+    # the demo's school gate: one round, as fast as the loop goes (no listener: records only)
+    ctl = WgController(doors=2)
+    try:
+        steps = await gate_trickle(ctl, every_s=0.001, open_s=0, rounds=1)
+    finally:
+        ctl.close()
+    assert steps == len(GATE_ROUND)
+    records = list(ctl.records)
+    swipes = [r for r in records if r.type == RecordType.SWIPE]
+    granted = [r for r in swipes if r.granted]
+    assert len(granted) == GATE_ROUND.count("in") + GATE_ROUND.count("out")
+    assert sum(r.direction == 2 for r in granted) == GATE_ROUND.count("out")
+    assert {r.door for r in granted} == {1}
+    denied = [r for r in swipes if not r.granted]
+    assert len(denied) == GATE_ROUND.count("denied")
+    alarms = [(r.reason, r.door) for r in records if r.type == RecordType.ALARM]
+    assert alarms == [(Reason.FORCED_OPEN, 2), (Reason.HELD_OPEN, 2)]
+    # the side door is closed again after each
+    contacts = [r.reason for r in records if r.type == RecordType.DOOR and r.door == 2]
+    assert contacts == [Reason.DOOR_OPEN, Reason.DOOR_CLOSED] * 2
+    assert not ctl.doors[2].open
+
+
+async def test_the_gate_trickle_needs_the_side_door() -> None:
+    ctl = WgController(doors=1)
+    with pytest.raises(ValueError, match="no door 2"):
+        await gate_trickle(ctl, rounds=1)
+
+
+def test_the_cli_refuses_a_trickle_without_a_side_door(capsys: pytest.CaptureFixture[str]) -> None:
+    from edge_agent.simulators.__main__ import main
+
+    assert main(["wg", "--doors", "1", "--trickle", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "--trickle needs" in err
+    assert "Traceback" not in err

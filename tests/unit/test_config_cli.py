@@ -60,3 +60,53 @@ def test_a_broken_profile_is_reported_once(
     # three devices use it, three problems in it: three lines, not nine
     assert err.count("school-air.yaml:") == 3
     assert "3 problems" in err
+
+
+_READERS = """\
+devices:
+  - {id: b1-air, kind: modbus, profile: air7in1, host: 127.0.0.1, unit: 1}
+  - {id: gate-1, kind: wg, serial: 423187757, host: 127.0.0.1}
+  - {id: gate-2, kind: wg, serial: 423187758, host: 127.0.0.2}
+"""
+
+
+def test_card_readers_without_a_pseudonym_secret_are_a_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "agent.yaml"
+    path.write_text("site: {id: s, gateway_id: g}\n" + _READERS)
+    # valid: the exit code stays 0, a warning line (EN + ZH) says cards would go out as null
+    assert main(["check-config", str(path)]) == 0
+    captured = capsys.readouterr()
+    assert f"{path}: OK (3 devices" in captured.out
+    lines = [line for line in captured.err.splitlines() if line.startswith("warning:")]
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith(f"warning: {path}:4  devices[1].kind  wg reads cards (and 1 more)")
+    assert "site.pseudonym_secret is not set" in lines[0]
+    assert "card: null" in lines[0]
+    assert "卡号将为空" in lines[0]
+
+
+@pytest.mark.parametrize(
+    "site",
+    [
+        "{id: s, gateway_id: g, pseudonym_secret: '${PSEUDO_SECRET}'}",
+        "{id: s, gateway_id: g, raw_card_ids: true}",
+    ],
+    ids=["secret", "raw_card_ids"],
+)
+def test_card_readers_with_a_secret_or_raw_ids_give_no_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, site: str
+) -> None:
+    monkeypatch.setenv("PSEUDO_SECRET", "a-site-secret")
+    path = tmp_path / "agent.yaml"
+    path.write_text(f"site: {site}\n" + _READERS)
+    assert main(["check-config", str(path)]) == 0
+    assert "warning:" not in capsys.readouterr().err
+
+
+def test_no_card_reader_no_warning(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "agent.yaml"
+    path.write_text("site: {id: s, gateway_id: g}\n" + _READERS.split("  - {id: gate-1")[0])
+    assert main(["check-config", str(path)]) == 0
+    assert "warning:" not in capsys.readouterr().err

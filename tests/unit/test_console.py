@@ -380,6 +380,29 @@ def test_render_line_other_kinds() -> None:
         tz=UTC,
     )
     assert "card_read denied" in event
+    # door events read as what happened; a controller's record bookkeeping is left out
+    denied = render_line(
+        f"{ROOT}/events/gate-main",
+        envelope("event", "gate-main", 3, {"result": "denied", "reason": "no_privilege",
+                 "reader": "gate-lane-1-in", "card": "h:0123456789abcdef", "record_index": 7},
+                 type="card_read"),
+        tz=UTC,
+    )  # fmt: skip
+    assert "card_read denied reason=no_privilege reader=gate-lane-1-in card=h:0123" in denied
+    wg_door = {"door": 2, "direction": "in", "record_index": 6, "reason_code": 38}
+    forced = render_line(
+        f"{ROOT}/events/gate-main",
+        envelope("event", "gate-main", 4, wg_door, type="door_forced"),
+        tz=UTC,
+    )
+    assert forced.endswith("gate-main door_forced door=2 direction=in")
+    unknown = {"input": "unknown", "record_type": 2, "reason_code": 28, "record_index": 9}
+    raw = render_line(
+        f"{ROOT}/events/gate-main",
+        envelope("event", "gate-main", 5, unknown, type="digital_input"),
+        tz=UTC,
+    )
+    assert "input=unknown record_type=2 reason_code=28 record_index=9" in raw
     state_line = render_line(
         f"{ROOT}/devices/m1/state", b'{"state":"offline","last_error":"timeout"}', tz=UTC
     )

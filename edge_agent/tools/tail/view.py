@@ -231,14 +231,23 @@ def _summarise(data: Mapping[str, Any], skip: Iterable[str] = ()) -> str:
     return " ".join(parts)
 
 
+#: A door controller's bookkeeping in door events: the platform needs it, a person reading
+#: the live view does not (kept where nothing else says what happened: ``input: unknown``).
+_DOOR_BOOKKEEPING = ("record_index", "reason_code")
+
+
 def _event_summary(type_: str, data: Mapping[str, Any]) -> str:
     if type_ == "card_read":
         bits = [str(data[k]) for k in ("result", "direction", "context") if data.get(k)]
+        if data.get("result") == "denied" and data.get("reason"):
+            bits.append(f"reason={data['reason']}")
         if data.get("reader"):
             bits.append(f"reader={data['reader']}")
         if data.get("card"):
             bits.append(f"card={data['card']}")
         return " ".join(bits)
+    if type_.startswith("door_") or (type_ == "digital_input" and data.get("input") != "unknown"):
+        return _summarise(data, skip=_DOOR_BOOKKEEPING)
     return _summarise(data)
 
 
