@@ -545,8 +545,9 @@ class LoopNetwork:
 
 def abort_attempt(client: mqtt.Client) -> None:
     """Close the socket of a connection attempt under paho (a broker that neither answers
-    CONNECT nor closes: amqtt 0.12 with an MQTT 5 will). paho's network thread sees the
-    connection end, calls ``on_disconnect`` and tries again."""
+    CONNECT nor closes: amqtt 0.12 with an MQTT 5 will). paho's next read (on its network
+    thread, or :class:`LoopNetwork`'s) sees the connection end, calls ``on_disconnect`` and
+    the client tries again."""
     sock = client.socket()
     if isinstance(sock, socket.socket):
         with contextlib.suppress(OSError):
