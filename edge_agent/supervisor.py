@@ -244,7 +244,7 @@ class Agent:
             tz=site_tz(self.cfg.site.timezone),
             clock=self.clock,
         )
-        kinds = registry.drivers()
+        kinds = registry.drivers({dev.kind for dev in self.devices.values()})
         enabled = [dev for dev in self.devices.values() if dev.enabled]
         contexts: dict[str, DriverContext] = {}
         for kind in dict.fromkeys(dev.kind for dev in enabled):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import logging
 import os
+from collections.abc import Iterable
 from datetime import UTC
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args
@@ -157,10 +158,11 @@ def settings_fields(kinds: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
-def config_model() -> type[AgentConfigBase]:
-    """The full config model: the core's sections, the top-level keys of each kind's
-    ``Settings``, and ``devices`` as a union discriminated on ``kind``."""
-    kinds = registry.drivers()
+def config_model(kinds_named: Iterable[str] | None = None) -> type[AgentConfigBase]:
+    """The config model: the core's sections, the top-level keys of each kind's
+    ``Settings``, and ``devices`` as a union discriminated on ``kind``; of every kind,
+    or of ``kinds_named`` only (see :func:`kinds_of_file`)."""
+    kinds = registry.drivers(kinds_named)
     key = tuple(sorted(kinds))
     if key in _model_cache:
         return _model_cache[key]
@@ -178,6 +180,33 @@ def config_model() -> type[AgentConfigBase]:
     )
     _model_cache[key] = model
     return model
+
+
+def kinds_of_file(data: dict[str, Any]) -> list[str] | None:
+    """The kinds a file needs the models of: those its devices name, when that is all it
+    needs; None (every kind) when a device has no known kind, or a top-level key is
+    neither the core's nor one of those kinds' ``Settings``. A site then builds (and
+    imports) only the models it uses, and a file with a mistake gets the same messages
+    as against every kind: the known kinds in "unknown kind", every key in did-you-mean."""
+    devices = data.get("devices", [])
+    if not isinstance(devices, list):
+        return None
+    known = registry.names()
+    named: dict[str, None] = {}
+    for dev in devices:
+        kind = dev.get("kind") if isinstance(dev, dict) else None
+        if not isinstance(kind, str) or kind not in known:
+            return None
+        named[kind] = None
+    if not named:
+        return None  # no devices: nothing to save
+    kinds = registry.drivers(named)
+    if len(kinds) != len(named):
+        return None  # a kind that does not load: reported against every kind
+    keys = set(AgentConfigBase.model_fields) | {"devices"} | set(settings_fields(kinds))
+    if any(key not in keys for key in data):
+        return None
+    return list(named)
 
 
 def kind_settings(cls: Any, source: AgentConfigBase | dict[str, Any]) -> BaseModel | None:
@@ -316,6 +345,11 @@ def check_kinds(data: dict[str, Any]) -> list[tuple[Path_, str]]:
     devices = data.get("devices")
     if not isinstance(devices, list):
         return problems
+    named = [dev["kind"] for dev in devices if isinstance(dev, dict) and "kind" in dev]
+    if all(isinstance(kind, str) for kind in named) and registry.names().issuperset(named):
+        known = registry.drivers(named)
+        if len(known) == len(set(named)):
+            return problems
     known = registry.drivers()
     for i, dev in enumerate(devices):
         if not isinstance(dev, dict) or "kind" not in dev or dev["kind"] in known:
@@ -359,8 +393,9 @@ def valid_items(data: dict[str, Any]) -> tuple[Indexed, Indexed]:
                 pass
     devices: Indexed = []
     raw_devices = data.get("devices")
-    known = registry.drivers()
     if isinstance(raw_devices, list):
+        named = {dev.get("kind") for dev in raw_devices if isinstance(dev, dict)}
+        known = registry.drivers(k for k in named if isinstance(k, str))
         for i, dev in enumerate(raw_devices):
             if not isinstance(dev, dict) or dev.get("kind") not in known:
                 continue
@@ -401,7 +436,7 @@ def check_across(
     from edge_agent.driver import AcrossContext
 
     problems: list[tuple[Path_, str]] = []
-    kinds = registry.drivers()
+    kinds = registry.drivers({dev.kind for _, dev in devices})
     by_kind: dict[str, Indexed] = {}
     for i, dev in devices:
         by_kind.setdefault(dev.kind, []).append((i, dev))
@@ -421,7 +456,7 @@ def check_hubs_http(data: dict[str, Any], devices: Indexed) -> list[tuple[Path_,
     http = data.get("http")
     if isinstance(http, dict) and "bind" in http:
         return []
-    kinds = registry.drivers()
+    kinds = registry.drivers({dev.kind for _, dev in devices})
     problems: list[tuple[Path_, str]] = []
     seen: set[str] = set()
     for i, dev in devices:
@@ -657,7 +692,7 @@ def check_drivers_build(
 
     problems: list[tuple[Path_, str]] = []
     reported: set[str] = set()
-    kinds = registry.drivers()
+    kinds = registry.drivers({dev.kind for _, dev in devices})
     if isinstance(source, AgentConfigBase):
         zone: Any = source.site.timezone
     else:
@@ -704,7 +739,7 @@ def check_hubs_build(
     from edge_agent.driver import HubContext
     from edge_agent.http import HttpServer
 
-    kinds = registry.drivers()
+    kinds = registry.drivers({dev.kind for _, dev in devices})
     http_cfg = source.http if isinstance(source, AgentConfigBase) else HttpConfig()
     server = HttpServer(http_cfg)  # only collects routes: never started here
     first: dict[str, int] = {}
@@ -798,7 +833,7 @@ def load_config(
     _resolve_secrets(data, problems, secret_notes)
     problems += check_kinds(data)
     bad_devices = {p_[1] for p_, _ in problems if p_[:1] == ("devices",)}
-    model = config_model()
+    model = config_model(kinds_of_file(data))
     cfg: AgentConfigBase | None = None
     try:
         cfg = model.model_validate(data)

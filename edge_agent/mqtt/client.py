@@ -8,17 +8,20 @@ put into words, and a network thread that stops cleanly::
     build_client(ClientOptions)   a paho client (:class:`Client`) set up from the options
     VersionChoice                 which MQTT version the next CONNECT uses (the fallback)
     ConnectionReport              what connection trouble writes to the log (rate-limited)
+    LoopNetwork                   drives a client from the asyncio loop: no network thread
     Subscriber                    a client on paho's thread that subscribes on every connect,
                                   falls back to 3.1.1 by itself (``tail``, bench)
     stop_network_thread           ``loop_stop`` without paho 2.x's race
 
-The publisher drives a :class:`Client` itself (its callbacks run on the event loop); the
+The publisher drives a :class:`Client` from its event loop (:class:`LoopNetwork`: every
+PUBACK is read there, every publish written there, no thread woken for either); the
 tools use :class:`Subscriber`. This module imports nothing of the agent but the TLS
 helpers: ``tail`` runs on an operator's laptop without the publisher's outbox stack.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import logging
@@ -246,6 +249,20 @@ class Client(mqtt.Client):
                 self._on_attempt_error(self, err)
             raise
 
+    def reconnect_delay(self) -> float:
+        """How long to wait before the next attempt: paho's own backoff (``loop_forever``'s
+        ``_reconnect_wait``), the minimum after a CONNACK, doubling up to the maximum."""
+        with self._reconnect_delay_mutex:
+            if self._reconnect_delay is None:
+                self._reconnect_delay = self._reconnect_min_delay
+            else:
+                self._reconnect_delay = min(self._reconnect_delay * 2, self._reconnect_max_delay)
+            return float(self._reconnect_delay)
+
+    def close_socket(self) -> None:
+        """Close the connection without a DISCONNECT and without ``on_disconnect``."""
+        self._sock_close()
+
 
 @dataclass(frozen=True)
 class Will:
@@ -385,10 +402,152 @@ def _use_protocol(client: mqtt.Client, protocol: MQTTProtocolVersion) -> None:
         client.next_protocol = protocol
 
 
+class LoopNetwork:
+    """Runs a :class:`Client`'s network on an asyncio loop instead of paho's thread (the
+    way aiomqtt does): the socket is watched with ``add_reader`` and read with
+    ``loop_read``, queued packets are written with ``loop_write`` once per pass of the loop,
+    ``loop_misc`` runs every second (keep-alive, as paho's thread does). Only the blocking
+    part of an attempt (TCP connect, TLS handshake, both bounded by the connect timeout)
+    runs in a worker thread, as paho's ``reconnect`` does it.
+
+    :meth:`run` connects and reconnects with paho's backoff until cancelled, as
+    ``loop_start`` does; :meth:`stop` sends DISCONNECT and closes. Every paho callback
+    then runs on the loop's thread, except ``on_attempt`` / ``on_attempt_error`` of
+    :class:`Client`, called in the worker thread.
+    """
+
+    def __init__(self, client: Client, loop: asyncio.AbstractEventLoop) -> None:
+        self.client = client
+        self._loop = loop
+        self._thread = threading.get_ident()
+        self._sock: Any = None  # the socket the reader watches
+        self._writer = False  # add_writer is on (the socket's buffer was full)
+        self._write_soon = False
+        self._misc: asyncio.TimerHandle | None = None
+        self._closed = asyncio.Event()
+        self._attempt: asyncio.Future[Any] | None = None
+        self._stopping = False
+        client.on_socket_close = self._cb_close
+        client.on_socket_register_write = self._cb_want_write
+        client.on_socket_unregister_write = self._cb_no_write
+
+    def _on_loop(self) -> bool:
+        return threading.get_ident() == self._thread
+
+    async def run(self, host: str, port: int, keepalive: int) -> None:
+        """Connect, and again after every loss, until cancelled."""
+        client = self.client
+        client.connect_async(host, port, keepalive=keepalive)
+        first = True
+        while not self._stopping:
+            if not first:
+                await asyncio.sleep(client.reconnect_delay())
+            first = False
+            self._attempt = self._loop.run_in_executor(None, client.reconnect)
+            try:
+                await asyncio.shield(self._attempt)
+            except OSError:
+                continue  # reported by Client.reconnect's on_attempt_error
+            finally:
+                if self._attempt.done():
+                    self._attempt = None
+            self._attach()
+            await self._closed.wait()
+
+    def _attach(self) -> None:
+        sock = self.client.socket()
+        if sock is None:
+            self._closed.set()
+            return
+        self._closed.clear()
+        self._sock = sock
+        self._loop.add_reader(sock, self._read)
+        self._misc = self._loop.call_later(1.0, self._run_misc)
+        if self.client.want_write():  # the CONNECT, queued in the worker thread
+            self._write()
+
+    def _detach(self, sock: Any) -> None:
+        if sock is None or sock is not self._sock:
+            return
+        self._loop.remove_reader(sock)
+        if self._writer:
+            self._loop.remove_writer(sock)
+            self._writer = False
+        if self._misc is not None:
+            self._misc.cancel()
+            self._misc = None
+        self._sock = None
+        self._closed.set()
+
+    # -- paho's socket callbacks ---------------------------------------------------------
+    def _cb_close(self, _client: Any, _userdata: Any, sock: Any) -> None:
+        if self._on_loop():
+            self._detach(sock)
+
+    def _cb_want_write(self, _client: Any, _userdata: Any, _sock: Any) -> None:
+        # Publishes of one pass of the loop go out in one write; in the worker thread
+        # (the CONNECT) :meth:`_attach` writes.
+        if self._on_loop() and not self._write_soon:
+            self._write_soon = True
+            self._loop.call_soon(self._write)
+
+    def _cb_no_write(self, _client: Any, _userdata: Any, sock: Any) -> None:
+        if self._writer and sock is self._sock:
+            self._loop.remove_writer(sock)
+            self._writer = False
+
+    # -- the loop's side -----------------------------------------------------------------
+    def _read(self) -> None:
+        self.client.loop_read()
+        sock = self._sock
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            # Decrypted bytes wait in the TLS layer, where epoll does not see them.
+            self._loop.call_soon(self._read)
+
+    def _write(self) -> None:
+        self._write_soon = False
+        if self._sock is None:
+            return
+        self.client.loop_write()
+        sock = self._sock
+        if sock is not None and self.client.want_write() and not self._writer:
+            # The socket's buffer is full: write again when it drains.
+            self._writer = True
+            self._loop.add_writer(sock, self._write)
+
+    def _run_misc(self) -> None:
+        self._misc = None
+        if self._sock is None:
+            return
+        self._misc = self._loop.call_later(1.0, self._run_misc)
+        self.client.loop_misc()
+
+    async def stop(self, timeout_s: float = 2.0) -> None:
+        """Send DISCONNECT (waiting for an attempt under way) and close the socket."""
+        self._stopping = True
+        if self._attempt is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._attempt)
+            self._attempt = None
+            self._attach()
+        client = self.client
+        client.disconnect()
+        if client.socket() is not None:
+            self._write()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout_s):
+                    await self._closed.wait()
+        if client.socket() is not None:
+            client.close_socket()
+        self._detach(self._sock)
+        await asyncio.sleep(0)  # the on_disconnect just queued runs before we return
+
+
 def abort_attempt(client: mqtt.Client) -> None:
     """Close the socket of a connection attempt under paho (a broker that neither answers
-    CONNECT nor closes: amqtt 0.12 with an MQTT 5 will). paho's network thread sees the
-    connection end, calls ``on_disconnect`` and tries again."""
+    CONNECT nor closes: amqtt 0.12 with an MQTT 5 will). paho's next read (on its network
+    thread, or :class:`LoopNetwork`'s) sees the connection end, calls ``on_disconnect`` and
+    the client tries again."""
     sock = client.socket()
     if isinstance(sock, socket.socket):
         with contextlib.suppress(OSError):

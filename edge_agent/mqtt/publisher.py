@@ -13,9 +13,11 @@ Order of work after a (re)connect:
   ``historical: true``, at most ``drain_rate_max`` per second, using at most
   the part of the in-flight window that live traffic leaves free.
 
-paho-mqtt runs its network loop in its own thread (``loop_start``); every
-callback is handed to the asyncio loop with ``call_soon_threadsafe``, so all
-state here is touched from the event loop only.
+paho-mqtt's network runs on the asyncio loop (:class:`~edge_agent.mqtt.client.LoopNetwork`:
+the socket is read and written there, only the TCP connect and TLS handshake of an attempt
+run in a worker thread), so a PUBACK or a publish wakes no other thread. Every callback is
+queued and run from the loop (``_call``), so all state here is touched from the event loop
+only.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from edge_agent.mqtt.client import (
     Client,
     ClientOptions,
     ConnectionReport,
+    LoopNetwork,
     VersionChoice,
     Will,
     abort_attempt,
@@ -52,7 +55,6 @@ from edge_agent.mqtt.client import (
     describe_connect_error,
     host_port,
     protocol_name,
-    stop_network_thread,
 )
 from edge_agent.mqtt.tls import TlsFileError, TlsSettings, client_context
 from edge_agent.outbox.store import Outbox, Row
@@ -130,6 +132,8 @@ class Publisher:
         self._events_lock = threading.Lock()
         self._events_scheduled = False
         self._client: mqtt.Client | None = None
+        self._net: LoopNetwork | None = None
+        self._loop_thread = 0
         self._inflight: dict[int, int] = {}  # mid -> seq
         self._inflight_seqs: set[int] = set()
         self._acked_seqs: set[int] = set()  # acked, delete not yet committed
@@ -245,7 +249,8 @@ class Publisher:
         return client
 
     def _call(self, fn: Callable[..., None], *args: Any) -> None:
-        """Run ``fn(*args)`` on the event loop (called on paho's thread).
+        """Run ``fn(*args)`` on the event loop, after the paho call that raised it
+        (called on the loop, or in the worker thread of a connection attempt).
 
         During a drain a PUBACK arrives every few hundred microseconds. One wake-up of
         the loop per PUBACK (a pipe write, a callback) costs more CPU than the ack
@@ -262,7 +267,10 @@ class Publisher:
                 return
             self._events_scheduled = True
         try:
-            loop.call_soon_threadsafe(self._run_events)
+            if threading.get_ident() == self._loop_thread:
+                loop.call_soon(self._run_events)  # no self-pipe write: nothing to wake
+            else:
+                loop.call_soon_threadsafe(self._run_events)
         except RuntimeError:  # loop closing during shutdown
             with self._events_lock:
                 self._events_scheduled = False
@@ -329,8 +337,8 @@ class Publisher:
         self._connack_timer = None
         if client is not self._client or self._answered or self._stopping:
             return
-        # Close the socket under paho: its network thread sees the connection end, calls
-        # on_disconnect (handled below as "no answer") and tries again.
+        # Close the socket under paho: its read sees the connection end, calls
+        # on_disconnect (handled below as "no answer") and the network tries again.
         self._overdue = True
         abort_attempt(client)
 
@@ -545,11 +553,13 @@ class Publisher:
     async def run(self) -> None:
         """Connect, then publish until cancelled; on cancel, say offline and disconnect."""
         self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         self._client = self._make_client()
-        self._client.connect_async(self.s.host, self.s.port, keepalive=self.s.keepalive_s)
-        self._client.loop_start()
+        self._net = LoopNetwork(self._client, self._loop)
         try:
-            await self._drain_forever()
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._net.run(self.s.host, self.s.port, self.s.keepalive_s))
+                tg.create_task(self._drain_forever())
         finally:
             await asyncio.shield(self._shutdown())
 
@@ -566,14 +576,14 @@ class Publisher:
                 retain=True,
             )
             deadline = time.monotonic() + 2.0
-            # Polled, not awaited on an event: both conditions change on paho's thread.
+            # Polled, not awaited on an event: both conditions change inside paho.
             while not info.is_published() and client.is_connected() and time.monotonic() < deadline:  # noqa: ASYNC110
                 await asyncio.sleep(0.02)
             # Give in-flight messages a moment to be acknowledged so they are not sent twice.
             while self._inflight and client.is_connected() and time.monotonic() < deadline:  # noqa: ASYNC110
                 await asyncio.sleep(0.02)
-        client.disconnect()
-        await asyncio.to_thread(stop_network_thread, client)
+        if self._net is not None:
+            await self._net.stop()
         self.connected.clear()
         self._cancel_stable_timer()
         self._cancel_connack_timer()

@@ -304,7 +304,7 @@ async def check_devices(cfg: AgentConfigBase, config_path: Path) -> list[Row]:
             buses[b.id] = Bus(b.id, b.min_gap_ms / 1000)
             buses[b.id].resources["config"] = b
     ctx = DriverContext(buses=buses, config_dir=config_path.parent)
-    kinds = registry.drivers()
+    kinds = registry.drivers({dev.kind for dev in getattr(cfg, "devices", [])})
     settings = {kind: kind_settings(cls, cfg) for kind, cls in kinds.items()}
 
     async def one(dev: Any) -> Row:
