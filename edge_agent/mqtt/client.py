@@ -82,7 +82,7 @@ def host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def describe_connect_error(err: OSError, tls: TlsSettings | None = None) -> tuple[str, str]:
+def describe_connect_error(err: Exception, tls: TlsSettings | None = None) -> tuple[str, str]:
     """``(reason key, text)`` for an exception raised while opening the connection; ``tls``
     (the settings in use) lets a TLS failure name the CA it was checked against."""
     if isinstance(err, ConnectionRefusedError):
@@ -93,7 +93,11 @@ def describe_connect_error(err: OSError, tls: TlsSettings | None = None) -> tupl
         return "tls", describe_tls_error(err, tls)
     if isinstance(err, TimeoutError):
         return "timeout", "connection timed out"
-    if err.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL):
+    if isinstance(err, OSError) and err.errno in (
+        errno.ENETUNREACH,
+        errno.EHOSTUNREACH,
+        errno.EADDRNOTAVAIL,
+    ):
         return "unreachable", f"network unreachable ({err.strerror or err})"
     return "error", f"{type(err).__name__}: {err}"
 
@@ -226,7 +230,7 @@ class Client(mqtt.Client):
         self,
         *args: Any,
         on_attempt: Callable[[Client, int], None] | None = None,
-        on_attempt_error: Callable[[Client, OSError], None] | None = None,
+        on_attempt_error: Callable[[Client, Exception], None] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -244,7 +248,9 @@ class Client(mqtt.Client):
             self._on_attempt(self, int(self._protocol))
         try:
             return super().reconnect()
-        except OSError as err:
+        except Exception as err:
+            # Not only OSError: whatever an attempt raises is a failed attempt, reported
+            # like a refused connection, never the end of the network loop.
             if self._on_attempt_error is not None:
                 self._on_attempt_error(self, err)
             raise
@@ -295,7 +301,7 @@ def build_client(
     options: ClientOptions,
     *,
     on_attempt: Callable[[Client, int], None] | None = None,
-    on_attempt_error: Callable[[Client, OSError], None] | None = None,
+    on_attempt_error: Callable[[Client, Exception], None] | None = None,
 ) -> Client:
     """A paho client set up from ``options``; ``on_attempt(client, protocol)`` and
     ``on_attempt_error(client, err)`` are called on paho's thread at every attempt."""
@@ -446,7 +452,7 @@ class LoopNetwork:
             self._attempt = self._loop.run_in_executor(None, client.reconnect)
             try:
                 await asyncio.shield(self._attempt)
-            except OSError:
+            except Exception:  # noqa: S112 - reported by on_attempt_error, retried with backoff
                 continue  # reported by Client.reconnect's on_attempt_error
             finally:
                 if self._attempt.done():
@@ -644,7 +650,7 @@ class Subscriber:
         self.version.attempting(protocol)
         self._answered = False
 
-    def _attempt_error(self, _client: Client, err: OSError) -> None:
+    def _attempt_error(self, _client: Client, err: Exception) -> None:
         self._answered = True
         self._down(describe_connect_error(err)[1])
 

@@ -351,7 +351,7 @@ class Publisher:
         self._answered = True
         self._cancel_connack_timer()
 
-    def _on_attempt_error(self, client: mqtt.Client, err: OSError) -> None:
+    def _on_attempt_error(self, client: mqtt.Client, err: Exception) -> None:
         if client is not self._client or self._stopping:
             return
         self._answer()

@@ -103,3 +103,26 @@ async def test_a_broker_gone_silent_is_noticed_by_keepalive(tmp_path: Path) -> N
             w.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_an_unexpected_error_in_a_connect_attempt_is_one_failed_attempt(
+    tmp_path: Path, mqtt_broker: MqttBroker, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    """Whatever paho raises while connecting (not only OSError) is a failed attempt: logged,
+    retried with backoff; the publisher never dies of it."""
+    import paho.mqtt.client as paho
+
+    original = paho.Client.reconnect
+    calls = {"n": 0}
+
+    def flaky(self: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise ValueError("a bug deep in a connect attempt")
+        return original(self)
+
+    monkeypatch.setattr(paho.Client, "reconnect", flaky)
+    async with running_publisher(tmp_path, mqtt_broker, reconnect_min_s=0.1) as pub:
+        await asyncio.wait_for(pub.connected.wait(), 30)
+    assert calls["n"] >= 2
+    assert "a bug deep in a connect attempt" in caplog.text
