@@ -150,6 +150,11 @@ class Outbox:
         self._acked: list[int] = []
         self._wake = asyncio.Event()
         self._urgent = False
+        #: a caller waits in :meth:`commit`: the group commit comes after this at most
+        #: (a door controller's batch, not the whole interval: swipes and door events
+        #: reach the platform within a second; records arriving meanwhile still share it)
+        self.commit_soon_s = min(0.1, commit_interval_s)
+        self._soon: asyncio.TimerHandle | None = None
         self._listeners: list[Callable[[list[Row]], None]] = []
         self._deleted_listeners: list[Callable[[list[int]], None]] = []
         #: evictions by lane, plus ``lost_in_memory`` (died while the disk was full)
@@ -434,6 +439,9 @@ class Outbox:
 
     async def close(self) -> None:
         """Commit what is pending and close."""
+        if self._soon is not None:
+            self._soon.cancel()
+            self._soon = None
         if self._db is None:
             return
         try:
@@ -528,7 +536,13 @@ class Outbox:
             self.commit_max_batch
         ):
             self._wake.set()
+        elif self._soon is None:
+            self._soon = asyncio.get_running_loop().call_later(self.commit_soon_s, self._wake_soon)
         await asyncio.shield(done)
+
+    def _wake_soon(self) -> None:
+        self._soon = None
+        self._wake.set()
 
     def cursor(self, device: str) -> str | None:
         """The last committed cursor of ``device`` (None before its first commit)."""

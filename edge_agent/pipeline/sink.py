@@ -15,6 +15,17 @@ from edge_agent.topics import Topics
 StateSink = Callable[[str, dict[str, Any]], None]
 
 
+#: events security staff must see within a second (docs/mqtt.md "Door and card events")
+SECURITY_EVENTS = frozenset({"door_forced", "door_held_open", "reader_tamper", "camera_tamper"})
+
+
+def is_security_event(msg: Message) -> bool:
+    """A forced or held door, a tamper, or a critical input (fire, duress, emergency)."""
+    if msg.type in SECURITY_EVENTS:
+        return True
+    return msg.type == "digital_input" and msg.data.get("severity") == "critical"
+
+
 class OutboxSink:
     """Puts readings and events into the outbox through ``emitter`` (the supervisor's
     :class:`~edge_agent.supervisor.OutboxEmitter`), commits a push device's events with
@@ -31,6 +42,8 @@ class OutboxSink:
             self.emitter.telemetry(msg.device, msg.data, ts=msg.ts, quality=msg.quality)
         elif msg.kind == "event":
             self.emitter.event(msg.device, msg.type or "", msg.data, ts=msg.ts)
+            if is_security_event(msg):
+                self.outbox.request_commit()  # like an alarm: not at the end of the interval
         else:
             self.state(msg.device, msg.data)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import re
 from pathlib import Path
@@ -234,4 +236,30 @@ async def test_concurrent_flushes_take_turns(tmp_path: Path) -> None:
         assert [r.seq for r in second] == [4, 5]
         assert (await ob.stats())["depth"] == 5
     finally:
+        await ob.close()
+
+
+async def test_a_waiting_commit_is_committed_soon_not_at_the_end_of_the_interval(
+    tmp_path: Path,
+) -> None:
+    """A door controller waits in commit() for its records to be durable: the group commit
+    comes within commit_soon_s, not after a whole commit_interval_s."""
+    ob = Outbox(tmp_path / "o.db", commit_interval_s=3600)
+    await ob.open()
+
+    async def commit_loop() -> None:  # what the supervisor runs
+        while True:
+            await ob.wait_for_work()
+            await ob.flush()
+
+    loop = asyncio.create_task(commit_loop())
+    try:
+        msg = Outbox.message(Lane.EVENT, "t", device="d", kind="event", ts=1.0, data={})
+        # a deadline far below the hour-long interval, far above commit_soon_s
+        await asyncio.wait_for(ob.commit([msg], {("d", "cursor"): "1"}), 30)
+        assert ob.cursor("d") == "1"
+    finally:
+        loop.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop
         await ob.close()

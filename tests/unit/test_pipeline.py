@@ -346,3 +346,30 @@ async def test_the_agents_states_and_readings_pass_its_taps(tmp_path: Path) -> N
     assert [(m.kind, m.device) for m in seen] == [("telemetry", "air"), ("state", "air")]
     assert [json.loads(r.payload)["data"] for r in rows] == [{"co2": 500}]
     # (the state still reaches its retained topic: tests/integration/test_push_agent.py)
+
+
+async def test_a_security_event_is_committed_at_once_like_an_alarm(tmp_path: Path) -> None:
+    """door_forced, held open, tamper and critical inputs wake the group commit at once;
+    a card read waits for the interval (one fsync for the batch)."""
+    from edge_agent.outbox.store import Outbox
+    from edge_agent.pipeline.base import Message
+    from edge_agent.pipeline.sink import OutboxSink
+    from edge_agent.supervisor import OutboxEmitter
+
+    ob = Outbox(tmp_path / "o.db", commit_interval_s=3600)
+    await ob.open()
+    try:
+        sink = OutboxSink(OutboxEmitter(ob, "campus/s/g"), ob, "campus/s/g", lambda *_: None)
+        woke = []
+        for type_, data in (
+            ("card_read", {"card": None, "result": "granted"}),
+            ("digital_input", {"input": "exit_button", "active": True}),
+            ("door_forced", {"door": 1}),
+            ("digital_input", {"input": "fire", "active": True, "severity": "critical"}),
+        ):
+            ob._wake.clear()
+            sink.put(Message(kind="event", device="d", data=data, type=type_))
+            woke.append(ob._wake.is_set())
+        assert woke == [False, False, True, True]
+    finally:
+        await ob.close()
