@@ -151,6 +151,8 @@ class DockerMosquitto:
             self.workdir.mkdir(parents=True, exist_ok=True)
             conf.write_text(
                 "listener 1883\nallow_anonymous true\nlog_dest stdout\n"
+                # as LocalBroker: no QoS 1 drop for a test's slow subscriber
+                "max_queued_messages 100000\n"
                 + (
                     "persistence true\npersistence_location /mosquitto/data/\n"
                     if self.persistence
