@@ -95,6 +95,8 @@ def test_the_log_ignores_what_is_not_a_card_read_and_follows_device_states() -> 
     log.on_message(f"{ROOT}/events/gate-1", b"not json", False, 0.0)
     assert log.devices_online == {"gate-1"}
     assert (log.count, log.unparsed) == (0, 1)
+    assert log.others == {"event:door_opened": 1, "telemetry": 1}
+    assert sorted(log.seqs) == [1, 2]  # a hole in seq is a loss, whatever the message
     log.on_message(f"{ROOT}/devices/gate-1/state", b'{"state":"offline"}', True, 0.0)
     assert log.devices_online == set()
 
