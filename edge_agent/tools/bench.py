@@ -32,6 +32,10 @@ Four figures, each next to the target from the project's performance issue:
     into the outbox every 50 ms with its emit time inside ``data``; a separate
     subscriber records when it arrives. p50, p99 and max of emit -> receipt.
 
+``wg``, ``hikvision``, ``zkteco`` (``--only doors``)
+    Door swipes per protocol on 8 gate lanes: swipes/s on one core and the swipe-to-broker
+    latency of the morning rush (:mod:`edge_agent.tools.bench_doors`).
+
 A miss is printed as ``MISS`` but never fails the command: the exit code is 0 when the
 benchmark ran and 1 when it could not (no mosquitto, a part crashed).
 """
