@@ -180,3 +180,24 @@ def test_the_report_shows_door_targets_and_figures() -> None:
     assert "wg: swipes/s on one core" in text
     assert "1,700" in text
     assert "wg: rush p50 / max (10.0x)" in text
+
+
+@pytest.mark.integration
+@pytest.mark.e2e
+def test_main_runs_a_door_part_with_its_options_and_writes_json(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    args = _args(
+        "--only", "wg", "--door-duration", "1", "--door-window", "20", "--rush-speed", "600",
+        "--door-commit-ms", "100", "--workdir", str(tmp_path), "--json", str(out),
+    )  # fmt: skip
+    assert bench.main(args) == 0
+    data = json.loads(out.read_text())
+    wg = data["results"]["wg"]
+    assert wg["rush"]["swipes"] == wg["rush"]["arrived"] == 1000  # the rush, whole
+    assert wg["complete_in_order"] is True
+    assert wg["throughput"]["window"] == 20
+    cfg = yaml.safe_load((tmp_path / "wg" / "agent.yaml").read_text())
+    assert cfg["outbox"]["commit_interval_ms"] == 100
+    figures = {t["figure"]: t["result"] for t in data["targets"]}
+    assert figures["wg: every swipe once, in order"] == "PASS"
+    assert figures["hikvision: every swipe once, in order"] == "n/a"
