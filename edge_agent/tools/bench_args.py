@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 
-PARTS = ("campus", "gateway90", "ingest", "drain", "latency")
+PARTS = ("campus", "gateway90", "ingest", "drain", "latency", "wg", "hikvision", "zkteco")
+#: ``--only doors``: the door protocols' parts (swipes/s on one core, rush latency)
+ALIASES = {"doors": ("wg", "hikvision", "zkteco")}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,7 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--only",
         default=",".join(PARTS),
-        help=f"comma-separated parts to run (default: all): {','.join(PARTS)} / 只运行部分测试",
+        help=f"comma-separated parts to run (default: all): {','.join(PARTS)}; "
+        "doors = wg,hikvision,zkteco / 只运行部分测试",
     )
     parser.add_argument(
         "--duration",
@@ -59,6 +62,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="drain: MQTT in-flight window (default 500, as the agent)",
     )
     parser.add_argument(
+        "--door-duration",
+        type=float,
+        default=20.0,
+        help="wg, hikvision, zkteco: seconds of swiping as fast as the agent takes them "
+        "(default 20) / 门禁吞吐测试时长",
+    )
+    parser.add_argument(
+        "--door-window",
+        type=int,
+        default=900,
+        help="wg, hikvision, zkteco: swipes in flight at most (made, not yet seen by the "
+        "subscriber; default 900: mosquitto queues at most 1000 messages for a subscriber "
+        "and drops the rest)",
+    )
+    parser.add_argument(
+        "--rush-speed",
+        type=float,
+        default=10.0,
+        help="the morning rush (1,000 swipes in 10 min on 8 lanes) played this many times "
+        "faster (default 10: one minute) / 早高峰加速倍数",
+    )
+    parser.add_argument(
+        "--hik-mode",
+        choices=("stream", "push"),
+        default="stream",
+        help="hikvision: alertStream or httpHosts push (default stream)",
+    )
+    parser.add_argument(
+        "--door-commit-ms",
+        type=int,
+        default=None,
+        help="wg, hikvision, zkteco: the agent's outbox.commit_interval_ms "
+        "(default: the agent's own default) / 提交间隔",
+    )
+    parser.add_argument(
         "--json",
         default="bench-results.json",
         help="write the results here (default ./bench-results.json)",
@@ -68,4 +106,4 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-__all__ = ["PARTS", "add_arguments"]
+__all__ = ["ALIASES", "PARTS", "add_arguments"]
