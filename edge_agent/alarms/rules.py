@@ -175,8 +175,10 @@ class _Track:
 
 
 def _fmt(value: Any) -> Any:
+    """A value for the alarm and its text: 3000.0 reads 3000, a mean 3 decimals at most."""
     if isinstance(value, float):
-        return round(value, 3)
+        value = round(value, 3)
+        return int(value) if value.is_integer() else value
     return value
 
 
