@@ -68,6 +68,8 @@ class AlarmSink(Protocol):
 
     def clear(self, rule: str, device: str) -> None: ...
 
+    def find(self, rule: str, device: str) -> Any: ...
+
 
 class ScheduleClock:
     """Whether a schedule is in at a time, in the site's timezone."""
@@ -238,7 +240,9 @@ class RuleEngine:
     def _track(self, rule: Rule, device: str) -> _Track:
         track = self.tracks.get((rule.id, device))
         if track is None:
-            track = _Track()
+            # An alarm the book took back after a restart is this rule's: it clears once
+            # the condition is seen gone, and is not raised a second time.
+            track = _Track(active=self.alarms.find(rule.id, device) is not None)
             if rule.mean == "school_day":
                 track.mean = DayMean(rule.schedule, self.clock)
             elif rule.mean is not None:

@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 import pytest
 import yaml
 
-from edge_agent.alarms.lifecycle import AlarmBook
+from edge_agent.alarms.lifecycle import AlarmBook, OutboxAlarmStore
 from edge_agent.alarms.rules import BUCKETS, CHATTER_RULE, RollingMean, RuleEngine
 from edge_agent.config.loader import load_config
 from edge_agent.config.rules import RuleFile, RulesConfig, RuleSet, load_rules
@@ -90,6 +90,26 @@ def test_threshold_raises_and_clears_through_the_book_with_deadband() -> None:
     assert c.states() == ["active_unacked", "cleared_unacked"]
     # stays visible until acknowledged
     assert c.retained[f"{ROOT}/alarms/active/{alarm['alarm_id']}"]["state"] == "cleared_unacked"
+
+
+def test_an_alarm_open_before_a_restart_is_cleared_by_its_rule() -> None:
+    class Db:
+        def __init__(self) -> None:
+            self.state: dict[tuple[str, str], str] = {}
+
+        def put_state(self, device: str, key: str, value: str) -> None:
+            self.state[(device, key)] = value
+
+    db = Db()
+    c = Campus([CO2])
+    c.book.store = OutboxAlarmStore(db)
+    c.read(1600)
+    after = Campus([CO2])  # a restart: a new book and engine on the same database
+    after.book.store = OutboxAlarmStore(db)
+    assert after.book.load() == 1
+    after.read(1300)  # the first reading after the restart is fine again
+    assert after.states() == ["cleared_unacked"]
+    assert after.sent[0]["alarm_id"] == c.sent[0]["alarm_id"]
 
 
 def test_on_delay_needs_the_condition_to_hold_and_off_delay_to_clear() -> None:
