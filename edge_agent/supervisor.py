@@ -228,7 +228,11 @@ class Agent:
         self.rules: RuleEngine | None = None
         if ruleset.rules:
             self.rules = RuleEngine(
-                ruleset, site_tz(cfg.site.timezone), self.alarms, now=self.clock.wall
+                ruleset,
+                site_tz(cfg.site.timezone),
+                self.alarms,
+                now=self.clock.wall,
+                gateway=cfg.site.gateway_id,
             )
             self.emitter.add_tap("rules", self.rules.see)
         self._stop = asyncio.Event()

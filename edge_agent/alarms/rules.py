@@ -17,6 +17,11 @@ device offline, schedules arming and disarming, chattering ending.
 - ``event``: an event whose data matches; cleared by ``clear_event`` or at once (it then
   stays visible, ``cleared_unacked``, until someone acknowledges it).
 - Schedules: ``only_in`` / ``only_outside`` arm a rule; a disarmed rule's alarm clears.
+- Flood control: once :data:`FLOOD_N` alarms of one category other than ``security``
+  were raised within :data:`FLOOD_S`, the next are folded into one ``alarm_flood_{category}``
+  summary on the gateway; when none was folded for :data:`FLOOD_S`, the summary clears and
+  the folded conditions that still hold are raised one by one. A security rule (doors,
+  fire) never waits behind it.
 - Chattering: the :data:`CHATTER_N`-th raise of a rule on a device within
   :data:`CHATTER_S` becomes one ``chattering`` alarm; the rule's own alarm stays quiet
   until it has been calm for :data:`CHATTER_S`.
@@ -49,6 +54,11 @@ COVERAGE = 0.5
 CHATTER_N = 3
 CHATTER_S = 60.0
 CHATTER_RULE = "chattering"
+#: flood control: more than FLOOD_N raises of one non-security category within FLOOD_S
+#: are folded into one summary alarm; security rules never pass through it
+FLOOD_N = 10
+FLOOD_S = 60.0
+FLOOD_RULE = "alarm_flood_{category}"
 
 
 class AlarmSink(Protocol):
@@ -199,8 +209,14 @@ class RuleEngine:
         alarms: AlarmSink,
         *,
         now: Callable[[], float],
+        gateway: str = "gateway",
     ) -> None:
         self.rules = ruleset.rules
+        self.gateway = gateway
+        #: per category: when its last raises were, whether it floods, what was folded
+        self._flood_times: dict[str, collections.deque[float]] = {}
+        self._flood_last: dict[str, float] = {}
+        self._folded: dict[str, set[tuple[str, str]]] = {}
         self.alarms = alarms
         self.now = now
         self.clock = ScheduleClock(ruleset.schedules, tz)
@@ -219,7 +235,12 @@ class RuleEngine:
         self.tracks: dict[tuple[str, str], _Track] = {}
         self._match_cache: dict[tuple[str, str], bool] = {}
         self.failures = Failures("tap", "the alarm rules are tried again / 告警规则出错，稍后重试")
-        self.counts = {"rules_raised": 0, "rules_cleared": 0, "rules_chattering": 0}
+        self.counts = {
+            "rules_raised": 0,
+            "rules_cleared": 0,
+            "rules_chattering": 0,
+            "rules_folded": 0,
+        }
 
     # -- helpers ------------------------------------------------------------------
     def _applies(self, rule: Rule, device: str) -> bool:
@@ -271,7 +292,9 @@ class RuleEngine:
             f"{device}：{what} {_fmt(track.value)}（规则 {rule.id}，限值 {self._threshold(rule)}）",
         )
 
-    def _raise(self, rule: Rule, device: str, track: _Track, now: float) -> None:
+    def _raise(
+        self, rule: Rule, device: str, track: _Track, now: float, *, fold: bool = True
+    ) -> None:
         track.active = True
         track.pending_since = None
         track.raises.append(now)
@@ -294,6 +317,8 @@ class RuleEngine:
             return
         if track.chattering:
             return
+        if fold and rule.category != "security" and self._fold(rule, device, now):
+            return
         en, zh = self._text(rule, device, track)
         self.counts["rules_raised"] += 1
         self.alarms.raise_(
@@ -305,6 +330,45 @@ class RuleEngine:
             value=_fmt(track.value),
             threshold=self._threshold(rule),
         )
+
+    def _fold(self, rule: Rule, device: str, now: float) -> bool:
+        """Count a raise of the rule's category; True: folded into the flood summary."""
+        cat = rule.category
+        times = self._flood_times.setdefault(cat, collections.deque(maxlen=FLOOD_N))
+        while times and now - times[0] > FLOOD_S:
+            times.popleft()
+        if cat not in self._folded and len(times) < FLOOD_N:
+            times.append(now)
+            return False
+        if cat not in self._folded:
+            self._folded[cat] = set()
+            self.alarms.raise_(
+                FLOOD_RULE.format(category=cat),
+                self.gateway,
+                "warning",
+                value=cat,
+                threshold=FLOOD_N,
+                en=f"More than {FLOOD_N} {cat} alarms within {FLOOD_S:.0f} s: the next are "
+                "folded into this one until it is calm (see the devices' values).",
+                zh=f"{FLOOD_S:.0f} 秒内{cat}类告警超过 {FLOOD_N} 条：后续告警合并为本条，"
+                "平稳后逐条发出。",
+            )
+        self._folded[cat].add((rule.id, device))
+        self._flood_last[cat] = now
+        self.counts["rules_folded"] += 1
+        return True
+
+    def _end_floods(self, now: float) -> None:
+        by_id = {r.id: r for r in self.rules}
+        for cat in [c for c in self._folded if now - self._flood_last[c] > FLOOD_S]:
+            folded = self._folded.pop(cat)
+            self._flood_times[cat].clear()
+            self.alarms.clear(FLOOD_RULE.format(category=cat), self.gateway)
+            for rule_id, device in sorted(folded):
+                track = self.tracks.get((rule_id, device))
+                if track is not None and track.active and rule_id in by_id:
+                    # the storm is over: each condition that still holds gets its alarm
+                    self._raise(by_id[rule_id], device, track, now, fold=False)
 
     def _clear(self, rule: Rule, device: str, track: _Track) -> None:
         track.active = False
@@ -450,6 +514,8 @@ class RuleEngine:
 
     def _tick(self) -> None:
         now = self.now()
+        if self._folded:
+            self._end_floods(now)
         by_id = {r.id: r for r in self.rules}
         for (rule_id, device), track in self.tracks.items():
             rule = by_id[rule_id]

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from edge_agent.alarms.lifecycle import AlarmBook, OutboxAlarmStore
-from edge_agent.alarms.rules import BUCKETS, CHATTER_RULE, RollingMean, RuleEngine
+from edge_agent.alarms.rules import BUCKETS, CHATTER_RULE, FLOOD_N, FLOOD_S, RollingMean, RuleEngine
 from edge_agent.config.loader import load_config
 from edge_agent.config.rules import RuleFile, RulesConfig, RuleSet, load_rules
 from edge_agent.drivers.modbus.profile import load_profile
@@ -396,3 +396,26 @@ def test_site_config_disables_rules_and_replaces_schedules(tmp_path: Path) -> No
     assert "co2_school_day" in ids
     assert ruleset.schedules["lessons"].times == ["08:30-11:30"]
     assert all(any(str(d) == "2026-10-01" for d in s.holidays) for s in ruleset.schedules.values())
+
+
+def test_flood_folds_environment_alarms_and_never_delays_a_security_one() -> None:
+    door = {"id": "door_forced", "type": "event", "event": "door_forced"}
+    c = Campus([CO2, {**door, "severity": "critical", "category": "security"}])
+    for i in range(25):  # the ventilation of a whole building fails at once
+        c.read(2000, device=f"r{i:03d}-air")
+        if i == 15:
+            c.event("door_forced", "gate")
+    raised = [(a["rule"], a["device"]) for a in c.sent if a["state"] == "active_unacked"]
+    assert raised[:FLOOD_N] == [("co2", f"r{i:03d}-air") for i in range(FLOOD_N)]
+    assert raised[FLOOD_N:] == [("alarm_flood_environment", "gateway"), ("door_forced", "gate")]
+    before = len(c.sent)
+    for i in range(2 * FLOOD_N):  # a security storm is never folded
+        c.event("door_forced", f"door{i}")
+    forced = [a for a in c.sent[before:] if a["state"] == "active_unacked"]
+    assert [a["device"] for a in forced] == [f"door{i}" for i in range(2 * FLOOD_N)]
+    c.sent = c.sent[:before]
+    c.read(1000, device="r020-air")  # one room recovers while folded: never raised
+    c.advance(FLOOD_S + 1)  # calm: the summary clears, what still holds comes one by one
+    assert c.book.find("alarm_flood_environment", "gateway") is None
+    later = [a["device"] for a in c.sent[len(raised) + 2 :] if a["state"] == "active_unacked"]
+    assert later == [f"r{i:03d}-air" for i in range(FLOOD_N, 25) if i != 20]
