@@ -536,7 +536,11 @@ class RuleEngine:
                     track.value = None
                     self._raise(rule, device, track, now)
             elif rule.type in ("threshold", "rate"):
-                self._judge(rule, device, track, now)
+                # only what a timer or a schedule can change: a tick every 500 ms must
+                # stay cheap with a thousand (rule, device) pairs on a Pi
+                scheduled = rule.only_in is not None or rule.only_outside is not None
+                if track.pending_since is not None or (scheduled and track.active):
+                    self._judge(rule, device, track, now)
             elif rule.type == "event" and track.active and not self._armed(rule, now):
                 self._clear(rule, device, track)
 
