@@ -225,8 +225,10 @@ def _fmt(path: Path_) -> str:
     return out or "(top)"
 
 
-def parse_rule_file(path: Path) -> tuple[RuleFile, yamlsrc.Lines]:
-    """One rule file, validated; :class:`RuleFileProblems` with every problem."""
+def parse_rule_file(path: Path) -> tuple[RuleFile, yamlsrc.Lines, list[str], list[int]]:
+    """One rule file: its valid schedules and rules, its lines, and the problems of the
+    rest as ``file:line  key.path  message``; :class:`RuleFileProblems` when it cannot be
+    read at all."""
     try:
         raw, lines = yamlsrc.load(path)
     except OSError as err:
@@ -242,23 +244,43 @@ def parse_rule_file(path: Path) -> tuple[RuleFile, yamlsrc.Lines]:
             path, [f"{path}:1  (top)  a rule file is a mapping with schedules: and rules:"]
         )
     raw = {k: v for k, v in raw.items() if not (isinstance(k, str) and k.startswith("x-"))}
+    # Each rule on its own: one broken rule neither hides the problems of the others nor
+    # keeps the valid ones from being checked against the schedules.
+    items = raw.get("rules")
+    problems: list[tuple[int, str]] = []
+    top = {**raw, "rules": []}
+    parsed = RuleFile()
     try:
-        parsed = RuleFile.model_validate(raw)
+        parsed = RuleFile.model_validate(top)
     except ValidationError as err:
-        problems = []
-        for e in err.errors(include_url=False):
-            loc = tuple(e["loc"])
-            # union/function tags pydantic adds are not keys of the file
-            loc = tuple(p for p in loc if isinstance(p, int) or not str(p).startswith("function"))
-            msg = e["msg"].removeprefix("Value error, ")
-            if e["type"] == "extra_forbidden":
-                msg = "unknown key (typo?) / 未知的配置项"
-            problems.append((lines.line(loc), f"{_fmt(loc)}  {msg}"))
-        problems.sort(key=lambda pr: pr[0])
-        raise RuleFileProblems(path, [f"{path}:{n}  {text}" for n, text in problems]) from err
-    # Schedules a rule names must exist in this file or be given by the site config;
-    # checked in load_rules, where both are known.
-    return parsed, lines
+        problems += _problems(err, (), lines)
+    rules: list[Rule] = []
+    index: list[int] = []  # each valid rule's position in the file
+    if isinstance(items, list):
+        for i, item in enumerate(items):
+            try:
+                rules.append(Rule.model_validate(item))
+                index.append(i)
+            except ValidationError as err:
+                problems += _problems(err, ("rules", i), lines)
+    elif items is not None:
+        problems.append((lines.line(("rules",)), "rules  a list of rules / 应为规则列表"))
+    problems.sort(key=lambda pr: pr[0])
+    found = [f"{path}:{n}  {text}" for n, text in problems]
+    return parsed.model_copy(update={"rules": rules}), lines, found, index
+
+
+def _problems(err: ValidationError, prefix: Path_, lines: yamlsrc.Lines) -> list[tuple[int, str]]:
+    out = []
+    for e in err.errors(include_url=False):
+        loc = (*prefix, *e["loc"])
+        # function tags pydantic adds are not keys of the file
+        loc = tuple(p for p in loc if isinstance(p, int) or not str(p).startswith("function"))
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (typo?) / 未知的配置项"
+        out.append((lines.line(loc), f"{_fmt(loc)}  {msg}"))
+    return out
 
 
 def load_rules(cfg: RulesConfig, base: Path) -> tuple[RuleSet, list[tuple[Path_, str]], list[str]]:
@@ -279,12 +301,13 @@ def load_rules(cfg: RulesConfig, base: Path) -> tuple[RuleSet, list[tuple[Path_,
             config_problems.append((where, f"no rule file {path} / 找不到规则文件"))
             continue
         try:
-            parsed, lines = parse_rule_file(path)
+            parsed, lines, found, index = parse_rule_file(path)
         except RuleFileProblems as err:
             file_problems += err.problems
             continue
+        file_problems += found
         out.schedules.update(parsed.schedules)
-        for i, rule in enumerate(parsed.rules):
+        for i, rule in zip(index, parsed.rules, strict=True):
             if rule.id in out.origin:
                 file_problems.append(
                     f"{path}:{lines.line(('rules', i, 'id'))}  rules[{i}].id  duplicate rule id "

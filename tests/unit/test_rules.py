@@ -342,7 +342,11 @@ def test_check_config_reports_rule_file_problems_at_their_lines(tmp_path: Path) 
         "    metric: co2\n"
         "    abve: 1000\n"
         "  - id: nolimit\n"
-        "    metric: co2\n",
+        "    metric: co2\n"
+        "  - id: sched\n"
+        "    type: event\n"
+        "    event: motion\n"
+        "    only_in: lesons\n",
         encoding="utf-8",
     )
     cfg = tmp_path / "edge.yaml"
@@ -357,6 +361,8 @@ def test_check_config_reports_rule_file_problems_at_their_lines(tmp_path: Path) 
     rules_file = tmp_path / "site-rules.yaml"
     assert f"{rules_file}:7  rules[1].abve  unknown key" in text
     assert f"{rules_file}:8  rules[2]  give above or below" in text
+    # one pass: the valid rules of a file with broken ones are checked too
+    assert f"{rules_file}:13  rules[3].only_in  unknown schedule 'lesons'" in text
 
 
 def test_unknown_schedule_and_unknown_disable(tmp_path: Path) -> None:
