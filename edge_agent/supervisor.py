@@ -663,7 +663,7 @@ class Agent:
                 "corrected": self.gate.corrected,
                 "uncertain": self.gate.uncertain,
             },
-            "pipeline": self.emitter.stats(),
+            "pipeline": {**self.emitter.stats(), **(self.rules.stats() if self.rules else {})},
             "cpu_percent": proc.get("cpu_percent"),
             "rss_bytes": proc.get("rss_bytes"),
         }
