@@ -663,7 +663,8 @@ class Agent:
                 "corrected": self.gate.corrected,
                 "uncertain": self.gate.uncertain,
             },
-            "pipeline": {**self.emitter.stats(), **(self.rules.stats() if self.rules else {})},
+            "pipeline": self.emitter.stats(),
+            "rules": self.rules.stats() if self.rules is not None else None,
             "cpu_percent": proc.get("cpu_percent"),
             "rss_bytes": proc.get("rss_bytes"),
         }

@@ -109,7 +109,7 @@ async def test_a_reading_above_a_rule_raises_and_clears_below_the_deadband(
             device.written["co2"] = 2100.0
             cleared = (await wait(sub, 1, alarm("cleared_unacked")))[0]
             assert json.loads(cleared.payload)["data"]["alarm_id"] == data["alarm_id"]
-            counts = (await agent.health())["pipeline"]
+            counts = (await agent.health())["rules"]
             assert (counts["rules_raised"], counts["rules_cleared"]) == (1, 1)
     finally:
         agent.stop()
