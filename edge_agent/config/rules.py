@@ -30,6 +30,8 @@ Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 MEANS: dict[str, float] = {"1h": 3600.0, "8h": 8 * 3600.0, "24h": 24 * 3600.0}
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 DEFAULT_SET = "default.yaml"
+#: alarm rules the agent raises itself: a rule of that id would share their alarms
+RESERVED = ("chattering", "patrol_missed", "outbox_", "alarm_flood_")
 
 
 def parse_span(text: str) -> tuple[int, int]:
@@ -143,6 +145,15 @@ class Rule(Strict):
         default=None, description="The clause the limit comes from, e.g. 'GB/T 18883-2022 表1'"
     )
     message: Message_ | None = Field(default=None, description="Alarm text (en and zh)")
+
+    @field_validator("id")
+    @classmethod
+    def check_id(cls, value: str) -> str:
+        if any(value == r or (r.endswith("_") and value.startswith(r)) for r in RESERVED):
+            raise ValueError(
+                f"{value!r} is the agent's own alarm; choose another id / 该编号为系统保留告警"
+            )
+        return value
 
     @model_validator(mode="after")
     def check_kind(self) -> Rule:

@@ -385,6 +385,14 @@ def test_unknown_schedule_and_unknown_disable(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    "rule_id", ["chattering", "patrol_missed", "outbox_corrupt", "alarm_flood_x"]
+)
+def test_a_rule_cannot_take_the_id_of_the_agents_own_alarms(rule_id: str) -> None:
+    with pytest.raises(ValueError, match="the agent's own alarm"):
+        RuleFile.model_validate({"rules": [{"id": rule_id, "metric": "co2", "above": 1}]})
+
+
 def test_site_config_disables_rules_and_replaces_schedules(tmp_path: Path) -> None:
     cfg = tmp_path / "edge.yaml"
     cfg.write_text(
