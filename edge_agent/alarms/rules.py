@@ -10,7 +10,8 @@ device offline, schedules arming and disarming, chattering ending.
 - ``threshold``: ``above``/``below`` with ``deadband`` (clears only that far back inside)
   and ``on_delay_s``/``off_delay_s``; on a reading or on a rolling ``mean`` (1 h, 8 h,
   24 h: buckets, at most :data:`BUCKETS` per rule and device; ``school_day``: the mean
-  of today's readings inside the schedule, reset each day). A mean is judged once its
+  of today's readings inside the schedule, reset each day; its alarm clears when the
+  school day ends). A mean is judged once its
   window is half covered, so a restart does not raise a 24 h mean on five minutes.
 - ``rate``: change per minute over ``window_s``.
 - ``offline``: a device ``offline`` for ``on_delay_s``; cleared when it is back.
@@ -535,6 +536,15 @@ class RuleEngine:
                 ):
                     track.value = None
                     self._raise(rule, device, track, now)
+            elif (
+                rule.mean == "school_day"
+                and track.active
+                and not self.clock.is_in(rule.schedule, now)
+            ):
+                # the school day is over: its verdict stays in the alarm (visible until
+                # acknowledged), not active all night and weekend
+                track.value = None
+                self._clear(rule, device, track)
             elif rule.type in ("threshold", "rate"):
                 # only what a timer or a schedule can change: a tick every 500 ms must
                 # stay cheap with a thousand (rule, device) pairs on a Pi

@@ -182,9 +182,18 @@ def test_school_day_mean_counts_only_the_schedule_and_resets_each_day() -> None:
     c.read(1800)  # mean (1400+1500+1800)/3 = 1566
     assert c.states() == ["active_unacked"]
     assert c.sent[0]["value"] == pytest.approx(1566.667, abs=0.01)
+    c.clock = at(f"{MONDAY} 16:59")
+    c.engine.tick()
+    assert c.states() == ["active_unacked"]
+    c.clock = at(f"{MONDAY} 17:00")  # the school day is over: cleared, not active all night
+    c.engine.tick()
+    assert c.states() == ["active_unacked", "cleared_unacked"]
     c.clock = at("2026-12-01 08:00")  # a new day: the mean starts over
     c.read(1000)
+    c.read(2000)
     assert c.states() == ["active_unacked", "cleared_unacked"]
+    c.read(3000)  # (1000+2000+3000)/3 = 2000: today's own alarm
+    assert c.states() == ["active_unacked", "cleared_unacked", "active_unacked"]
 
 
 def test_rate_of_change() -> None:
