@@ -18,6 +18,7 @@ from typing import Any
 
 from edge_agent import __version__, registry
 from edge_agent.alarms.lifecycle import AlarmBook, OutboxAlarmStore
+from edge_agent.alarms.rules import RuleEngine
 from edge_agent.clock import Clock, SystemClock
 from edge_agent.commands import (
     CommandRouter,
@@ -30,6 +31,7 @@ from edge_agent.commands import (
 )
 from edge_agent.config.loader import AgentConfigBase, kind_settings
 from edge_agent.config.models import SerialBus, TcpBus, site_tz
+from edge_agent.config.rules import load_rules
 from edge_agent.driver import Bus, DriverContext, Hub, HubContext, PushDriver, Quality, Value
 from edge_agent.envelope import Lane, iso_ms
 from edge_agent.errors import OutboxError
@@ -221,6 +223,18 @@ class Agent:
                 synced=lambda: self.gate.synced,
             )
             self.emitter.add_tap("patrol", self.patrol.see)
+        #: alarm rules over every reading, event and device state (docs/alarms.md)
+        ruleset, _, _ = load_rules(cfg.rules, self.config_path.resolve().parent)
+        self.rules: RuleEngine | None = None
+        if ruleset.rules:
+            self.rules = RuleEngine(
+                ruleset,
+                site_tz(cfg.site.timezone),
+                self.alarms,
+                now=self.clock.wall,
+                gateway=cfg.site.gateway_id,
+            )
+            self.emitter.add_tap("rules", self.rules.see)
         self._stop = asyncio.Event()
         self._last_flush_ok = time.monotonic()
         self._started = time.monotonic()
@@ -493,6 +507,8 @@ class Agent:
                 self.alarms.tick()
                 if self.patrol is not None:
                     self.patrol.tick()
+                if self.rules is not None:
+                    self.rules.tick()
                 if self.outbox.mode == "memory":
                     self.alarms.raise_(
                         "outbox_disk_full",
@@ -648,6 +664,7 @@ class Agent:
                 "uncertain": self.gate.uncertain,
             },
             "pipeline": self.emitter.stats(),
+            "rules": self.rules.stats() if self.rules is not None else None,
             "cpu_percent": proc.get("cpu_percent"),
             "rss_bytes": proc.get("rss_bytes"),
         }

@@ -7,9 +7,9 @@ anything else), and the alarm's current state is retained on
 alarm that clears while unacknowledged stays visible until someone
 acknowledges it.
 
-The rule engine for device values (CO₂ too high, door forced …) comes with a
-later release; today the raisers are the agent itself (``outbox_corrupt``,
-``outbox_disk_full``, ``outbox_data_lost``).
+The raisers are the agent itself (``outbox_corrupt``, ``outbox_disk_full``,
+``outbox_data_lost``), the guard patrol and the rule engine for device values
+(:mod:`edge_agent.alarms.rules`: CO₂ too high, door forced …).
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ from edge_agent.config.models import (
     site_tz,
 )
 from edge_agent.config.patrol import PatrolConfig, check_patrol
+from edge_agent.config.rules import RulesConfig, check_rules
 from edge_agent.config.yamlsrc import FileProblems, KeyProblem, SourceError
 from edge_agent.config.yamlsrc import load as load_yaml
 from edge_agent.errors import ConfigError
@@ -127,6 +128,11 @@ class AgentConfigBase(Strict):
     )
     patrol: PatrolConfig = Field(
         default_factory=PatrolConfig, description="Guard patrol checkpoints and routes / 电子巡更"
+    )
+    rules: RulesConfig = Field(
+        default_factory=RulesConfig,
+        description="Alarm rules: the default set, site rule files, schedules (docs/alarms.md) "
+        "/ 告警规则",
     )
 
 
@@ -824,7 +830,7 @@ def load_config(
         del data[key]
 
     # A section whose keys are all commented out is null in YAML: same as absent.
-    for section in ("mqtt", "outbox", "publish", "logging", "clock", "patrol"):
+    for section in ("mqtt", "outbox", "publish", "logging", "clock", "patrol", "rules"):
         if section in data and data[section] is None:
             del data[section]
     prepare_tls(data, p.resolve().parent)
@@ -871,6 +877,9 @@ def load_config(
     problems += check_doors(cfg, data, devices, source, base)
     problems += check_patrol(data.get("patrol"), _raw_ids(data, "devices"), data.get("site"))
     other_files: list[str] = []
+    rule_problems, rule_files = check_rules(data.get("rules"), base)
+    problems += rule_problems
+    other_files += rule_files
     if build_drivers:
         problems += check_drivers_build(devices, source, base, other_files)
     if problems or other_files:

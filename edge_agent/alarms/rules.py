@@ -1,0 +1,558 @@
+"""The rule engine: alarms over everything the devices report (issue 10, part 1).
+
+:class:`RuleEngine` is a tap of the pipeline (:meth:`RuleEngine.see`): it sees every
+telemetry reading, event and device state once it is on its way to the outbox, and
+raises and clears alarms through the :class:`~edge_agent.alarms.lifecycle.AlarmBook`
+(rule id, device, severity, value, threshold, message in en and zh).
+:meth:`RuleEngine.tick` (from the agent's outbox task) runs the timers: on/off delays,
+device offline, schedules arming and disarming, chattering ending.
+
+- ``threshold``: ``above``/``below`` with ``deadband`` (clears only that far back inside)
+  and ``on_delay_s``/``off_delay_s``; on a reading or on a rolling ``mean`` (1 h, 8 h,
+  24 h: buckets, at most :data:`BUCKETS` per rule and device; ``school_day``: the mean
+  of today's readings inside the schedule, reset each day; its alarm clears when the
+  school day ends). A mean is judged once its
+  window is half covered, so a restart does not raise a 24 h mean on five minutes.
+- ``rate``: change per minute over ``window_s``.
+- ``offline``: a device ``offline`` for ``on_delay_s``; cleared when it is back.
+- ``event``: an event whose data matches; cleared by ``clear_event`` or at once (it then
+  stays visible, ``cleared_unacked``, until someone acknowledges it).
+- Schedules: ``only_in`` / ``only_outside`` arm a rule; a disarmed rule's alarm clears.
+- Flood control: once :data:`FLOOD_N` alarms of one category other than ``security``
+  were raised within :data:`FLOOD_S`, the next are folded into one ``alarm_flood_{category}``
+  summary on the gateway; when none was folded for :data:`FLOOD_S`, the summary clears and
+  the folded conditions that still hold are raised one by one. A security rule (doors,
+  fire) never waits behind it.
+- Chattering: the :data:`CHATTER_N`-th raise of a rule on a device within
+  :data:`CHATTER_S` becomes one ``chattering`` alarm; the rule's own alarm stays quiet
+  until it has been calm for :data:`CHATTER_S`.
+
+Time is the injected ``now`` (UNIX seconds); a reading's own ``ts`` places it in a
+mean. Imports nothing of MQTT, the drivers or the tools.
+"""
+
+from __future__ import annotations
+
+import collections
+import fnmatch
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, tzinfo
+from typing import Any, Protocol
+
+from edge_agent.config.rules import DAYS, MEANS, Rule, RuleSet, Schedule, parse_span
+from edge_agent.pipeline.base import Message
+from edge_agent.pipeline.failures import Failures
+
+log = logging.getLogger(__name__)
+
+#: buckets of a rolling mean: memory per (rule, device) is bounded whatever the rate
+BUCKETS = 96
+#: a mean is judged once this share of its window has readings
+COVERAGE = 0.5
+CHATTER_N = 3
+CHATTER_S = 60.0
+CHATTER_RULE = "chattering"
+#: flood control: more than FLOOD_N raises of one non-security category within FLOOD_S
+#: are folded into one summary alarm; security rules never pass through it
+FLOOD_N = 10
+FLOOD_S = 60.0
+FLOOD_RULE = "alarm_flood_{category}"
+
+
+class AlarmSink(Protocol):
+    """What the engine needs of :class:`~edge_agent.alarms.lifecycle.AlarmBook`."""
+
+    def raise_(
+        self,
+        rule: str,
+        device: str,
+        severity: Any,
+        *,
+        en: str,
+        zh: str,
+        value: Any = None,
+        threshold: Any = None,
+    ) -> Any: ...
+
+    def clear(self, rule: str, device: str) -> None: ...
+
+    def find(self, rule: str, device: str) -> Any: ...
+
+
+class ScheduleClock:
+    """Whether a schedule is in at a time, in the site's timezone."""
+
+    def __init__(self, schedules: dict[str, Schedule], tz: tzinfo) -> None:
+        self.tz = tz
+        self.schedules = schedules
+        self._spans = {name: [parse_span(t) for t in s.times] for name, s in schedules.items()}
+
+    def is_in(self, name: str, ts: float) -> bool:
+        sched = self.schedules[name]
+        local = datetime.fromtimestamp(ts, self.tz)
+        minute = local.hour * 60 + local.minute
+        for start, end in self._spans[name]:
+            if start < end:
+                if start <= minute < end and self._day_on(sched, local):
+                    return True
+            else:  # crosses midnight: the evening part today, the morning part of yesterday's
+                if minute >= start and self._day_on(sched, local):
+                    return True
+                if minute < end and self._day_on(sched, local - timedelta(days=1)):
+                    return True
+        return False
+
+    @staticmethod
+    def _day_on(sched: Schedule, local: datetime) -> bool:
+        return DAYS[local.weekday()] in sched.days and local.date() not in sched.holidays
+
+
+class RollingMean:
+    """Mean over a sliding window in at most :data:`BUCKETS` buckets."""
+
+    def __init__(self, window_s: float) -> None:
+        self.window_s = window_s
+        self.bucket_s = window_s / BUCKETS
+        self.buckets: collections.deque[list[float]] = collections.deque()  # [start, sum, n]
+
+    def add(self, ts: float, value: float) -> None:
+        start = math.floor(ts / self.bucket_s) * self.bucket_s
+        if self.buckets and self.buckets[-1][0] == start:
+            self.buckets[-1][1] += value
+            self.buckets[-1][2] += 1
+        elif not self.buckets or start > self.buckets[-1][0]:
+            self.buckets.append([start, value, 1])
+        # a reading older than the newest bucket (a late one) is left out: rare, harmless
+        self._expire(ts)
+
+    def _expire(self, now: float) -> None:
+        while self.buckets and self.buckets[0][0] + self.bucket_s <= now - self.window_s:
+            self.buckets.popleft()
+
+    def mean(self, now: float) -> float | None:
+        """The mean, or None while less than :data:`COVERAGE` of the window has data."""
+        self._expire(now)
+        if not self.buckets:
+            return None
+        if now - self.buckets[0][0] < COVERAGE * self.window_s:
+            return None
+        n = sum(b[2] for b in self.buckets)
+        return sum(b[1] for b in self.buckets) / n
+
+
+class DayMean:
+    """Mean of today's readings inside a schedule (the school day); reset each day."""
+
+    def __init__(self, schedule: str, clock: ScheduleClock) -> None:
+        self.schedule = schedule
+        self.clock = clock
+        self.day: Any = None
+        self.sum = 0.0
+        self.n = 0
+
+    def add(self, ts: float, value: float) -> None:
+        if not self.clock.is_in(self.schedule, ts):
+            return
+        day = datetime.fromtimestamp(ts, self.clock.tz).date()
+        if day != self.day:
+            self.day, self.sum, self.n = day, 0.0, 0
+        self.sum += value
+        self.n += 1
+
+    def mean(self, now: float) -> float | None:
+        if self.n == 0 or datetime.fromtimestamp(now, self.clock.tz).date() != self.day:
+            return None
+        return self.sum / self.n
+
+
+@dataclass
+class _Track:
+    """One rule on one device: its condition, timers and the alarm's state."""
+
+    active: bool = False
+    #: since when the raise (or clear) condition has held, waiting for its delay
+    pending_since: float | None = None
+    value: float | None = None
+    mean: RollingMean | DayMean | None = None
+    samples: collections.deque[tuple[float, float]] = field(
+        default_factory=lambda: collections.deque(maxlen=64)
+    )
+    raises: collections.deque[float] = field(
+        default_factory=lambda: collections.deque(maxlen=CHATTER_N)
+    )
+    chattering: bool = False
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+def _fmt(value: Any) -> Any:
+    """A value for the alarm and its text: 3000.0 reads 3000, a mean 3 decimals at most."""
+    if isinstance(value, float):
+        value = round(value, 3)
+        return int(value) if value.is_integer() else value
+    return value
+
+
+class _Safe(dict[str, Any]):
+    def __missing__(self, key: str) -> str:
+        return "?"
+
+
+class RuleEngine:
+    """Runs a :class:`~edge_agent.config.rules.RuleSet` over the pipeline's messages."""
+
+    def __init__(
+        self,
+        ruleset: RuleSet,
+        tz: tzinfo,
+        alarms: AlarmSink,
+        *,
+        now: Callable[[], float],
+        gateway: str = "gateway",
+    ) -> None:
+        self.rules = ruleset.rules
+        self.gateway = gateway
+        #: per category: when its last raises were, whether it floods, what was folded
+        self._flood_times: dict[str, collections.deque[float]] = {}
+        self._flood_last: dict[str, float] = {}
+        self._folded: dict[str, set[tuple[str, str]]] = {}
+        self.alarms = alarms
+        self.now = now
+        self.clock = ScheduleClock(ruleset.schedules, tz)
+        self.by_metric: dict[str, list[Rule]] = {}
+        self.by_event: dict[str, list[Rule]] = {}
+        self.offline: list[Rule] = []
+        for rule in self.rules:
+            if rule.type in ("threshold", "rate") and rule.metric is not None:
+                self.by_metric.setdefault(rule.metric, []).append(rule)
+            elif rule.type == "event" and rule.event is not None:
+                self.by_event.setdefault(rule.event, []).append(rule)
+                if rule.clear_event is not None and rule.clear_event != rule.event:
+                    self.by_event.setdefault(rule.clear_event, []).append(rule)
+            elif rule.type == "offline":
+                self.offline.append(rule)
+        self.tracks: dict[tuple[str, str], _Track] = {}
+        self._match_cache: dict[tuple[str, str], bool] = {}
+        self.failures = Failures("tap", "the alarm rules are tried again / 告警规则出错，稍后重试")
+        self.counts = {
+            "rules_raised": 0,
+            "rules_cleared": 0,
+            "rules_chattering": 0,
+            "rules_folded": 0,
+        }
+
+    # -- helpers ------------------------------------------------------------------
+    def _applies(self, rule: Rule, device: str) -> bool:
+        key = (rule.id, device)
+        hit = self._match_cache.get(key)
+        if hit is None:
+            hit = any(fnmatch.fnmatchcase(device, pat) for pat in rule.devices)
+            self._match_cache[key] = hit
+        return hit
+
+    def _armed(self, rule: Rule, ts: float) -> bool:
+        if rule.only_in is not None:
+            return self.clock.is_in(rule.only_in, ts)
+        if rule.only_outside is not None:
+            return not self.clock.is_in(rule.only_outside, ts)
+        return True
+
+    def _track(self, rule: Rule, device: str) -> _Track:
+        track = self.tracks.get((rule.id, device))
+        if track is None:
+            # An alarm the book took back after a restart is this rule's: it clears once
+            # the condition is seen gone, and is not raised a second time.
+            track = _Track(active=self.alarms.find(rule.id, device) is not None)
+            if rule.mean == "school_day":
+                track.mean = DayMean(rule.schedule, self.clock)
+            elif rule.mean is not None:
+                track.mean = RollingMean(MEANS[rule.mean])
+            self.tracks[(rule.id, device)] = track
+        return track
+
+    def _threshold(self, rule: Rule) -> Any:
+        if rule.above is not None and rule.below is not None:
+            return [rule.below, rule.above]
+        return rule.above if rule.above is not None else rule.below
+
+    def _text(self, rule: Rule, device: str, track: _Track) -> tuple[str, str]:
+        values = _Safe(track.fields)
+        values.update(
+            device=device,
+            metric=rule.metric or rule.event or "",
+            value=_fmt(track.value),
+            threshold=self._threshold(rule),
+        )
+        if rule.message is not None:
+            return rule.message.en.format_map(values), rule.message.zh.format_map(values)
+        what = rule.metric or rule.event or rule.type
+        return (
+            f"{device}: {what} {_fmt(track.value)} (rule {rule.id}, limit {self._threshold(rule)})",
+            f"{device}：{what} {_fmt(track.value)}（规则 {rule.id}，限值 {self._threshold(rule)}）",
+        )
+
+    def _raise(
+        self, rule: Rule, device: str, track: _Track, now: float, *, fold: bool = True
+    ) -> None:
+        track.active = True
+        track.pending_since = None
+        track.raises.append(now)
+        if len(track.raises) == CHATTER_N and now - track.raises[0] <= CHATTER_S:
+            if not track.chattering:
+                track.chattering = True
+                self.counts["rules_chattering"] += 1
+                self.alarms.clear(rule.id, device)
+                self.alarms.raise_(
+                    CHATTER_RULE,
+                    device,
+                    rule.severity,
+                    value=rule.id,
+                    threshold=CHATTER_N,
+                    en=f"{device}: rule {rule.id} raised {CHATTER_N} times within "
+                    f"{CHATTER_S:.0f} s (chattering); its alarms are held until it is calm.",
+                    zh=f"{device}：规则 {rule.id} 在 {CHATTER_S:.0f} 秒内触发 {CHATTER_N} 次"
+                    "（抖动），平稳前不再逐次告警。",
+                )
+            return
+        if track.chattering:
+            return
+        if fold and rule.category != "security" and self._fold(rule, device, now):
+            return
+        en, zh = self._text(rule, device, track)
+        self.counts["rules_raised"] += 1
+        self.alarms.raise_(
+            rule.id,
+            device,
+            rule.severity,
+            en=en,
+            zh=zh,
+            value=_fmt(track.value),
+            threshold=self._threshold(rule),
+        )
+
+    def _fold(self, rule: Rule, device: str, now: float) -> bool:
+        """Count a raise of the rule's category; True: folded into the flood summary."""
+        cat = rule.category
+        times = self._flood_times.setdefault(cat, collections.deque(maxlen=FLOOD_N))
+        while times and now - times[0] > FLOOD_S:
+            times.popleft()
+        if cat not in self._folded and len(times) < FLOOD_N:
+            times.append(now)
+            return False
+        if cat not in self._folded:
+            self._folded[cat] = set()
+            self.alarms.raise_(
+                FLOOD_RULE.format(category=cat),
+                self.gateway,
+                "warning",
+                value=cat,
+                threshold=FLOOD_N,
+                en=f"More than {FLOOD_N} {cat} alarms within {FLOOD_S:.0f} s: the next are "
+                "folded into this one until it is calm (see the devices' values).",
+                zh=f"{FLOOD_S:.0f} 秒内{cat}类告警超过 {FLOOD_N} 条：后续告警合并为本条，"
+                "平稳后逐条发出。",
+            )
+        self._folded[cat].add((rule.id, device))
+        self._flood_last[cat] = now
+        self.counts["rules_folded"] += 1
+        return True
+
+    def _end_floods(self, now: float) -> None:
+        by_id = {r.id: r for r in self.rules}
+        for cat in [c for c in self._folded if now - self._flood_last[c] > FLOOD_S]:
+            folded = self._folded.pop(cat)
+            self._flood_times[cat].clear()
+            self.alarms.clear(FLOOD_RULE.format(category=cat), self.gateway)
+            for rule_id, device in sorted(folded):
+                track = self.tracks.get((rule_id, device))
+                if track is not None and track.active and rule_id in by_id:
+                    # the storm is over: each condition that still holds gets its alarm
+                    self._raise(by_id[rule_id], device, track, now, fold=False)
+
+    def _clear(self, rule: Rule, device: str, track: _Track) -> None:
+        track.active = False
+        track.pending_since = None
+        if track.chattering:
+            return
+        self.counts["rules_cleared"] += 1
+        self.alarms.clear(rule.id, device)
+
+    # -- the tap ------------------------------------------------------------------
+    def see(self, msg: Message) -> None:
+        """A tap: every message after it went out."""
+        if msg.kind == "telemetry":
+            self._telemetry(msg)
+        elif msg.kind == "event":
+            self._event(msg)
+        elif msg.kind == "state":
+            self._state(msg)
+
+    def _telemetry(self, msg: Message) -> None:
+        now = self.now()
+        ts = now if msg.ts is None else msg.ts
+        for metric, raw in msg.data.items():
+            rules = self.by_metric.get(metric)
+            if not rules or isinstance(raw, bool) or not isinstance(raw, int | float):
+                continue
+            if msg.quality == "bad":
+                continue
+            for rule in rules:
+                if self._applies(rule, msg.device):
+                    self._reading(rule, msg.device, ts, float(raw), now)
+
+    def _reading(self, rule: Rule, device: str, ts: float, value: float, now: float) -> None:
+        track = self._track(rule, device)
+        if rule.type == "rate":
+            track.samples.append((ts, value))
+            while track.samples and track.samples[0][0] < ts - rule.window_s:
+                track.samples.popleft()
+            t0, v0 = track.samples[0]
+            if ts - t0 <= 0:
+                return
+            track.value = abs(value - v0) / ((ts - t0) / 60.0)
+        elif track.mean is not None:
+            track.mean.add(ts, value)
+            track.value = track.mean.mean(ts)
+        else:
+            track.value = value
+        self._judge(rule, device, track, now)
+
+    def _judge(self, rule: Rule, device: str, track: _Track, now: float) -> None:
+        if not self._armed(rule, now):
+            if track.active:
+                self._clear(rule, device, track)
+            track.pending_since = None
+            return
+        v = track.value
+        if v is None:
+            return
+        if not track.active:
+            bad = (rule.above is not None and v > rule.above) or (
+                rule.below is not None and v < rule.below
+            )
+            if not bad:
+                track.pending_since = None
+                return
+            if track.pending_since is None:
+                track.pending_since = now
+            if now - track.pending_since >= rule.on_delay_s:
+                self._raise(rule, device, track, now)
+        else:
+            good = (rule.above is None or v <= rule.above - rule.deadband) and (
+                rule.below is None or v >= rule.below + rule.deadband
+            )
+            if not good:
+                track.pending_since = None
+                return
+            if track.pending_since is None:
+                track.pending_since = now
+            if now - track.pending_since >= rule.off_delay_s:
+                self._clear(rule, device, track)
+
+    @staticmethod
+    def _matches(data: dict[str, Any], match: dict[str, Any]) -> bool:
+        for key, want in match.items():
+            got = data.get(key)
+            if isinstance(want, list):
+                if got not in want:
+                    return False
+            elif got != want:
+                return False
+        return True
+
+    def _event(self, msg: Message) -> None:
+        rules = self.by_event.get(msg.type or "")
+        if not rules:
+            return
+        now = self.now()
+        for rule in rules:
+            if not self._applies(rule, msg.device):
+                continue
+            track = self._track(rule, msg.device)
+            if msg.type == rule.clear_event and self._matches(msg.data, rule.clear_match):
+                if track.active:
+                    self._clear(rule, msg.device, track)
+                continue
+            if msg.type != rule.event or not self._matches(msg.data, rule.match):
+                continue
+            if not self._armed(rule, now):
+                continue
+            track.fields = {k: v for k, v in msg.data.items() if isinstance(v, str | int | float)}
+            track.value = None
+            self._raise(rule, msg.device, track, now)
+            if rule.clear_event is None:
+                # one-off: cleared at once, visible (cleared_unacked) until acknowledged
+                self._clear(rule, msg.device, track)
+
+    def _state(self, msg: Message) -> None:
+        if not self.offline:
+            return
+        now = self.now()
+        state = msg.data.get("state")
+        for rule in self.offline:
+            if not self._applies(rule, msg.device):
+                continue
+            track = self._track(rule, msg.device)
+            if state == "offline":
+                if not track.active and track.pending_since is None:
+                    track.pending_since = now
+                    track.fields = {"last_error": str(msg.data.get("last_error") or "")}
+            else:
+                track.pending_since = None
+                if track.active:
+                    self._clear(rule, msg.device, track)
+
+    # -- timers -------------------------------------------------------------------
+    def tick(self) -> None:
+        """Delays, offline, schedules and chattering (never raises)."""
+        try:
+            self._tick()
+        except Exception as err:
+            self.failures.failed("rules", err)
+        self.failures.tick()
+
+    def _tick(self) -> None:
+        now = self.now()
+        if self._folded:
+            self._end_floods(now)
+        by_id = {r.id: r for r in self.rules}
+        for (rule_id, device), track in self.tracks.items():
+            rule = by_id[rule_id]
+            if track.chattering and track.raises and now - track.raises[-1] > CHATTER_S:
+                track.chattering = False
+                track.raises.clear()
+                self.alarms.clear(CHATTER_RULE, device)
+                if track.active:  # calm, and the condition still holds: its own alarm
+                    track.active = False
+                    self._raise(rule, device, track, now)
+                continue
+            if rule.type == "offline":
+                if (
+                    track.pending_since is not None
+                    and not track.active
+                    and now - track.pending_since >= rule.on_delay_s
+                ):
+                    track.value = None
+                    self._raise(rule, device, track, now)
+            elif (
+                rule.mean == "school_day"
+                and track.active
+                and not self.clock.is_in(rule.schedule, now)
+            ):
+                # the school day is over: its verdict stays in the alarm (visible until
+                # acknowledged), not active all night and weekend
+                track.value = None
+                self._clear(rule, device, track)
+            elif rule.type in ("threshold", "rate"):
+                # only what a timer or a schedule can change: a tick every 500 ms must
+                # stay cheap with a thousand (rule, device) pairs on a Pi
+                scheduled = rule.only_in is not None or rule.only_outside is not None
+                if track.pending_since is not None or (scheduled and track.active):
+                    self._judge(rule, device, track, now)
+            elif rule.type == "event" and track.active and not self._armed(rule, now):
+                self._clear(rule, device, track)
+
+    def stats(self) -> dict[str, int]:
+        return dict(self.counts)
