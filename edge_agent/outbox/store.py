@@ -575,7 +575,12 @@ class Outbox:
 
     async def _flush(self) -> list[Row]:
         if self._db is None or not (
-            self._pending or self._acked or self._mem or self._batches or self._state_dirty
+            self._pending
+            or self._acked
+            or self._mem
+            or self._batches
+            or self._state_dirty
+            or self._notify_prune > self._notify_pruned
         ):
             return []
         pending, self._pending = self._pending, []
