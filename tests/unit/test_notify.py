@@ -8,12 +8,15 @@ import hashlib
 import hmac
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import aiohttp
 import pytest
 
+from edge_agent.config.loader import load_config
+from edge_agent.errors import ConfigError
 from edge_agent.notify.config import NotifyConfig, RobotConfig
 from edge_agent.notify.limits import Limits, TokenBucket, plan
 from edge_agent.notify.message import format_one, format_summary
@@ -268,3 +271,26 @@ def test_robot_config_checks() -> None:
         NotifyConfig.model_validate(
             {"robots": [{"id": "a", "kind": "wecom", "url": "https://x"}] * 2}
         )
+
+
+def test_robot_urls_and_secrets_are_secrets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg_file = tmp_path / "agent.yaml"
+    robots = (
+        "notify:\n  robots:\n"
+        "    - {id: a, kind: dingtalk, url: '${cred:ding-url}', secret: '${DING_SECRET}'}\n"
+        "    - {id: b, kind: wecom, url: 'https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=k'}\n"
+    )
+    cfg_file.write_text("site: {id: s, gateway_id: g}\n" + robots)
+    (tmp_path / "ding-url").write_text("https://oapi.dingtalk.com/robot/send?access_token=t\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    monkeypatch.setenv("DING_SECRET", "SECabc")
+    with pytest.raises(ConfigError) as info:
+        load_config(cfg_file)
+    (problem,) = info.value.problems
+    assert problem.startswith(f"{cfg_file}:5  notify.robots[1].url  secrets must not be written")
+    cfg_file.write_text("site: {id: s, gateway_id: g}\n" + robots.split("    - {id: b")[0])
+    (robot,) = load_config(cfg_file).notify.robots  # type: ignore[attr-defined]
+    assert robot.url == "https://oapi.dingtalk.com/robot/send?access_token=t"
+    assert robot.secret == "SECabc"
