@@ -5,6 +5,7 @@ generic JSON webhook (issue #10, part 4). See docs/notify.md.
 ``senders``  one small async sender per service (aiohttp client), signing included
 ``limits``   the token bucket and the folding of a flood into one summary
 ``message``  the text people read (site.language)
+``errors``   SendFailed, TooFast
 ``worker``   one task per robot: a second consumer of the outbox's alarm lane, with
              its own durable cursor
 

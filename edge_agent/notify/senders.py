@@ -41,21 +41,12 @@ from urllib.parse import quote_plus
 import aiohttp
 
 from edge_agent.notify.config import RobotConfig
+from edge_agent.notify.errors import SendFailed, TooFast
+
+__all__ = ["SendFailed", "Sender", "TooFast", "dingtalk_sign", "feishu_sign", "webhook_sign"]
 
 #: how long to wait after a "too fast" answer that names no time, per kind
 TOO_FAST_WAIT_S = {"wecom": 60.0, "dingtalk": 60.0, "feishu": 10.0, "webhook": 60.0}
-
-
-class SendFailed(Exception):
-    """The service did not take the message (the reason is safe to log: no secret)."""
-
-
-class TooFast(SendFailed):
-    """The service asked us to slow down."""
-
-    def __init__(self, reason: str, retry_after_s: float) -> None:
-        super().__init__(reason)
-        self.retry_after_s = retry_after_s
 
 
 def dingtalk_sign(secret: str, timestamp_ms: int) -> str:

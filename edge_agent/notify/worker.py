@@ -26,13 +26,11 @@ from dataclasses import dataclass
 from datetime import tzinfo
 from typing import Any, Protocol
 
-import aiohttp
-
 from edge_agent.envelope import Lane
 from edge_agent.notify.config import SEVERITY_RANK, NotifyConfig, RobotConfig
+from edge_agent.notify.errors import SendFailed, TooFast
 from edge_agent.notify.limits import Limits, plan
 from edge_agent.notify.message import format_one, format_summary
-from edge_agent.notify.senders import Sender, SendFailed, TooFast
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +189,12 @@ class RobotWorker:
                 self.upto, self.done = self._load()
 
     async def _deliver(self) -> None:
+        # aiohttp's client only when a robot runs: an agent without robots (and without
+        # the HTTP server) never imports aiohttp (tests/unit/test_http.py).
+        import aiohttp
+
+        from edge_agent.notify.senders import Sender
+
         async with aiohttp.ClientSession() as session:
             sender = Sender(self.robot, session, self.wall)
             backoff = self.retry_min_s
