@@ -110,6 +110,8 @@ class RobotWorker:
         self.sent = 0
         self.folded = 0
         self.failures = 0
+        #: "too fast" answers in a row
+        self.too_fast = 0
         self._failing_since: float | None = None
         self._summary_due = 0.0
 
@@ -233,7 +235,11 @@ class RobotWorker:
                 try:
                     await sender.send(text, batch[0].alarm if len(batch) == 1 else None)
                 except TooFast as err:
-                    log.warning(
+                    # DingTalk keeps a robot throttled for 10 minutes: one line, not
+                    # one a minute (logs live on an SD card).
+                    self.too_fast += 1
+                    log.log(
+                        logging.WARNING if self.too_fast == 1 else logging.DEBUG,
                         "robot %s: the service says too fast (%s), waiting %.0f s; alarms "
                         "meanwhile are folded into one message / 机器人发送过快，稍后合并发送",
                         self.robot.id,
@@ -249,6 +255,13 @@ class RobotWorker:
                     backoff = min(backoff * 2, self.retry_max_s)
                     continue
                 backoff = self.retry_min_s
+                if self.too_fast > 1:
+                    log.info(
+                        "robot %s: %d too-fast answers before this message went out",
+                        self.robot.id,
+                        self.too_fast,
+                    )
+                self.too_fast = 0
                 self.limits.take()
                 self.sent += 1
                 if step.single is None:

@@ -265,12 +265,14 @@ async def test_no_robot_no_copy(tmp_path: Path) -> None:
     await ob.close()
 
 
-async def test_too_fast_is_honoured_then_delivered_once(tmp_path: Path) -> None:
+async def test_too_fast_is_honoured_then_delivered_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     ob = Outbox(tmp_path / "outbox.db")
     await ob.open()
     rx = Receiver("dingtalk", "SECx")
     await rx.start()
-    rx.too_fast = 1  # DingTalk 130101: this robot sent more than 20 in a minute
+    rx.too_fast = 3  # DingTalk 130101: this robot sent more than 20 in a minute
     fake = Fake()
     robot = RobotConfig(id="guards", kind="dingtalk", url=rx.url, secret="SECx")
     worker = _notifier(ob, robot, clock=fake, sleep=fake.sleep).workers[0]
@@ -280,8 +282,10 @@ async def test_too_fast_is_honoured_then_delivered_once(tmp_path: Path) -> None:
         await _until(lambda: len(rx.texts) == 1)
         book.raise_("fire", "b1", "critical", en="fire b1", zh="x")
         await _until(lambda: len(rx.texts) == 2)
-    assert fake.slept[0] == 60  # waited as the service asked, not retried at once
-    assert rx.requests == 3  # the refused one, its retry, the next alarm
+    assert fake.slept[:3] == [60, 60, 60]  # waited as the service asked, not retried at once
+    assert rx.requests == 5  # three refused, the retry that went through, the next alarm
+    too_fast = [r for r in caplog.records if "too fast" in r.getMessage()]
+    assert [r.levelname for r in too_fast] == ["WARNING"]  # one line, not one a minute
     assert [t.split("\n")[0] for t in rx.texts] == [
         "[CRITICAL ALARM] gate forced",
         "[CRITICAL ALARM] fire b1",
