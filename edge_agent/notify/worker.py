@@ -27,6 +27,7 @@ from datetime import tzinfo
 from typing import Any, Protocol
 
 from edge_agent.envelope import Lane
+from edge_agent.errors import NotDurableError
 from edge_agent.notify.config import SEVERITY_RANK, NotifyConfig, RobotConfig
 from edge_agent.notify.errors import SendFailed, TooFast
 from edge_agent.notify.limits import Limits, plan
@@ -51,6 +52,8 @@ class NotifyStore(Protocol):
     ) -> None: ...
 
     def request_commit(self) -> None: ...
+
+    def put_state(self, device: str, key: str, value: str) -> None: ...
 
     def prune_notify(self, upto: int) -> None: ...
 
@@ -139,7 +142,14 @@ class RobotWorker:
         self.done = {s for s in self.done if s > self.upto}
         value = json.dumps({"upto": self.upto, "done": sorted(self.done)})
         self.store.request_commit()
-        await self.store.commit([], {cursor_key(self.robot.id): value})
+        try:
+            await self.store.commit([], {cursor_key(self.robot.id): value})
+        except NotDurableError:
+            # A full disk: the cursor waits in memory and is written with the first
+            # commit that works. Going on from it (not from the one on disk) keeps the
+            # robot from sending the same alarms again and again while the disk is
+            # full; only a crash in that time repeats them.
+            self.store.put_state(*cursor_key(self.robot.id), value)
         if self.on_ack is not None:
             self.on_ack()
 

@@ -18,10 +18,12 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from edge_agent.alarms.lifecycle import AlarmBook
+from edge_agent.envelope import Lane
 from edge_agent.notify.config import NotifyConfig, RobotConfig
 from edge_agent.notify.worker import Notifier, RobotWorker, cursor_key
 from edge_agent.outbox.store import Outbox
 from tests.notify_helpers import Receiver
+from tests.outbox_helpers import fill_disk
 
 TZ = ZoneInfo("Asia/Shanghai")
 
@@ -291,5 +293,39 @@ async def test_too_fast_is_honoured_then_delivered_once(
         "[CRITICAL ALARM] fire b1",
     ]
     assert worker.failures == 0  # too fast is not a failure
+    await ob.close()
+    await rx.stop()
+
+
+async def test_a_full_disk_delays_nothing_and_repeats_nothing(tmp_path: Path) -> None:
+    ob = Outbox(tmp_path / "outbox.db")
+    await ob.open()
+    rx = Receiver("wecom")
+    await rx.start()
+    worker = _notifier(ob, _wecom(rx), retry_min_s=0.01, retry_max_s=0.05).workers[0]
+    book = _book(ob)
+    async with running(ob, worker):
+        await fill_disk(ob.db)
+        for _ in range(50):  # readings that no longer fit: the outbox goes to memory
+            ob.put(
+                Lane.TELEMETRY, "t", device="d", kind="telemetry", ts=0.0, data={"x": "y" * 1000}
+            )
+        await ob.flush()
+        assert ob.mode == "memory"
+        # The disk-full alarm itself, held in memory: it still reaches the guards.
+        book.raise_("outbox_disk_full", "gw1", "critical", en="disk full", zh="x")
+        await _until(lambda: len(rx.texts) == 1)
+        book.raise_("door_forced", "gate", "critical", en="gate forced", zh="x")
+        await _until(lambda: len(rx.texts) == 2)
+        await ob.db.execute("PRAGMA max_page_count=1073741823")  # space is back
+        book.raise_("fire", "b1", "critical", en="fire b1", zh="x")
+        await _until(lambda: len(rx.texts) == 3)
+        await _until(lambda: ob.mode == "disk")
+    assert [t.split("\n")[0].split("] ")[1] for t in rx.texts] == [
+        "disk full",
+        "gate forced",
+        "fire b1",
+    ]
+    assert json.loads(ob.state[cursor_key("ops")])["upto"] == worker.upto  # on disk now
     await ob.close()
     await rx.stop()
