@@ -67,7 +67,11 @@ class RobotConfig(Strict):
     timeout_s: float = Field(
         default=10, gt=0, le=60, description="Timeout of one request / 单次请求超时"
     )
-    enabled: bool = Field(default=True, description="Set false to pause this robot / 停用")
+    enabled: bool = Field(
+        default=True,
+        description="false: nothing is sent to this robot, and alarms "
+        "meanwhile are not kept for it / 停用（停用期间的告警不保留）",
+    )
 
     @field_validator("url")
     @classmethod
