@@ -38,6 +38,7 @@ from edge_agent.errors import OutboxError
 from edge_agent.http import HttpServer
 from edge_agent.link import OutboxLink
 from edge_agent.mqtt.publisher import MqttSettings, Publisher, response_properties
+from edge_agent.notify.worker import Notifier
 from edge_agent.outbox.store import Outbox
 from edge_agent.pipeline import ClockGate, build_pipeline
 from edge_agent.pipeline.patrol import Patrol
@@ -210,6 +211,15 @@ class Agent:
             store=OutboxAlarmStore(
                 self.outbox, self.outbox.path.with_name(self.outbox.path.name + ".alarms.json")
             ),
+        )
+        #: alarm delivery to people (edge_agent/notify): one task per robot, reading the
+        #: outbox's copy of the alarm messages with its own cursor
+        self.notify = Notifier(
+            cfg.notify,
+            self.outbox,
+            language=cfg.site.language,
+            tz=site_tz(cfg.site.timezone),
+            site=cfg.site.name,
         )
         #: guard patrol: a tap counting visits, deadlines checked with the outbox's tick
         self.patrol: Patrol | None = None
@@ -399,6 +409,10 @@ class Agent:
                         tg.create_task(self._device_task(dev_id, driver), name=f"device:{dev_id}")
                     )
                 http = tg.create_task(self.http.run(), name="http") if self.http.wanted else None
+                robots = [
+                    tg.create_task(w.run(), name=f"notify:{w.robot.id}")
+                    for w in self.notify.workers
+                ]
                 self.notifier.ready(
                     f"{len(self.drivers)} devices, outbox epoch {self.outbox.epoch}"
                 )
@@ -423,6 +437,9 @@ class Agent:
                 for t in main[4:]:
                     t.cancel()
                 await asyncio.gather(*main[4:], return_exceptions=True)
+                for t in robots:  # a cursor not yet saved repeats one message at the next start
+                    t.cancel()
+                await asyncio.gather(*robots, return_exceptions=True)
                 for t in hubs:  # after their devices: a device never sees its hub vanish
                     t.cancel()
                 await asyncio.gather(*hubs, return_exceptions=True)

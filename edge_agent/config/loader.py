@@ -38,6 +38,7 @@ from edge_agent.config.rules import RulesConfig, check_rules
 from edge_agent.config.yamlsrc import FileProblems, KeyProblem, SourceError
 from edge_agent.config.yamlsrc import load as load_yaml
 from edge_agent.errors import ConfigError
+from edge_agent.notify.config import NotifyConfig
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +134,10 @@ class AgentConfigBase(Strict):
         default_factory=RulesConfig,
         description="Alarm rules: the default set, site rule files, schedules (docs/alarms.md) "
         "/ 告警规则",
+    )
+    notify: NotifyConfig = Field(
+        default_factory=NotifyConfig,
+        description="Alarm delivery to team-chat robots and webhooks (docs/notify.md) / 告警推送",
     )
 
 
@@ -318,10 +323,21 @@ def _resolve_secrets(
     laptop), a reference that cannot be resolved here is a note, not an error."""
     from edge_agent.config.secrets import SecretError, is_reference, resolve
 
-    for path in SECRET_FIELDS:
+    # Robot URLs hold the robot's key: secrets like the others, one per list item.
+    notify = data.get("notify")
+    robots = notify.get("robots") if isinstance(notify, dict) else None
+    robot_fields: list[Path_] = [
+        ("notify", "robots", i, key)
+        for i in range(len(robots) if isinstance(robots, list) else 0)
+        for key in ("url", "secret")
+    ]
+    for path in (*SECRET_FIELDS, *robot_fields):
         parent: Any = data
         for part in path[:-1]:
-            parent = parent.get(part) if isinstance(parent, dict) else None
+            if isinstance(part, int):
+                parent = parent[part] if isinstance(parent, list) else None
+            else:
+                parent = parent.get(part) if isinstance(parent, dict) else None
         if not isinstance(parent, dict) or parent.get(path[-1]) is None:
             continue
         value = parent[path[-1]]

@@ -62,6 +62,7 @@ CREATE TABLE IF NOT EXISTS device_state(
     updated REAL NOT NULL,
     PRIMARY KEY(device, key)
 );
+CREATE TABLE IF NOT EXISTS notify_queue(seq INTEGER PRIMARY KEY, payload BLOB NOT NULL);
 """
 
 #: ``device_state`` key of a push device's cursor (its last committed record index)
@@ -189,6 +190,12 @@ class Outbox:
         #: state values queued by :meth:`put_state` (kept over a full disk)
         self._state_dirty: dict[tuple[str, str], str] = {}
         self._batches: list[_Batch] = []
+        #: keep a copy of every alarm message for the notification robots
+        #: (edge_agent/notify): they read it with their own cursors, so the publisher's
+        #: PUBACK (which deletes the outbox row) does not take it from them
+        self.notify_queue = False
+        self._notify_prune = 0
+        self._notify_pruned = 0
 
     # -- lifecycle -------------------------------------------------------
     async def open(self) -> None:
@@ -582,7 +589,12 @@ class Outbox:
 
     async def _flush(self) -> list[Row]:
         if self._db is None or not (
-            self._pending or self._acked or self._mem or self._batches or self._state_dirty
+            self._pending
+            or self._acked
+            or self._mem
+            or self._batches
+            or self._state_dirty
+            or self._notify_prune > self._notify_pruned
         ):
             return []
         pending, self._pending = self._pending, []
@@ -610,6 +622,14 @@ class Outbox:
                     [(r.seq, int(r.lane), r.topic, r.payload, r.created) for r in held + rows],
                 )
                 dirty["next_seq"] = str(seq)
+                if self.notify_queue:
+                    await db.executemany(
+                        "INSERT OR IGNORE INTO notify_queue(seq, payload) VALUES (?,?)",
+                        [(r.seq, r.payload) for r in held + rows if r.lane is Lane.ALARM],
+                    )
+            prune = self._notify_prune if self._notify_prune > self._notify_pruned else 0
+            if prune:
+                await db.execute("DELETE FROM notify_queue WHERE seq<=?", (prune,))
             if dirty:
                 await db.executemany(
                     "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", list(dirty.items())
@@ -670,6 +690,8 @@ class Outbox:
         for key in dirty:
             if self._meta_dirty.get(key) == dirty[key]:
                 del self._meta_dirty[key]
+        if prune:
+            self._notify_pruned = prune
         self.state.update(state)
         for skey, value in state.items():
             if self._state_dirty.get(skey) == value:
@@ -758,6 +780,30 @@ class Outbox:
     def mode(self) -> str:
         """``disk`` normally; ``memory`` while commits fail for lack of space."""
         return "memory" if self._mem or self.disk_error else "disk"
+
+    # -- the notification queue (edge_agent/notify) --------------------------
+    def prune_notify(self, upto: int) -> None:
+        """Every robot has delivered the alarms up to ``upto``: deleted with the next commit."""
+        self._notify_prune = max(self._notify_prune, upto)
+
+    async def fetch_notify(self, after_seq: int, limit: int) -> list[tuple[int, bytes]]:
+        """Alarm messages kept for the robots with ``seq > after_seq``, oldest first;
+        while the disk is full, also those held in memory."""
+        cur = await self.db.execute(
+            "SELECT seq, payload FROM notify_queue WHERE seq>? ORDER BY seq LIMIT ?",
+            (after_seq, limit),
+        )
+        rows = [(int(r[0]), bytes(r[1])) for r in await cur.fetchall()]
+        if self._mem:
+            known = {seq for seq, _ in rows}
+            rows += [
+                (r.seq, r.payload)
+                for r in self._mem
+                if r.lane is Lane.ALARM and r.seq > after_seq and r.seq not in known
+            ]
+            rows.sort()
+            rows = rows[:limit]
+        return rows
 
     # -- reading -----------------------------------------------------------
     async def fetch(self, lane: Lane, after_seq: int, before_seq: int, limit: int) -> list[Row]:

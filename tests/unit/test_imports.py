@@ -99,6 +99,7 @@ def _modules() -> dict[str, set[str]]:
     paths = [*ROOT.joinpath("edge_agent").glob("*.py"), *ROOT.joinpath("drivers").rglob("*.py")]
     paths += ROOT.joinpath("simulators").rglob("*.py")
     paths += ROOT.joinpath("edge_agent", "pipeline").rglob("*.py")
+    paths += ROOT.joinpath("edge_agent", "notify").rglob("*.py")
     return {_module_name(p): _absolute_imports(p) for p in paths}
 
 
@@ -127,6 +128,11 @@ RULES = [
         "the pipeline never knows MQTT, a device protocol or the tools",
         _group({"edge_agent.pipeline"}),
         _group(MQTT, DRIVERS, TOOLS, SIMULATORS),
+    ),
+    (
+        "the robots (notify) never know MQTT, the outbox's class, a device protocol or the tools",
+        _group({"edge_agent.notify"}),
+        _group(MQTT, OUTBOX, DRIVERS, TOOLS, SIMULATORS),
     ),
     (
         "simulators are written from the wire, never from the agent's code",
