@@ -6,7 +6,6 @@ command line."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import sys
@@ -17,11 +16,9 @@ import aiohttp
 import pytest
 
 from edge_agent.simulators.hikvision import ACS_EVENT, HikTerminal
+from tests import captures
 
 pytestmark = pytest.mark.integration
-
-REPO = Path(__file__).resolve().parents[2]
-FIXTURES = REPO.parent / "shared" / "fixtures" / "access" / "hik_isapi.json"
 
 
 def session(password: str) -> aiohttp.ClientSession:
@@ -70,12 +67,7 @@ async def test_login_search_pages_and_remote_door() -> None:
 
 
 def test_notifications_have_the_shape_of_a_real_terminal() -> None:
-    if not FIXTURES.is_file():
-        pytest.skip(
-            f"shared access fixtures absent ({FIXTURES}): they live beside the repository, "
-            "in the steering checkout's shared/ folder"
-        )
-    cases = {c["name"]: c for c in json.loads(FIXTURES.read_text(encoding="utf-8"))}
+    cases = {c["name"]: c for c in captures.load("hik_isapi.json")}
     real = cases["ds_k1t342mwx_alertstream_part_face_granted_5_75"]["decoded"]
     term = HikTerminal()
     ours = term.alert(term.face("E1"))

@@ -25,6 +25,7 @@ from edge_agent.drivers.dahua.events import (
     parse_record,
     to_event,
 )
+from tests import captures
 
 CONTENT_TYPE = "multipart/x-mixed-replace; boundary=myboundary"
 
@@ -480,19 +481,12 @@ def test_the_dahua_layer_imports_only_the_standard_library() -> None:
 
 # -- the third-party fixtures ---------------------------------------------------------------
 
-FIXTURES = (
-    Path(__file__).resolve().parents[2] / ".." / "shared" / "fixtures" / "access"
-).resolve() / "dahua_events.json"
-ABSENT = (
-    f"shared access fixtures absent ({FIXTURES}): they live beside the repository, "
-    "in the steering checkout's shared/ folder"
-)
+FIXTURES = captures.path("dahua_events.json")
+ABSENT = captures.absent("dahua_events.json")
 
 
 def _cases() -> list[Any]:
-    if not FIXTURES.is_file():
-        return [pytest.param(None, marks=pytest.mark.skip(reason=ABSENT), id="fixtures-absent")]
-    return [pytest.param(c, id=c["name"]) for c in json.loads(FIXTURES.read_text("utf-8"))]
+    return captures.params("dahua_events.json")
 
 
 def test_fixtures_are_found_relative_to_the_repository() -> None:

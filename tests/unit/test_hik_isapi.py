@@ -34,6 +34,7 @@ from edge_agent.drivers.hikvision.multipart import (
     MultipartParser,
     boundary_from_content_type,
 )
+from tests import captures
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 CUIABA = timezone(timedelta(hours=-4))  # the DS-K1T342MWX capture's zone
@@ -735,19 +736,12 @@ def test_search_answers_that_are_not_pages() -> None:
 
 # -- the third-party fixtures ---------------------------------------------------------------
 
-FIXTURES = (
-    Path(__file__).resolve().parents[2] / ".." / "shared" / "fixtures" / "access"
-).resolve() / "hik_isapi.json"
-ABSENT = (
-    f"shared access fixtures absent ({FIXTURES}): they live beside the repository, "
-    "in the steering checkout's shared/ folder"
-)
+FIXTURES = captures.path("hik_isapi.json")
+ABSENT = captures.absent("hik_isapi.json")
 
 
 def _cases() -> list[Any]:
-    if not FIXTURES.is_file():
-        return [pytest.param(None, marks=pytest.mark.skip(reason=ABSENT), id="fixtures-absent")]
-    return [pytest.param(c, id=c["name"]) for c in json.loads(FIXTURES.read_text("utf-8"))]
+    return captures.params("hik_isapi.json")
 
 
 def test_fixtures_are_found_relative_to_the_repository() -> None:

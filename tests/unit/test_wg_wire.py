@@ -29,6 +29,7 @@ from edge_agent.drivers.wg.wire import (
     UnexpectedFunctionError,
     UnknownFunctionError,
 )
+from tests import captures
 
 SERIAL = 223_456_789  # any 9-digit serial, as on the controller's label
 
@@ -411,19 +412,12 @@ def test_conversions_refuse_the_wrong_kind_of_datetime() -> None:
 
 # -- the third-party captures ---------------------------------------------------------------
 
-FIXTURES = (
-    Path(__file__).resolve().parents[2] / ".." / "shared" / "fixtures" / "access"
-).resolve() / "wg_short_packet.json"
-ABSENT = (
-    f"shared access fixtures absent ({FIXTURES}): they live beside the repository, "
-    "in the steering checkout's shared/ folder"
-)
+FIXTURES = captures.path("wg_short_packet.json")
+ABSENT = captures.absent("wg_short_packet.json")
 
 
 def _cases() -> list[Any]:
-    if not FIXTURES.is_file():
-        return [pytest.param(None, marks=pytest.mark.skip(reason=ABSENT), id="fixtures-absent")]
-    return [pytest.param(c, id=c["name"]) for c in json.loads(FIXTURES.read_text("utf-8"))]
+    return captures.params("wg_short_packet.json")
 
 
 def _text(value: Any) -> Any:
