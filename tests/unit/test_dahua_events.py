@@ -397,7 +397,7 @@ def test_unknown_codes_are_digital_inputs_never_dropped() -> None:
     assert to_event(DahuaEvent("Whatever", None, None, "not a dict")) is not None
 
 
-#: the event types of contract v1.1 (/work/shared/CONTRACT.md, docs/mqtt.md)
+#: the event types of contract v1.1 (shared/CONTRACT.md of the steering checkout, docs/mqtt.md)
 CONTRACT_TYPES = {
     "card_read", "door_opened", "door_closed", "door_forced", "door_held_open",
     "reader_tamper", "motion", "camera_tamper", "line_crossed", "people_count",
@@ -490,7 +490,7 @@ def _cases() -> list[Any]:
 
 
 def test_fixtures_are_found_relative_to_the_repository() -> None:
-    # from /work/wt-x, /work/main or a clone in /tmp/x: <repo>/../shared/fixtures
+    # from any checkout or clone: <repo>/../shared/fixtures
     repo = Path(__file__).resolve().parents[2]
     assert FIXTURES == (repo.parent / "shared" / "fixtures" / "access" / "dahua_events.json")
 

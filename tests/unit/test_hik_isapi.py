@@ -745,7 +745,7 @@ def _cases() -> list[Any]:
 
 
 def test_fixtures_are_found_relative_to_the_repository() -> None:
-    # from /work/wt-x, /work/main or a clone in /tmp/x: <repo>/../shared/fixtures
+    # from any checkout or clone: <repo>/../shared/fixtures
     repo = Path(__file__).resolve().parents[2]
     assert FIXTURES == (repo.parent / "shared" / "fixtures" / "access" / "hik_isapi.json")
 
@@ -937,7 +937,7 @@ def test_the_hikvision_package_imports_only_the_standard_library() -> None:
     assert {acsevent.__name__, multipart.__name__}  # the modules this file covers
 
 
-#: the event types of contract v1.1 (/work/shared/CONTRACT.md, docs/mqtt.md)
+#: the event types of contract v1.1 (shared/CONTRACT.md of the steering checkout, docs/mqtt.md)
 CONTRACT_TYPES = {
     "card_read", "door_opened", "door_closed", "door_forced", "door_held_open",
     "reader_tamper", "motion", "camera_tamper", "line_crossed", "people_count",

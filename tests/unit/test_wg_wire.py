@@ -663,7 +663,7 @@ def test_every_capture_is_a_case() -> None:
 
 
 def test_fixtures_are_found_relative_to_the_repository() -> None:
-    # from /work/wt-x, /work/main or a clone in /tmp/x: <repo>/../shared/fixtures
+    # from any checkout or clone: <repo>/../shared/fixtures
     repo = Path(__file__).resolve().parents[2]
     assert FIXTURES == (repo.parent / "shared" / "fixtures" / "access" / "wg_short_packet.json")
 

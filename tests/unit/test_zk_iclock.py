@@ -873,7 +873,7 @@ def test_every_capture_has_a_check() -> None:
 
 
 def test_fixtures_are_found_relative_to_the_repository() -> None:
-    # from /work/wt-x, /work/main or a clone in /tmp/x: <repo>/../shared/fixtures
+    # from any checkout or clone: <repo>/../shared/fixtures
     assert FIXTURES.parent.parent.parent == REPO.parent / "shared"
     assert REPO.joinpath("drivers", "zkteco", "iclock.py").is_file()
 
