@@ -88,6 +88,27 @@ class StateDb(Protocol):
     def put_state(self, device: str, key: str, value: str) -> None: ...
 
 
+class AlarmSink(Protocol):
+    """What a source of alarms (the rule engine, the guard patrol) needs of
+    :class:`AlarmBook`: a small surface, so it can be tested with a fake."""
+
+    def raise_(
+        self,
+        rule: str,
+        device: str,
+        severity: Any,
+        *,
+        en: str,
+        zh: str,
+        value: Any = None,
+        threshold: Any = None,
+    ) -> Any: ...
+
+    def clear(self, rule: str, device: str) -> None: ...
+
+    def find(self, rule: str, device: str) -> Any: ...
+
+
 #: ``device_state`` row of the alarm book: device "" is the gateway itself
 ALARM_STATE = ("", "alarms")
 

@@ -40,8 +40,9 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, tzinfo
-from typing import Any, Protocol
+from typing import Any
 
+from edge_agent.alarms.lifecycle import AlarmSink
 from edge_agent.config.rules import DAYS, MEANS, Rule, RuleSet, Schedule, parse_span
 from edge_agent.pipeline.base import Message
 from edge_agent.pipeline.failures import Failures
@@ -60,26 +61,6 @@ CHATTER_RULE = "chattering"
 FLOOD_N = 10
 FLOOD_S = 60.0
 FLOOD_RULE = "alarm_flood_{category}"
-
-
-class AlarmSink(Protocol):
-    """What the engine needs of :class:`~edge_agent.alarms.lifecycle.AlarmBook`."""
-
-    def raise_(
-        self,
-        rule: str,
-        device: str,
-        severity: Any,
-        *,
-        en: str,
-        zh: str,
-        value: Any = None,
-        threshold: Any = None,
-    ) -> Any: ...
-
-    def clear(self, rule: str, device: str) -> None: ...
-
-    def find(self, rule: str, device: str) -> Any: ...
 
 
 class ScheduleClock:

@@ -33,8 +33,9 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
-from typing import Any, Protocol
+from typing import Protocol
 
+from edge_agent.alarms.lifecycle import AlarmSink
 from edge_agent.config.patrol import Checkpoint, PatrolConfig, Route
 from edge_agent.envelope import iso_ms
 from edge_agent.pipeline.base import Message
@@ -48,26 +49,6 @@ PATROL_STATE = ("", "patrol")
 #: deadlines that passed while the agent was down wait this long after a start, so
 #: that the drivers can catch up the reads the devices kept meanwhile
 CATCHUP_S = 120.0
-
-
-class AlarmSink(Protocol):
-    """What the patrol needs of :class:`~edge_agent.alarms.lifecycle.AlarmBook`."""
-
-    def raise_(
-        self,
-        rule: str,
-        device: str,
-        severity: Any,
-        *,
-        en: str,
-        zh: str,
-        value: Any = None,
-        threshold: Any = None,
-    ) -> Any: ...
-
-    def find(self, rule: str, device: str) -> Any: ...
-
-    def clear(self, rule: str, device: str) -> None: ...
 
 
 class StateDb(Protocol):
