@@ -25,6 +25,7 @@ from edge_agent.drivers.hikvision.driver import HikvisionDriver, HikvisionHub
 from edge_agent.errors import DeviceError, NotDurableError
 from edge_agent.simulators.hikvision import HikTerminal
 from edge_agent.supervisor import Agent
+from tests import captures
 from tests.contract import check_envelope
 from tests.mqtt_helpers import MqttBroker, MqttSubscriber, Received, mqtt_subscriber, publish
 
@@ -539,9 +540,6 @@ async def test_an_unknown_code_is_published_raw_and_logged_once(
     assert logged[0].levelno == logging.WARNING
 
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "access" / "hik_isapi.json"
-
-
 async def test_real_push_bodies_posted_to_the_route(caplog: pytest.LogCaptureFixture) -> None:
     # bodies of real terminals (../shared/fixtures/access/hik_isapi.json), POSTed over HTTP
     from aiohttp import ClientSession
@@ -549,10 +547,9 @@ async def test_real_push_bodies_posted_to_the_route(caplog: pytest.LogCaptureFix
     from edge_agent.config.models import HttpConfig
     from edge_agent.http import HttpServer
 
-    if not FIXTURES.exists():
-        pytest.skip(f"{FIXTURES} is not on this machine")
+    real = captures.load("hik_isapi.json")
     caplog.set_level(logging.DEBUG, logger="edge_agent.drivers.hikvision")
-    cases = {c["name"]: c["text"].encode() for c in json.loads(FIXTURES.read_text("utf-8"))}
+    cases = {c["name"]: c["text"].encode() for c in real}
     server = HttpServer(HttpConfig(bind="127.0.0.1:0"))
     term = HikTerminal(password=PASSWORD)  # answers the catch-up search after a gap
     await term.start()

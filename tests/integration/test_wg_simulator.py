@@ -38,9 +38,7 @@ from edge_agent.simulators.wg import (
     run_rush,
     rush_schedule,
 )
-
-REPO = Path(__file__).resolve().parents[2]
-FIXTURES = REPO.parent / "shared" / "fixtures" / "access" / "wg_short_packet.json"
+from tests import captures
 
 SERIAL = 423187757
 OTHER = 405419896
@@ -490,9 +488,7 @@ async def test_unplugged_stays_silent_records_on_and_the_log_catches_up(
 
 
 def _captures() -> list[dict[str, Any]]:
-    if not FIXTURES.is_file():
-        pytest.skip(f"{FIXTURES} is absent (a clone without ../shared): captures not replayed")
-    cases = json.loads(FIXTURES.read_text(encoding="utf-8"))
+    cases = captures.load("wg_short_packet.json")
     return [c for c in cases if c["direction"] == "host->device" and "bytes_hex" in c]
 
 

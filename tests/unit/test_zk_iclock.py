@@ -45,6 +45,7 @@ from edge_agent.drivers.zkteco.iclock import (
     parse_upload,
     plan_commit,
 )
+from tests import captures
 
 SN = "CRJP230860129"
 GATE = Reader("gate-1", "gate")
@@ -639,17 +640,12 @@ def test_zkteco_protocol_layer_imports_only_the_standard_library() -> None:
 # -- the third-party captures -----------------------------------------------------------------
 
 REPO = Path(__file__).resolve().parents[2]
-FIXTURES = REPO.parent / "shared" / "fixtures" / "access" / "zk_push.json"
-ABSENT = (
-    f"shared access fixtures absent ({FIXTURES}): they live beside the repository, "
-    "in the steering checkout's shared/ folder"
-)
+FIXTURES = captures.path("zk_push.json")
+ABSENT = captures.absent("zk_push.json")
 
 
 def _cases() -> list[Any]:
-    if not FIXTURES.is_file():
-        return [pytest.param(None, marks=pytest.mark.skip(reason=ABSENT), id="fixtures-absent")]
-    return [pytest.param(c, id=c["name"]) for c in json.loads(FIXTURES.read_text("utf-8"))]
+    return captures.params("zk_push.json")
 
 
 def _request_line(line: str) -> iclock.Request:
