@@ -27,13 +27,11 @@ Everything here is pure (bytes in, values or an exception out); the driver does 
 from __future__ import annotations
 
 import ipaddress
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta, timezone, tzinfo
+from datetime import UTC, date, datetime, time, tzinfo
 from enum import IntEnum
 from typing import Generic, TypeVar
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 FRAME_LEN = 64
 #: the start byte of every frame
@@ -195,24 +193,6 @@ def _decode_long_date(raw: bytes, what: str) -> date | None:
 
 
 # -- time zones -----------------------------------------------------------------------------
-
-_OFFSET = re.compile(r"^(?:UTC)?([+-])(\d{1,2})(?::?(\d{2}))?$")
-
-
-def site_tz(name: str) -> tzinfo:
-    """The zone of a site as the config names it: an IANA name (``Asia/Shanghai``) or a
-    fixed offset (``+08:00``, ``UTC+8``, ``-0330``). Raises ValueError for anything else."""
-    m = _OFFSET.match(name.strip())
-    if m:
-        sign, hours, minutes = m.group(1), int(m.group(2)), int(m.group(3) or 0)
-        if hours > 23 or minutes > 59:
-            raise ValueError(f"time zone offset {name!r} out of range")
-        delta = timedelta(hours=hours, minutes=minutes)
-        return timezone(-delta if sign == "-" else delta)
-    try:
-        return ZoneInfo(name.strip())
-    except (ZoneInfoNotFoundError, ValueError) as err:
-        raise ValueError(f"unknown time zone {name!r}") from err
 
 
 def local_to_utc(local: datetime, tz: tzinfo) -> datetime:
