@@ -600,6 +600,9 @@ class Outbox:
         pending, self._pending = self._pending, []
         acked, self._acked = self._acked, []
         batches, self._batches = self._batches, []
+        if batches and self._soon is not None:
+            self._soon.cancel()  # the commit it was due for is this one
+            self._soon = None
         self._urgent = False  # an alarm only made this commit come sooner
         every = pending + [p for b in batches for p in b.pending]
         if every:
