@@ -33,6 +33,8 @@ AlarmState = Literal["active_unacked", "active_acked", "cleared_unacked", "clear
 
 Put = Callable[..., None]
 SetRetained = Callable[[str, dict[str, Any] | None], None]
+#: called with an alarm's ``data()`` after each transition is in the outbox
+Listener = Callable[[dict[str, Any]], None]
 
 
 class AlarmError(ValueError):
@@ -176,6 +178,20 @@ class AlarmBook:
         #: where the alarms that are still active or unacknowledged are kept, so a
         #: restart neither forgets them nor answers "no active alarm" to their ack
         self.store = store
+        self._listeners: list[Listener] = []
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call ``listener`` with the alarm's data after every transition (the local
+        console, the siren). A listener that raises is logged and never stops the
+        transition or the other listeners."""
+        self._listeners.append(listener)
+
+    def _tell(self, data: dict[str, Any]) -> None:
+        for listener in self._listeners:
+            try:
+                listener(data)
+            except Exception:
+                log.exception("alarm listener %r failed", listener)
 
     # -- persistence -------------------------------------------------------------
     def _save(self) -> None:
@@ -231,6 +247,7 @@ class AlarmBook:
         if not visible:
             self.alarms.pop(alarm.alarm_id, None)
         self._save()
+        self._tell(alarm.data())
 
     def find(self, rule: str, device: str) -> Alarm | None:
         for alarm in self.alarms.values():

@@ -212,3 +212,25 @@ class _JsonFile:
 
     def save(self, text: str) -> None:
         self.path.write_text(text, encoding="utf-8")
+
+
+def test_listeners_hear_every_transition_and_a_failing_one_stops_nothing(
+    book: tuple[AlarmBook, Sink],
+) -> None:
+    alarms, sink = book
+    heard: list[tuple[str, str]] = []
+
+    def broken(data: dict[str, Any]) -> None:
+        raise RuntimeError("listener bug")
+
+    alarms.add_listener(broken)
+    alarms.add_listener(lambda d: heard.append((d["alarm_id"], d["state"])))
+    a = alarms.raise_("outbox_disk_full", "gw1", "major", en="disk full", zh="磁盘已满")
+    alarms.ack(a.alarm_id, "guard")
+    alarms.clear("outbox_disk_full", "gw1")
+    assert heard == [
+        (a.alarm_id, "active_unacked"),
+        (a.alarm_id, "active_acked"),
+        (a.alarm_id, "cleared"),
+    ]
+    assert [d["state"] for d in sink.put] == ["active_unacked", "active_acked", "cleared"]
