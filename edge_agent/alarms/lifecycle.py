@@ -289,7 +289,8 @@ class AlarmBook:
         log.info("alarm %s cleared", alarm.alarm_id)
         self._emit(alarm)
 
-    def ack(self, alarm_id: str, by: str) -> dict[str, Any]:
+    def ack(self, alarm_id: str, by: str, *, origin: str = "") -> dict[str, Any]:
+        """Acknowledge; ``origin`` says from where (``mqtt``, ``console 10.0.0.5``)."""
         alarm = self.alarms.get(alarm_id)
         if alarm is None:
             raise AlarmError(f"no active alarm {alarm_id!r}")
@@ -297,10 +298,11 @@ class AlarmBook:
             raise AlarmError(f"alarm {alarm_id!r} is already acknowledged")
         alarm.acked_by = by
         alarm.state = "active_acked" if alarm.active else "cleared"
+        log.info("alarm %s acknowledged by %s%s", alarm_id, by, f" ({origin})" if origin else "")
         self._emit(alarm)
         return {"alarm_id": alarm_id, "state": alarm.state}
 
-    def shelve(self, alarm_id: str, by: str, minutes: float) -> dict[str, Any]:
+    def shelve(self, alarm_id: str, by: str, minutes: float, *, origin: str = "") -> dict[str, Any]:
         alarm = self.alarms.get(alarm_id)
         if alarm is None:
             raise AlarmError(f"no active alarm {alarm_id!r}")
@@ -309,6 +311,13 @@ class AlarmBook:
         alarm.acked_by = by
         alarm.state = "shelved"
         alarm.shelved_until = time.monotonic() + minutes * 60
+        log.info(
+            "alarm %s shelved for %g min by %s%s",
+            alarm_id,
+            minutes,
+            by,
+            f" ({origin})" if origin else "",
+        )
         self._emit(alarm)
         return {
             "alarm_id": alarm_id,
