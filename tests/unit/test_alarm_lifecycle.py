@@ -5,6 +5,7 @@ the database matters, the real outbox."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from datetime import datetime
@@ -440,3 +441,69 @@ def test_a_suppress_schedule_holds_alarms_and_brings_back_what_is_still_true() -
     audit = [(e["action"], e["origin"]) for e in book.audit(limit=50)]
     assert ("suppressed", "rules: schedule maintenance") in audit
     assert ("unsuppressed", "rules: schedule maintenance") in audit
+
+
+# -- 2. the audit log from the command line --------------------------------------------
+
+
+async def test_edge_agent_alarms_audit_prints_the_log_while_the_agent_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from edge_agent.cli import main
+
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text("site: {id: s, gateway_id: g}\noutbox: {path: state/outbox.db}\n")
+    assert main(["alarms", "audit", "-c", str(cfg)]) == 1  # no database yet: says so
+    assert "no outbox database" in capsys.readouterr().err
+    ob = Outbox(tmp_path / "state" / "outbox.db")
+    await ob.open()
+    book, _, _ = new_book(Clock(), OutboxAlarmStore(ob))
+    a = co2(book)
+    b = co2(book, device="r102-air")
+    book.ack(a.alarm_id, "guard-1", origin="console 10.0.0.5")
+    book.ack(a.alarm_id, "duty", origin="mqtt request_id=r9")
+    book.take_out_of_service("co2_high", "tech-1", device="r102-air", origin="console 10.0.0.6")
+    await ob.flush()  # the database stays open: the agent is running
+    assert main(["alarms", "audit", "-c", str(cfg)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 6
+    assert lines[0].startswith("2027-01-15T08:00:00.000Z  raised")
+    assert (
+        f"ack              {a.alarm_id}  active_acked  by guard-1  (console 10.0.0.5)" in lines[2]
+    )
+    assert lines[3].endswith("by duty  (mqtt request_id=r9)  [no change]")
+    assert "out_of_service   co2_high@r102-air  by tech-1  (console 10.0.0.6)" in lines[4]
+    assert main(["alarms", "audit", "-c", str(cfg), "--alarm", b.alarm_id, "--json"]) == 0
+    entries = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(e["action"], e["state"]) for e in entries] == [
+        ("raised", "active_unacked"),
+        ("hidden", "cleared"),
+    ]
+    assert main(["alarms", "audit", "-c", str(cfg), "--limit", "1"]) == 0
+    assert capsys.readouterr().out.count("\n") == 1
+    await ob.close()
+
+
+def test_check_config_reports_out_of_service_and_suppress_mistakes(tmp_path: Path) -> None:
+    from edge_agent.config.rules import RulesConfig, load_rules
+
+    rules = tmp_path / "ours.yaml"
+    rules.write_text(
+        "rules:\n  - id: lab_co2\n    metric: co2\n    above: 1200\n    suppress: maintenence\n"
+    )
+    cfg = RulesConfig.model_validate(
+        {"files": ["ours.yaml"], "out_of_service": ["lab_co2@b2-*", "co2_hihg"]}
+    )
+    _, config_problems, file_problems = load_rules(cfg, tmp_path)
+    assert file_problems == [
+        f"{rules}:5  rules[0].suppress  unknown schedule 'maintenence' (known: lessons, "
+        "school_day) / 未定义的作息表"
+    ]
+    rules.write_text("rules:\n  - {id: lab_co2, metric: co2, above: 1200}\n")
+    _, config_problems, file_problems = load_rules(cfg, tmp_path)
+    assert file_problems == []
+    assert config_problems == [
+        (("rules", "out_of_service", 1), "no rule 'co2_hihg' to take out of service / 没有该规则")
+    ]
+    with pytest.raises(ValueError, match="rule@device"):
+        RulesConfig.model_validate({"out_of_service": ["lab_co2@"]})
