@@ -150,3 +150,49 @@ async def test_an_ack_given_on_the_console_while_the_uplink_was_down_converges(
     audit = [(e["action"], e["by"], e["origin"], e["changed"]) for e in agent.alarms.audit()]
     assert ("ack", "duty-office", "mqtt request_id=plat-1", False) in audit
     assert ("ack", "guard-1", "console 127.0.0.1", True) in audit
+
+
+async def test_an_alarm_finished_on_the_console_during_an_outage_leaves_the_broker_too(
+    tmp_path: Path, persistent_mqtt_broker: MqttBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cleared before anyone acknowledged it, then acknowledged on the console while the
+    uplink is down: once the link is back the retained topic is removed at the broker as
+    well, so the platform does not show a finished alarm as open for ever."""
+    broker = persistent_mqtt_broker
+    rx = Receiver("feishu", "fs-secret")
+    await rx.start()
+    monkeypatch.setenv("ROBOT_URL", rx.url)
+    monkeypatch.setenv("ROBOT_SECRET", "fs-secret")
+    platform = await asyncio.to_thread(PersistentSubscriber, broker, f"{ROOT}/#")
+    agent = make_agent(tmp_path, broker)
+    task = asyncio.create_task(agent.run())
+    topic = ""
+
+    def retained_payloads() -> list[bytes]:
+        return [p for _x, t, p in platform.messages if t == topic]
+
+    try:
+        await asyncio.wait_for(agent.publisher.connected.wait(), 10)
+        alarm = agent.alarms.raise_("door_forced", "b1-gate", "critical", en="forced", zh="强行")
+        agent.alarms.clear("door_forced", "b1-gate")  # cleared_unacked: stays visible
+        topic = f"{ROOT}/alarms/active/{alarm.alarm_id}"
+        await asyncio.to_thread(
+            platform.wait, lambda _m: len(retained_payloads()) == 2, 15, "the retained states"
+        )
+        await asyncio.to_thread(broker.stop)
+        await until(lambda: not agent.publisher.connected.is_set())
+        assert agent.alarms.ack(alarm.alarm_id, "guard-1", origin="console 127.0.0.1")["state"] == (
+            "cleared"
+        )
+        await asyncio.to_thread(broker.start)
+        await asyncio.to_thread(
+            platform.wait,
+            lambda _m: b"" in retained_payloads(),
+            15,
+            "the removal of the retained topic",
+        )
+    finally:
+        agent.stop()
+        await asyncio.wait_for(task, 15)
+        await asyncio.to_thread(platform.close)
+        await rx.stop()
