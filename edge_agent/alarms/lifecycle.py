@@ -61,7 +61,8 @@ Listener = Callable[[dict[str, Any]], None]
 #: why an alarm is out of view without being acknowledged (the ``suppressed`` data field)
 Suppressed = Literal["out_of_service", "schedule"]
 
-#: finished alarms (cleared and acknowledged) remembered for late acks and shelves
+#: finished alarms (cleared and acknowledged) remembered for late acks and shelves;
+#: after a restart those of the last :data:`AUDIT_MEMORY` audit entries
 FINISHED_MAX = 500
 #: audit entries kept in memory for :meth:`AlarmBook.audit` (the database keeps more)
 AUDIT_MEMORY = 1000
@@ -348,6 +349,7 @@ class AlarmBook:
             "rule": alarm.rule if alarm is not None else rule,
             "device": alarm.device if alarm is not None else device,
             "state": alarm.state if alarm is not None else state,
+            "acked_by": alarm.acked_by if alarm is not None else None,
             "by": by,
             "origin": origin,
             "changed": changed,
@@ -382,7 +384,6 @@ class AlarmBook:
         doc = {
             "version": 2,
             "alarms": entries,
-            "finished": [{"alarm_id": k, **v} for k, v in self._finished.items()],
             "out_of_service": [
                 s.data() | {"since": s.since}
                 for s in self.suppressions.values()
@@ -400,6 +401,14 @@ class AlarmBook:
         """
         if isinstance(self.store, AuditStore):
             self._audit.extend(reversed(self.store.recent_audit(AUDIT_MEMORY)))
+            # Finished alarms, for late acks, from the audit (it is in the same
+            # transactions): saving them with the open alarms would rewrite them all
+            # on every transition, on an SD card.
+            for e in self._audit:
+                if e.get("state") == "cleared" and e.get("changed") and e.get("alarm_id"):
+                    self._remember_finished(
+                        str(e["alarm_id"]), e.get("rule"), e.get("device"), e.get("acked_by")
+                    )
         text = self.store.load() if self.store is not None else None
         if text is None:
             return 0
@@ -408,7 +417,6 @@ class AlarmBook:
             entries = doc["alarms"]
             names = {f.name for f in dataclasses.fields(Alarm)}
             restored = [Alarm(**{k: v for k, v in e.items() if k in names}) for e in entries]
-            finished = [dict(f) for f in doc.get("finished", [])]
             oos = [
                 Suppression(
                     o["rule"], o["device"], "out_of_service", o.get("by"), o.get("origin", "")
@@ -419,8 +427,6 @@ class AlarmBook:
         except (ValueError, KeyError, TypeError, AttributeError) as err:
             log.error("the saved alarms are unreadable and were ignored: %s", err)
             return 0
-        for f in finished:
-            self._finished[str(f.pop("alarm_id"))] = f
         for sup, t in zip(oos, since, strict=True):
             sup.since = t
             self.suppressions.setdefault(sup.key, sup)
@@ -461,17 +467,20 @@ class AlarmBook:
         )
         if not visible:
             self.alarms.pop(alarm.alarm_id, None)
-            self._finished[alarm.alarm_id] = {
-                "rule": alarm.rule,
-                "device": alarm.device,
-                "state": alarm.state,
-                "acked_by": alarm.acked_by,
-                "suppressed": alarm.suppressed,
-            }
-            while len(self._finished) > FINISHED_MAX:
-                self._finished.popitem(last=False)
+            self._remember_finished(alarm.alarm_id, alarm.rule, alarm.device, alarm.acked_by)
         self._save()
         self._tell(alarm.data())
+
+    def _remember_finished(self, alarm_id: str, rule: Any, device: Any, acked_by: Any) -> None:
+        self._finished[alarm_id] = {
+            "rule": rule,
+            "device": device,
+            "state": "cleared",
+            "acked_by": acked_by,
+        }
+        self._finished.move_to_end(alarm_id)
+        while len(self._finished) > FINISHED_MAX:
+            self._finished.popitem(last=False)
 
     def find(self, rule: str, device: str) -> Alarm | None:
         for alarm in self.alarms.values():
