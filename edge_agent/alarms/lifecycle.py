@@ -721,6 +721,11 @@ class AlarmBook:
         self._save()
         return {"rule": rule, "device": device, "changed": True}
 
+    def out_of_view(self) -> list[dict[str, Any]]:
+        """What is out of service or suppressed now (for the console): rule, device
+        pattern, reason, by, origin, since, configured."""
+        return [sup.data() for sup in self.suppressions.values()]
+
     def suppress(self, rule: str, on: bool, *, origin: str = "rules") -> None:
         """Inside (``on``) or outside the rule's ``suppress:`` schedule (the rule engine)."""
         key = ("schedule", rule, "*")

@@ -336,6 +336,13 @@ def test_out_of_service_hides_the_alarm_holds_the_condition_and_reraises_it() ->
     assert heard[-1]["suppressed"] == "out_of_service"
     assert sink.active(a.alarm_id) is None
     assert book.find("co2_high", "r102-air") is other  # another device: untouched
+    [listed] = book.out_of_view()
+    assert (listed["rule"], listed["device"], listed["reason"], listed["by"]) == (
+        "co2_high",
+        "r101-*",
+        "out_of_service",
+        "tech-1",
+    )
     assert "suppressed" not in sink.put[0]  # normal alarms carry no such field
     n = len(sink.put)
     co2(book)  # still true, or again: not raised
