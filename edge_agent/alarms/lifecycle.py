@@ -179,6 +179,8 @@ class AlarmSink(Protocol):
 
     def suppress(self, rule: str, on: bool, *, origin: str = ...) -> None: ...
 
+    def is_suppressed(self, rule: str, device: str) -> bool: ...
+
 
 #: ``device_state`` row of the alarm book: device "" is the gateway itself
 ALARM_STATE = ("", "alarms")
@@ -494,6 +496,10 @@ class AlarmBook:
                 return sup
         return None
 
+    def is_suppressed(self, rule: str, device: str) -> bool:
+        """True while ``rule`` on ``device`` is out of service or suppressed."""
+        return self._suppressed_by(rule, device) is not None
+
     def raise_(
         self,
         rule: str,
@@ -612,6 +618,7 @@ class AlarmBook:
             }
         alarm.acked_by = by
         alarm.state = "active_acked" if alarm.active else "cleared"
+        alarm.shelved_until = alarm.shelved_until_wall = alarm.shelve_s = None  # ends a shelve
         log.info("alarm %s acknowledged by %s%s", alarm_id, by, f" ({origin})" if origin else "")
         self._record("ack", alarm=alarm, by=by, origin=origin)
         self._emit(alarm)

@@ -299,7 +299,9 @@ class RuleEngine:
         track.pending_since = None
         # a suppressed rule goes straight to the book, which holds it: it must neither
         # chatter nor count towards a flood while nobody is meant to hear of it
-        suppressed = self._suppressed.get(rule.id, False)
+        suppressed = self._suppressed.get(rule.id, False) or self.alarms.is_suppressed(
+            rule.id, device
+        )
         if not suppressed:
             track.raises.append(now)
         if suppressed:

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from edge_agent.alarms.lifecycle import AlarmBook, AlarmError, OutboxAlarmStore
-from edge_agent.alarms.rules import RuleEngine
+from edge_agent.alarms.rules import FLOOD_N, RuleEngine
 from edge_agent.commands import CommandRouter, alarm_ack_handler
 from edge_agent.config.rules import RuleFile, RuleSet
 from edge_agent.envelope import Lane
@@ -514,3 +514,21 @@ def test_check_config_reports_out_of_service_and_suppress_mistakes(tmp_path: Pat
     ]
     with pytest.raises(ValueError, match="rule@device"):
         RulesConfig.model_validate({"out_of_service": ["lab_co2@"]})
+
+
+def test_a_rule_out_of_service_neither_chatters_nor_floods() -> None:
+    parsed = RuleFile.model_validate(
+        {"rules": [{"id": "co2_high", "metric": "co2", "above": 1500, "deadband": 0}]}
+    )
+    clock = Clock()
+    book, sink, _ = new_book(clock, out_of_service=["co2_high@b1-*"])
+    engine = RuleEngine(RuleSet(parsed.rules, {}), SHANGHAI, book, now=clock.wall)
+    for _ in range(FLOOD_N + 1):
+        for room in range(12):  # flapping, and more rooms than a flood needs
+            engine.see(Message("telemetry", f"b1-r{room}", {"co2": 1600}, ts=clock.wall()))
+            engine.see(Message("telemetry", f"b1-r{room}", {"co2": 1400}, ts=clock.wall()))
+        clock.advance(1)
+    engine.tick()
+    assert sink.put == []
+    engine.see(Message("telemetry", "b2-r1", {"co2": 1600}, ts=clock.wall()))
+    assert [(d["rule"], d["device"]) for d in sink.put] == [("co2_high", "b2-r1")]
