@@ -313,7 +313,9 @@ class AlarmBook:
         self._audit: collections.deque[dict[str, Any]] = collections.deque(maxlen=AUDIT_MEMORY)
         for target in out_of_service:
             rule, device = parse_target(target)
-            sup = Suppression(rule, device, "out_of_service", origin="config", configured=True)
+            sup = Suppression(
+                rule, device, "out_of_service", None, "config", self.clock.wall(), configured=True
+            )
             self.suppressions[sup.key] = sup
 
     def add_listener(self, listener: Listener) -> None:
