@@ -1,4 +1,4 @@
-"""``edge-agent``: run, check-config, doctor, tail, sim, demo, bench, probe, pseudonym.
+"""``edge-agent``: run, check-config, doctor, alarms, tail, sim, demo, bench, probe, pseudonym.
 
 Exit codes: 0 ok, 1 bad config or failed start, 2 usage, 130 interrupted.
 """
@@ -126,6 +126,30 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         pymodbus_log.setLevel(level)
     print(format_table(rows))
     return exit_code(rows)
+
+
+def cmd_alarms_audit(args: argparse.Namespace) -> int:
+    """Print the alarm audit log from the outbox database (the agent may be running)."""
+    import json
+
+    from edge_agent.alarms.audit import AuditUnreadable, format_entry, read_audit
+    from edge_agent.config.loader import AgentConfigBase
+
+    cfg = _load(args.config)
+    assert isinstance(cfg, AgentConfigBase)
+    path = Path(cfg.outbox.path)
+    if not path.is_absolute():
+        path = Path(args.config).parent / path
+    try:
+        entries = read_audit(path, args.limit, alarm_id=args.alarm)
+    except AuditUnreadable as err:
+        print(f"{err}", file=sys.stderr)
+        return 1
+    for entry in reversed(entries):  # oldest first, as a log reads
+        print(json.dumps(entry, ensure_ascii=False) if args.json else format_entry(entry))
+    if not entries and not args.json:
+        print("no audit entries / 暂无审计记录", file=sys.stderr)
+    return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -418,6 +442,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ps.add_argument("--hex", action="store_true", help="the cards are printed in hex / 十六进制")
     ps.set_defaults(fn=cmd_pseudonym)
+
+    al = sub.add_parser("alarms", help="the alarm audit log / 告警审计日志")
+    al_sub = al.add_subparsers(dest="alarms_command", required=True)
+    au = al_sub.add_parser(
+        "audit",
+        help="who acknowledged, shelved, took out of service what, when, from where / 告警操作审计",
+        description="Print the alarm audit log kept in the outbox database, oldest first "
+        "(works while the agent runs) / 显示缓存数据库中的告警审计日志",
+    )
+    au.add_argument("-c", "--config", required=True, help="YAML config file (for outbox.path)")
+    au.add_argument("--limit", type=int, default=50, help="newest N entries (default 50)")
+    au.add_argument("--alarm", help="only this alarm id / 只显示该告警")
+    au.add_argument("--json", action="store_true", help="one JSON object a line")
+    au.set_defaults(fn=cmd_alarms_audit)
 
     t = sub.add_parser("tail", help="subscribe and pretty-print the contract topics / 查看上报数据")
     t.add_argument(

@@ -590,22 +590,35 @@ def door_handler(lookup: Callable[[str], Any]) -> Handler:
     return handle
 
 
-def alarm_ack_handler(ack: Callable[[str, str], dict[str, Any]]) -> Handler:
-    """``alarm_ack {alarm_id, by}``."""
+def mqtt_origin(args: dict[str, Any]) -> str:
+    """Where an alarm command came from, for the alarm audit: ``mqtt``, its request id,
+    and the sender and message id when the platform puts them in the request."""
+    parts = ["mqtt", f"request_id={args.get('request_id')}"]
+    for key in ("sender", "msg_id"):
+        value = args.get(key)
+        if isinstance(value, str) and value:
+            parts.append(f"{key}={value[:64]!r}")
+    return " ".join(parts)
+
+
+def alarm_ack_handler(ack: Callable[..., dict[str, Any]]) -> Handler:
+    """``alarm_ack {alarm_id, by}``: ``ack(alarm_id, by, origin=...)``."""
 
     async def handle(args: dict[str, Any]) -> dict[str, Any]:
-        return ack(_field(args, "alarm_id", str), _field(args, "by", str))
+        alarm_id = _field(args, "alarm_id", str)
+        return ack(alarm_id, _field(args, "by", str), origin=mqtt_origin(args))
 
     return handle
 
 
-def alarm_shelve_handler(shelve: Callable[[str, str, float], dict[str, Any]]) -> Handler:
-    """``alarm_shelve {alarm_id, by, minutes}``."""
+def alarm_shelve_handler(shelve: Callable[..., dict[str, Any]]) -> Handler:
+    """``alarm_shelve {alarm_id, by, minutes}``: ``shelve(alarm_id, by, minutes, origin=...)``."""
 
     async def handle(args: dict[str, Any]) -> dict[str, Any]:
         alarm_id = _field(args, "alarm_id", str)
         by = _field(args, "by", str)
-        return shelve(alarm_id, by, float(_field(args, "minutes", (int, float))))
+        minutes = float(_field(args, "minutes", (int, float)))
+        return shelve(alarm_id, by, minutes, origin=mqtt_origin(args))
 
     return handle
 

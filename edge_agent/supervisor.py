@@ -171,6 +171,8 @@ class Agent:
             max_bytes=o.max_bytes,
             commit_interval_s=o.commit_interval_ms / 1000,
             commit_max_batch=o.commit_max_batch,
+            audit_max_rows=o.audit_max_rows,
+            audit_max_days=o.audit_max_days,
         )
         self.publisher = Publisher(self.settings, self.outbox)
         self.clock: Clock = clock or SystemClock(cfg.clock.sync_check, cfg.clock.sync_file)
@@ -211,6 +213,8 @@ class Agent:
             store=OutboxAlarmStore(
                 self.outbox, self.outbox.path.with_name(self.outbox.path.name + ".alarms.json")
             ),
+            clock=self.clock,
+            out_of_service=cfg.rules.out_of_service,
         )
         #: alarm delivery to people (edge_agent/notify): one task per robot, reading the
         #: outbox's copy of the alarm messages with its own cursor

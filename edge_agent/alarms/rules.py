@@ -61,6 +61,8 @@ CHATTER_RULE = "chattering"
 FLOOD_N = 10
 FLOOD_S = 60.0
 FLOOD_RULE = "alarm_flood_{category}"
+#: the alarm audit's ``origin`` of what the engine raises and clears
+ORIGIN = "rules"
 
 
 class ScheduleClock:
@@ -215,6 +217,9 @@ class RuleEngine:
             elif rule.type == "offline":
                 self.offline.append(rule)
         self.tracks: dict[tuple[str, str], _Track] = {}
+        #: rules with a ``suppress:`` schedule, and whether it held when last looked at
+        self._suppress = {r.id: r.suppress for r in self.rules if r.suppress is not None}
+        self._suppressed: dict[str, bool] = {}
         self._match_cache: dict[tuple[str, str], bool] = {}
         self.failures = Failures("tap", "the alarm rules are tried again / 告警规则出错，稍后重试")
         self.counts = {
@@ -274,17 +279,38 @@ class RuleEngine:
             f"{device}：{what} {_fmt(track.value)}（规则 {rule.id}，限值 {self._threshold(rule)}）",
         )
 
+    def _check_suppress(self, rule_id: str, now: float) -> None:
+        """Tell the book when a rule's ``suppress:`` schedule starts or ends: while it
+        holds the book annunciates nothing of the rule and raises what is still true
+        when it ends (docs/alarms.md)."""
+        schedule = self._suppress.get(rule_id)
+        if schedule is None:
+            return
+        on = self.clock.is_in(schedule, now)
+        if self._suppressed.get(rule_id, False) != on:
+            self._suppressed[rule_id] = on
+            self.alarms.suppress(rule_id, on, origin=f"{ORIGIN}: schedule {schedule}")
+
     def _raise(
         self, rule: Rule, device: str, track: _Track, now: float, *, fold: bool = True
     ) -> None:
+        self._check_suppress(rule.id, now)
         track.active = True
         track.pending_since = None
-        track.raises.append(now)
-        if len(track.raises) == CHATTER_N and now - track.raises[0] <= CHATTER_S:
+        # a suppressed rule goes straight to the book, which holds it: it must neither
+        # chatter nor count towards a flood while nobody is meant to hear of it
+        suppressed = self._suppressed.get(rule.id, False) or self.alarms.is_suppressed(
+            rule.id, device
+        )
+        if not suppressed:
+            track.raises.append(now)
+        if suppressed:
+            fold = False
+        elif len(track.raises) == CHATTER_N and now - track.raises[0] <= CHATTER_S:
             if not track.chattering:
                 track.chattering = True
                 self.counts["rules_chattering"] += 1
-                self.alarms.clear(rule.id, device)
+                self.alarms.clear(rule.id, device, origin=ORIGIN)
                 self.alarms.raise_(
                     CHATTER_RULE,
                     device,
@@ -295,6 +321,7 @@ class RuleEngine:
                     f"{CHATTER_S:.0f} s (chattering); its alarms are held until it is calm.",
                     zh=f"{device}：规则 {rule.id} 在 {CHATTER_S:.0f} 秒内触发 {CHATTER_N} 次"
                     "（抖动），平稳前不再逐次告警。",
+                    origin=ORIGIN,
                 )
             return
         if track.chattering:
@@ -311,6 +338,7 @@ class RuleEngine:
             zh=zh,
             value=_fmt(track.value),
             threshold=self._threshold(rule),
+            origin=ORIGIN,
         )
 
     def _fold(self, rule: Rule, device: str, now: float) -> bool:
@@ -334,6 +362,7 @@ class RuleEngine:
                 "folded into this one until it is calm (see the devices' values).",
                 zh=f"{FLOOD_S:.0f} 秒内{cat}类告警超过 {FLOOD_N} 条：后续告警合并为本条，"
                 "平稳后逐条发出。",
+                origin=ORIGIN,
             )
         self._folded[cat].add((rule.id, device))
         self._flood_last[cat] = now
@@ -345,7 +374,7 @@ class RuleEngine:
         for cat in [c for c in self._folded if now - self._flood_last[c] > FLOOD_S]:
             folded = self._folded.pop(cat)
             self._flood_times[cat].clear()
-            self.alarms.clear(FLOOD_RULE.format(category=cat), self.gateway)
+            self.alarms.clear(FLOOD_RULE.format(category=cat), self.gateway, origin=ORIGIN)
             for rule_id, device in sorted(folded):
                 track = self.tracks.get((rule_id, device))
                 if track is not None and track.active and rule_id in by_id:
@@ -358,7 +387,7 @@ class RuleEngine:
         if track.chattering:
             return
         self.counts["rules_cleared"] += 1
-        self.alarms.clear(rule.id, device)
+        self.alarms.clear(rule.id, device, origin=ORIGIN)
 
     # -- the tap ------------------------------------------------------------------
     def see(self, msg: Message) -> None:
@@ -496,6 +525,8 @@ class RuleEngine:
 
     def _tick(self) -> None:
         now = self.now()
+        for rule_id in self._suppress:
+            self._check_suppress(rule_id, now)
         if self._folded:
             self._end_floods(now)
         by_id = {r.id: r for r in self.rules}
@@ -504,7 +535,7 @@ class RuleEngine:
             if track.chattering and track.raises and now - track.raises[-1] > CHATTER_S:
                 track.chattering = False
                 track.raises.clear()
-                self.alarms.clear(CHATTER_RULE, device)
+                self.alarms.clear(CHATTER_RULE, device, origin=ORIGIN)
                 if track.active:  # calm, and the condition still holds: its own alarm
                     track.active = False
                     self._raise(rule, device, track, now)

@@ -253,6 +253,18 @@ class OutboxConfig(Strict):
     commit_max_batch: int = Field(
         default=2000, ge=1, description="Commit earlier when this many are waiting"
     )
+    audit_max_rows: int = Field(
+        default=10_000,
+        ge=100,
+        description="Alarm audit log (who acknowledged, shelved, took out of service what, "
+        "when, from where): the newest this many entries are kept / 告警审计日志保留条数",
+    )
+    audit_max_days: float = Field(
+        default=90,
+        gt=0,
+        description="Alarm audit entries older than this many days are deleted "
+        "/ 告警审计日志保留天数",
+    )
 
 
 def site_tz(name: str) -> tzinfo:

@@ -141,6 +141,11 @@ class Rule(Strict):
     schedule: str = Field(
         default="school_day", description="mean: school_day: the schedule of the school day"
     )
+    suppress: str | None = Field(
+        default=None,
+        description="While this schedule is in (a maintenance window, holidays) the rule's "
+        "alarms are not annunciated; still true after it, they come back / 按作息表抑制",
+    )
     source: str | None = Field(
         default=None, description="The clause the limit comes from, e.g. 'GB/T 18883-2022 表1'"
     )
@@ -174,7 +179,7 @@ class Rule(Strict):
 
     def schedules_used(self) -> list[tuple[str, str]]:
         """(field, schedule name) pairs this rule refers to."""
-        out = [(k, v) for k in ("only_in", "only_outside") if (v := getattr(self, k))]
+        out = [(k, v) for k in ("only_in", "only_outside", "suppress") if (v := getattr(self, k))]
         if self.mean == "school_day":
             out.append(("schedule", self.schedule))
         return out
@@ -207,6 +212,23 @@ class RulesConfig(Strict):
         default_factory=list,
         description="Dates (YYYY-MM-DD) on which every schedule is out / 节假日（所有作息表）",
     )
+    out_of_service: list[str] = Field(
+        default_factory=list,
+        description="Rules out of service: 'rule' or 'rule@device' (the device may be a "
+        "shell pattern, 'co2_high@b1-*'); they raise nothing and their open alarms leave "
+        "view until taken out of this list / 停用（退出服务）的规则",
+    )
+
+    @field_validator("out_of_service")
+    @classmethod
+    def check_out_of_service(cls, value: list[str]) -> list[str]:
+        for text in value:
+            rule, at, device = text.partition("@")
+            if not rule or (at and not device):
+                raise ValueError(
+                    f"{text!r}: write 'rule' or 'rule@device' / 请写成 规则 或 规则@设备"
+                )
+        return value
 
 
 class RuleFileProblems(yamlsrc.FileProblems):
@@ -341,6 +363,15 @@ def load_rules(cfg: RulesConfig, base: Path) -> tuple[RuleSet, list[tuple[Path_,
             if rule_id not in out.origin:
                 config_problems.append(
                     (("rules", "disable", j), f"no rule {rule_id!r} to disable / 没有该规则")
+                )
+        for j, target in enumerate(cfg.out_of_service):
+            rule_id = target.partition("@")[0]
+            if rule_id not in out.origin:
+                config_problems.append(
+                    (
+                        ("rules", "out_of_service", j),
+                        f"no rule {rule_id!r} to take out of service / 没有该规则",
+                    )
                 )
     if cfg.holidays:
         out.schedules = {

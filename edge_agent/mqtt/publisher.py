@@ -179,11 +179,15 @@ class Publisher:
     def set_retained(self, topic: str, payload: dict[str, Any] | None, qos: int = 1) -> None:
         """Keep ``topic`` retained with ``payload`` (None clears it); sent now if connected."""
         data = b"" if payload is None else _dumps(payload)
-        if payload is None:
+        sent = self._publish_direct(topic, data, qos=qos, retain=True)
+        if payload is not None:
+            self._retained[topic] = (data, qos)
+        elif sent:
             self._retained.pop(topic, None)
         else:
-            self._retained[topic] = (data, qos)
-        self._publish_direct(topic, data, qos=qos, retain=True)
+            # Removed while the link is down (an alarm acknowledged on the console): the
+            # broker still holds the old payload, so the removal is sent on connect too.
+            self._retained[topic] = (b"", qos)
 
     def publish_direct(
         self,
@@ -398,7 +402,8 @@ class Publisher:
             self.topics.status, _dumps(self._status_payload("online")), qos=1, retain=True
         )
         for topic, (data, qos) in list(self._retained.items()):
-            self._publish_direct(topic, data, qos=qos, retain=True)
+            if self._publish_direct(topic, data, qos=qos, retain=True) and not data:
+                del self._retained[topic]  # a removal, done
         self.connected.set()
         self._work.set()
 

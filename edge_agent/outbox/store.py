@@ -63,7 +63,20 @@ CREATE TABLE IF NOT EXISTS device_state(
     PRIMARY KEY(device, key)
 );
 CREATE TABLE IF NOT EXISTS notify_queue(seq INTEGER PRIMARY KEY, payload BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS alarm_audit(
+    id INTEGER PRIMARY KEY,
+    ts REAL NOT NULL,
+    alarm_id TEXT,
+    action TEXT NOT NULL,
+    entry TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS alarm_audit_ts ON alarm_audit(ts);
 """
+
+#: alarm audit entries read into memory at open (the alarm book's ``audit()``)
+AUDIT_RECENT = 1000
+#: audit entries held in memory while the disk is full, at most
+AUDIT_MEMORY_MAX = 10_000
 
 #: ``device_state`` key of a push device's cursor (its last committed record index)
 CURSOR = "cursor"
@@ -139,6 +152,8 @@ class Outbox:
         commit_interval_s: float = 0.5,
         commit_max_batch: int = 2000,
         memory_max: int = 50_000,
+        audit_max_rows: int = 10_000,
+        audit_max_days: float = 90.0,
     ) -> None:
         self.path = Path(path)
         self.max_bytes = max_bytes
@@ -196,6 +211,14 @@ class Outbox:
         self.notify_queue = False
         self._notify_prune = 0
         self._notify_pruned = 0
+        #: the alarm audit log (``alarm_audit``): entries queued by :meth:`put_audit`,
+        #: written in the same transaction as the alarm messages they explain; the
+        #: table keeps the newest ``audit_max_rows`` entries of the last ``audit_max_days``
+        self.audit_max_rows = audit_max_rows
+        self.audit_max_days = audit_max_days
+        self._audit_dirty: list[tuple[float, str | None, str, str]] = []
+        #: the newest entries at open, newest first (the alarm book loads them)
+        self.audit_recent: list[dict[str, Any]] = []
 
     # -- lifecycle -------------------------------------------------------
     async def open(self) -> None:
@@ -291,6 +314,14 @@ class Outbox:
             (r[0], r[1]): r[2]
             for r in await db.execute_fetchall("SELECT device, key, value FROM device_state")
         }
+        self.audit_recent = []
+        for r in await db.execute_fetchall(
+            "SELECT entry FROM alarm_audit ORDER BY id DESC LIMIT ?", (AUDIT_RECENT,)
+        ):
+            try:
+                self.audit_recent.append(json.loads(r[0]))
+            except ValueError:
+                continue
         row = await (await db.execute("SELECT MAX(seq) FROM outbox")).fetchone()
         max_seq = row[0] if row and row[0] is not None else 0
         self._next_seq = max(int(meta.get("next_seq", "1")), max_seq + 1)
@@ -524,6 +555,24 @@ class Outbox:
         self._state_dirty[(device, key)] = value
         self._wake.set()
 
+    def put_audit(self, entry: dict[str, Any]) -> None:
+        """Save an alarm audit entry in the next commit, in the same transaction as the
+        alarm messages put before it. A full disk keeps the newest
+        :data:`AUDIT_MEMORY_MAX` in memory until a commit works again."""
+        ts = time.time()
+        alarm_id = entry.get("alarm_id")
+        self._audit_dirty.append(
+            (
+                ts,
+                alarm_id if isinstance(alarm_id, str) else None,
+                str(entry.get("action")),
+                _ENCODER.encode(entry),
+            )
+        )
+        if len(self._audit_dirty) > AUDIT_MEMORY_MAX:
+            del self._audit_dirty[: len(self._audit_dirty) - AUDIT_MEMORY_MAX]
+        self._wake.set()
+
     async def commit(
         self, messages: list[_Pending], state: dict[tuple[str, str], str] | None = None
     ) -> None:
@@ -594,12 +643,14 @@ class Outbox:
             or self._mem
             or self._batches
             or self._state_dirty
+            or self._audit_dirty
             or self._notify_prune > self._notify_pruned
         ):
             return []
         pending, self._pending = self._pending, []
         acked, self._acked = self._acked, []
         batches, self._batches = self._batches, []
+        audit, self._audit_dirty = self._audit_dirty, []
         if batches and self._soon is not None:
             self._soon.cancel()  # the commit it was due for is this one
             self._soon = None
@@ -646,6 +697,8 @@ class Outbox:
                     "VALUES (?,?,?,?)",
                     [(d, k, v, now) for (d, k), v in state.items()],
                 )
+            if audit:
+                await self._write_audit(db, audit)
             await db.execute("COMMIT")
         except sqlite3.Error as err:
             try:
@@ -657,6 +710,7 @@ class Outbox:
                 self._pending = pending + self._pending
                 self._acked = acked + self._acked
                 self._batches = batches + self._batches
+                self._audit_dirty = audit + self._audit_dirty
                 raise OutboxError(f"outbox commit failed: {err}") from err
             if batches:
                 # Durable commits are refused, not held: their seqs are handed back (the
@@ -671,6 +725,7 @@ class Outbox:
                         )
             self._hold_in_memory(rows, acked_set, str(err))
             self._acked = acked + self._acked
+            self._audit_dirty = (audit + self._audit_dirty)[-AUDIT_MEMORY_MAX:]
             self._next_seq = seq
             self._write_seq_guard(held=seq)
             # The publisher may count these as done: held rows that were acked are
@@ -710,6 +765,24 @@ class Outbox:
             self._size_check_due = now + 10
             await self.enforce_cap()
         return rows
+
+    async def _write_audit(
+        self, db: aiosqlite.Connection, audit: list[tuple[float, str | None, str, str]]
+    ) -> None:
+        """Insert audit entries and apply the retention (inside the caller's transaction).
+
+        Rows are only ever deleted from the oldest end, so ids stay contiguous and
+        ``id <= newest - max_rows`` keeps exactly the newest ``max_rows``."""
+        cur = await db.executemany(
+            "INSERT INTO alarm_audit(ts, alarm_id, action, entry) VALUES (?,?,?,?)", audit
+        )
+        await cur.close()
+        row = await (await db.execute("SELECT MAX(id) FROM alarm_audit")).fetchone()
+        newest = int(row[0]) if row and row[0] is not None else 0
+        await db.execute("DELETE FROM alarm_audit WHERE id<=?", (newest - self.audit_max_rows,))
+        await db.execute(
+            "DELETE FROM alarm_audit WHERE ts<?", (time.time() - self.audit_max_days * 86400,)
+        )
 
     def _build_rows(self, pending: list[_Pending]) -> list[Row]:
         rows: list[Row] = []

@@ -279,7 +279,7 @@ class Patrol:
         for device in {s.checkpoint.device for s in run.stops}:
             alarm = self.alarms.find(RULE, device)
             if alarm is not None and getattr(alarm, "value", None) in ids:
-                self.alarms.clear(RULE, device)
+                self.alarms.clear(RULE, device, origin="patrol")
 
     # -- deadlines ----------------------------------------------------------------
     def tick(self) -> None:
@@ -338,4 +338,5 @@ class Patrol:
             f"{run.local(deadline)} (round of {run.local(start)}).",
             zh=f"巡更漏检：路线「{run.label}」{run.local(start)} 这一轮未在 "
             f"{run.local(deadline)} 前到达巡更点「{name}」。",
+            origin="patrol",
         )

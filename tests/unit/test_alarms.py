@@ -60,8 +60,6 @@ def test_cleared_while_unacked_stays_until_acked(book: tuple[AlarmBook, Sink]) -
         "acked_by",
         "snapshot",
     }
-    with pytest.raises(AlarmError):
-        alarms.ack(a.alarm_id, "guard-1")
 
 
 def test_acked_then_cleared_goes_away(book: tuple[AlarmBook, Sink]) -> None:
@@ -121,11 +119,12 @@ async def test_open_alarms_survive_a_restart(tmp_path: Path) -> None:
     assert after.load() == 3
     assert set(after.alarms) == {corrupt.alarm_id, full.alarm_id, shelved.alarm_id}
     assert after.alarms[corrupt.alarm_id].state == "cleared_unacked"
-    # retained topics are set again; the shelve ended with the restart
+    # retained topics are set again; the shelve goes on (tests below: for how long)
     topic = f"campus/s/g/alarms/active/{full.alarm_id}"
     assert sink2.retained[topic]["state"] == "active_unacked"
-    assert after.alarms[shelved.alarm_id].state == "active_unacked"
-    assert [d["state"] for d in sink2.put] == ["active_unacked"]  # the unshelve
+    assert after.alarms[shelved.alarm_id].state == "shelved"
+    assert sink2.retained[f"campus/s/g/alarms/active/{shelved.alarm_id}"]["state"] == "shelved"
+    assert sink2.put == []  # a restart is no transition
     # the alarm raised before the restart can be acknowledged after it
     assert after.ack(corrupt.alarm_id, "ops")["state"] == "cleared"
     # a condition still there is not raised twice

@@ -152,6 +152,7 @@ def test_a_missed_checkpoint_raises_one_alarm_with_rule_device_severity_message(
         "(round of 22:00)."
     )
     assert c.retained[f"{ROOT}/alarms/active/{alarm['alarm_id']}"]["state"] == "active_unacked"
+    assert c.book.audit(limit=1)[0]["origin"] == "patrol"  # the audit says who raised it
 
 
 def test_the_message_is_in_chinese_for_a_chinese_site_and_severity_defaults_to_major() -> None:
