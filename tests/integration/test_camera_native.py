@@ -189,7 +189,7 @@ async def test_hik_camera_wrong_password_is_offline_with_the_reason(
         with mqtt_subscriber(mqtt_broker, f"{root}/#") as sub:
             async with running(agent):
                 off = await wait_state(sub, root, "offline")
-    assert "401" in off["last_error"]
+    assert "wrong user or password (HTTP 401)" in off["last_error"]
     assert cam.seen
     assert not any(ok for _m, _p, ok in cam.seen)
 
@@ -339,7 +339,7 @@ async def test_dahua_wrong_password_cut_stream_and_heartbeat_silence(
         with mqtt_subscriber(mqtt_broker, f"{root}/#") as sub:
             async with running(agent):
                 off = await wait_state(sub, root, "offline")
-                assert "401" in off["last_error"]
+                assert "wrong user or password (HTTP 401)" in off["last_error"]
             monkeypatch.setenv("CAM_PW", PASSWORD)
             agent = agent_for(tmp_path, mqtt_broker, "dahua-faults", dahua(cam.port))
             async with running(agent):
