@@ -26,6 +26,7 @@ from edge_agent.drivers.hikvision_camera import alerts
 from edge_agent.drivers.hikvision_camera.alerts import Line
 from edge_agent.drivers.hikvision_camera.config import HikvisionCameraDevice
 from edge_agent.drivers.hikvision_camera.driver import HikvisionCameraDriver
+from edge_agent.errors import NotDurableError
 
 SHANGHAI = timezone(timedelta(hours=8))
 
@@ -259,3 +260,49 @@ def test_the_edges_and_hik_camera_mapping_import_only_the_standard_library() -> 
                 continue
             for n in names:
                 assert n.split(".")[0] in sys.stdlib_module_names, f"{path.name}: {n}"
+
+
+# -- events the outbox refuses ----------------------------------------------------------------
+
+
+class RefusingLink:
+    """A DeviceLink whose outbox refuses commits while ``refuse`` is set (a full disk)."""
+
+    device_id = "cam2"
+    cursor = None
+
+    def __init__(self) -> None:
+        self.refuse = True
+        self.committed: list[Any] = []
+        self.states: list[tuple[str, str | None]] = []
+
+    def telemetry(self, data: Any, *, ts: Any = None, quality: str = "good") -> None:
+        raise AssertionError("no telemetry")
+
+    async def commit(self, events: Any, *, cursor: str | None = None) -> None:
+        if self.refuse:
+            raise NotDurableError("disk full")
+        self.committed += list(events)
+
+    def state(self, state: str, reason: str | None = None) -> None:
+        self.states.append((state, reason))
+
+
+async def test_events_the_outbox_refuses_wait_in_memory_and_go_out_with_the_next() -> None:
+    driver = DahuaDriver(dahua_config(), DriverContext({}))
+    link = RefusingLink()
+    driver._open = True
+    _alive, found = driver.take([DahuaEvent("VideoBlind", "Start", 0)], 0.0)
+    await driver._commit(link, found)  # type: ignore[arg-type]
+    assert link.committed == []
+    assert link.states[-1][0] == "degraded"
+    assert len(driver._pending) == 1
+    link.refuse = False
+    _alive, found = driver.take([DahuaEvent("VideoBlind", "Stop", 0)], 1.0)
+    await driver._commit(link, found)  # type: ignore[arg-type]
+    assert [(e.type, e.data["active"]) for e in link.committed] == [
+        ("camera_tamper", True),
+        ("camera_tamper", False),
+    ]
+    assert link.states[-1] == ("online", None)
+    assert driver._pending == []
