@@ -202,3 +202,30 @@ class StreamCamera:
         finally:
             self._streams.pop(queue, None)
         return resp
+
+
+COMMON_COMMANDS = """\
+unplug / plug                                  the network cable out / in
+silence / resume                               hang (no heartbeat) / answer again
+cut                                            close every stream in the middle of a part
+"""
+
+
+async def common_command(cam: StreamCamera, cmd: str) -> str | None:
+    """The scenario commands every camera takes; None when ``cmd`` is not one."""
+    if cmd == "unplug":
+        await cam.unplug()
+        return "unplugged"
+    if cmd == "plug":
+        await cam.plug()
+        return f"listening on {cam.host}:{cam.port}"
+    if cmd == "silence":
+        cam.silence()
+        return "silent"
+    if cmd == "resume":
+        cam.resume()
+        return "answering"
+    if cmd == "cut":
+        cam.cut(b"--cut\r\nContent-Type: text/pl")
+        return "streams cut"
+    return None

@@ -30,7 +30,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .camstream import StreamCamera
+from .camstream import COMMON_COMMANDS, StreamCamera, common_command
 
 BOUNDARY = "myboundary"
 EVENT_MANAGER = "/cgi-bin/eventManager.cgi"
@@ -101,3 +101,36 @@ class DahuaCamera(StreamCamera):
             beat = None
         wanted = None if "All" in codes else set(codes)
         return await self.serve_stream(request, beat, wanted)
+
+
+COMMANDS = (
+    """\
+start CODE [INDEX] [JSON]                      Code=CODE;action=Start (VideoMotion,
+                                               CrossLineDetection, CrossRegionDetection,
+                                               VideoBlind, SceneChange, ...)
+stop CODE [INDEX] [JSON]                       action=Stop
+pulse CODE [INDEX] [JSON]                      action=Pulse
+"""
+    + COMMON_COMMANDS
+)
+
+
+async def run_command(cam: DahuaCamera, line: str) -> str:
+    """Run one scenario command (see :data:`COMMANDS`); ``ValueError`` for a bad one."""
+    words = line.split(maxsplit=3)
+    if not words:
+        return ""
+    cmd, args = words[0], words[1:]
+    common = await common_command(cam, cmd)
+    if common is not None:
+        return common
+    actions = {"start": "Start", "stop": "Stop", "pulse": "Pulse"}
+    if cmd not in actions:
+        raise ValueError(f"unknown command {cmd!r}")
+    try:
+        index = int(args[1]) if len(args) > 1 else 0
+        data = json.loads(args[2]) if len(args) > 2 else None
+        cam.record(args[0], actions[cmd], index, data)
+    except (IndexError, json.JSONDecodeError) as err:
+        raise ValueError(f"bad arguments for {cmd}: {err}") from None
+    return f"Code={args[0]};action={actions[cmd]};index={index}"

@@ -34,7 +34,7 @@ from datetime import datetime, timedelta, timezone, tzinfo
 
 from aiohttp import web
 
-from .camstream import StreamCamera
+from .camstream import COMMON_COMMANDS, StreamCamera, common_command
 
 BOUNDARY = "boundary"
 ALERT_STREAM = "/ISAPI/Event/notification/alertStream"
@@ -171,3 +171,54 @@ class HikCamera(StreamCamera):
         if request.path == ALERT_STREAM and request.method == "GET":
             return await self.serve_stream(request)
         return None
+
+
+COMMANDS = (
+    """\
+begin TYPE [CHANNEL] [REGION,...]              an alarm starts (VMD, linedetection,
+                                               fielddetection, shelteralarm), repeated
+end TYPE [CHANNEL] [REGION,...] [silent]       it ends (silent: no inactive post)
+post TYPE [active|inactive] [CHANNEL] [REGION,...]   one post
+"""
+    + COMMON_COMMANDS
+)
+
+
+def _regions(text: str | None) -> tuple[int, ...]:
+    return tuple(int(r) for r in text.split(",") if r) if text else ()
+
+
+async def run_command(cam: HikCamera, line: str) -> str:
+    """Run one scenario command (see :data:`COMMANDS`); ``ValueError`` for a bad one."""
+    words = line.split()
+    if not words:
+        return ""
+    cmd, args = words[0], words[1:]
+    common = await common_command(cam, cmd)
+    if common is not None:
+        return common
+    try:
+        if cmd == "begin":
+            channel = int(args[1]) if len(args) > 1 else 1
+            cam.begin(
+                args[0], channel=channel, regions=_regions(args[2] if len(args) > 2 else None)
+            )
+        elif cmd == "end":
+            rest = [a for a in args[1:] if a != "silent"]
+            channel = int(rest[0]) if rest else 1
+            regions = _regions(rest[1] if len(rest) > 1 else None)
+            cam.end(args[0], channel=channel, regions=regions, inactive="silent" not in args)
+        elif cmd == "post":
+            state = args[1] if len(args) > 1 else "active"
+            channel = int(args[2]) if len(args) > 2 else 1
+            cam.post(
+                args[0],
+                state,
+                channel=channel,
+                regions=_regions(args[3] if len(args) > 3 else None),
+            )
+        else:
+            raise ValueError(f"unknown command {cmd!r}")
+    except (IndexError, KeyError) as err:
+        raise ValueError(f"bad arguments for {cmd}: {err}") from None
+    return f"{cmd} {' '.join(args)}".strip()
