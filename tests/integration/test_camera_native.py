@@ -173,6 +173,13 @@ async def test_hik_camera_alarms_arrive_as_edges_never_as_repeats(
     ]
     assert events[2]["data"]["direction"] == "in"
     assert events[0]["data"]["channel"] == 1
+    # the default rules: one tamper alarm for one covering, none for its end
+    raised = [
+        json.loads(m.payload)["data"]
+        for m in sub.messages
+        if m.topic == f"{root}/alarms" and json.loads(m.payload)["data"]["rule"] == "camera_tamper"
+    ]
+    assert [a["state"] for a in raised if a["state"] == "active_unacked"] == ["active_unacked"]
     driver = agent.drivers[DEVICE]
     assert isinstance(driver, HikvisionCameraDriver)
     assert driver.edges.repeats >= 10
