@@ -148,7 +148,6 @@ class CameraStreamDriver:
             (
                 "events",
                 "heartbeats",
-                "repeats",
                 "connects",
                 "skipped",
                 "truncated",
