@@ -38,7 +38,10 @@ class DahuaDevice(CameraStreamDevice):
     def check_codes(cls, value: list[str]) -> list[str]:
         for code in value:
             if not _CODE.match(code):
-                raise ValueError(f"event code {code!r}: letters, digits and _ only")
+                raise ValueError(
+                    f"event code {code!r}: letters, digits and _ only "
+                    "/ 事件代码只能含字母、数字和下划线"
+                )
         return value
 
     @model_validator(mode="after")
@@ -46,7 +49,8 @@ class DahuaDevice(CameraStreamDevice):
         if self.heartbeat_s >= self.silence_s:
             raise ValueError(
                 f"heartbeat_s ({self.heartbeat_s}) must be shorter than silence_s "
-                f"({self.silence_s:g}): the camera would look silent between heartbeats"
+                f"({self.silence_s:g}): the camera would look silent between heartbeats "
+                "/ 心跳间隔须小于静默超时"
             )
         return self
 

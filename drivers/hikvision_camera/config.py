@@ -58,11 +58,13 @@ class HikvisionCameraDevice(CameraStreamDevice):
         for z in self.zones:
             if (z.channel, z.region) in seen:
                 where = f"region {z.region}" if z.region is not None else "motion detection"
-                raise ValueError(f"channel {z.channel} {where} is named twice")
+                raise ValueError(f"channel {z.channel} {where} is named twice / 区域重复命名")
             seen.add((z.channel, z.region))
         lines: set[tuple[int, int]] = set()
         for line in self.lines:
             if (line.channel, line.region) in lines:
-                raise ValueError(f"channel {line.channel} line {line.region} is named twice")
+                raise ValueError(
+                    f"channel {line.channel} line {line.region} is named twice / 警戒线重复命名"
+                )
             lines.add((line.channel, line.region))
         return self
