@@ -82,7 +82,10 @@ class HikvisionCameraDriver(CameraStreamDriver):
                 continue
             if not isinstance(n, Other):
                 continue
-            ts = None if n.time is None else n.time.timestamp()
+            # the stream is live: an event's time is when it arrived. Camera clocks are often
+            # wrong (no NTP on a school VLAN), and an end found by hold_s has no camera time,
+            # so both edges of an alarm are stamped by the gateway's clock
+            ts = None
             if n.state == "inactive":
                 for key in ended_keys(self.edges.active(), n.event_type, n.channel, n.regions):
                     ended = self.edges.stop(key)

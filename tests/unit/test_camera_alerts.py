@@ -183,6 +183,10 @@ def test_the_hik_driver_turns_repeats_into_edges_and_inactive_into_the_end() -> 
     _alive, out = driver.take([Heartbeat()], 2.0)
     assert out == []
     assert driver.counts["heartbeats"] == 1
+    # a camera whose clock is years off: the event is stamped when the gateway read it
+    wrong_clock = Other("VMD", "active", channel=1, time=datetime(2019, 1, 1, tzinfo=UTC))
+    _alive, out = driver.take([wrong_clock], 3.0)
+    assert [ts for _c, ts in out] == [None]
 
 
 # -- Dahua edges ------------------------------------------------------------------------------
