@@ -186,6 +186,31 @@ async def test_hik_camera_alarms_arrive_as_edges_never_as_repeats(
     assert driver.counts["heartbeats"] >= 1
 
 
+async def test_hik_camera_pictures_on_the_stream_never_leave_the_gateway(
+    tmp_path: Path, mqtt_broker: MqttBroker
+) -> None:
+    root = "campus/hikcam-pictures/gw1"
+    async with HikCamera(password=PASSWORD, heartbeat_s=0.2, pictures=True) as cam:
+        agent = agent_for(tmp_path, mqtt_broker, "hikcam-pictures", hik(cam.port))
+        with mqtt_subscriber(mqtt_broker, f"{root}/#") as sub:
+            async with running(agent):
+                await wait_state(sub, root, "online")
+                cam.post("linedetection", regions=(1,))  # an XML part, then a JPEG part
+                cam.post("fielddetection", regions=(2,))
+                await wait_events(sub, root, 3)  # the intrusion ends hold_s later
+    assert brief(events_of(sub, root)) == [
+        ("line_crossed", "ch1-line1", None),
+        ("motion", "ch1-field2", True),
+        ("motion", "ch1-field2", False),
+    ]
+    for m in sub.messages:
+        assert b"JFIF" not in m.payload
+        assert b"person0" not in m.payload
+    driver = agent.drivers[DEVICE]
+    assert isinstance(driver, HikvisionCameraDriver)
+    assert driver.counts["skipped"] == 0
+
+
 async def test_hik_camera_wrong_password_is_offline_with_the_reason(
     tmp_path: Path, mqtt_broker: MqttBroker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
