@@ -122,6 +122,15 @@ class StreamCamera:
     def stream_content_type(self) -> str:
         raise NotImplementedError
 
+    #: snapshots served so far (the vendor's snapshot path)
+    snapshots: int = 0
+
+    def snapshot(self, channel: int) -> web.Response:
+        """A small JPEG of ``channel`` (SOI ... EOI), as the vendor's snapshot path answers."""
+        self.snapshots += 1
+        body = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + f"ch{channel}".encode() * 64 + b"\xff\xd9"
+        return web.Response(body=body, content_type="image/jpeg")
+
     def heartbeat_part(self) -> bytes:
         raise NotImplementedError
 

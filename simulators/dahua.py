@@ -4,6 +4,8 @@ Written from the Dahua HTTP API ("Event Management": ``eventManager.cgi?action=a
 the stream samples described in ``../shared/fixtures/access/README.md``, never from the
 agent's driver. Over HTTP on one port, behind digest authentication (:mod:`.camstream`):
 
+``GET /cgi-bin/snapshot.cgi?channel=N``
+    a JPEG of the channel (the snapshot URL).
 ``GET /cgi-bin/eventManager.cgi?action=attach&codes=[All]&heartbeat=N``
     ``multipart/x-mixed-replace; boundary=myboundary``, endless. Each part is
     ``--myboundary``, ``Content-Type: text/plain``, ``Content-Length`` (counting the
@@ -34,6 +36,7 @@ from .camstream import COMMON_COMMANDS, StreamCamera, common_command
 
 BOUNDARY = "myboundary"
 EVENT_MANAGER = "/cgi-bin/eventManager.cgi"
+SNAPSHOT = "/cgi-bin/snapshot.cgi"
 
 
 @dataclass
@@ -85,6 +88,11 @@ class DahuaCamera(StreamCamera):
         )
 
     async def route(self, request: web.Request) -> web.StreamResponse | None:
+        if request.path == SNAPSHOT and request.method == "GET":
+            try:
+                return self.snapshot(int(request.query.get("channel", "1")))
+            except ValueError:
+                return web.Response(status=400, text="Error\r\nBad Request!\r\n")
         if request.path != EVENT_MANAGER or request.method != "GET":
             return None
         query = request.query

@@ -5,6 +5,8 @@ notification" chapter of the Hikvision ISAPI developer guide) and what camera ow
 publish of their streams, never from the agent's driver. Over HTTP on one port, behind
 digest authentication (:mod:`.camstream`):
 
+``GET /ISAPI/Streaming/channels/{channel}01/picture``
+    a JPEG of the channel (the snapshot URL).
 ``GET /ISAPI/Event/notification/alertStream``
     ``multipart/mixed; boundary=boundary``, endless. Each part is ``Content-Type:
     application/xml; charset="UTF-8"``, ``Content-Length``, a blank line and one
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone, tzinfo
@@ -190,6 +193,10 @@ class HikCamera(StreamCamera):
     async def route(self, request: web.Request) -> web.StreamResponse | None:
         if request.path == ALERT_STREAM and request.method == "GET":
             return await self.serve_stream(request)
+        # /ISAPI/Streaming/channels/101/picture: channel 1, main stream (01)
+        shot = re.fullmatch(r"/ISAPI/Streaming/channels/(\d+)0(\d)/picture", request.path)
+        if shot and request.method == "GET":
+            return self.snapshot(int(shot[1]))
         return None
 
 

@@ -21,6 +21,7 @@ from edge_agent.drivers.dahua.config import DahuaDevice
 from edge_agent.drivers.dahua.events import DahuaEvent, EventStream, Heartbeat, camera_event
 
 KIND = "dahua"
+SNAPSHOT = "/cgi-bin/snapshot.cgi?channel=1"
 ATTACH = "/cgi-bin/eventManager.cgi?action=attach&codes=[{codes}]&heartbeat={heartbeat}"
 
 
@@ -45,6 +46,12 @@ class DahuaDriver(CameraStreamDriver):
 
     def stream_path(self) -> str:
         return ATTACH.format(codes=",".join(self.config.codes), heartbeat=self.config.heartbeat_s)
+
+    @property
+    def snapshot_uri(self) -> str:
+        """The JPEG of channel 1 (``/cgi-bin/snapshot.cgi?channel=1``), behind the same digest
+        login: for the snapshot service, never fetched here."""
+        return self.base + SNAPSHOT
 
     def open_parser(self, content_type: str) -> EventStream:
         self._seen = dict.fromkeys(self._seen, 0)

@@ -26,6 +26,7 @@ from edge_agent.drivers.hikvision_camera.config import HikvisionCameraDevice
 
 KIND = "hikvision_camera"
 ALERT_STREAM = "/ISAPI/Event/notification/alertStream"
+SNAPSHOT = "/ISAPI/Streaming/channels/101/picture"
 
 
 class HikvisionCameraDriver(CameraStreamDriver):
@@ -52,6 +53,12 @@ class HikvisionCameraDriver(CameraStreamDriver):
 
     def stream_path(self) -> str:
         return ALERT_STREAM
+
+    @property
+    def snapshot_uri(self) -> str:
+        """The JPEG of channel 1's main stream (``/ISAPI/Streaming/channels/101/picture``),
+        behind the same digest login: for the snapshot service, never fetched here."""
+        return self.base + SNAPSHOT
 
     def open_parser(self, content_type: str) -> AlertStream:
         self._seen = {"skipped": 0}

@@ -453,3 +453,39 @@ async def test_real_dahua_stream_captures_through_the_driver(
                 await wait_events(sub, root, len(expected))
                 await asyncio.sleep(0.3)
     assert brief(events_of(sub, root)) == expected
+
+
+async def test_each_camera_driver_names_its_snapshot_url() -> None:
+    """For the snapshot service: the URL a driver names answers a JPEG behind the same
+    digest login (the driver itself never fetches it)."""
+    import aiohttp
+
+    from edge_agent.driver import DriverContext
+
+    async with HikCamera(password=PASSWORD) as hcam, DahuaCamera(password=PASSWORD) as dcam:
+        drivers = [
+            HikvisionCameraDriver(
+                HikvisionCameraDriver.Config.model_validate(
+                    {"id": "c1", **hik(hcam.port), "host": "127.0.0.1", "password": "${CAM_PW}"}
+                ),
+                DriverContext({}),
+            ),
+            DahuaDriver(
+                DahuaDriver.Config.model_validate(
+                    {"id": "c2", **dahua(dcam.port), "host": "127.0.0.1", "password": "${CAM_PW}"}
+                ),
+                DriverContext({}),
+            ),
+        ]
+        for d in drivers:  # one login per camera (a digest session keeps its realm)
+            auth = aiohttp.DigestAuthMiddleware("admin", PASSWORD)
+            async with aiohttp.ClientSession(middlewares=(auth,)) as s:
+                async with s.get(d.snapshot_uri) as resp:
+                    assert resp.status == 200, d.snapshot_uri
+                    assert resp.content_type == "image/jpeg"
+                    body = await resp.read()
+                assert body[:2] == b"\xff\xd8"
+                assert body[-2:] == b"\xff\xd9"
+    assert (hcam.snapshots, dcam.snapshots) == (1, 1)
+    assert drivers[0].snapshot_uri.endswith("/ISAPI/Streaming/channels/101/picture")
+    assert drivers[1].snapshot_uri.endswith("/cgi-bin/snapshot.cgi?channel=1")
