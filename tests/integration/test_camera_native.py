@@ -408,6 +408,30 @@ async def test_dahua_wrong_password_cut_stream_and_heartbeat_silence(
     assert driver.counts["truncated"] == 1
 
 
+async def test_dahua_garbled_parts_are_logged_once_and_never_stop_the_stream(
+    tmp_path: Path, mqtt_broker: MqttBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="edge_agent.drivers")
+    root = "campus/dahua-garbled/gw1"
+    async with DahuaCamera(password=PASSWORD) as cam:
+        agent = agent_for(tmp_path, mqtt_broker, "dahua-garbled", dahua(cam.port))
+        with mqtt_subscriber(mqtt_broker, f"{root}/#") as sub:
+            async with running(agent):
+                await wait_state(sub, root, "online")
+                for i in range(3):
+                    cam.inject(b"--myboundary\r\nContent-Type: text/plain\r\n\r\n\xff\xfe junk\r\n")
+                    cam.start_event("VideoBlind", i)
+                await wait_events(sub, root, 3)
+    assert brief(events_of(sub, root)) == [("camera_tamper", "covered", True)] * 3
+    assert [e["data"]["channel"] for e in events_of(sub, root)] == [1, 2, 3]
+    driver = agent.drivers[DEVICE]
+    assert isinstance(driver, DahuaDriver)
+    assert driver.counts["skipped"] == 3
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert sum("unreadable line in the event stream" in w for w in warned) == 1, warned
+    assert any("garbage_lines x2" in r.getMessage() for r in caplog.records)
+
+
 @pytest.mark.parametrize(
     "case",
     [
