@@ -13,8 +13,16 @@ ISAPI kinds); a camera alarm arrives there as an
 ``linedetection``  ``line_crossed`` (``line``,              one-shot per region
                    ``direction``)
 ``shelteralarm``   ``camera_tamper`` ``reason: covered``     held
+``tamperdetection``  ``camera_tamper`` ``reason: covered``   held
+``defocus``          ``camera_tamper`` ``reason: defocused`` held
+``scenechangedetection`` ``camera_tamper`` ``scene_change``  held
 ``videoloss``      inactive: the idle heartbeat (never an event)
 =================  =====================================  ========================
+
+Video tampering is ``shelteralarm`` on older firmwares and ``tamperdetection`` on newer ones
+(the ISAPI event types of "Video Tampering"); ``defocus`` and ``scenechangedetection`` are
+the smart-event types of the DS-2CD2xx6/xx7 series (their names as pyHik's sensor table
+lists them).
 
 *Held*: the camera posts an ongoing alarm again every second or so (``activePostCount``
 rising) and, on many firmwares (DS-2CD2xx5 V5.5), never posts its end: the state ends at an
@@ -30,7 +38,14 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 #: event types this module maps (lower case: firmwares differ in case, ``VMD``/``vmd``)
-MAPPED: Final = frozenset({"vmd", "fielddetection", "linedetection", "shelteralarm"})
+#: camera_tamper reasons of the tampering event types
+TAMPER: Final[Mapping[str, str]] = {
+    "shelteralarm": "covered",
+    "tamperdetection": "covered",
+    "defocus": "defocused",
+    "scenechangedetection": "scene_change",
+}
+MAPPED: Final = frozenset({"vmd", "fielddetection", "linedetection", *TAMPER})
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,8 +89,9 @@ def alarms(
     if kind == "vmd":
         zone = zones.get((ch, None), f"ch{ch}")
         return [Alarm(("motion", ch, None), "motion", base | {"zone": zone})]
-    if kind == "shelteralarm":
-        return [Alarm(("tamper", ch), "camera_tamper", base | {"reason": "covered"})]
+    if kind in TAMPER:
+        reason = TAMPER[kind]
+        return [Alarm(("tamper", ch, reason), "camera_tamper", base | {"reason": reason})]
     out: list[Alarm] = []
     for region in regions or (None,):
         if kind == "fielddetection":
@@ -106,9 +122,10 @@ def ended_keys(
     region of its type and channel when it names none."""
     kind = event_type.lower()
     ch = channel or 1
-    prefix = {"vmd": "motion", "shelteralarm": "tamper", "fielddetection": "field"}.get(
-        kind, "line" if kind == "linedetection" else None
-    )
+    if kind in TAMPER:
+        wanted: tuple[Any, ...] = ("tamper", ch, TAMPER[kind])
+        return [k for k in active if k == wanted]
+    prefix = {"vmd": "motion", "fielddetection": "field", "linedetection": "line"}.get(kind)
     if prefix is None:
         return []
     out: list[Hashable] = []

@@ -93,7 +93,7 @@ class HikvisionCameraDriver(CameraStreamDriver):
             # wrong (no NTP on a school VLAN), and an end found by hold_s has no camera time,
             # so both edges of an alarm are stamped by the gateway's clock
             ts = None
-            if n.state == "inactive":
+            if (n.state or "").lower() == "inactive":
                 for key in ended_keys(self.edges.active(), n.event_type, n.channel, n.regions):
                     ended = self.edges.stop(key)
                     if ended is not None:

@@ -157,6 +157,16 @@ def test_hik_alarm_types_map_to_the_contract_with_the_sites_names() -> None:
         "covered",
         3,
     )
+    tampers = [
+        (a.data["reason"], a.key)
+        for t in ("tamperdetection", "defocus", "scenechangedetection")
+        for a in alerts.alarms(t, 1, (), ZONES, LINES) or []
+    ]
+    assert tampers == [
+        ("covered", ("tamper", 1, "covered")),
+        ("defocused", ("tamper", 1, "defocused")),
+        ("scene_change", ("tamper", 1, "scene_change")),
+    ]
     assert alerts.alarms("videoloss", 1, (), ZONES, LINES) is None
     assert alerts.alarms("PIR", 1, (), ZONES, LINES) is None
 
@@ -167,6 +177,9 @@ def test_an_inactive_post_ends_only_its_own_regions() -> None:
     assert alerts.ended_keys(keys, "fielddetection", 1, ()) == [("field", 1, 2), ("field", 1, 5)]
     assert alerts.ended_keys(keys, "VMD", 1, ()) == [("motion", 1, None)]
     assert alerts.ended_keys(keys, "videoloss", 1, ()) == []
+    tampers: list[Any] = [("tamper", 1, "covered"), ("tamper", 1, "defocused")]
+    assert alerts.ended_keys(tampers, "defocus", 1, ()) == [("tamper", 1, "defocused")]
+    assert alerts.ended_keys(tampers, "shelteralarm", 1, ()) == [("tamper", 1, "covered")]
 
 
 def test_the_hik_driver_turns_repeats_into_edges_and_inactive_into_the_end() -> None:
@@ -178,7 +191,7 @@ def test_the_hik_driver_turns_repeats_into_edges_and_inactive_into_the_end() -> 
         ("motion", {"channel": 1, "code": "fielddetection", "zone": "shed", "region": 2,
                     "active": True}),
     ]  # fmt: skip
-    _alive, out = driver.take([Other("fielddetection", "inactive", channel=1)], 1.0)
+    _alive, out = driver.take([Other("fielddetection", "Inactive", channel=1)], 1.0)
     assert [c[1]["active"] for c, _ts in out] == [False]
     _alive, out = driver.take([Heartbeat()], 2.0)
     assert out == []
