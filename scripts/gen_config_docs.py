@@ -438,6 +438,7 @@ ZH: dict[str, str] = {
     "遮挡），见 [摄像机](cameras.md#hikvision-and-dahua-native-events)。",
     "HikZone": "移动侦测或区域入侵区域的名称。",
     "HikLine": "越界规则的名称和方向。",
+    "DahuaLine": "大华越界规则：摄像机上的规则名、发布的名称，以及哪个方向算进入。",
     "DahuaDevice": "大华摄像机或 NVR：读取 eventManager 事件流（移动侦测、越界、区域入侵、"
     "遮挡、场景变更），见 [摄像机](cameras.md#hikvision-and-dahua-native-events)。",
 }

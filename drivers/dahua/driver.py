@@ -35,6 +35,7 @@ class DahuaDriver(CameraStreamDriver):
     def __init__(self, config: DahuaDevice, ctx: DriverContext) -> None:
         super().__init__(config, ctx)
         self._seen = {"garbage_lines": 0, "oversized": 0, "bad_data": 0}
+        self.lines = {(line.channel, line.rule): line for line in config.lines}
 
     def meta(self) -> dict[str, Any]:
         return {
@@ -96,7 +97,13 @@ class DahuaDriver(CameraStreamDriver):
             return None
         etype, data = mapped
         if etype == "line_crossed":
-            return mapped
+            rule = self.lines.get((data["channel"], data["line"]))
+            if rule is None:
+                return mapped
+            camera = data["direction"]
+            direction = None if camera is None else "in" if camera == rule.in_direction else "out"
+            named = {"line": rule.name or rule.rule, "direction": direction}
+            return etype, data | named | {"camera_direction": camera}
         state = {k: v for k, v in data.items() if k not in ("active", "action")}
         key = (etype, data["channel"], data.get("zone"), data.get("reason"))
         if not event.active:

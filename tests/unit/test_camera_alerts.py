@@ -214,6 +214,23 @@ def test_the_dahua_driver_edges() -> None:
         ("motion", "Yard", True),
         ("motion", "Yard", False),
     ]
+    counted = DahuaDriver(
+        dahua_config(lines=[{"rule": "Gate", "name": "main-gate", "in_direction": "RightToLeft"}]),
+        DriverContext({}),
+    )
+    crossings = [
+        DahuaEvent("CrossLineDetection", "Start", 0, {"Name": "Gate", "Direction": d})
+        for d in ("RightToLeft", "LeftToRight")
+    ] + [
+        DahuaEvent("CrossLineDetection", "Start", 0, {"Name": "Other", "Direction": "LeftToRight"})
+    ]
+    _alive, out = counted.take(crossings, 0.0)
+    assert [(c[1]["line"], c[1]["direction"]) for c, _ts in out] == [
+        ("main-gate", "in"),
+        ("main-gate", "out"),
+        ("Other", "LeftToRight"),  # a rule the site did not name: the camera's words
+    ]
+    assert out[1][0][1]["camera_direction"] == "LeftToRight"
     pulse = DahuaEvent("SceneChange", "Pulse", 0)
     _alive, out = driver.take([pulse], 10.0)
     assert [c[1]["active"] for c, _ts in out] == [True]
@@ -261,6 +278,8 @@ def test_config_checks() -> None:
     )
     with pytest.raises(ValidationError, match="shorter than silence_s"):
         dahua_config(heartbeat_s=30, silence_s=30)
+    with pytest.raises(ValidationError, match="rule 'Gate' is named twice"):
+        dahua_config(lines=[{"rule": "Gate", "in_direction": "LeftToRight"}] * 2)
     with pytest.raises(ValidationError, match="letters, digits"):
         dahua_config(codes=["VideoMotion]&x=[1"])
 
