@@ -556,7 +556,12 @@ def _other(obj: Mapping[str, Any], event_type: str, state: Any, site_tz: tzinfo)
     for holder in _entries(obj.get("DetectionRegionList")):
         entries = holder.get("DetectionRegionEntry") if isinstance(holder, Mapping) else None
         for entry in _entries(entries if entries is not None else holder):
-            region = _int(entry.get("regionID")) if isinstance(entry, Mapping) else None
+            # regionID in XML; some JSON firmwares spell it RegionID
+            region = (
+                _int(entry.get("regionID", entry.get("RegionID")))
+                if isinstance(entry, Mapping)
+                else None
+            )
             if region is not None and region not in regions:
                 regions.append(region)
     when = obj.get("dateTime")

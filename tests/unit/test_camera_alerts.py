@@ -114,10 +114,10 @@ def test_a_camera_alert_keeps_channel_regions_time_and_count() -> None:
         "eventState": "active",
         "channelID": "1",
         "dateTime": "not a time",  # a camera event is never dropped for its time
-        "DetectionRegionList": [{"regionID": 4}],
+        "DetectionRegionList": [{"regionID": 4}, {"RegionID": 6}],
     }
     got = events.notification(json_form, SHANGHAI)
-    assert got == Other("fielddetection", "active", channel=1, regions=(4,))
+    assert got == Other("fielddetection", "active", channel=1, regions=(4, 6))
     nvr = events.notification({"eventType": "VMD", "dynChannelID": 33}, SHANGHAI)
     assert isinstance(nvr, Other)
     assert nvr.channel == 33
