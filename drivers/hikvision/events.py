@@ -556,7 +556,8 @@ def _other(obj: Mapping[str, Any], event_type: str, state: Any, site_tz: tzinfo)
     for holder in _entries(obj.get("DetectionRegionList")):
         entries = holder.get("DetectionRegionEntry") if isinstance(holder, Mapping) else None
         for entry in _entries(entries if entries is not None else holder):
-            # regionID in XML; some JSON firmwares spell it RegionID
+            # regionID as the ISAPI guide spells it; RegionID accepted too (no JSON camera
+            # capture tells which one the JSON form uses)
             region = (
                 _int(entry.get("regionID", entry.get("RegionID")))
                 if isinstance(entry, Mapping)
