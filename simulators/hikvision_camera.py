@@ -64,7 +64,7 @@ class HikCamera(StreamCamera):
     #: an ongoing alarm is posted again this often
     repeat_s: float = 1.0
     #: send the captured picture (an ``image/jpeg`` part) after each line or field
-    #: detection post, as DS-2CD2x46 "AcuSense" firmwares do
+    #: detection post, as cameras do whose smart events have "upload picture" enabled
     pictures: bool = False
     picture_bytes: int = 150_000
     #: every post sent: (eventType, eventState, channel, regions)

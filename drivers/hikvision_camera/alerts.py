@@ -21,11 +21,13 @@ ISAPI kinds); a camera alarm arrives there as an
 
 Video tampering is ``shelteralarm`` on older firmwares and ``tamperdetection`` on newer ones
 (the ISAPI event types of "Video Tampering"); ``defocus`` and ``scenechangedetection`` are
-the smart-event types of the DS-2CD2xx6/xx7 series (their names as pyHik's sensor table
-lists them).
+the smart events of cameras that have them, named as the pyHik client's event table names
+them. No capture of a camera's own stream is in ``../shared/fixtures``: these names come
+from the ISAPI guide and that client, not from a recorded device.
 
 *Held*: the camera posts an ongoing alarm again every second or so (``activePostCount``
-rising) and, on many firmwares (DS-2CD2xx5 V5.5), never posts its end: the state ends at an
+rising) and, on many firmwares, never posts its end (why clients of the stream end a state
+on a timeout): the state ends at an
 ``inactive`` post or ``hold_s`` after the last ``active`` one
 (:class:`~edge_agent.drivers.camera_edges.Edges`). A line crossing is one event however many
 times the camera repeats it.
