@@ -11,7 +11,8 @@ agent's driver. Over HTTP on one port, behind digest authentication (:mod:`.cams
     ``--myboundary``, ``Content-Type: text/plain``, ``Content-Length`` (counting the
     trailing CRLF, as the API's example does), a blank line, and one record
     ``Code=VideoMotion;action=Start;index=0`` with ``;data={json}`` when the event has data
-    (pretty-printed over several lines with a 3-space indent, as the captured samples are). ``Heartbeat`` every
+    (pretty-printed over several lines with a 3-space indent, as the captured samples are).
+    ``Heartbeat`` every
     ``heartbeat`` seconds of the request (else :attr:`~StreamCamera.heartbeat_s`). Only the
     codes the request lists are sent (``All``: every one). ``action`` other than ``attach``,
     or no ``codes``: ``400`` with ``Error``.
