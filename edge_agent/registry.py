@@ -26,6 +26,8 @@ BUILTIN: dict[str, str] = {
     "zkteco": "edge_agent.drivers.zkteco.driver:ZkTecoDriver",
     "hikvision": "edge_agent.drivers.hikvision.driver:HikvisionDriver",
     "wg": "edge_agent.drivers.wg.driver:WgDriver",
+    "hikvision_camera": "edge_agent.drivers.hikvision_camera.driver:HikvisionCameraDriver",
+    "dahua": "edge_agent.drivers.dahua.driver:DahuaDriver",
 }
 
 ENTRY_POINT_GROUP = "edge_agent.drivers"

@@ -38,7 +38,9 @@ from pydantic import create_model  # noqa: E402
 
 from edge_agent.config.loader import AgentConfigBase, settings_fields  # noqa: E402
 from edge_agent.config.models import ID_PATTERN  # noqa: E402
+from edge_agent.drivers.dahua.config import DahuaDevice  # noqa: E402
 from edge_agent.drivers.hikvision.config import HikvisionDevice  # noqa: E402
+from edge_agent.drivers.hikvision_camera.config import HikvisionCameraDevice  # noqa: E402
 from edge_agent.drivers.modbus.config import ModbusDevice  # noqa: E402
 from edge_agent.drivers.modbus.driver import ModbusDriver  # noqa: E402
 from edge_agent.drivers.modbus.profile import Profile  # noqa: E402
@@ -432,6 +434,13 @@ ZH: dict[str, str] = {
     "WgDevice": "微耕短报文门禁控制器（UDP），按序列号识别；详见 [门禁](doors.md#wg-driver)。",
     "WgReader": "门的读卡器：名称、用途（门禁、考勤、食堂……）和进出方向。",
     "WgDoorControl": "门的控制方式（在线控制、常开、常闭）与开门延时，网关每次启动时按此设置。",
+    "HikvisionCameraDevice": "海康摄像机或 NVR：读取 ISAPI 报警事件流（移动侦测、区域入侵、越界、"
+    "遮挡），见 [摄像机](cameras.md#hikvision-and-dahua-native-events)。",
+    "HikZone": "移动侦测或区域入侵区域的名称。",
+    "HikLine": "越界规则的名称和方向。",
+    "DahuaLine": "大华越界规则：摄像机上的规则名、发布的名称，以及哪个方向算进入。",
+    "DahuaDevice": "大华摄像机或 NVR：读取 eventManager 事件流（移动侦测、越界、区域入侵、"
+    "遮挡、场景变更），见 [摄像机](cameras.md#hikvision-and-dahua-native-events)。",
 }
 
 
@@ -497,6 +506,8 @@ def config_sections() -> list[Section]:
     sections += walk("devices[] (kind: zkteco)", ZkTecoDevice, seen)
     sections += walk("devices[] (kind: hikvision)", HikvisionDevice, seen)
     sections += walk("devices[] (kind: wg)", WgDevice, seen)
+    sections += walk("devices[] (kind: hikvision_camera)", HikvisionCameraDevice, seen)
+    sections += walk("devices[] (kind: dahua)", DahuaDevice, seen)
     return sections
 
 

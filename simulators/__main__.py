@@ -12,6 +12,8 @@ script and reads scenario commands from stdin (``--stdin``).
 ``zkteco`` 启动向网关推送的模拟中控终端。
 ``hikvision`` starts a simulated Hikvision ISAPI access terminal (HTTP, digest auth),
 the same way. ``hikvision`` 启动模拟海康 ISAPI 门禁终端。
+``hikvision-camera`` and ``dahua`` start a simulated camera serving its native event stream
+(digest auth), scripted the same way. 启动模拟海康/大华摄像机原生事件流。
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from . import hikvision, wg, zkteco
+from . import dahua, hikvision, hikvision_camera, wg, zkteco
 from .campus import CampusSim
 
 
@@ -110,6 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     _wg_parser(sub)
     _zk_parser(sub)
     _hik_parser(sub)
+    _camera_parsers(sub)
     return parser
 
 
@@ -258,6 +261,72 @@ def _hik_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--log-level", default="WARNING", help="logging level / 日志级别")
 
 
+#: the camera simulators of the CLI: command -> (module, what it is)
+CAMERAS: dict[str, Any] = {
+    "hikvision-camera": (hikvision_camera, "Hikvision camera alertStream / 海康摄像机报警流"),
+    "dahua": (dahua, "Dahua camera eventManager stream / 大华摄像机事件流"),
+}
+
+
+def _camera_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    for name, (module, what) in CAMERAS.items():
+        p = sub.add_parser(
+            name,
+            help=f"run a simulated {what}",
+            description=f"Run a simulated {what} until SIGINT/SIGTERM",
+            epilog="commands (--stdin, --script):\n" + module.COMMANDS,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        p.add_argument("--host", default="127.0.0.1", help="listen address / 监听地址")
+        p.add_argument("--port", type=int, default=0, help="HTTP port; 0 = ephemeral / 端口")
+        p.add_argument("--user", default="admin", help="digest user / 用户名")
+        p.add_argument("--password", default="Cam-2026!", help="digest password / 密码")
+        p.add_argument("--heartbeat-s", type=float, default=10.0, help="heartbeat / 心跳（秒）")
+        p.add_argument("--script", default=None, help="scenario script to play / 场景脚本文件")
+        p.add_argument(
+            "--stdin", action="store_true", help="read commands from stdin / 从标准输入读取命令"
+        )
+        p.add_argument("--log-level", default="WARNING", help="logging level / 日志级别")
+
+
+async def _run_camera(args: argparse.Namespace) -> int:
+    module, _what = CAMERAS[args.command]
+    steps = wg.parse_script(args.script_text) if args.script else []
+    cls = module.HikCamera if module is hikvision_camera else module.DahuaCamera
+    cam = cls(
+        user=args.user,
+        password=args.password,
+        host=args.host,
+        port=args.port,
+        heartbeat_s=args.heartbeat_s,
+    )
+    run = functools.partial(module.run_command, cam)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        async with cam, asyncio.TaskGroup() as tg:
+            print(
+                f"{args.command} listening on {cam.host}:{cam.port} http; Ctrl-C to stop"
+                " / 摄像机模拟器已就绪，Ctrl-C 退出",
+                flush=True,
+            )
+            work = []
+            if steps:
+                work.append(tg.create_task(_play(run, steps)))
+            if args.stdin:
+                work.append(tg.create_task(_commands_from_stdin(run, stop)))
+            await stop.wait()
+            for task in work:
+                task.cancel()
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+    print(f"{args.command} stopped / 摄像机模拟器已停止", flush=True)
+    return 0
+
+
 async def _run_hik(args: argparse.Namespace) -> int:
     steps = wg.parse_script(args.script_text) if args.script else []
     term = hikvision.HikTerminal(
@@ -305,6 +374,8 @@ async def _run(args: argparse.Namespace) -> int:
         return await _run_zk(args)
     if args.command == "hikvision":
         return await _run_hik(args)
+    if args.command in CAMERAS:
+        return await _run_camera(args)
     sim = CampusSim(
         classrooms=args.classrooms,
         meters=args.meters,
@@ -514,7 +585,7 @@ async def _run_zk(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     args = _parser().parse_args(argv)
-    if args.command in ("wg", "zkteco", "hikvision") and args.script:
+    if args.command in ("wg", "zkteco", "hikvision", *CAMERAS) and args.script:
         try:
             args.script_text = Path(args.script).read_text(encoding="utf-8")
         except OSError as err:

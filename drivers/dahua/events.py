@@ -564,9 +564,10 @@ ERRORS: Final[Mapping[int, str]] = {
 ACCESS_CODES: Final = frozenset(
     {"AccessControl", "DoorStatus", "BreakIn", "DoorNotClosed", "ChassisIntruded", "Duress"}
 )
-#: camera codes the contract names (issue #11 maps the rest)
+#: camera codes the contract names -> the contract type
 CAMERA_CODES: Final[Mapping[str, str]] = {
     "VideoMotion": "motion",
+    "CrossRegionDetection": "motion",
     "CrossLineDetection": "line_crossed",
     "VideoBlind": "camera_tamper",
     "SceneChange": "camera_tamper",
@@ -700,29 +701,42 @@ def _access(
     return out
 
 
-# -- the contract: camera records (issue #11 builds the driver) -------------------------------
+# -- the contract: camera records (the ``dahua`` kind) ----------------------------------------
 
 
 def camera_event(event: DahuaEvent) -> Contract | None:
     """The contract event of a camera record the contract names, or None (any other code, or
-    the ``Stop`` of a line crossing): ``VideoMotion`` -> ``motion`` (``zone`` = the first
-    ``RegionName``, ``active``), ``CrossLineDetection`` -> ``line_crossed`` (``line`` = the
-    rule's ``Name``, ``direction``), ``VideoBlind`` -> ``camera_tamper`` ``covered``,
-    ``SceneChange`` -> ``camera_tamper`` ``scene_change`` (both with ``active``). Each
-    carries ``channel`` (the record's index) and ``code``."""
+    the ``Stop`` of a line crossing):
+
+    - ``VideoMotion`` -> ``motion`` (``zone`` = the first ``RegionName``, else ``ch<n>``);
+    - ``CrossRegionDetection`` (intrusion) -> ``motion`` (``zone`` = the rule's ``Name``, else
+      ``ch<n>-region``), with the camera's ``action`` (Appear, Cross, Inside) when it says;
+    - ``CrossLineDetection`` -> ``line_crossed`` (``line`` = the rule's ``Name``, ``direction``
+      as the camera says it: LeftToRight, RightToLeft), one event per ``Start``;
+    - ``VideoBlind`` -> ``camera_tamper`` ``covered``, ``SceneChange`` -> ``scene_change``.
+
+    Motion and tamper carry ``active`` (Start, Pulse: true; Stop: false). Each carries
+    ``channel`` (from 1, as the camera's web page numbers it: the record's ``index`` + 1),
+    ``index`` (the record's own) and ``code``."""
     kind = CAMERA_CODES.get(event.code)
     if kind is None:
         return None
     data = event.data if isinstance(event.data, Mapping) else {}
-    base: dict[str, Any] = {"channel": event.index, "code": event.code}
-    if kind == "motion":
+    channel = (event.index or 0) + 1
+    base: dict[str, Any] = {"channel": channel, "index": event.index, "code": event.code}
+    if event.code == "VideoMotion":
         regions = data.get("RegionName")
         zone = regions[0] if isinstance(regions, list) and regions else regions
-        return kind, base | {"zone": _str(zone), "active": event.active}
+        return kind, base | {"zone": _str(zone) or f"ch{channel}", "active": event.active}
+    if event.code == "CrossRegionDetection":
+        zone = _str(data.get("Name")) or f"ch{channel}-region"
+        out = base | {"zone": zone, "active": event.active}
+        action = _str(data.get("Action"))
+        return kind, out | ({"action": action} if action else {})
     if kind == "line_crossed":
         if not event.active:
             return None  # one crossing is one event
-        line, direction = _str(data.get("Name")), _str(data.get("Direction"))
-        return kind, base | {"line": line, "direction": direction}
+        line = _str(data.get("Name")) or f"ch{channel}-line"
+        return kind, base | {"line": line, "direction": _str(data.get("Direction"))}
     reason = "covered" if event.code == "VideoBlind" else "scene_change"
     return kind, base | {"reason": reason, "active": event.active}

@@ -452,11 +452,22 @@ class Heartbeat:
 
 @dataclass(frozen=True, slots=True)
 class Other:
-    """A notification that is not an access event (a camera's ``VMD``, ``tamperdetection``);
-    the driver logs it once per ``event_type``."""
+    """A notification that is not an access event: a camera's or NVR's ``VMD``,
+    ``linedetection``, ``fielddetection``, ``shelteralarm`` (the ``hikvision_camera`` kind
+    maps them); the access driver logs it once per ``event_type``.
+
+    ``channel`` is the ``channelID`` (from 1; ``dynChannelID`` on an NVR's IP channels),
+    ``regions`` the ``regionID``s of its ``DetectionRegionList`` (line and field detection
+    name the rule that fired there), ``time`` its ``dateTime`` in UTC (None when absent or
+    unreadable: a camera event is never dropped for its time), ``count`` the
+    ``activePostCount`` (a camera repeats an ongoing alarm with it rising)."""
 
     event_type: str
     state: str | None
+    channel: int | None = None
+    regions: tuple[int, ...] = ()
+    time: datetime | None = None
+    count: int | None = None
 
 
 Notification = AccessEvent | Heartbeat | Other
@@ -469,8 +480,19 @@ def _xml_value(element: ET.Element) -> Any:
         return int(text) if text.isascii() and text.isdigit() and len(text) < 19 else text
     out: dict[str, Any] = {}
     for child in children:
-        out[child.tag.rpartition("}")[2]] = _xml_value(child)
+        tag, value = child.tag.rpartition("}")[2], _xml_value(child)
+        if tag not in out:
+            out[tag] = value
+        elif isinstance(out[tag], _Repeated):
+            out[tag].append(value)
+        else:
+            # a tag that repeats (a camera's DetectionRegionEntry, one per rule that fired)
+            out[tag] = _Repeated([out[tag], value])
     return out
+
+
+class _Repeated(list[Any]):
+    """The values of an XML tag that came more than once (a JSON list in the dict form)."""
 
 
 def decode_body(body: bytes) -> dict[str, Any]:
@@ -518,4 +540,46 @@ def notification(obj: Mapping[str, Any], site_tz: tzinfo) -> Notification:
         if (event.major, event.minor) == HEARTBEAT_CODE:
             return Heartbeat()
         return event
-    return Other(event_type or "unknown", state if isinstance(state, str) else None)
+    return _other(obj, event_type, state, site_tz)
+
+
+def _entries(value: Any) -> list[Any]:
+    """A list of what a JSON list or a (repeated) XML element holds."""
+    if isinstance(value, list):
+        return value
+    return [] if value is None else [value]
+
+
+def _other(obj: Mapping[str, Any], event_type: str, state: Any, site_tz: tzinfo) -> Other:
+    """A camera or NVR notification (``DetectionRegionList`` as XML or JSON)."""
+    regions: list[int] = []
+    for holder in _entries(obj.get("DetectionRegionList")):
+        entries = holder.get("DetectionRegionEntry") if isinstance(holder, Mapping) else None
+        for entry in _entries(entries if entries is not None else holder):
+            # regionID as the ISAPI guide spells it; RegionID accepted too (no JSON camera
+            # capture tells which one the JSON form uses)
+            region = (
+                _int(entry.get("regionID", entry.get("RegionID")))
+                if isinstance(entry, Mapping)
+                else None
+            )
+            if region is not None and region not in regions:
+                regions.append(region)
+    when = obj.get("dateTime")
+    moment = None
+    if isinstance(when, str) and when.strip():
+        try:
+            moment = parse_time(when, site_tz)
+        except IsapiError:
+            moment = None
+    channel = _int(obj.get("channelID"))
+    if channel is None:
+        channel = _int(obj.get("dynChannelID"))
+    return Other(
+        event_type or "unknown",
+        state if isinstance(state, str) else None,
+        channel=channel,
+        regions=tuple(regions),
+        time=moment,
+        count=_int(obj.get("activePostCount")),
+    )

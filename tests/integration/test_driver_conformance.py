@@ -35,7 +35,9 @@ from edge_agent.driver import (
     PollingDriver,
     PushDriver,
 )
+from edge_agent.drivers.dahua.driver import DahuaDriver
 from edge_agent.drivers.hikvision.driver import HikvisionDriver
+from edge_agent.drivers.hikvision_camera.driver import HikvisionCameraDriver
 from edge_agent.drivers.modbus import ModbusDevice, ModbusDriver, ModbusSettings
 from edge_agent.drivers.modbus.profile import clear_profile_cache
 from edge_agent.drivers.wg.config import WgListen, WgSettings
@@ -51,7 +53,9 @@ from edge_agent.pipeline import ClockGate, Pipeline
 from edge_agent.pipeline.sink import OutboxSink
 from edge_agent.poll import PollLoop
 from edge_agent.simulators import WgController
+from edge_agent.simulators.dahua import DahuaCamera
 from edge_agent.simulators.hikvision import HikTerminal
+from edge_agent.simulators.hikvision_camera import HikCamera
 from edge_agent.simulators.zkteco import ZkTerminal
 from edge_agent.supervisor import OutboxEmitter
 from tests.hostile_modbus import HostileModbus
@@ -455,6 +459,113 @@ class HikvisionKind(Kind):
         os.environ.pop("HIK_CONFORMANCE_PW", None)
 
 
+class HikCameraKind(Kind):
+    """The hikvision_camera kind against the camera simulator: motion begins and ends
+    every 50 ms, heartbeats every 0.1 s; down = the cable out, garbage = broken parts."""
+
+    name = "hikvision_camera"
+
+    async def start(self) -> None:
+        os.environ["CAM_CONFORMANCE_PW"] = "conf-pw"
+        self.cam = HikCamera(password="conf-pw", heartbeat_s=0.1, repeat_s=0.02)
+        await self.cam.start()
+        config = HikvisionCameraDriver.Config.model_validate(
+            {
+                "kind": "hikvision_camera",
+                "id": "dev1",
+                "host": "127.0.0.1",
+                "port": self.cam.port,
+                "password": "${CAM_CONFORMANCE_PW}",
+                "silence_s": 0.5,
+                "timeout_s": 2,
+                "retry_max_s": 1,
+            }
+        )
+        self.driver = HikvisionCameraDriver(config, DriverContext({}))
+
+    async def _alarms(self) -> None:
+        while True:
+            self.cam.begin("VMD")
+            await asyncio.sleep(0.05)
+            self.cam.end("VMD")
+            await asyncio.sleep(0.05)
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._alarms())
+            link = OutboxLink("dev1", outbox=self.outbox, pipeline=self.gate, state_sink=self.sink)
+            await self.driver.run(link)
+
+    async def down(self) -> None:
+        await self.cam.unplug()
+
+    async def up(self) -> None:
+        await self.cam.plug()
+
+    async def garbage(self) -> None:
+        self.cam.inject(b"--boundary\r\nContent-Type: application/xml\r\n\r\n<Event\r\n")
+        self.cam.inject(b"\xff\xfe garbage outside any part\r\n")
+        self.cam.inject(b"--boundary\r\n\r\n{not json\r\n")
+
+    async def close(self) -> None:
+        await self.cam.stop()
+        os.environ.pop("CAM_CONFORMANCE_PW", None)
+
+
+class DahuaKind(Kind):
+    """The dahua kind against the camera simulator: VideoMotion Start and Stop every 50 ms,
+    Heartbeat every second; down = the cable out, garbage = broken records."""
+
+    name = "dahua"
+
+    async def start(self) -> None:
+        os.environ["CAM_CONFORMANCE_PW"] = "conf-pw"
+        self.cam = DahuaCamera(password="conf-pw")
+        await self.cam.start()
+        config = DahuaDriver.Config.model_validate(
+            {
+                "kind": "dahua",
+                "id": "dev1",
+                "host": "127.0.0.1",
+                "port": self.cam.port,
+                "password": "${CAM_CONFORMANCE_PW}",
+                "heartbeat_s": 1,
+                "silence_s": 2,
+                "timeout_s": 2,
+                "retry_max_s": 1,
+            }
+        )
+        self.driver = DahuaDriver(config, DriverContext({}))
+
+    async def _alarms(self) -> None:
+        while True:
+            self.cam.start_event("VideoMotion", 0)
+            await asyncio.sleep(0.05)
+            self.cam.stop_event("VideoMotion", 0)
+            await asyncio.sleep(0.05)
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._alarms())
+            link = OutboxLink("dev1", outbox=self.outbox, pipeline=self.gate, state_sink=self.sink)
+            await self.driver.run(link)
+
+    async def down(self) -> None:
+        await self.cam.unplug()
+
+    async def up(self) -> None:
+        await self.cam.plug()
+
+    async def garbage(self) -> None:
+        self.cam.inject(b"--myboundary\r\nContent-Type: text/plain\r\n\r\nnot a record\r\n")
+        self.cam.inject(b"Code=VideoMotion;action=Start;index=0;data={broken\r\n")
+        self.cam.inject(b"\xff\xfe garbage\r\n--myboundary\r\n\r\nCode=;;;\r\n")
+
+    async def close(self) -> None:
+        await self.cam.stop()
+        os.environ.pop("CAM_CONFORMANCE_PW", None)
+
+
 class WgKind(Kind):
     """The WG door controller driver against a simulated controller (``simulators/wg.py``)
     swiping every 50 ms, through the kind's hub (one UDP socket, frames routed by serial)."""
@@ -523,7 +634,17 @@ class WgKind(Kind):
         await self.hub.close()
 
 
-KINDS = [ModbusKind, PushKind, UdpKind, HttpKind, ZkKind, HikvisionKind, WgKind]
+KINDS = [
+    ModbusKind,
+    PushKind,
+    UdpKind,
+    HttpKind,
+    ZkKind,
+    HikvisionKind,
+    WgKind,
+    HikCameraKind,
+    DahuaKind,
+]
 
 
 @pytest.fixture(params=KINDS, ids=[k.name for k in KINDS])
