@@ -1,4 +1,5 @@
-"""``edge-agent``: run, check-config, doctor, tail, sim, demo, bench, probe, pseudonym.
+"""``edge-agent``: run, check-config, doctor, tail, sim, demo, bench, probe, pseudonym,
+console-passwd.
 
 Exit codes: 0 ok, 1 bad config or failed start, 2 usage, 130 interrupted.
 """
@@ -102,6 +103,50 @@ def cmd_pseudonym(args: argparse.Namespace) -> int:
         shown = number if raw else pseudonym((secret or "").encode("utf-8"), number)
         print(f"{text}  {number}  {shown}")
     return rc
+
+
+def cmd_console_passwd(args: argparse.Namespace) -> int:
+    """Add a console user or change its password in the credentials file (mode 0600)."""
+    import getpass
+
+    from edge_agent.console.auth import CredentialsError, set_password
+
+    if (args.credentials is None) == (args.config is None):
+        parser: argparse.ArgumentParser = args.passwd_parser
+        parser.error("give -c CONFIG or -f FILE / 请指定配置文件 (-c) 或账号文件 (-f)")
+    if args.credentials is not None:
+        path = Path(args.credentials)
+    else:
+        from edge_agent.config.loader import AgentConfigBase
+
+        cfg = _load(args.config)
+        assert isinstance(cfg, AgentConfigBase)
+        if cfg.console is None:
+            print(
+                f"{args.config}: no console: section; add 'console: {{credentials: FILE}}' "
+                "/ 配置文件中没有 console: 一节",
+                file=sys.stderr,
+            )
+            return 1
+        path = cfg.console.credentials_path(Path(args.config).resolve().parent)
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass(f"password for {args.user} / 密码: ")
+        if getpass.getpass("again / 再输入一次: ") != password:
+            print("the passwords differ / 两次输入的密码不一致", file=sys.stderr)
+            return 1
+    try:
+        new = set_password(path, args.user, password)
+    except CredentialsError as err:
+        print(str(err), file=sys.stderr)
+        return 1
+    except OSError as err:
+        print(f"{path}: {err.strerror or err}", file=sys.stderr)
+        return 1
+    what = "added / 已添加" if new else "password changed / 密码已修改"
+    print(f"{path}: {args.user} {what}")
+    return 0
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -418,6 +463,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ps.add_argument("--hex", action="store_true", help="the cards are printed in hex / 十六进制")
     ps.set_defaults(fn=cmd_pseudonym)
+
+    cp = sub.add_parser(
+        "console-passwd",
+        help="add a console user or change its password / 设置控制台账号密码",
+        description="Write USER's scrypt password hash into the console's credentials file "
+        "(console.credentials of the config, or -f FILE), mode 0600; other users are kept. "
+        "The running agent reads the file at every login. "
+        "写入控制台用户的密码哈希（文件权限 0600），正在运行的网关无需重启即生效。",
+    )
+    cp.add_argument("user", help="user name / 用户名")
+    cp.add_argument("-c", "--config", help="the agent's YAML config (its console.credentials)")
+    cp.add_argument("-f", "--credentials", help="the credentials file itself / 账号文件")
+    cp.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from the first line of stdin (scripts) / 从标准输入读取密码",
+    )
+    cp.set_defaults(fn=cmd_console_passwd, passwd_parser=cp)
 
     t = sub.add_parser("tail", help="subscribe and pretty-print the contract topics / 查看上报数据")
     t.add_argument(
