@@ -77,10 +77,18 @@ function onAlarm(a) {
   else alarms.set(a.alarm_id, a);
 }
 
-function connectStream() {
+let streamState = null;
+
+function renderStreamState() {
   const state = document.getElementById("stream-state");
+  if (streamState === null) return;
+  state.textContent = (streamState === "live" ? "● " : "○ ") + t(streamState);
+  state.className = streamState === "live" ? "ok" : "bad";
+}
+
+function connectStream() {
   source = new EventSource(API + "/events");
-  source.addEventListener("open", () => { state.textContent = "● " + t("live"); state.className = "ok"; });
+  source.addEventListener("open", () => { streamState = "live"; renderStreamState(); });
   source.addEventListener("snapshot", (ev) => {
     alarms.clear();
     for (const a of JSON.parse(ev.data)) onAlarm(a);
@@ -88,7 +96,7 @@ function connectStream() {
   });
   source.addEventListener("alarm", (ev) => { onAlarm(JSON.parse(ev.data)); renderAlarms(); });
   source.addEventListener("error", async () => {
-    state.textContent = "○ " + t("reconnecting"); state.className = "bad";
+    streamState = "reconnecting"; renderStreamState();
     // the browser reconnects by itself with Last-Event-ID; a lost session goes to login
     try { await api("/session"); } catch (e) { /* redirected */ }
   });
@@ -175,7 +183,7 @@ function show(tab) {
 
 document.addEventListener("DOMContentLoaded", async () => {
   session = await api("/session");
-  setupLanguage(session.language, () => { renderAlarms(); show(location.hash.slice(1) || "alarms"); });
+  setupLanguage(session.language, () => { renderAlarms(); renderStreamState(); show(location.hash.slice(1) || "alarms"); });
   document.getElementById("user").textContent = session.user;
   const site = session.site || {};
   document.getElementById("site").textContent = [site.name, site.id, site.gateway_id].filter(Boolean).join(" · ");
