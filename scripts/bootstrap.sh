@@ -7,6 +7,7 @@
 #   ensure_mosquitto optional     # same, but only warn when it cannot be installed
 #   ensure_libfaketime            # the clock-jump fault test needs it: install or fail
 #   ensure_rabbitmq               # the broker interop tests need RabbitMQ: install or fail
+#   ensure_chromium               # the web-page tests need Debian's chromium + a CJK font
 #
 # Sets REPO_ROOT, VENV and VENV_PY. Needs only Python >= 3.11 (with its venv module) and
 # bash; everything else comes from PyPI or, for mosquitto, from apt when run as root.
@@ -214,4 +215,28 @@ ensure_rabbitmq() {
     try_apt_install rabbitmq-server have_rabbitmq && return 0
     die "the broker interop tests need RabbitMQ. Install it with: sudo apt-get install -y rabbitmq-server (or run this script as root to install it automatically; EDGE_AGENT_RABBITMQ_SERVER=/path/to/sbin/rabbitmq-server points at another install). The tests start a node of their own; the system service may stay stopped: sudo systemctl disable --now rabbitmq-server" \
         "代理互通测试需要 RabbitMQ。请运行：sudo apt-get install -y rabbitmq-server（或以 root 身份运行本脚本自动安装；也可用 EDGE_AGENT_RABBITMQ_SERVER 指定 sbin/rabbitmq-server 的路径）。测试会自行启动独立节点，系统服务可以保持停止：sudo systemctl disable --now rabbitmq-server"
+}
+
+have_chromium() {
+    if [ -n "${EDGE_AGENT_CHROMIUM:-}" ]; then
+        [ -x "$EDGE_AGENT_CHROMIUM" ] || return 1
+    else
+        command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || return 1
+    fi
+    # Without a CJK font Chinese text draws as empty boxes in the screenshots.
+    command -v fc-list >/dev/null 2>&1 && [ -n "$(fc-list :lang=zh 2>/dev/null)" ]
+}
+
+# The console's pages are tested in a real headless browser: Debian's chromium driven by
+# Playwright through executable_path (Playwright's own browser download is not possible on
+# a closed build network), with fonts-wqy-microhei so the pages' Chinese text renders.
+ensure_chromium() {
+    have_chromium && return 0
+    if is_root && command -v apt-get >/dev/null 2>&1; then
+        say "Installing chromium and fonts-wqy-microhei with apt-get ... / 正在用 apt-get 安装 chromium 和中文字体 ..."
+        apt_install chromium fonts-wqy-microhei fontconfig && have_chromium && return 0
+        say "apt-get could not install chromium (see above). / apt-get 无法安装 chromium（见上方输出）。"
+    fi
+    die "the web console tests need Debian's chromium and a CJK font. Install them with: sudo apt-get install -y chromium fonts-wqy-microhei (or run this script as root to install them automatically; EDGE_AGENT_CHROMIUM=/path/to/chromium points at another build)." \
+        "Web 控制台测试需要 chromium 浏览器和中文字体。请运行：sudo apt-get install -y chromium fonts-wqy-microhei（或以 root 身份运行本脚本自动安装；也可用 EDGE_AGENT_CHROMIUM 指定浏览器路径）。"
 }
