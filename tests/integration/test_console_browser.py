@@ -5,8 +5,8 @@
 What a guard and an installer see: the login first; an alarm raised in the agent
 appears on the alarms page and one click acknowledges it, which the broker's retained
 ``ROOT/alarms/active/{id}`` then says; a device named like an XSS attack shows its name
-as text (no dialog); the pages in Chinese (a screenshot, kept where
-``CONSOLE_SCREENSHOT_DIR`` says, else in the test's temporary folder).
+as text (no dialog); the pages in Chinese (screenshots, kept where
+``EDGE_AGENT_SCREENSHOTS`` says, else in the test's temporary folder).
 """
 
 from __future__ import annotations
@@ -25,24 +25,12 @@ from edge_agent.config.loader import load_config
 from edge_agent.console.auth import set_password
 from edge_agent.simulators.campus import CampusSim
 from edge_agent.supervisor import Agent
+from tests.browser_helpers import chromium_page, save_screenshot_path
 from tests.e2e.helpers import agent_config
 from tests.mqtt_helpers import MqttBroker, mqtt_subscriber
 
-playwright_api = pytest.importorskip("playwright.async_api", reason="pip install playwright")
-
 pytestmark = pytest.mark.integration
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 XSS = "<img src=x onerror=alert(1)>"
 PASSWORD = "night-shift 夜班"
 #: generous: a loaded CI machine; never an assertion on how long it took
@@ -58,33 +46,21 @@ class Console:
 
 
 @pytest.fixture
-async def page(tmp_path: Path) -> AsyncIterator[Any]:
-    """A fresh Chromium profile and page; every dialog (an XSS that ran) is recorded in
-    ``page.dialogs`` and dismissed."""
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is missing: apt-get install chromium fonts-wqy-microhei")
-    async with playwright_api.async_playwright() as pw:
-        context = await pw.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"),
-            executable_path=CHROMIUM,
-            headless=True,
-            args=ARGS,
-            locale="en-US",
-        )
-        try:
-            page = context.pages[0] if context.pages else await context.new_page()
-            dialogs: list[str] = []
-            page.dialogs = dialogs
+async def page() -> AsyncIterator[Any]:
+    """The shared browser (tests/browser_helpers.py) in English; every dialog (an XSS
+    that ran) is recorded in ``page.dialogs`` and dismissed."""
+    async with chromium_page(locale="en-US") as opened:
+        page: Any = opened
+        dialogs: list[str] = []
+        page.dialogs = dialogs
 
-            async def on_dialog(dialog: Any) -> None:
-                dialogs.append(dialog.message)
-                await dialog.dismiss()
+        async def on_dialog(dialog: Any) -> None:
+            dialogs.append(dialog.message)
+            await dialog.dismiss()
 
-            page.on("dialog", on_dialog)
-            page.set_default_timeout(WAIT_MS)
-            yield page
-        finally:
-            await context.close()
+        page.on("dialog", on_dialog)
+        page.set_default_timeout(WAIT_MS)
+        yield page
 
 
 @pytest.fixture
@@ -199,12 +175,10 @@ async def test_the_pages_in_chinese(page: Any, console: Console, tmp_path: Path)
     await page.locator("#alarms td", has_text="未确认").wait_for()
     await page.click("button.tab[data-tab=health]")
     await page.locator("#health dt", has_text="缓存消息数").wait_for()
-    folder = Path(os.environ.get("CONSOLE_SCREENSHOT_DIR") or tmp_path)
-    folder.mkdir(parents=True, exist_ok=True)
-    shot = folder / "console-health-zh.png"
+    shot = save_screenshot_path(tmp_path, "console-health-zh.png")
     await page.screenshot(path=str(shot), full_page=True)
     await page.click("button.tab[data-tab=alarms]")
-    await page.screenshot(path=str(folder / "console-alarms-zh.png"), full_page=True)
+    await page.screenshot(path=str(save_screenshot_path(tmp_path, "console-alarms-zh.png")))
     assert shot.stat().st_size > 5000
     # the choice is the user's, kept across a reload
     await page.reload()
