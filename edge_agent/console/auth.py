@@ -99,8 +99,8 @@ def read_credentials(path: Path) -> dict[str, str]:
 
 
 def set_password(path: Path, user: str, password: str) -> bool:
-    """Add ``user`` or replace its hash in ``path`` (created if need be), mode 0600,
-    replaced atomically; other lines are kept. True when the user is new."""
+    """Add ``user`` or replace its hash in ``path`` (created if need be), mode 0600, its
+    owner kept, replaced atomically; other lines are kept. True when the user is new."""
     if not USER_RE.match(user):
         raise CredentialsError(
             f"{user!r}: a user name is 1-64 letters, digits, '_', '.', '@' or '-' "
@@ -109,8 +109,11 @@ def set_password(path: Path, user: str, password: str) -> bool:
     if not password:
         raise CredentialsError("the password is empty / 密码不能为空")
     lines: list[str] = []
+    owner: tuple[int, int] | None = None
     if path.exists():
         lines = path.read_text(encoding="utf-8").splitlines()
+        st = path.stat()
+        owner = (st.st_uid, st.st_gid)
     entry = f"{user}:{hash_password(password)}"
     new = True
     for i, line in enumerate(lines):
@@ -123,6 +126,10 @@ def set_password(path: Path, user: str, password: str) -> bool:
     fd, tmp = tempfile.mkstemp(prefix=".console-users.", dir=path.parent)
     try:
         os.fchmod(fd, 0o600)
+        if owner is not None and owner != (os.geteuid(), os.getegid()):
+            # root updating a file the agent's user owns (chown edge-agent: FILE): the new
+            # file keeps that owner, or the agent could no longer read it
+            os.fchown(fd, *owner)
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             out.write("\n".join(lines) + "\n")
             out.flush()

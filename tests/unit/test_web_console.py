@@ -499,3 +499,16 @@ def test_the_password_is_never_in_the_credentials_file(tmp_path: Path) -> None:
     assert "hunter" not in text
     assert [line.split(":")[0] for line in text.splitlines()] == ["alice", "carol"]
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing a file's owner needs root")
+def test_root_updating_the_file_keeps_its_owner_so_the_agent_can_still_read_it(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "users"
+    set_password(path, "alice", "one")
+    os.chown(path, 65534, 65534)  # the agent's user (chown edge-agent: FILE)
+    set_password(path, "alice", "two")
+    st = path.stat()
+    assert (st.st_uid, st.st_gid) == (65534, 65534)
+    assert stat.S_IMODE(st.st_mode) == 0o600
