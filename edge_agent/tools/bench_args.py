@@ -97,6 +97,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: the agent's own default) / 提交间隔",
     )
     parser.add_argument(
+        "--console",
+        action="store_true",
+        help="latency: raise the alarms through the alarm book and also time raise -> event "
+        "on the local console's stream (SSE) / 同时测量告警到本地控制台的延迟",
+    )
+    parser.add_argument(
         "--json",
         default="bench-results.json",
         help="write the results here (default ./bench-results.json)",
