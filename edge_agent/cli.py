@@ -117,18 +117,28 @@ def cmd_console_passwd(args: argparse.Namespace) -> int:
     if args.credentials is not None:
         path = Path(args.credentials)
     else:
-        from edge_agent.config.loader import AgentConfigBase
+        # Only console.credentials is read: on the first run the file does not exist yet,
+        # and check-config would refuse the config for exactly that.
+        from edge_agent.config.yamlsrc import SourceError
+        from edge_agent.config.yamlsrc import load as load_yaml
 
-        cfg = _load(args.config)
-        assert isinstance(cfg, AgentConfigBase)
-        if cfg.console is None:
+        try:
+            data, _lines = load_yaml(Path(args.config))
+        except (OSError, SourceError) as err:
+            print(f"{args.config}: {getattr(err, 'message', None) or err}", file=sys.stderr)
+            return 1
+        section = data.get("console") if isinstance(data, dict) else None
+        creds = section.get("credentials") if isinstance(section, dict) else None
+        if not isinstance(creds, str) or not creds:
             print(
-                f"{args.config}: no console: section; add 'console: {{credentials: FILE}}' "
-                "/ 配置文件中没有 console: 一节",
+                f"{args.config}: no console.credentials; add 'console: {{credentials: FILE}}' "
+                "/ 配置文件中没有 console.credentials",
                 file=sys.stderr,
             )
             return 1
-        path = cfg.console.credentials_path(Path(args.config).resolve().parent)
+        path = Path(creds)
+        if not path.is_absolute():
+            path = Path(args.config).resolve().parent / path
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     else:

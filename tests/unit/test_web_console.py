@@ -452,13 +452,20 @@ async def test_stopping_the_server_ends_open_streams_cleanly(env: Env) -> None:
 
 
 async def test_nothing_runs_while_nobody_is_connected(env: Env) -> None:
-    before = {t for t in asyncio.all_tasks() if not t.done()}
+    def console_tasks() -> list[asyncio.Task[Any]]:
+        found = []
+        for task in asyncio.all_tasks():
+            code = getattr(task.get_coro(), "cr_code", None)
+            if not task.done() and code is not None and "/console/" in code.co_filename:
+                found.append(task)
+        return found
+
     for i in range(5):
         env.raise_alarm(rule=f"r{i}")
     await asyncio.sleep(0)
-    after = {t for t in asyncio.all_tasks() if not t.done()}
-    assert after == before
+    assert console_tasks() == []  # no polling loop of its own, started or not
     assert env.console.stream.streams == 0
+    assert len(env.console.stream.start(None)[0]) == 1  # the ring has them for later
 
 
 # -- check-config ---------------------------------------------------------------------
@@ -512,3 +519,51 @@ def test_root_updating_the_file_keeps_its_owner_so_the_agent_can_still_read_it(
     st = path.stat()
     assert (st.st_uid, st.st_gid) == (65534, 65534)
     assert stat.S_IMODE(st.st_mode) == 0o600
+
+
+def test_console_passwd_with_the_config_on_the_first_run(tmp_path: Path) -> None:
+    """The first user is created before the credentials file exists, which check-config
+    would refuse: the command reads only console.credentials of the config."""
+    path = _write(tmp_path, "http: {bind: '0.0.0.0:8080'}\nconsole:\n  credentials: users\n")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edge_agent",
+            "console-passwd",
+            "guard",
+            "-c",
+            str(path),
+            "--password-stdin",
+        ],
+        input="s3cret 密码\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "guard added" in done.stdout
+    users = (tmp_path / "users").read_text()
+    assert users.startswith("guard:scrypt$")
+    from edge_agent.config.loader import load_config
+
+    assert load_config(path).console is not None  # and now the config checks
+    bare = _write(tmp_path, "")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edge_agent",
+            "console-passwd",
+            "guard",
+            "-c",
+            str(bare),
+            "--password-stdin",
+        ],
+        input="x\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert "console.credentials" in done.stderr
