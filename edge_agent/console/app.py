@@ -341,9 +341,7 @@ class Console:
         except (ValueError, KeyError, TypeError):
             return _error(400, "send JSON {minutes} / 请求格式错误")
         try:
-            result = self.book.shelve(
-                alarm_id, session.user, minutes, origin=_origin(request)
-            )
+            result = self.book.shelve(alarm_id, session.user, minutes, origin=_origin(request))
         except AlarmError as err:
             return _error(409, str(err))
         return web.json_response(result)
