@@ -79,7 +79,8 @@ function currentLang() {
 
 function t(key) {
   const pair = TEXTS[key];
-  if (!pair) return key;
+  // a state or severity this page does not know yet: its own name, without the prefix
+  if (!pair) return key.includes(".") ? key.slice(key.indexOf(".") + 1) : key;
   return currentLang() === "zh" ? pair[1] : pair[0];
 }
 
