@@ -44,6 +44,9 @@ LOGIN_COOKIE = "edge_console_login"
 HEARTBEAT_S = 15.0
 #: a stream write that cannot go out this long (a stalled client) ends the stream
 WRITE_TIMEOUT_S = 30.0
+#: open alarm streams at most (a guard office has a few screens; a tab stuck in a reload
+#: loop must not pile up connections on a Pi)
+MAX_STREAMS = 32
 STATIC = {
     "app.js": "text/javascript",
     "login.js": "text/javascript",
@@ -92,6 +95,7 @@ class Console:
         site: dict[str, Any] | None = None,
         now: Callable[[], float] | None = None,
         verify: Callable[[str, str], bool] = _verify,
+        max_streams: int = MAX_STREAMS,
     ) -> None:
         self.cfg = cfg
         self.book = book
@@ -108,6 +112,7 @@ class Console:
         self.limiter = LoginLimiter(cfg.login_failures_max, cfg.login_lockout_s, **clock)
         self.stream = AlarmStream(self._alarms)
         self._verify = verify
+        self.max_streams = max_streams
         self._static = _load_static()
         #: login CSRF tokens handed out (cookie value -> True), bounded
         self._login_tokens: dict[str, None] = {}
@@ -287,6 +292,7 @@ class Console:
         # An unknown user is checked against a dummy hash, so timing does not tell users.
         ok = await asyncio.to_thread(self._verify, password, encoded or _DUMMY) and bool(encoded)
         if not ok:
+            log.debug("console: failed login as %r from %s", user, addr)
             self.limiter.failed(addr, user)
             return _error(401, "wrong user or password / 用户名或密码错误")
         self.limiter.succeeded(addr)
@@ -361,6 +367,10 @@ class Console:
 
     # -- the alarm stream -----------------------------------------------------------------------
     async def _events(self, request: web.Request, session: Session) -> web.StreamResponse:
+        if self.stream.streams >= self.max_streams:
+            response = _error(503, "too many open alarm pages / 打开的告警页面过多")
+            response.headers["Retry-After"] = "10"
+            return response
         response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream; charset=utf-8",

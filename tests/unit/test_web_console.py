@@ -451,6 +451,26 @@ async def test_stopping_the_server_ends_open_streams_cleanly(env: Env) -> None:
     assert env.console.stream.streams == 0
 
 
+async def test_open_streams_are_capped(env: Env) -> None:
+    env.console.max_streams = 1
+    async with client() as http:
+        await login(http, env)
+        async with http.get(env.url("/console/api/events")) as first:
+            await Sse(first).next()
+            async with http.get(env.url("/console/api/events")) as second:
+                assert second.status == 503
+                assert second.headers["Retry-After"] == "10"
+        await until_streams(env, 0)
+        async with http.get(env.url("/console/api/events")) as again:  # freed when it closed
+            assert (await Sse(again).next())["event"] == "snapshot"
+
+
+async def until_streams(env: Env, n: int) -> None:
+    async with asyncio.timeout(10):
+        while env.console.stream.streams != n:
+            await asyncio.sleep(0.01)
+
+
 async def test_nothing_runs_while_nobody_is_connected(env: Env) -> None:
     def console_tasks() -> list[asyncio.Task[Any]]:
         found = []
