@@ -368,9 +368,9 @@ class Console:
     # -- the alarm stream -----------------------------------------------------------------------
     async def _events(self, request: web.Request, session: Session) -> web.StreamResponse:
         if self.stream.streams >= self.max_streams:
-            response = _error(503, "too many open alarm pages / 打开的告警页面过多")
-            response.headers["Retry-After"] = "10"
-            return response
+            busy = _error(503, "too many open alarm pages / 打开的告警页面过多")
+            busy.headers["Retry-After"] = "10"
+            return busy
         response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream; charset=utf-8",
