@@ -65,7 +65,9 @@ class DeviceBoard:
         out = []
         for dev_id, row in self._devices.items():
             item = dict(row, values=dict(row["values"]))
-            item["frames"], item["diagnostics"] = _driver_facts(drivers.get(dev_id))
+            driver = drivers.get(dev_id)
+            item["frames"], item["diagnostics"] = _driver_facts(driver)
+            item["units"] = _units(driver)
             out.append(item)
         return out
 
@@ -93,6 +95,17 @@ def _driver_facts(driver: Any) -> tuple[list[str] | None, dict[str, Any] | None]
         if frames is None and isinstance(raw, list):
             frames = [str(f) for f in raw][-FRAMES_MAX:]
     return frames, _jsonable(diagnostics)
+
+
+def _units(driver: Any) -> dict[str, str]:
+    """metric -> unit, from the driver's ``metrics()`` (the same as its meta topic)."""
+    metrics = getattr(driver, "metrics", None)
+    if not callable(metrics):
+        return {}
+    try:
+        return {str(m.name): str(m.unit) for m in metrics() if getattr(m, "unit", None)}
+    except Exception:  # a driver bug must not take the page down
+        return {}
 
 
 def _jsonable(value: Any) -> Any:

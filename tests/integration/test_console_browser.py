@@ -158,7 +158,9 @@ async def test_an_alarm_shows_live_and_one_click_acknowledges_it_on_the_broker(
     assert page.dialogs == []
 
 
-async def test_a_device_named_like_an_xss_attack_shows_as_text(page: Any, console: Console) -> None:
+async def test_a_device_named_like_an_xss_attack_shows_as_text(
+    page: Any, console: Console, tmp_path: Path
+) -> None:
     await log_in(page, console)
     await page.wait_for_url(console.url)
     await page.click("button.tab[data-tab=devices]")
@@ -168,7 +170,10 @@ async def test_a_device_named_like_an_xss_attack_shows_as_text(page: Any, consol
     assert await page.locator("#devices img").count() == 0
     frames = await row.locator("td").nth(8).text_content()
     assert ">>" in frames  # the Modbus driver keeps its last raw frames
+    assert "co2 = " in await row.locator("td").nth(7).text_content()
+    assert " ppm" in await row.locator("td").nth(7).text_content()  # the profile's unit
     assert page.dialogs == []
+    await page.screenshot(path=str(save_screenshot_path(tmp_path, "console-devices-en.png")))
 
 
 async def test_the_pages_in_chinese(page: Any, console: Console, tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ from edge_agent.console.app import COOKIE, SECURITY_HEADERS, Console
 from edge_agent.console.auth import hash_password, set_password, verify_password
 from edge_agent.console.config import ConsoleConfig
 from edge_agent.console.views import DeviceBoard
+from edge_agent.driver import MetricInfo
 from edge_agent.http import HttpServer
 from edge_agent.pipeline.base import Message
 
@@ -58,6 +59,9 @@ class Dev:
 
 class FramesDriver:
     """A driver that keeps raw frames, as the Modbus driver does."""
+
+    def metrics(self) -> list[MetricInfo]:
+        return [MetricInfo("co2", "ppm", "CO2"), MetricInfo(XSS, "<b>", "markup")]
 
     def last_frames(self) -> list[str]:
         return ["08:00:01.123Z >> 01 03 00 00 00 02 c4 0b", "08:00:01.140Z << 01 03 04 <b>"]
@@ -351,6 +355,7 @@ async def test_device_names_and_frames_are_json_text_never_html(env: Env) -> Non
     assert air["name"] == XSS
     assert air["location"]["room"] == XSS
     assert air["values"] == {"co2": 812, XSS: 1}
+    assert air["units"] == {"co2": "ppm", XSS: "<b>"}
     assert (air["state"], air["last_error"]) == ("degraded", XSS)
     assert air["frames"][0].startswith("08:00:01.123Z >> 01 03")
     assert devices["meter-1"]["frames"] is None  # no driver frames: said, not faked

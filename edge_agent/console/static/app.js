@@ -103,8 +103,9 @@ function connectStream() {
 }
 
 // -- devices, health, check --------------------------------------------------------------
-function fmtValues(values) {
-  return Object.entries(values || {}).map(([k, v]) => k + " = " + v).join("\n");
+function fmtValues(values, units) {
+  return Object.entries(values || {})
+    .map(([k, v]) => k + " = " + v + (units && units[k] ? " " + units[k] : "")).join("\n");
 }
 
 async function loadDevices() {
@@ -115,7 +116,7 @@ async function loadDevices() {
     const tr = document.createElement("tr");
     tr.dataset.deviceId = d.id;
     const loc = d.location ? [d.location.building, d.location.floor, d.location.room].filter((x) => x !== null && x !== undefined).join(" / ") : "";
-    const values = el("td"); values.append(el("pre", fmtValues(d.values)));
+    const values = el("td"); values.append(el("pre", fmtValues(d.values, d.units)));
     if (d.values_ts) values.append(el("small", d.values_ts));
     const frames = el("td");
     if (d.frames === null) frames.append(el("small", t("no_frames")));
