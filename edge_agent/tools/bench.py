@@ -49,6 +49,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import math
 import os
 import platform
@@ -729,13 +730,13 @@ async def run_drain(
     deleted = [0]
     book: Any = None
     watch: _ConsoleWatch | None = None
+    book_log = logging.getLogger("edge_agent.alarms.lifecycle")
+    book_log_level = book_log.level
     if alarms and console:
-        import logging
-
         from edge_agent.alarms.lifecycle import AlarmBook
 
-        # one WARNING line per raised alarm would flood the bench's output
-        logging.getLogger("edge_agent.alarms.lifecycle").setLevel(logging.ERROR)
+        # one WARNING line per raised alarm would flood the bench's output (set back below)
+        book_log.setLevel(logging.ERROR)
         book = AlarmBook(ROOT, outbox.put, lambda _topic, _payload: None, "en")
         watch = _ConsoleWatch(book, workdir)
 
@@ -853,6 +854,7 @@ async def run_drain(
         await asyncio.gather(*tasks, return_exceptions=True)
         if watch is not None:
             await watch.stop()
+        book_log.setLevel(book_log_level)
         await outbox.close()
         if sub is not None:
             await asyncio.to_thread(sub.stop)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import statistics
 import time
@@ -287,6 +288,8 @@ async def test_latency_with_console_times_each_alarm_to_the_consoles_stream(
     assert console["max_ms"] >= console["p99_ms"] >= console["p50_ms"] > 0
     assert not list(tmp_path.glob("*.db*"))
     assert not list(tmp_path.glob("bench-console-users*"))
+    # the book's log level, quietened for the run, is set back for whatever runs next
+    assert logging.getLogger("edge_agent.alarms.lifecycle").level == logging.NOTSET
     rows = dict((r[0], r[1]) for r in bench._info_rows({"latency": latency}))
     assert "alarm -> console stream p50 / p99 / max" in rows
 
