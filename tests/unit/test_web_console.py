@@ -266,8 +266,13 @@ async def test_a_post_without_the_csrf_token_or_from_another_origin_is_refused(
         ) as r:
             assert r.status == 200
             assert (await r.json())["state"] == "active_acked"
-        async with http.post(ack, json={}, headers={"X-CSRF-Token": token}) as r:
-            assert r.status == 409  # already acknowledged: said, not a 500
+        async with http.post(
+            env.url("/console/api/alarms/no-such-alarm/ack"),
+            json={},
+            headers={"X-CSRF-Token": token},
+        ) as r:
+            assert r.status == 409  # the book's refusal is said, not a 500
+            assert "no-such-alarm" in (await r.json())["error"]
     alarm = env.book.alarms[alarm_id]
     assert (alarm.state, alarm.acked_by) == ("active_acked", "alice")
     assert env.retained[f"{ROOT}/alarms/active/{alarm_id}"]["state"] == "active_acked"
