@@ -1,5 +1,4 @@
-"""``edge-agent``: run, check-config, doctor, tail, sim, demo, bench, probe, pseudonym,
-console-passwd.
+"""``edge-agent``: run, check-config, doctor, tail, sim, demo, bench, probe, pseudonym.
 
 Exit codes: 0 ok, 1 bad config or failed start, 2 usage, 130 interrupted.
 """
@@ -450,6 +449,24 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-c", "--config", dest="config", help="YAML config file (same as FILE)")
     c.set_defaults(fn=cmd_check_config, check_parser=c)
 
+    cp = sub.add_parser(
+        "console-passwd",
+        help="add a console user or change its password / 设置控制台账号密码",
+        description="Write USER's scrypt password hash into the console's credentials file "
+        "(console.credentials of the config, or -f FILE), mode 0600; other users are kept. "
+        "The running agent reads the file at every login. "
+        "写入控制台用户的密码哈希（文件权限 0600），正在运行的网关无需重启即生效。",
+    )
+    cp.add_argument("user", help="user name / 用户名")
+    cp.add_argument("-c", "--config", help="the agent's YAML config (its console.credentials)")
+    cp.add_argument("-f", "--credentials", help="the credentials file itself / 账号文件")
+    cp.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from the first line of stdin (scripts) / 从标准输入读取密码",
+    )
+    cp.set_defaults(fn=cmd_console_passwd, passwd_parser=cp)
+
     dr = sub.add_parser(
         "doctor",
         help="check broker, TLS files, serial ports, clock, outbox, devices / 安装自检",
@@ -473,24 +490,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ps.add_argument("--hex", action="store_true", help="the cards are printed in hex / 十六进制")
     ps.set_defaults(fn=cmd_pseudonym)
-
-    cp = sub.add_parser(
-        "console-passwd",
-        help="add a console user or change its password / 设置控制台账号密码",
-        description="Write USER's scrypt password hash into the console's credentials file "
-        "(console.credentials of the config, or -f FILE), mode 0600; other users are kept. "
-        "The running agent reads the file at every login. "
-        "写入控制台用户的密码哈希（文件权限 0600），正在运行的网关无需重启即生效。",
-    )
-    cp.add_argument("user", help="user name / 用户名")
-    cp.add_argument("-c", "--config", help="the agent's YAML config (its console.credentials)")
-    cp.add_argument("-f", "--credentials", help="the credentials file itself / 账号文件")
-    cp.add_argument(
-        "--password-stdin",
-        action="store_true",
-        help="read the password from the first line of stdin (scripts) / 从标准输入读取密码",
-    )
-    cp.set_defaults(fn=cmd_console_passwd, passwd_parser=cp)
 
     t = sub.add_parser("tail", help="subscribe and pretty-print the contract topics / 查看上报数据")
     t.add_argument(

@@ -120,6 +120,11 @@ class AgentConfigBase(Strict):
     http: HttpConfig = Field(
         default_factory=HttpConfig, description="HTTP server for push devices and the console"
     )
+    console: ConsoleConfig | None = Field(
+        default=None,
+        description="The local web console: alarms, devices, health, the config check "
+        "(docs/console.md); off unless written here / 本地网页控制台（默认关闭）",
+    )
     buses: list[BusConfig] = Field(
         default_factory=list, description="Serial lines and shared TCP endpoints"
     )
@@ -139,11 +144,6 @@ class AgentConfigBase(Strict):
     notify: NotifyConfig = Field(
         default_factory=NotifyConfig,
         description="Alarm delivery to team-chat robots and webhooks (docs/notify.md) / 告警推送",
-    )
-    console: ConsoleConfig | None = Field(
-        default=None,
-        description="The local web console: alarms, devices, health, the config check "
-        "(docs/console.md); off unless written here / 本地网页控制台（默认关闭）",
     )
 
 
