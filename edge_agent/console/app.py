@@ -117,6 +117,25 @@ class Console:
         #: login CSRF tokens handed out (cookie value -> True), bounded
         self._login_tokens: dict[str, None] = {}
         book.add_listener(self.stream.on_transition)
+        self._check_users()
+
+    def _check_users(self) -> None:
+        """Say at start, once, when nobody can log in (the file is read again at every
+        login, so creating a user afterwards needs no restart)."""
+        try:
+            users = read_credentials(self.credentials)
+        except OSError as err:
+            why = err.strerror or str(err)
+        else:
+            if users:
+                return
+            why = "no users in it"
+        log.warning(
+            "console: nobody can log in yet: %s (%s); create a user with 'edge-agent "
+            "console-passwd USER -c CONFIG' / 控制台尚无可登录的账号，请用 console-passwd 创建",
+            self.credentials,
+            why,
+        )
 
     @classmethod
     def for_agent(cls, agent: Any) -> Console:

@@ -597,3 +597,30 @@ def test_console_passwd_with_the_config_on_the_first_run(tmp_path: Path) -> None
     )
     assert done.returncode == 1
     assert "console.credentials" in done.stderr
+
+
+def test_a_console_nobody_can_log_in_to_says_so_once_at_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def make(creds: Path) -> Console:
+        return Console(
+            ConsoleConfig(credentials=str(creds)),
+            book=AlarmBook(ROOT, lambda *a, **kw: None, lambda t, p: None),
+            board=DeviceBoard([]),
+            drivers={},
+            health=_health,
+            uplink=dict,
+            config_dir=tmp_path,
+        )
+
+    caplog.set_level(logging.WARNING, logger="edge_agent.console")
+    make(tmp_path / "missing")
+    (tmp_path / "empty").write_text("# nobody yet\n")
+    make(tmp_path / "empty")
+    set_password(tmp_path / "users", "alice", "pw")
+    make(tmp_path / "users")
+    lines = [r.getMessage() for r in caplog.records if r.name == "edge_agent.console.app"]
+    assert len(lines) == 2
+    assert "missing" in lines[0]
+    assert "no users in it" in lines[1]
+    assert all("console-passwd" in line for line in lines)
