@@ -137,6 +137,9 @@ async def test_an_alarm_shows_live_and_one_click_acknowledges_it_on_the_broker(
     row = page.locator(f'tr[data-alarm-id="{alarm.alarm_id}"]')
     await row.wait_for()  # pushed over SSE, no reload
     assert await row.locator("td").nth(4).text_content() == f"CO2 high {XSS}"
+    raised = row.locator("td.raised")  # in the browser's time zone, the exact time in title
+    assert await raised.get_attribute("title") == alarm.data()["raised_at"]
+    assert not (await raised.text_content()).endswith("Z")
     await row.locator("button.ack").click()
     await row.locator("td.state", has_text="active, acknowledged").wait_for()
     topic = f"{console.root}/alarms/active/{alarm.alarm_id}"

@@ -14,6 +14,18 @@ function el(tag, text, cls) {
   return node;
 }
 
+// A time of the gateway (ISO 8601 UTC) in the browser's own time zone and language; the
+// exact value stays in the cell's title.
+function timeCell(iso, cls) {
+  const cell = el("td", "", cls);
+  if (!iso) return cell;
+  const when = new Date(iso);
+  cell.textContent = isNaN(when) ? String(iso)
+    : when.toLocaleString(currentLang() === "zh" ? "zh-CN" : "en-GB");
+  cell.title = String(iso);
+  return cell;
+}
+
 async function api(path, options) {
   const opts = Object.assign({ credentials: "same-origin" }, options || {});
   if (opts.method === "POST") {
@@ -43,7 +55,7 @@ function renderAlarms() {
     tr.append(el("td", t("severity." + a.severity)), el("td", t("state." + a.state), "state"),
       el("td", a.device), el("td", a.rule), el("td", a.message),
       el("td", a.value === null || a.value === undefined ? "" : JSON.stringify(a.value)),
-      el("td", a.raised_at), el("td", a.acked_by || ""));
+      timeCell(a.raised_at, "raised"), el("td", a.acked_by || ""));
     const actions = el("td");
     if (a.state === "active_unacked" || a.state === "cleared_unacked" || a.state === "shelved") {
       const ack = el("button", t("ack"), "ack");
@@ -117,13 +129,13 @@ async function loadDevices() {
     tr.dataset.deviceId = d.id;
     const loc = d.location ? [d.location.building, d.location.floor, d.location.room].filter((x) => x !== null && x !== undefined).join(" / ") : "";
     const values = el("td"); values.append(el("pre", fmtValues(d.values, d.units)));
-    if (d.values_ts) values.append(el("small", d.values_ts));
+    if (d.values_ts) values.append(el("small", timeCell(d.values_ts).textContent));
     const frames = el("td");
     if (d.frames === null) frames.append(el("small", t("no_frames")));
     else frames.append(el("pre", d.frames.join("\n")));
     if (d.diagnostics) frames.append(el("pre", JSON.stringify(d.diagnostics, null, 1)));
     tr.append(el("td", d.id), el("td", d.name || "", "name"), el("td", d.kind), el("td", loc),
-      el("td", t("dev." + d.state), "dev-" + d.state), el("td", d.since || ""),
+      el("td", t("dev." + d.state), "dev-" + d.state), timeCell(d.since),
       el("td", d.last_error || ""), values, frames);
     tbody.append(tr);
   }
