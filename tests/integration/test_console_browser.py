@@ -190,6 +190,8 @@ async def test_the_pages_in_chinese(page: Any, console: Console, tmp_path: Path)
     await page.locator("#alarms td", has_text="未确认").wait_for()
     await page.click("button.tab[data-tab=health]")
     await page.locator("#health dt", has_text="缓存消息数").wait_for()
+    dropped = page.locator("#health dt", has_text="丢弃").locator("xpath=following-sibling::dd[1]")
+    assert await dropped.text_content() == "0"
     shot = save_screenshot_path(tmp_path, "console-health-zh.png")
     await page.screenshot(path=str(shot), full_page=True)
     await page.click("button.tab[data-tab=alarms]")

@@ -156,6 +156,9 @@ async function loadHealth() {
   fact(dl, "outbox_bytes", h.outbox.bytes);
   fact(dl, "outbox_oldest", h.outbox.oldest_age_s);
   fact(dl, "outbox_mode", h.outbox.mode);
+  const dropped = Object.values(h.dropped || {}).reduce((a, b) => a + Number(b || 0), 0);
+  fact(dl, "dropped", dropped, dropped ? "bad" : "ok");
+  fact(dl, "publish_rate", h.publish ? h.publish.rate_per_s : null);
   fact(dl, "clock", t(h.clock.synced ? "synced" : "not_synced") + (h.clock.reason ? " (" + h.clock.reason + ")" : ""),
     h.clock.synced ? "ok" : "bad");
   fact(dl, "devices_online", h.devices.online + " / " + h.devices.total);

@@ -40,6 +40,8 @@ const TEXTS = {
   outbox_bytes: ["Outbox size (bytes)", "缓存大小（字节）"],
   outbox_oldest: ["Oldest message age (s)", "最早消息等待（秒）"],
   outbox_mode: ["Outbox mode", "缓存模式"],
+  dropped: ["Messages dropped by the size cap", "因容量上限丢弃的消息"],
+  publish_rate: ["Published per second", "每秒发布"],
   uplink: ["Uplink", "上行连接"],
   connected: ["connected", "已连接"],
   disconnected: ["disconnected", "未连接"],
