@@ -200,6 +200,8 @@ class Console:
 
     @staticmethod
     def _secure(response: web.StreamResponse) -> web.StreamResponse:
+        if response.prepared:  # an event stream: sent with its headers already
+            return response
         response.headers.update(SECURITY_HEADERS)
         response.headers.setdefault("Cache-Control", "no-store")
         return response
