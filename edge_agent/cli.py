@@ -104,6 +104,60 @@ def cmd_pseudonym(args: argparse.Namespace) -> int:
     return rc
 
 
+def cmd_console_passwd(args: argparse.Namespace) -> int:
+    """Add a console user or change its password in the credentials file (mode 0600)."""
+    import getpass
+
+    from edge_agent.console.auth import CredentialsError, set_password
+
+    if (args.credentials is None) == (args.config is None):
+        parser: argparse.ArgumentParser = args.passwd_parser
+        parser.error("give -c CONFIG or -f FILE / 请指定配置文件 (-c) 或账号文件 (-f)")
+    if args.credentials is not None:
+        path = Path(args.credentials)
+    else:
+        # Only console.credentials is read: on the first run the file does not exist yet,
+        # and check-config would refuse the config for exactly that.
+        from edge_agent.config.yamlsrc import SourceError
+        from edge_agent.config.yamlsrc import load as load_yaml
+
+        try:
+            data, _lines = load_yaml(Path(args.config))
+        except (OSError, SourceError) as err:
+            print(f"{args.config}: {getattr(err, 'message', None) or err}", file=sys.stderr)
+            return 1
+        section = data.get("console") if isinstance(data, dict) else None
+        creds = section.get("credentials") if isinstance(section, dict) else None
+        if not isinstance(creds, str) or not creds:
+            print(
+                f"{args.config}: no console.credentials; add 'console: {{credentials: FILE}}' "
+                "/ 配置文件中没有 console.credentials",
+                file=sys.stderr,
+            )
+            return 1
+        path = Path(creds)
+        if not path.is_absolute():
+            path = Path(args.config).resolve().parent / path
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass(f"password for {args.user} / 密码: ")
+        if getpass.getpass("again / 再输入一次: ") != password:
+            print("the passwords differ / 两次输入的密码不一致", file=sys.stderr)
+            return 1
+    try:
+        new = set_password(path, args.user, password)
+    except CredentialsError as err:
+        print(str(err), file=sys.stderr)
+        return 1
+    except OSError as err:
+        print(f"{path}: {err.strerror or err}", file=sys.stderr)
+        return 1
+    what = "added / 已添加" if new else "password changed / 密码已修改"
+    print(f"{path}: {args.user} {what}")
+    return 0
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from edge_agent.config.loader import AgentConfigBase
     from edge_agent.tools.doctor import exit_code, format_table, run_checks
@@ -418,6 +472,24 @@ def build_parser() -> argparse.ArgumentParser:
     # `-c FILE` as `run`, `tail` and `doctor` take it: an installer types what they know
     c.add_argument("-c", "--config", dest="config", help="YAML config file (same as FILE)")
     c.set_defaults(fn=cmd_check_config, check_parser=c)
+
+    cp = sub.add_parser(
+        "console-passwd",
+        help="add a console user or change its password / 设置控制台账号密码",
+        description="Write USER's scrypt password hash into the console's credentials file "
+        "(console.credentials of the config, or -f FILE), mode 0600; other users are kept. "
+        "The running agent reads the file at every login. "
+        "写入控制台用户的密码哈希（文件权限 0600），正在运行的网关无需重启即生效。",
+    )
+    cp.add_argument("user", help="user name / 用户名")
+    cp.add_argument("-c", "--config", help="the agent's YAML config (its console.credentials)")
+    cp.add_argument("-f", "--credentials", help="the credentials file itself / 账号文件")
+    cp.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from the first line of stdin (scripts) / 从标准输入读取密码",
+    )
+    cp.set_defaults(fn=cmd_console_passwd, passwd_parser=cp)
 
     dr = sub.add_parser(
         "doctor",

@@ -121,6 +121,8 @@ class HttpServer:
         self._routes: dict[tuple[str, str], tuple[str, web.RouteDef | None, float | None]] = {}
         self._users: set[str] = set()
         self._runner: web.AppRunner | None = None
+        #: called at stop before connections close (the console ends its event streams)
+        self._on_stop: list[Callable[[], None]] = []
         if health is not None:
             # Added to the app at start (no aiohttp import here); claimed now, so no kind
             # can take the path.
@@ -157,6 +159,12 @@ class HttpServer:
         self._routes.update(new)
         if start and new:
             self._users.add(kind)
+
+    def on_stop(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` when the server stops, before it waits for running requests: a
+        part with long-lived responses (event streams) ends them there instead of having
+        them cancelled after the stop timeout."""
+        self._on_stop.append(fn)
 
     @property
     def wanted(self) -> bool:
@@ -223,6 +231,8 @@ class HttpServer:
         runner, self._runner = self._runner, None
         if runner is None:
             return
+        for fn in self._on_stop:
+            fn()
         await runner.cleanup()
         self.errors.summary()
         log.info("HTTP server stopped / HTTP 服务已停止")

@@ -255,6 +255,13 @@ class Agent:
         self._memory_lost_seen = 0
         #: one HTTP server for push devices and the console; parts add routes before run()
         self.http = HttpServer(cfg.http, health=self.health, healthy=self._healthy)
+        #: the local web console (edge_agent/console), only when ``console:`` is written;
+        #: imported only then (it loads aiohttp)
+        self.console: Any = None
+        if cfg.console is not None:
+            from edge_agent.console.app import Console
+
+            self.console = Console.for_agent(self)
         self._build_drivers()
         self._register_commands()
 

@@ -37,6 +37,7 @@ from edge_agent.config.patrol import PatrolConfig, check_patrol
 from edge_agent.config.rules import RulesConfig, check_rules
 from edge_agent.config.yamlsrc import FileProblems, KeyProblem, SourceError
 from edge_agent.config.yamlsrc import load as load_yaml
+from edge_agent.console.config import ConsoleConfig, check_console
 from edge_agent.errors import ConfigError
 from edge_agent.notify.config import NotifyConfig
 
@@ -118,6 +119,11 @@ class AgentConfigBase(Strict):
     )
     http: HttpConfig = Field(
         default_factory=HttpConfig, description="HTTP server for push devices and the console"
+    )
+    console: ConsoleConfig | None = Field(
+        default=None,
+        description="The local web console: alarms, devices, health, the config check "
+        "(docs/console.md); off unless written here / 本地网页控制台（默认关闭）",
     )
     buses: list[BusConfig] = Field(
         default_factory=list, description="Serial lines and shared TCP endpoints"
@@ -890,6 +896,7 @@ def load_config(
     problems += check_unique_ids(buses, devices)
     problems += check_across(_raw_ids(data, "buses"), devices, source, base)
     problems += check_hubs_http(data, devices)
+    problems += check_console(data, base)
     problems += check_doors(cfg, data, devices, source, base)
     problems += check_patrol(data.get("patrol"), _raw_ids(data, "devices"), data.get("site"))
     other_files: list[str] = []

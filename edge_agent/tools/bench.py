@@ -30,7 +30,10 @@ Four figures, each next to the target from the project's performance issue:
 ``latency``
     While the backlog drains, an alarm (lane ``ALARM``, topic ``ROOT/alarms``) is put
     into the outbox every 50 ms with its emit time inside ``data``; a separate
-    subscriber records when it arrives. p50, p99 and max of emit -> receipt.
+    subscriber records when it arrives. p50, p99 and max of emit -> receipt. With
+    ``--console`` the alarms are raised through the alarm book, whose listener feeds the
+    local console (:mod:`edge_agent.console`) on a loopback port; a logged-in client reads
+    its event stream, and raise -> event on the console is reported beside the broker's.
 
 ``wg``, ``hikvision``, ``zkteco`` (``--only doors``)
     Door swipes per protocol on 8 gate lanes: swipes/s on one core and the swipe-to-broker
@@ -46,6 +49,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import math
 import os
 import platform
@@ -336,6 +340,17 @@ def _info_rows(results: dict[str, Any]) -> list[tuple[str, str, str, float]]:
                 0,
             )
         )
+        con = lat.get("console")
+        if isinstance(con, dict) and con.get("p50_ms") is not None:
+            rows.append(
+                (
+                    "alarm -> console stream p50 / p99 / max",
+                    f"{fmt_num(con['p50_ms'])} / {fmt_num(con['p99_ms'])} / "
+                    f"{fmt_num(con['max_ms'])}",
+                    "ms",
+                    0,
+                )
+            )
     return rows
 
 
@@ -591,6 +606,85 @@ async def run_ingest(
 # -- drain and alarm latency ------------------------------------------------------------------
 
 
+class _ConsoleWatch:
+    """The local console (edge_agent/console) on a loopback port, with a browser's view of
+    it: logged in, reading its alarm event stream, noting when each bench alarm arrives
+    (``latency --console``)."""
+
+    def __init__(self, book: Any, workdir: Path) -> None:
+        from edge_agent.config.models import HttpConfig
+        from edge_agent.console.app import Console
+        from edge_agent.console.auth import set_password
+        from edge_agent.console.config import ConsoleConfig
+        from edge_agent.console.views import DeviceBoard
+        from edge_agent.http import HttpServer
+
+        self.password = os.urandom(12).hex()
+        self.creds = workdir / "bench-console-users"
+        set_password(self.creds, "bench", self.password)
+        self.server = HttpServer(HttpConfig(bind="127.0.0.1:0"))
+
+        async def health() -> dict[str, Any]:
+            return {}
+
+        self.console = Console(
+            ConsoleConfig(credentials=str(self.creds)),
+            book=book,
+            board=DeviceBoard([]),
+            drivers={},
+            health=health,
+            uplink=dict,
+            config_dir=workdir,
+        )
+        self.console.attach(self.server)
+        self.received: dict[int, float] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._http: Any = None
+
+    async def start(self) -> None:
+        import aiohttp
+
+        await self.server.start()
+        base = f"http://127.0.0.1:{self.server.addresses[0][1]}/console/api"
+        self._http = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+        async with self._http.get(f"{base}/login") as r:
+            token = (await r.json())["csrf"]
+        async with self._http.post(
+            f"{base}/login",
+            json={"user": "bench", "password": self.password},
+            headers={"X-CSRF-Token": token},
+        ) as r:
+            if r.status != 200:
+                raise BenchError(f"console login failed: HTTP {r.status}")
+        response = await self._http.get(f"{base}/events")
+        await response.content.readuntil(b"event: snapshot\n")
+        self._task = asyncio.create_task(self._read(response), name="bench-console-sse")
+
+    async def _read(self, response: Any) -> None:
+        try:
+            while True:
+                line = await response.content.readline()
+                if not line:
+                    return
+                if not line.startswith(b"data: "):
+                    continue
+                now = time.monotonic()
+                with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):
+                    value = json.loads(line[6:])["value"]
+                    self.received[int(value["bench_id"])] = now - float(value["emit_mono"])
+        finally:
+            response.release()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._http is not None:
+            await self._http.close()
+        await self.server.stop()
+        self.creds.unlink(missing_ok=True)
+
+
 async def run_drain(
     host: str,
     port: int,
@@ -602,11 +696,15 @@ async def run_drain(
     alarms: bool = True,
     protocol: str = "5",
     stall_timeout_s: float = 60.0,
+    console: bool = False,
 ) -> dict[str, Any]:
     """Drain a ``messages`` backlog through the real Publisher; alarms on top when asked.
 
     Returns the drain figures and, with ``alarms``, a ``"latency"`` sub-dict with the
-    raw latencies in ``latencies_ms``.
+    raw latencies in ``latencies_ms``. With ``console``, the alarms are raised through an
+    :class:`~edge_agent.alarms.lifecycle.AlarmBook` (as the rule engine raises them) whose
+    listener feeds the local console, and ``latency["console"]`` has raise -> event on
+    the console's stream, read by a logged-in client.
     """
     from edge_agent.envelope import Lane
     from edge_agent.mqtt.publisher import MqttSettings, Publisher
@@ -622,12 +720,25 @@ async def run_drain(
     def on_alarm(topic: str, payload: bytes, retain: bool, now: float) -> None:
         with contextlib.suppress(ValueError, KeyError, TypeError):
             data = json.loads(payload)["data"]
+            if "bench_id" not in data:  # raised through the alarm book: in its value
+                data = data["value"]
             with lock:
                 received[int(data["bench_id"])] = now - float(data["emit_mono"])
 
     sub: _Subscriber | None = None
     tasks: list[asyncio.Task[None]] = []
     deleted = [0]
+    book: Any = None
+    watch: _ConsoleWatch | None = None
+    book_log = logging.getLogger("edge_agent.alarms.lifecycle")
+    book_log_level = book_log.level
+    if alarms and console:
+        from edge_agent.alarms.lifecycle import AlarmBook
+
+        # one WARNING line per raised alarm would flood the bench's output (set back below)
+        book_log.setLevel(logging.ERROR)
+        book = AlarmBook(ROOT, outbox.put, lambda _topic, _payload: None, "en")
+        watch = _ConsoleWatch(book, workdir)
 
     def on_deleted(seqs: list[int]) -> None:
         deleted[0] += len(seqs)
@@ -648,6 +759,8 @@ async def run_drain(
                 client_id="bench-alarms",
             )
             await asyncio.to_thread(sub.start)
+        if watch is not None:
+            await watch.start()
         settings = MqttSettings(
             host=host,
             port=port,
@@ -671,7 +784,18 @@ async def run_drain(
         while True:
             now = time.monotonic()
             backlog_left = publisher.stats.acked < messages
-            if alarms and backlog_left and now >= next_alarm:
+            if book is not None and backlog_left and now >= next_alarm:
+                book.raise_(
+                    "bench",
+                    f"bench-{sent}",
+                    "critical",
+                    en="bench alarm",
+                    zh="基准测试告警",
+                    value={"bench_id": sent, "emit_mono": time.monotonic()},
+                )
+                sent += 1
+                next_alarm += ALARM_PERIOD_S
+            elif alarms and backlog_left and now >= next_alarm:
                 outbox.put(
                     Lane.ALARM,
                     TOPICS.alarms,
@@ -720,10 +844,17 @@ async def run_drain(
             deadline = time.monotonic() + 5
             while len(received) < sent and time.monotonic() < deadline:  # noqa: ASYNC110
                 await asyncio.sleep(0.02)
+            while (  # noqa: ASYNC110
+                watch is not None and len(watch.received) < sent and time.monotonic() < deadline
+            ):
+                await asyncio.sleep(0.02)
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if watch is not None:
+            await watch.stop()
+        book_log.setLevel(book_log_level)
         await outbox.close()
         if sub is not None:
             await asyncio.to_thread(sub.stop)
@@ -750,6 +881,14 @@ async def run_drain(
             "period_ms": ALARM_PERIOD_S * 1000,
             "latencies_ms": [round(v, 3) for v in lat_ms],
         }
+        if watch is not None:
+            sse_ms = [v * 1000 for v in watch.received.values()]
+            result["latency"]["console"] = {
+                "alarms_received": len(sse_ms),
+                "p50_ms": round(percentile(sse_ms, 50), 2) if sse_ms else None,
+                "p99_ms": round(percentile(sse_ms, 99), 2) if sse_ms else None,
+                "max_ms": round(max(sse_ms), 2) if sse_ms else None,
+            }
     return result
 
 
@@ -1141,6 +1280,7 @@ async def _drain_and_latency(
         batch=args.batch,
         alarms="latency" in parts,
         protocol=protocol,
+        console=bool(getattr(args, "console", False)),
     )
     return drain
 

@@ -62,6 +62,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="drain: MQTT in-flight window (default 500, as the agent)",
     )
     parser.add_argument(
+        "--console",
+        action="store_true",
+        help="latency: raise the alarms through the alarm book and also time raise -> event "
+        "on the local console's stream (SSE) / 同时测量告警到本地控制台的延迟",
+    )
+    parser.add_argument(
         "--door-duration",
         type=float,
         default=20.0,

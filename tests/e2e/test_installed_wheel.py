@@ -117,3 +117,14 @@ def test_sim_runs_from_the_wheel(installed: Path, tmp_path: Path) -> None:
     finally:
         stop_process(proc, 10, "installed simulator")
         log.close()
+
+
+def test_the_console_pages_are_in_the_wheel(installed: Path, tmp_path: Path) -> None:
+    """The console serves its pages from package data: a wheel without them would answer
+    every page with a crash on the gateway."""
+    py = installed / "bin" / "python"
+    code = "from edge_agent.console.app import _load_static; print(sorted(_load_static()))"
+    done = _run([str(py), "-c", code], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    for name in ("index.html", "login.html", "app.js", "login.js", "i18n.js", "style.css"):
+        assert name in done.stdout

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import statistics
 import time
@@ -264,6 +265,33 @@ async def test_drain_delivers_the_whole_backlog_and_alarms(
     assert latency["alarms_received"] == latency["alarms_sent"]
     assert latency["p99_ms"] >= latency["p50_ms"] > 0
     assert not list(tmp_path.glob("*.db*"))
+
+
+@pytest.mark.integration
+async def test_latency_with_console_times_each_alarm_to_the_consoles_stream(
+    mqtt_broker: MqttBroker, tmp_path: Path
+) -> None:
+    result = await bench.run_drain(
+        mqtt_broker.host,
+        mqtt_broker.port,
+        tmp_path,
+        messages=2000,
+        inflight=50,
+        batch=500,
+        console=True,
+    )
+    latency = result["latency"]
+    assert latency["alarms_sent"] >= 1
+    assert latency["alarms_received"] == latency["alarms_sent"]  # the broker got them too
+    console = latency["console"]
+    assert console["alarms_received"] == latency["alarms_sent"]
+    assert console["max_ms"] >= console["p99_ms"] >= console["p50_ms"] > 0
+    assert not list(tmp_path.glob("*.db*"))
+    assert not list(tmp_path.glob("bench-console-users*"))
+    # the book's log level, quietened for the run, is set back for whatever runs next
+    assert logging.getLogger("edge_agent.alarms.lifecycle").level == logging.NOTSET
+    rows = dict((r[0], r[1]) for r in bench._info_rows({"latency": latency}))
+    assert "alarm -> console stream p50 / p99 / max" in rows
 
 
 @pytest.mark.integration

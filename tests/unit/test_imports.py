@@ -100,6 +100,7 @@ def _modules() -> dict[str, set[str]]:
     paths += ROOT.joinpath("simulators").rglob("*.py")
     paths += ROOT.joinpath("edge_agent", "pipeline").rglob("*.py")
     paths += ROOT.joinpath("edge_agent", "notify").rglob("*.py")
+    paths += ROOT.joinpath("edge_agent", "console").rglob("*.py")
     return {_module_name(p): _absolute_imports(p) for p in paths}
 
 
@@ -132,6 +133,11 @@ RULES = [
     (
         "the robots (notify) never know MQTT, the outbox's class, a device protocol or the tools",
         _group({"edge_agent.notify"}),
+        _group(MQTT, OUTBOX, DRIVERS, TOOLS, SIMULATORS),
+    ),
+    (
+        "the console never knows MQTT, the outbox's class, a device protocol or the tools",
+        _group({"edge_agent.console"}),
         _group(MQTT, OUTBOX, DRIVERS, TOOLS, SIMULATORS),
     ),
     (
