@@ -26,6 +26,7 @@ BUILTIN: dict[str, str] = {
     "zkteco": "edge_agent.drivers.zkteco.driver:ZkTecoDriver",
     "hikvision": "edge_agent.drivers.hikvision.driver:HikvisionDriver",
     "wg": "edge_agent.drivers.wg.driver:WgDriver",
+    "onvif": "edge_agent.drivers.onvif.driver:OnvifDriver",
 }
 
 ENTRY_POINT_GROUP = "edge_agent.drivers"
