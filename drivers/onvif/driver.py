@@ -417,7 +417,9 @@ class OnvifDriver:
         lifetime = int(self.config.subscription_s)
         while True:
             now = time.monotonic()
-            if now >= renew_at:
+            # a pull waits whole seconds: with less than one left, renew now (early, never
+            # late: a Hikvision drops the pull point at its TerminationTime)
+            if renew_at - now < 1:
                 answer = await self._lost_on_fault(
                     "Renew", lambda: manager.Renew({"TerminationTime": f"PT{lifetime}S"})
                 )

@@ -841,11 +841,12 @@ class OnvifCamera:
         return "<tev:SetSynchronizationPointResponse/>"
 
 
-async def run_command(cam: OnvifCamera, line: str) -> None:
-    """One scenario command (see :data:`COMMANDS`); raises ``ValueError`` on a bad one."""
+async def run_command(cam: OnvifCamera, line: str) -> str:
+    """One scenario command (see :data:`COMMANDS`), and what it did; raises ``ValueError``
+    on a bad one."""
     words = line.split()
-    if not words:
-        return
+    if not words or words[0].startswith("#"):
+        return ""
     cmd, args = words[0], words[1:]
 
     def on(word: str) -> bool:
@@ -866,4 +867,5 @@ async def run_command(cam: OnvifCamera, line: str) -> None:
     elif cmd == "reboot" and len(args) <= 1:
         await cam.reboot(float(args[0]) if args else 2.0)
     else:
-        raise ValueError(f"unknown command {line!r}; commands:\n{COMMANDS}")
+        raise ValueError(f"unknown command {line.strip()!r}; commands:\n{COMMANDS}")
+    return f"done: {line.strip()}"
