@@ -359,10 +359,12 @@ async def classify(n: Notification, names: Mapping[str, str] | None = None) -> M
         except (AttributeError, IndexError, KeyError, TypeError, ValueError) as err:
             raise BadNotification(f"{n.topic}: {type(err).__name__}: {err}") from err
         kind_reason = TOPIC_TYPES.get(n.topic)
+        value: Any = entities[0].value if entities else None
         if kind_reason is None:
             for entity in entities:
                 kind_reason = ENTITY_TYPES.get(entity.name)
                 if kind_reason is not None:
+                    value = entity.value
                     break
         if kind_reason is None:
             return IGNORE
@@ -374,9 +376,12 @@ async def classify(n: Notification, names: Mapping[str, str] | None = None) -> M
             named = [v for k, v in n.data if k in STATE_ITEMS or k.startswith("Is")]
             b = parse_bool(named[0]) if named else None
             return Mapped(kind, _contract(kind, reason, n, names), b, pulse=True)
-        state = _state(n)
-        if state is None:
+        if _state(n) is None:
+            # the parsers take anything that is not "true" for false: refuse it instead
             raise BadNotification(f"{n.topic}: no boolean state in {dict(n.data)!r}")
+        # the parser's value (it knows which item holds the state), read after our
+        # spelling of the booleans
+        state = value if isinstance(value, bool) else _state(n)
         return Mapped(kind, _contract(kind, reason, n, names), state)
     for pattern, kind, reason, pulse in OWN_TOPICS:
         if pattern.fullmatch(n.topic):
