@@ -161,8 +161,8 @@ class OnvifDriver:
             "port": self.config.port,
             "clock_offset_s": self.clock_offset_s,
             "profiles": [p.__dict__ for p in self.profiles],
-            "unknown_topics": dict(self.unknown_topics),
             **self.counts,
+            "unknown_topics_seen": dict(self.unknown_topics),
         }
 
     # -- what the snapshot and analytics features read -----------------------------------

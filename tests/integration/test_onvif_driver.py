@@ -305,3 +305,42 @@ async def test_a_camera_that_ignores_the_pull_timeout_is_not_hammered(
                 await wait_events(sub, root, 1)
     # about one pull a second; without the cooldown it is hundreds
     assert pulls <= 6, pulls
+
+
+async def test_a_dropped_subscription_is_degraded_then_recreated_and_unknown_topics_told_once(
+    tmp_path: Path, mqtt_broker: MqttBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = "campus/onvif-drop/gw1"
+    caplog.set_level(logging.DEBUG, logger="edge_agent.drivers.onvif")
+    async with OnvifCamera(password=PASSWORD) as cam:
+        agent = agent_for(tmp_path, mqtt_broker, "onvif-drop", {"port": cam.port})
+        with mqtt_subscriber(mqtt_broker, f"{root}/#") as sub:
+            async with running(agent):
+                await wait_state(sub, root, "online")
+                for _ in range(3):
+                    cam.notify("tns1:Vendor/tnsxyz:Gadget", [("Token", "1")], [("On", "true")])
+                driver = agent.drivers[DEV]
+                await until(lambda: driver.counts["unknown_topics"] == 3)  # type: ignore[attr-defined]
+                # the camera forgets its subscribers (as when its limit of five is reached)
+                for s in list(cam.subscriptions.values()):
+                    s.termination = 0
+                degraded = await wait_state(sub, root, "degraded")
+                await wait_state(sub, root, "online", after=1)
+                cam.digital_input(1, True)
+                await wait_events(sub, root, 1)
+                diagnostics = driver.diagnostics()  # type: ignore[attr-defined]
+    assert "subscription lost" in degraded["last_error"]
+    assert cam.counters.creates == 2
+    assert brief(events_of(sub, root)) == [
+        ("digital_input", {"input": "AlarmIn_1", "active": True})
+    ]
+    assert diagnostics["unknown_topics_seen"] == {"tns1:Vendor/tnsxyz:Gadget": 3}
+    told = [r for r in caplog.records if "tns1:Vendor/tnsxyz:Gadget" in r.getMessage()]
+    # once at WARNING, then DEBUG, and the repeats summed up when the driver stops
+    assert [r.levelno for r in told] == [
+        logging.WARNING,
+        logging.DEBUG,
+        logging.DEBUG,
+        logging.INFO,
+    ]
+    assert "Gadget x2" in told[-1].getMessage()
