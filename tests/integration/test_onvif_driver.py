@@ -208,6 +208,7 @@ async def test_a_wrong_password_is_reported_offline_and_logged_once(
             async with running(agent):
                 state = await wait_state(sub, root, "offline")
                 await until(lambda: cam.counters.auth_failures >= 3)
+    assert "wrong user or password" in state["last_error"]
     assert "NotAuthorized" in state["last_error"]
     warnings = [
         r
