@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import importlib
 import logging
 import os
 import random
@@ -89,6 +90,11 @@ class Profile:
     height: int | None
     stream_uri: str | None
     snapshot_uri: str | None
+
+
+def _import_libraries() -> None:
+    for name in ("onvif", "onvif.exceptions", "onvif.util", "onvif_parsers", "zeep.exceptions"):
+        importlib.import_module(name)
 
 
 class _SubscriptionLost(Exception):
@@ -223,6 +229,9 @@ class OnvifDriver:
         except SecretError as err:
             self._down(link, "offline", f"password not available: {err}")
             return False
+        # onvif-zeep-async, zeep, lxml, httpx and onvif-parsers take a second to import
+        # here (several on a Pi): off the event loop, which carries every other device
+        await asyncio.to_thread(_import_libraries)
         from onvif import ONVIFCamera  # type: ignore[import-untyped]
 
         # no_cache: zeep's WSDL cache is an SQLite file in the home folder; the WSDLs are
