@@ -394,7 +394,10 @@ class OnvifDriver:
                 {"InitialTerminationTime": f"PT{lifetime}S"}
             ),
         )
-        address = answer.SubscriptionReference.Address._value_1
+        try:
+            address = answer.SubscriptionReference.Address._value_1
+        except AttributeError:
+            address = None
         if not address:
             raise DeviceProtocolError(self.device_id, "CreatePullPointSubscription gave no address")
         camera.xaddrs[PULLPOINT_NS] = normalize_url(address)
