@@ -35,10 +35,12 @@ Anything else is the SOAP fault ``env:Sender / ter:NotAuthorized`` with HTTP 400
 
 Scenario hooks: :meth:`OnvifCamera.motion`, :meth:`~OnvifCamera.tamper`,
 :meth:`~OnvifCamera.line_crossed`, :meth:`~OnvifCamera.digital_input`,
-:meth:`~OnvifCamera.notify` (any topic), :attr:`~OnvifCamera.clock_skew_s` (the camera's
-clock minus the true time), :meth:`~OnvifCamera.reboot` (subscriptions lost, the port
-refuses connections for a moment). ``style`` chooses the topics: ``hikvision``
-(``RuleEngine/CellMotionDetector/Motion`` ``IsMotion``, ``tnshik:AlarmIn``) or ``dahua``
+:meth:`~OnvifCamera.notify` (any topic), :attr:`~OnvifCamera.replay` (recorded
+``PullMessagesResponse`` envelopes answered as they are),
+:attr:`~OnvifCamera.clock_skew_s` (the camera's clock minus the true time),
+:meth:`~OnvifCamera.reboot` (subscriptions lost, the port refuses connections for a
+moment). ``style`` chooses the topics: ``hikvision`` (``RuleEngine/CellMotionDetector/Motion``
+``IsMotion``, ``tnshik:AlarmIn``) or ``dahua``
 (``VideoSource/MotionAlarm`` ``State``, ``Device/Trigger/DigitalInput``); ``booleans`` how
 they are spelt: ``"true"`` (Hikvision, Dahua) or ``"1"`` (Axis).
 
@@ -240,6 +242,8 @@ class OnvifCamera:
         self.serial = serial
         self.inputs = inputs
         self.snapshot_jpeg: bytes = GREY_JPEG
+        #: raw PullMessagesResponse envelopes to answer the next pulls with, in order
+        self.replay: list[bytes] = []
         self.counters = Counters()
         #: every message queued (what a correct client should see), in order
         self.history: list[Message] = []
@@ -466,6 +470,11 @@ class OnvifCamera:
         try:
             if op != "GetSystemDateAndTime":
                 self._check_token(root.find("env:Header", NS))
+            if op == "PullMessages" and self.replay:
+                # a recorded camera answer, byte for byte (tests replay real captures)
+                self._subscription(request)
+                self.counters.pulls += 1
+                return web.Response(body=self.replay.pop(0), content_type=SOAP.split(";")[0])
             handler = getattr(self, f"_op_{op}", None)
             if handler is None:
                 raise SoapFault(

@@ -22,6 +22,7 @@ import yaml
 from edge_agent.config.loader import load_config
 from edge_agent.simulators.camera import OnvifCamera
 from edge_agent.supervisor import Agent
+from tests import captures
 from tests.contract import check_envelope
 from tests.mqtt_helpers import MqttBroker, MqttSubscriber, Received, mqtt_subscriber
 
@@ -345,3 +346,53 @@ async def test_a_dropped_subscription_is_degraded_then_recreated_and_unknown_top
         logging.INFO,
     ]
     assert "Gadget x2" in told[-1].getMessage()
+
+
+#: real PullMessages answers (../shared/fixtures/onvif/, read at test time), replayed by the
+#: simulator byte for byte: what reaches the broker after zeep parsed them
+REPLAYS = {
+    # the Initialized burst of a Hikvision: 8 states, every one inactive -> no event
+    "hikvision_pullmessages_1.xml": [],
+    # a Dahua (inferred) burst: 5 messages, motion Initialized false -> no event
+    "dahua_pullmessages_1.xml": [],
+    # Pelco D6230L: 10 messages with topics padded by whitespace, CellMotionDetector/Motion
+    # Value="True" without a Source -> motion active
+    "pelco_pullmessages_1.xml": [("motion", {"zone": "default", "active": True})],
+    # TRENDnet TV-IP320PI (Hikvision OEM): ProcessorUsage Changed -> nothing
+    "trendnet_pullmessages_1.xml": [],
+}
+
+
+@pytest.mark.parametrize("name", captures.onvif_params(sorted(REPLAYS)))
+async def test_real_pull_answers_read_through_zeep_reach_the_broker_as_contract_events(
+    tmp_path: Path, mqtt_broker: MqttBroker, name: str
+) -> None:
+    body = captures.onvif_xml(name)
+    count = next(c for c in captures.onvif_cases() if c["file"] == name)["expected"][
+        "notification_count"
+    ]
+    root = "campus/onvif-replay/gw1"
+    async with OnvifCamera(password=PASSWORD) as cam:
+        agent = agent_for(tmp_path, mqtt_broker, "onvif-replay", {"port": cam.port})
+        with mqtt_subscriber(mqtt_broker, f"{root}/#") as sub:
+            async with running(agent):
+                await wait_state(sub, root, "online")
+                driver = agent.drivers[DEV]
+                # the simulator's own burst first (motion, tamper, one input)
+                await until(lambda: driver.counts["notifications"] >= 3)  # type: ignore[attr-defined]
+                before = driver.counts["notifications"]  # type: ignore[attr-defined]
+                cam.replay.append(body)
+                await until(lambda: not cam.replay)  # answered to the driver's next pull
+                cam.notify(
+                    "tns1:RuleEngine/LineDetector/Crossed", [("Rule", "end")], [("ObjectId", "7")]
+                )
+                # the pull after the replayed one brings the crossing: both were read
+                await wait_events(sub, root, len(REPLAYS[name]) + 1)
+                seen = driver.counts["notifications"] - before  # type: ignore[attr-defined]
+                unknown = dict(driver.unknown_topics)  # type: ignore[attr-defined]
+    assert brief(events_of(sub, root)) == [
+        *REPLAYS[name],
+        ("line_crossed", {"line": "end", "direction": None}),
+    ]
+    assert seen == count + 1
+    assert unknown == {}
