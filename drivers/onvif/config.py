@@ -59,6 +59,12 @@ class OnvifDevice(DeviceBase):
         "input), e.g. {MyMotionDetectorRule: courtyard} / 规则名映射",
     )
 
+    ignore_topics: list[str] = Field(
+        default_factory=list,
+        description="ONVIF topics not to send, exact or with * (e.g. tns1:VideoSource/MotionAlarm "
+        "on a Hikvision, which reports each motion under two topics) / 不上报的事件主题",
+    )
+
     @field_validator("password")
     @classmethod
     def check_password_is_a_reference(cls, value: str) -> str:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fnmatch
 import functools
 import importlib
 import logging
@@ -470,6 +471,9 @@ class OnvifDriver:
         mapped: list[tuple[Notification, Mapped]] = []
         for n in notes:
             self.counts["notifications"] += 1
+            if any(fnmatch.fnmatchcase(n.topic, p) for p in self.config.ignore_topics):
+                self.counts["ignored"] += 1
+                continue
             try:
                 m = await classify(n, self.config.names)
             except UnknownTopic:
