@@ -20,6 +20,9 @@ import pytest
 import yaml
 
 from edge_agent.config.loader import load_config
+from edge_agent.driver import DriverContext
+from edge_agent.drivers.onvif.driver import OnvifDriver
+from edge_agent.errors import NotDurableError
 from edge_agent.simulators.camera import OnvifCamera
 from edge_agent.supervisor import Agent
 from tests import captures
@@ -403,3 +406,55 @@ async def test_real_pull_answers_read_through_zeep_reach_the_broker_as_contract_
     ]
     assert seen == count + 1
     assert unknown == {}
+
+
+class RefusingLink:
+    """A DeviceLink whose first commit is refused (the disk is full, the clock unsynced)."""
+
+    device_id = DEV
+
+    def __init__(self) -> None:
+        self.cursor: str | None = None
+        self.refusals = 1
+        self.events: list[Any] = []
+        self.states: list[tuple[str, str | None]] = []
+
+    def telemetry(self, data: dict[str, Any], **_: Any) -> None:
+        pass
+
+    async def commit(self, events: Any, *, cursor: str | None = None) -> None:
+        if self.refusals:
+            self.refusals -= 1
+            raise NotDurableError("the outbox is full")
+        self.events += events
+        self.cursor = cursor
+
+    def state(self, state: str, reason: str | None = None) -> None:
+        self.states.append((state, reason))
+
+
+async def test_a_refused_commit_moves_no_state_and_the_next_subscription_tells_it_again() -> None:
+    async with OnvifCamera(password=PASSWORD) as cam:
+        config = OnvifDriver.Config.model_validate(
+            {"kind": "onvif", "id": DEV, "host": "127.0.0.1", "port": cam.port,
+             "password": "${CAM_PW}", "pull_timeout_s": 1, "timeout_s": 3, "retry_max_s": 1}
+        )  # fmt: skip
+        driver = OnvifDriver(config, DriverContext({}))
+        link = RefusingLink()
+        task = asyncio.create_task(driver.run(link))  # type: ignore[arg-type]
+        try:
+            await until(lambda: ("online", None) in link.states)
+            cam.tamper(True)
+            await until(lambda: bool(link.events))
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    # refused: degraded, then a new session whose Initialized burst still says covered
+    assert any(s == "degraded" and "events wait" in (r or "") for s, r in link.states)
+    assert [(e.type, e.data) for e in link.events] == [
+        ("camera_tamper", {"reason": "covered", "active": True})
+    ]
+    assert cam.counters.creates == 2
+    assert link.cursor is not None
+    assert "TamperDetector" in link.cursor
