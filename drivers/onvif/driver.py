@@ -493,13 +493,17 @@ class OnvifDriver:
             return
         found, states = self._tracker.step(mapped)
         self.counts["duplicates"] += len(mapped) - len(found)
-        if not found and states == self._tracker.states:
+        cursor = EdgeTracker(states).encode()
+        if not found and cursor == self._tracker.encode():
+            # nothing to tell and the cursor would not change (an all-inactive burst):
+            # no commit, no write on the SD card
+            self._tracker.adopt(states)
             return
         offset = self.clock_offset_s or 0.0
         batch = [Event(kind, data, ts=None if t is None else t - offset) for kind, data, t in found]
         # the states after these events are the cursor: committed with them, so neither
         # a re-subscription nor a restart of the agent reports a state twice
-        await link.commit(batch, cursor=EdgeTracker(states).encode())
+        await link.commit(batch, cursor=cursor)
         self._tracker.adopt(states)
         self.counts["events"] += len(batch)
 
