@@ -37,6 +37,7 @@ import fnmatch
 import functools
 import importlib
 import logging
+import math
 import os
 import random
 import time
@@ -57,6 +58,7 @@ from edge_agent.drivers.onvif.events import (
     UnknownTopic,
     classify,
     from_zeep,
+    parse_duration,
 )
 from edge_agent.errors import (
     DeviceError,
@@ -102,6 +104,19 @@ class _SubscriptionLost(Exception):
     """The camera answered, but the pull point is gone (a fault on pull or renew)."""
 
 
+def _max_timeout(err: BaseException) -> float | None:
+    """``MaxTimeout`` of a PullMessagesFaultResponse in the fault's detail, if that is why."""
+    cause: BaseException | None = err
+    while cause is not None:
+        detail = getattr(cause, "detail", None)
+        if detail is not None and hasattr(detail, "iter"):
+            for el in detail.iter():
+                if isinstance(el.tag, str) and el.tag.endswith("}MaxTimeout") and el.text:
+                    return parse_duration(el.text)
+        cause = cause.__cause__
+    return None
+
+
 class OnvifDriver:
     """One ONVIF camera (see the module docstring)."""
 
@@ -117,6 +132,8 @@ class OnvifDriver:
         self.profiles: list[Profile] = []
         #: the camera's clock minus ours (seconds), once connected
         self.clock_offset_s: float | None = None
+        #: the longest PullMessages wait the camera accepts, once it said so
+        self.max_pull_s: int | None = None
         self._down_since: str | None = None
         self._online = False
         self._was_online = False
@@ -167,6 +184,7 @@ class OnvifDriver:
             "host": self.config.host,
             "port": self.config.port,
             "clock_offset_s": self.clock_offset_s,
+            "max_pull_s": self.max_pull_s,
             "profiles": [p.__dict__ for p in self.profiles],
             **self.counts,
             "unknown_topics_seen": dict(self.unknown_topics),
@@ -439,15 +457,27 @@ class OnvifDriver:
                 self.counts["renewals"] += 1
                 renew_at = self._renew_at(answer, lifetime)
                 continue
-            wait = int(max(1, min(self.config.pull_timeout_s, renew_at - now)))
+            longest = min(self.config.pull_timeout_s, self.max_pull_s or math.inf)
+            wait = int(max(1, min(longest, renew_at - now)))
             started = time.monotonic()
-            answer = await self._lost_on_fault(
-                "PullMessages",
-                functools.partial(
-                    pullpoint.PullMessages, {"Timeout": f"PT{wait}S", "MessageLimit": MESSAGE_LIMIT}
-                ),
-                limit_s=wait + self.config.timeout_s,
-            )
+            try:
+                answer = await self._lost_on_fault(
+                    "PullMessages",
+                    functools.partial(
+                        pullpoint.PullMessages,
+                        {"Timeout": f"PT{wait}S", "MessageLimit": MESSAGE_LIMIT},
+                    ),
+                    limit_s=wait + self.config.timeout_s,
+                )
+            except _SubscriptionLost as lost:
+                most = _max_timeout(lost)
+                if most is None or most >= wait:
+                    raise
+                # the camera caps the wait (PullMessagesFaultResponse/MaxTimeout): the
+                # subscription is fine, ask again within its limit
+                self.max_pull_s = max(1, int(most))
+                self._once("max_pull", "the camera allows pulls of %d s at most; using that", most)
+                continue
             self.counts["pulls"] += 1
             messages = list(getattr(answer, "NotificationMessage", None) or [])
             if messages:

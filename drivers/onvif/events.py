@@ -103,6 +103,16 @@ def _topic_text(text: str | None) -> str:
     return re.sub(r"\s+", "", text or "")
 
 
+def parse_duration(text: str) -> float | None:
+    """An xsd:duration without years or months (``PT5S``, ``PT1M30S``, ``P1D``) in seconds;
+    None when it is not one."""
+    m = re.fullmatch(r"P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d*)?)S)?)?", text.strip())
+    if m is None or not any(m.groups()):
+        return None
+    d, h, mi, sec = (float(g) if g else 0.0 for g in m.groups())
+    return d * 86400 + h * 3600 + mi * 60 + sec
+
+
 def parse_time(value: Any) -> float | None:
     """``UtcTime`` (a datetime from zeep, or text with or without ``Z``) -> UNIX seconds."""
     if isinstance(value, datetime):

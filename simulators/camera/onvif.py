@@ -123,14 +123,18 @@ reboot [SECONDS]         reboot: subscriptions lost, the port refuses for SECOND
 
 
 class SoapFault(Exception):
-    """A SOAP 1.2 fault to answer (``code`` Sender/Receiver, ONVIF ``ter:`` subcodes)."""
+    """A SOAP 1.2 fault to answer (``code`` Sender/Receiver, ONVIF ``ter:`` subcodes, the
+    ``env:Detail`` content)."""
 
-    def __init__(self, code: str, subcodes: list[str], reason: str, status: int = 400) -> None:
+    def __init__(
+        self, code: str, subcodes: list[str], reason: str, status: int = 400, detail: str = ""
+    ) -> None:
         super().__init__(reason)
         self.code = code
         self.subcodes = subcodes
         self.reason = reason
         self.status = status
+        self.detail = detail
 
 
 def _iso(t: float) -> str:
@@ -197,6 +201,7 @@ class Counters:
     auth_failures: int = 0
     reboots: int = 0
     snapshots: int = 0
+    pull_faults: int = 0
     operations: dict[str, int] = field(default_factory=dict)
 
 
@@ -217,6 +222,7 @@ class OnvifCamera:
         auth_window_s: float = 30.0,
         max_pull_timeout_s: float = 60.0,
         max_lifetime_s: float = 3600.0,
+        pull_timeout_limit_s: float | None = None,
         manufacturer: str | None = None,
         model: str | None = None,
         firmware: str = "V5.7.3 build 221018",
@@ -234,6 +240,9 @@ class OnvifCamera:
         self.auth_window_s = auth_window_s
         self.max_pull_timeout_s = max_pull_timeout_s
         self.max_lifetime_s = max_lifetime_s
+        #: a PullMessages asking to wait longer gets a PullMessagesFaultResponse with
+        #: MaxTimeout (as the spec allows; some Uniview and Hikvision firmwares cap it)
+        self.pull_timeout_limit_s = pull_timeout_limit_s
         default_make = "HIKVISION" if style == "hikvision" else "Dahua"
         default_model = "DS-2CD2143G2-I" if style == "hikvision" else "IPC-HDW2431T-AS-S2"
         self.manufacturer = manufacturer or default_make
@@ -540,7 +549,9 @@ class OnvifCamera:
         body = (
             f"<env:Fault><env:Code><env:Value>{fault.code}</env:Value>{sub}</env:Code>"
             f'<env:Reason><env:Text xml:lang="en">{escape(fault.reason)}</env:Text>'
-            "</env:Reason></env:Fault>"
+            "</env:Reason>"
+            + (f"<env:Detail>{fault.detail}</env:Detail>" if fault.detail else "")
+            + "</env:Fault>"
         )
         return web.Response(
             status=fault.status, text=self._envelope(body), content_type=SOAP.split(";")[0]
@@ -787,6 +798,18 @@ class OnvifCamera:
     async def _op_PullMessages(self, el: ET.Element, request: web.Request) -> str:
         sub = self._subscription(request)
         timeout = _duration_s(el.findtext("tev:Timeout", "PT1S", NS)) or 0.0
+        limit_s = self.pull_timeout_limit_s
+        if limit_s is not None and timeout > limit_s:
+            self.counters.pull_faults += 1
+            raise SoapFault(
+                "env:Sender",
+                ["ter:InvalidArgVal"],
+                "Timeout exceeds the maximum",
+                detail="<tev:PullMessagesFaultResponse>"
+                f"<tev:MaxTimeout>PT{limit_s:g}S</tev:MaxTimeout>"
+                "<tev:MaxMessageLimit>100</tev:MaxMessageLimit>"
+                "</tev:PullMessagesFaultResponse>",
+            )
         limit_text = el.findtext("tev:MessageLimit", "100", NS).strip()
         limit = int(limit_text) if limit_text.isdigit() else 100
         sub.pulls += 1

@@ -458,3 +458,24 @@ async def test_a_refused_commit_moves_no_state_and_the_next_subscription_tells_i
     assert cam.counters.creates == 2
     assert link.cursor is not None
     assert "TamperDetector" in link.cursor
+
+
+async def test_a_camera_that_caps_the_pull_wait_is_asked_within_its_limit(
+    tmp_path: Path, mqtt_broker: MqttBroker
+) -> None:
+    root = "campus/onvif-cap/gw1"
+    # the camera refuses waits over 1 s with a PullMessagesFaultResponse (MaxTimeout PT1S)
+    async with OnvifCamera(password=PASSWORD, pull_timeout_limit_s=1) as cam:
+        agent = agent_for(tmp_path, mqtt_broker, "onvif-cap", {"port": cam.port})
+        with mqtt_subscriber(mqtt_broker, f"{root}/#") as sub:
+            async with running(agent):
+                await wait_state(sub, root, "online")
+                await until(lambda: cam.counters.pull_faults >= 1)
+                await until(lambda: cam.counters.pulls >= 3)
+                cam.motion(True)
+                await wait_events(sub, root, 1)
+                max_pull = agent.drivers[DEV].max_pull_s  # type: ignore[attr-defined]
+    assert max_pull == 1
+    assert cam.counters.pull_faults == 1  # told once, then asked within the limit
+    assert cam.counters.creates == 1  # the subscription was never given up
+    assert [s["state"] for s in states_of(sub, root)] == ["online"]

@@ -18,6 +18,7 @@ from edge_agent.drivers.onvif.events import (
     classify,
     from_xml,
     parse_bool,
+    parse_duration,
 )
 from tests import captures
 
@@ -198,3 +199,12 @@ async def test_states_survive_in_the_cursor_and_a_bad_cursor_starts_empty() -> N
     assert events == []  # the agent restarted: the camera is still covered, told already
     for bad in (None, "", "not json", "[1]", '{"v": 1, "states": 3}'):
         assert EdgeTracker.decode(bad).states == {}
+
+
+def test_durations_the_cameras_write() -> None:
+    assert parse_duration("PT5S") == 5
+    assert parse_duration("PT1M30S") == 90
+    assert parse_duration("PT0.5S") == 0.5
+    assert parse_duration("P1DT1H") == 90000
+    for bad in ("", "P", "PT", "5", "PT-1S", "2026-11-30T02:00:00Z"):
+        assert parse_duration(bad) is None
