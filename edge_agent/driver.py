@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, tzinfo
 from pathlib import Path
@@ -148,6 +148,10 @@ class DriverContext:
     #: drivers that set a device's clock (never from an unsynchronised one); None: the
     #: system time, taken as synchronised
     clock: Any = None
+    #: ``meta_changed(device_id)``: the driver learnt something its ``meta()`` shows (a
+    #: camera's model and firmware, read once connected); the core publishes the retained
+    #: meta again. None in ``check-config``/``doctor`` and tests
+    meta_changed: Callable[[str], None] | None = None
 
 
 #: one problem found by a check: the key path in the config file, and the message

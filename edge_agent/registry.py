@@ -28,6 +28,7 @@ BUILTIN: dict[str, str] = {
     "wg": "edge_agent.drivers.wg.driver:WgDriver",
     "hikvision_camera": "edge_agent.drivers.hikvision_camera.driver:HikvisionCameraDriver",
     "dahua": "edge_agent.drivers.dahua.driver:DahuaDriver",
+    "onvif": "edge_agent.drivers.onvif.driver:OnvifDriver",
 }
 
 ENTRY_POINT_GROUP = "edge_agent.drivers"

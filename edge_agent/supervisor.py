@@ -278,6 +278,7 @@ class Agent:
             config_dir=base,
             tz=site_tz(self.cfg.site.timezone),
             clock=self.clock,
+            meta_changed=self._meta_changed,
         )
         kinds = registry.drivers({dev.kind for dev in self.devices.values()})
         enabled = [dev for dev in self.devices.values() if dev.enabled]
@@ -357,6 +358,12 @@ class Agent:
             for m in driver.metrics()
         }
         return meta
+
+    def _meta_changed(self, dev_id: str) -> None:
+        """A driver learnt more about its device (a camera's model): publish meta again."""
+        driver = self.drivers.get(dev_id)
+        if driver is not None:
+            self.publisher.set_retained(self.topics.device_meta(dev_id), self._meta(dev_id, driver))
 
     def _state_sink(self, device_id: str, payload: dict[str, Any]) -> None:
         self.emitter.state(device_id, payload)  # through the pipeline: taps see states

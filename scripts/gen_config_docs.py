@@ -44,6 +44,7 @@ from edge_agent.drivers.hikvision_camera.config import HikvisionCameraDevice  # 
 from edge_agent.drivers.modbus.config import ModbusDevice  # noqa: E402
 from edge_agent.drivers.modbus.driver import ModbusDriver  # noqa: E402
 from edge_agent.drivers.modbus.profile import Profile  # noqa: E402
+from edge_agent.drivers.onvif.config import OnvifDevice  # noqa: E402
 from edge_agent.drivers.wg.config import WgDevice  # noqa: E402
 from edge_agent.drivers.wg.driver import WgDriver  # noqa: E402
 from edge_agent.drivers.zkteco.config import ZkTecoDevice  # noqa: E402
@@ -428,6 +429,8 @@ ZH: dict[str, str] = {
     "HikvisionDevice": "海康 ISAPI 门禁终端（摘要认证）：stream 模式由网关保持事件流连接，"
     "push 模式由终端推送到网关；断线后按流水号从终端日志补采。",
     "HikReader": "终端上一个读卡器的名称、用途和进出方向。",
+    "OnvifDevice": "ONVIF 摄像机：网关通过 PullPoint 订阅读取事件（移动侦测、遮挡、越线、"
+    "报警输入），自动校正摄像机时钟偏差，视频不出网关。",
     "Profile": "某一型号设备的寄存器表。",
     "Point": "设备的一个指标（或可写参数）：寄存器位置与换算方法。",
     "WgListen": "微耕门禁控制器共用的网关 UDP 端口，以及控制器推送事件的目标地址（接收服务器）。",
@@ -508,6 +511,7 @@ def config_sections() -> list[Section]:
     sections += walk("devices[] (kind: wg)", WgDevice, seen)
     sections += walk("devices[] (kind: hikvision_camera)", HikvisionCameraDevice, seen)
     sections += walk("devices[] (kind: dahua)", DahuaDevice, seen)
+    sections += walk("devices[] (kind: onvif)", OnvifDevice, seen)
     return sections
 
 

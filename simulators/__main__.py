@@ -14,6 +14,8 @@ script and reads scenario commands from stdin (``--stdin``).
 the same way. ``hikvision`` 启动模拟海康 ISAPI 门禁终端。
 ``hikvision-camera`` and ``dahua`` start a simulated camera serving its native event stream
 (digest auth), scripted the same way. 启动模拟海康/大华摄像机原生事件流。
+``onvif`` starts a simulated ONVIF camera (SOAP, UsernameToken digest, scriptable events).
+``onvif`` 启动模拟 ONVIF 摄像机。
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from . import dahua, hikvision, hikvision_camera, wg, zkteco
+from .camera import onvif
 from .campus import CampusSim
 
 
@@ -113,6 +116,7 @@ def _parser() -> argparse.ArgumentParser:
     _zk_parser(sub)
     _hik_parser(sub)
     _camera_parsers(sub)
+    _onvif_parser(sub)
     return parser
 
 
@@ -367,7 +371,79 @@ async def _run_hik(args: argparse.Namespace) -> int:
     return 0
 
 
+def _onvif_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "onvif",
+        help="run an ONVIF camera (SOAP over HTTP) / 运行 ONVIF 摄像机模拟器",
+        description="Run a simulated ONVIF camera until SIGINT/SIGTERM"
+        " / 运行模拟 ONVIF 摄像机直到收到退出信号",
+        epilog="commands (--stdin, --script):\n" + onvif.COMMANDS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--host", default="127.0.0.1", help="listen address / 监听地址")
+    p.add_argument("--port", type=int, default=0, help="HTTP port; 0 = ephemeral / 端口")
+    p.add_argument("--user", default=onvif.DEFAULT_USER, help="ONVIF user / 用户名")
+    p.add_argument("--password", default="Campus-2026!", help="ONVIF password / 密码")
+    p.add_argument(
+        "--style", choices=("hikvision", "dahua"), default="hikvision", help="topics / 事件主题风格"
+    )
+    p.add_argument("--booleans", choices=("true", "1"), default="true", help="true or 1 / 布尔写法")
+    p.add_argument(
+        "--no-get-services",
+        action="store_true",
+        help="answer GetServices with a fault / 不支持 GetServices",
+    )
+    p.add_argument("--clock-skew-s", type=float, default=0.0, help="clock offset / 时钟偏差（秒）")
+    p.add_argument("--script", default=None, help="scenario script to play / 场景脚本文件")
+    p.add_argument(
+        "--stdin", action="store_true", help="read commands from stdin / 从标准输入读取命令"
+    )
+    p.add_argument("--log-level", default="WARNING", help="logging level / 日志级别")
+
+
+async def _run_onvif(args: argparse.Namespace) -> int:
+    steps = wg.parse_script(args.script_text) if args.script else []
+    cam = onvif.OnvifCamera(
+        user=args.user,
+        password=args.password,
+        host=args.host,
+        port=args.port,
+        style=args.style,
+        booleans=args.booleans,
+        get_services=not args.no_get_services,
+        clock_skew_s=args.clock_skew_s,
+    )
+    run = functools.partial(onvif.run_command, cam)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        async with cam, asyncio.TaskGroup() as tg:
+            print(
+                f"onvif camera listening on {cam.host}:{cam.port} http style={cam.style}"
+                f" device={cam.base}{onvif.DEVICE_PATH}; Ctrl-C to stop"
+                " / ONVIF 摄像机模拟器已就绪，Ctrl-C 退出",
+                flush=True,
+            )
+            work = []
+            if steps:
+                work.append(tg.create_task(_play(run, steps)))
+            if args.stdin:
+                work.append(tg.create_task(_commands_from_stdin(run, stop)))
+            await stop.wait()
+            for task in work:
+                task.cancel()
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+    print("onvif stopped / ONVIF 摄像机模拟器已停止", flush=True)
+    return 0
+
+
 async def _run(args: argparse.Namespace) -> int:
+    if args.command == "onvif":
+        return await _run_onvif(args)
     if args.command == "wg":
         return await _run_wg(args)
     if args.command == "zkteco":
@@ -585,7 +661,7 @@ async def _run_zk(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     args = _parser().parse_args(argv)
-    if args.command in ("wg", "zkteco", "hikvision", *CAMERAS) and args.script:
+    if args.command in ("wg", "zkteco", "hikvision", "onvif", *CAMERAS) and args.script:
         try:
             args.script_text = Path(args.script).read_text(encoding="utf-8")
         except OSError as err:

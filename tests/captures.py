@@ -42,3 +42,37 @@ def params(name: str) -> list[Any]:
     if not path(name).is_file():
         return [pytest.param(None, marks=pytest.mark.skip(reason=absent(name)), id="absent")]
     return [pytest.param(c, id=c["name"]) for c in load(name)]
+
+
+ONVIF = REPO.parent / "shared" / "fixtures" / "onvif"
+
+
+def onvif_cases() -> list[dict[str, Any]]:
+    """``../shared/fixtures/onvif/cases.json`` (one record per XML file, with what the XML
+    says in ``expected``); skips the calling test when the folder is absent."""
+    index = ONVIF / "cases.json"
+    if not index.is_file():
+        pytest.skip(absent_onvif())
+    cases: list[dict[str, Any]] = json.loads(index.read_text("utf-8"))
+    return cases
+
+
+def absent_onvif() -> str:
+    return (
+        f"shared ONVIF fixtures absent ({ONVIF}): they live beside the repository, "
+        "in the steering checkout's shared/ folder"
+    )
+
+
+def onvif_xml(name: str) -> bytes:
+    """The bytes of one ONVIF capture; skips the calling test when it is absent."""
+    if not (ONVIF / name).is_file():
+        pytest.skip(absent_onvif())
+    return (ONVIF / name).read_bytes()
+
+
+def onvif_params(names: list[str]) -> list[Any]:
+    """One ``pytest.param`` per capture file name, or one skipped param when absent."""
+    if not (ONVIF / "cases.json").is_file():
+        return [pytest.param(None, marks=pytest.mark.skip(reason=absent_onvif()), id="absent")]
+    return [pytest.param(n, id=n.removesuffix(".xml")) for n in names]

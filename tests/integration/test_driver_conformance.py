@@ -40,6 +40,7 @@ from edge_agent.drivers.hikvision.driver import HikvisionDriver
 from edge_agent.drivers.hikvision_camera.driver import HikvisionCameraDriver
 from edge_agent.drivers.modbus import ModbusDevice, ModbusDriver, ModbusSettings
 from edge_agent.drivers.modbus.profile import clear_profile_cache
+from edge_agent.drivers.onvif.driver import OnvifDriver
 from edge_agent.drivers.wg.config import WgListen, WgSettings
 from edge_agent.drivers.wg.driver import WgDriver
 from edge_agent.drivers.wg.hub import WgHub
@@ -53,6 +54,7 @@ from edge_agent.pipeline import ClockGate, Pipeline
 from edge_agent.pipeline.sink import OutboxSink
 from edge_agent.poll import PollLoop
 from edge_agent.simulators import WgController
+from edge_agent.simulators.camera import OnvifCamera
 from edge_agent.simulators.dahua import DahuaCamera
 from edge_agent.simulators.hikvision import HikTerminal
 from edge_agent.simulators.hikvision_camera import HikCamera
@@ -634,6 +636,64 @@ class WgKind(Kind):
         await self.hub.close()
 
 
+class OnvifKind(Kind):
+    """The onvif kind against the ONVIF camera simulator: motion on and off every 50 ms
+    through a PullPoint subscription; down = the camera's port refuses (the subscription is
+    lost with it), garbage = notifications nobody can read."""
+
+    name = "onvif"
+
+    async def start(self) -> None:
+        os.environ["ONVIF_CONFORMANCE_PW"] = "conf-pw"
+        self.cam = OnvifCamera(password="conf-pw")
+        await self.cam.start()
+        config = OnvifDriver.Config.model_validate(
+            {
+                "kind": "onvif",
+                "id": "dev1",
+                "host": "127.0.0.1",
+                "port": self.cam.port,
+                "password": "${ONVIF_CONFORMANCE_PW}",
+                "pull_timeout_s": 1,
+                "pull_cooldown_s": 0.1,
+                "timeout_s": 2,
+                "retry_max_s": 1,
+            }
+        )
+        self.driver = OnvifDriver(config, DriverContext({}))
+
+    async def _motion(self) -> None:
+        on = False
+        while True:
+            on = not on
+            self.cam.motion(on)
+            await asyncio.sleep(0.05)
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._motion())
+            link = OutboxLink("dev1", outbox=self.outbox, pipeline=self.gate, state_sink=self.sink)
+            await self.driver.run(link)
+
+    async def down(self) -> None:
+        await self.cam.stop()
+
+    async def up(self) -> None:
+        await self.cam.start()
+
+    async def garbage(self) -> None:
+        self.cam.notify("tns1:Vendor/Unknown/Thing", [("Source", "1")], [("State", "true")])
+        self.cam.notify(
+            "tns1:RuleEngine/CellMotionDetector/Motion", [("Rule", "r")], [("IsMotion", "maybe")]
+        )
+        self.cam.notify("", [], [])
+        self.cam.notify("tns1:RuleEngine/TamperDetector/Tamper", [], [])
+
+    async def close(self) -> None:
+        await self.cam.stop()
+        os.environ.pop("ONVIF_CONFORMANCE_PW", None)
+
+
 KINDS = [
     ModbusKind,
     PushKind,
@@ -644,6 +704,7 @@ KINDS = [
     WgKind,
     HikCameraKind,
     DahuaKind,
+    OnvifKind,
 ]
 
 
