@@ -57,6 +57,8 @@ class Alarm:
     #: when the shelve ends, on the monotonic clock: a clock step (NTP at boot, a
     #: wrong manual setting) must not shorten or stretch a 30-minute shelve
     shelved_until: float | None = None
+    #: the picture a rule with ``snapshot:`` attached: ``{"topic", "sha256"}``
+    snapshot: dict[str, str] | None = None
 
     def data(self) -> dict[str, Any]:
         return {
@@ -70,7 +72,7 @@ class Alarm:
             "message": self.message,
             "raised_at": iso_ms(self.raised_at),
             "acked_by": self.acked_by,
-            "snapshot": None,
+            "snapshot": self.snapshot,
         }
 
 
@@ -265,8 +267,10 @@ class AlarmBook:
         zh: str,
         value: Any = None,
         threshold: Any = None,
+        snapshot: dict[str, str] | None = None,
     ) -> Alarm:
-        """Raise ``rule`` on ``device`` unless it is already active."""
+        """Raise ``rule`` on ``device`` unless it is already active; ``snapshot`` is the
+        picture it carries (edge_agent/snapshots)."""
         existing = self.find(rule, device)
         if existing is not None:
             return existing
@@ -274,6 +278,7 @@ class AlarmBook:
         alarm = Alarm(
             alarm_id, rule, device, severity, zh if self.language == "zh" else en, value, threshold
         )
+        alarm.snapshot = snapshot
         self.alarms[alarm_id] = alarm
         log.warning("alarm %s raised: %s", alarm_id, en)
         self._emit(alarm)

@@ -145,6 +145,8 @@ class Publisher:
         self._backlog_done = True
         self._work = asyncio.Event()
         self._retained: dict[str, tuple[bytes, int]] = {}
+        #: mid -> future of a message sent outside the outbox (a camera snapshot)
+        self._blob_acks: dict[int, asyncio.Future[None]] = {}
         self._command_handler: CommandHandler | None = None
         self._device_count = 0
         self._stopping = False
@@ -197,6 +199,33 @@ class Publisher:
         return self._publish_direct(
             topic, _dumps(payload), qos=qos, retain=False, properties=properties
         )
+
+    def publish_blob(
+        self,
+        topic: str,
+        data: bytes,
+        *,
+        content_type: str,
+        user_properties: list[tuple[str, str]],
+    ) -> asyncio.Future[None] | None:
+        """Send raw bytes that do not go through the outbox (a camera snapshot: its file is
+        the durable copy): QoS 1, not retained, with an MQTT 5 content type and user
+        properties (left out on 3.1.1). The future is set at the PUBACK; paho sends the
+        message again after a reconnect. None when not connected: try again later."""
+        client = self._client
+        if client is None or self._loop is None or not client.is_connected():
+            return None
+        props = None
+        if self.protocol == "5":
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            props.ContentType = content_type
+            props.UserProperty = user_properties
+        info = client.publish(topic, data, qos=1, retain=False, properties=props)
+        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            return None
+        ack: asyncio.Future[None] = self._loop.create_future()
+        self._blob_acks[info.mid] = ack
+        return ack
 
     def inflight_count(self) -> int:
         return len(self._inflight)
@@ -465,6 +494,11 @@ class Publisher:
         )
 
     def _on_puback(self, mid: int) -> None:
+        blob = self._blob_acks.pop(mid, None)
+        if blob is not None:
+            if not blob.done():
+                blob.set_result(None)
+            return
         seq = self._inflight.pop(mid, None)
         if seq is None:
             return  # a direct (non-outbox) message
