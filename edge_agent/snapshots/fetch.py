@@ -8,6 +8,7 @@ without cameras never loads the HTTP client.
 from __future__ import annotations
 
 import asyncio
+import base64
 import ssl
 from typing import Any
 from urllib.parse import urlsplit
@@ -58,11 +59,13 @@ async def fetch_jpeg(
 
     url = where(source.url)
     middlewares: tuple[Any, ...] = ()
-    auth = None
+    headers: dict[str, str] = {}
     if source.auth == "digest" and source.username is not None:
         middlewares = (aiohttp.DigestAuthMiddleware(source.username, source.password or ""),)
     elif source.auth == "basic" and source.username is not None:
-        auth = aiohttp.BasicAuth(source.username, source.password or "")
+        # RFC 7617, sent with the first request (aiohttp 3.14 deprecates BasicAuth)
+        pair = f"{source.username}:{source.password or ''}".encode()
+        headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
     tls: bool | ssl.SSLContext = True
     if not source.tls_verify:
         tls = False
@@ -74,7 +77,7 @@ async def fetch_jpeg(
                 aiohttp.ClientSession(
                     middlewares=middlewares, connector=aiohttp.TCPConnector(ssl=tls)
                 ) as session,
-                session.get(source.url, auth=auth, allow_redirects=False) as resp,
+                session.get(source.url, headers=headers, allow_redirects=False) as resp,
             ):
                 if resp.status == 401:
                     asked = resp.headers.get("WWW-Authenticate", "").split(" ", 1)[0]
