@@ -42,3 +42,22 @@ def params(name: str) -> list[Any]:
     if not path(name).is_file():
         return [pytest.param(None, marks=pytest.mark.skip(reason=absent(name)), id="absent")]
     return [pytest.param(c, id=c["name"]) for c in load(name)]
+
+
+ONVIF = REPO.parent / "shared" / "fixtures" / "onvif"
+
+
+def onvif_params(kind: str) -> list[Any]:
+    """One ``pytest.param((case, xml bytes))`` per ONVIF capture of ``kind`` (its
+    ``cases.json`` kind: ``getcapabilities``, ``fault`` ...), or one skipped param when
+    ``../shared/fixtures/onvif/`` is absent."""
+    index = ONVIF / "cases.json"
+    if not index.is_file():
+        reason = f"shared ONVIF fixtures absent ({ONVIF}): they live beside the repository"
+        return [pytest.param(None, marks=pytest.mark.skip(reason=reason), id="absent")]
+    cases = json.loads(index.read_text("utf-8"))
+    return [
+        pytest.param((c, (ONVIF / c["file"]).read_bytes()), id=c["file"])
+        for c in cases
+        if c["kind"] == kind
+    ]
