@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -436,3 +437,27 @@ def test_unknown_and_not_a_camera_are_value_errors() -> None:
     # the router answers both without using up the request id (nothing reached a camera)
     assert issubclass(UnknownCamera, ValueError)
     assert issubclass(NotACamera, ValueError)
+
+
+# -- the rule: pictures leave only through the snapshot service ---------------------
+def test_only_the_snapshot_service_publishes_pictures() -> None:
+    """Face pictures of access terminals are dropped by their drivers; camera pictures go
+    out only through edge_agent/snapshots (an alarm's or a command's picture). A new
+    caller of the picture topic or of the publisher's raw-bytes path fails here."""
+    repo = Path(__file__).resolve().parents[2]
+    allowed = {
+        "edge_agent/topics.py",  # Topics.snapshot is defined there
+        "edge_agent/mqtt/publisher.py",  # publish_blob is defined there
+    }
+    found = []
+    for root in ("edge_agent", "drivers"):
+        for path in sorted((repo / root).rglob("*.py")):
+            rel = path.relative_to(repo).as_posix()
+            if rel.startswith(
+                ("edge_agent/snapshots/", "edge_agent/drivers/", "edge_agent/simulators/")
+            ):
+                continue
+            text = path.read_text(encoding="utf-8")
+            if re.search(r"\.snapshot\(|publish_blob\(|/snapshots/", text) and rel not in allowed:
+                found.append(rel)
+    assert found == []
