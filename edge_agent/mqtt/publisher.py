@@ -333,7 +333,8 @@ class Publisher:
     def _cb_publish(
         self, client: mqtt.Client, userdata: Any, mid: int, rc: Any, props: Any = None
     ) -> None:
-        self._call(self._on_puback, mid)
+        refused = str(rc) if getattr(rc, "is_failure", False) else None
+        self._call(self._on_puback, mid, refused)
 
     def _cb_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         response_topic = None
@@ -493,11 +494,15 @@ class Publisher:
             f"no answer to CONNECT (MQTT {self._version.attempt_name}): {why} ('{reason}')",
         )
 
-    def _on_puback(self, mid: int) -> None:
+    def _on_puback(self, mid: int, refused: str | None = None) -> None:
         blob = self._blob_acks.pop(mid, None)
         if blob is not None:
             if not blob.done():
-                blob.set_result(None)
+                # MQTT 5: a PUBACK may say the broker dropped it (not authorised, quota)
+                if refused is None:
+                    blob.set_result(None)
+                else:
+                    blob.set_exception(PublishRefused(refused))
             return
         seq = self._inflight.pop(mid, None)
         if seq is None:
@@ -706,6 +711,10 @@ class Publisher:
                 self._buf.extend(rows)
                 return True
         return False
+
+
+class PublishRefused(Exception):
+    """The broker's PUBACK carried a failure reason code (MQTT 5): the message was dropped."""
 
 
 def _tls_context(s: MqttSettings) -> ssl.SSLContext | None:

@@ -46,6 +46,9 @@ CONTENT_TYPE = "image/jpeg"
 #: de-duplicates by topic); a slow uplink sends 4 MB in far less
 ACK_WAIT_S = 300.0
 
+#: a picture the broker refused (ACL, quota) is offered again after this long
+REFUSED_RETRY_S = 60.0
+
 Fetch = Callable[..., Awaitable[bytes]]
 
 
@@ -285,6 +288,7 @@ class SnapshotService:
         sha = hashlib.sha256(data).hexdigest()
         topic = self.topics.snapshot(stored.camera, stored.snapshot_id)
         props = [("sha256", sha), ("camera", stored.camera)]
+        refusals = 0
         while True:
             await sender.connected.wait()
             ack = sender.publish_blob(topic, data, content_type=CONTENT_TYPE, user_properties=props)
@@ -296,6 +300,20 @@ class SnapshotService:
                     await ack
             except TimeoutError:
                 log.warning("snapshot %s: no PUBACK within %g s, sending again", topic, ACK_WAIT_S)
+                continue
+            except Exception as err:  # the broker refused it (MQTT 5 reason code)
+                self.stats.last_error = f"broker refused {topic}: {err}"[:300]
+                if not refusals:
+                    log.warning(
+                        "the broker refused snapshot %s (%s): it stays queued and is tried "
+                        "again in %g s; check the broker's ACL for ROOT/snapshots/# and its "
+                        "message size limit / 代理拒收抓图，稍后重试",
+                        topic,
+                        err,
+                        REFUSED_RETRY_S,
+                    )
+                refusals += 1
+                await asyncio.sleep(REFUSED_RETRY_S)
                 continue
             break
         await asyncio.to_thread(self.store.rename_sent, stored)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import yaml
 
 from edge_agent.config.loader import load_config
 from edge_agent.supervisor import Agent
+from edge_agent.tools.localbroker import LocalBroker, find_mosquitto
 from tests.camera_http import CameraHttp
 from tests.e2e.helpers import PersistentSubscriber
 from tests.mqtt_helpers import MqttBroker, Received, mqtt_subscriber, publish
@@ -246,3 +248,49 @@ async def test_a_picture_still_queued_at_stop_goes_out_after_the_restart(
     payload = next(p for _x, t, p in platform.messages if t == ref["topic"])
     assert hashlib.sha256(payload).hexdigest() == ref["sha256"]
     assert len(camera.served) == 1  # the picture of the alarm, not a new one
+
+
+class AclBroker(LocalBroker):
+    """mosquitto whose ACL lets the gateway publish everything but pictures."""
+
+    def _write_mosquitto_config(self) -> Path:
+        conf = super()._write_mosquitto_config()
+        acl = self.workdir / "acl"
+        acl.write_text("topic readwrite #\ntopic deny campus/+/+/snapshots/#\n", encoding="utf-8")
+        acl.chmod(0o644)
+        with conf.open("a", encoding="utf-8") as f:
+            f.write(f"acl_file {acl}\n")
+            if os.geteuid() == 0 and "user root" not in conf.read_text(encoding="utf-8"):
+                # as root mosquitto drops to its own user, who cannot read the test's folder
+                f.write("user root\n")
+        return conf
+
+
+async def test_a_picture_the_broker_refuses_stays_queued_and_is_said(
+    tmp_path: Path,
+    camera: CameraHttp,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    if find_mosquitto() is None:
+        pytest.skip("needs a local mosquitto for its ACL")
+    broker = AclBroker(workdir=tmp_path / "acl-broker", backend="mosquitto")
+    await asyncio.to_thread(broker.start)
+    try:
+        agent = make_agent(tmp_path, broker, camera, monkeypatch)
+        task = asyncio.create_task(agent.run())
+        try:
+            await asyncio.wait_for(agent.publisher.connected.wait(), 10)
+            result = await agent.snapshots.command("gate-cam")
+            await until(lambda: "broker refused" in (agent.snapshots.stats.last_error or ""))
+            health = agent.snapshots.health()
+            assert (health["sent"], health["queued"]) == (0, 1)
+            assert "Not authorized" in health["last_error"]
+            assert "the broker refused snapshot" in caplog.text
+            queued = tmp_path / "snapshots" / "gate-cam" / f"{result['snapshot_id']}.q.jpg"
+            assert queued.exists()
+        finally:
+            agent.stop()
+            await asyncio.wait_for(task, 15)
+    finally:
+        await asyncio.to_thread(broker.close)
