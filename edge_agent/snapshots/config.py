@@ -3,10 +3,11 @@ and cameras whose snapshot URL is written in the config (docs/cameras.md)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from edge_agent.config.models import Id, Strict
 
@@ -120,3 +121,39 @@ class SnapshotsConfig(Strict):
                 raise ValueError(f"camera {cam.id!r} is listed twice / 摄像机重复")
             seen.add(cam.id)
         return self
+
+
+def check_rule_cameras(
+    rules_raw: Any, snapshots_raw: Any, device_ids: set[str], base: Path
+) -> list[tuple[tuple[str | int, ...], str]]:
+    """For check-config: every rule's ``snapshot:`` names a camera, i.e. a device or a
+    ``snapshots.cameras`` entry. (The rule files' own problems are reported elsewhere.)"""
+    from edge_agent.config.rules import RulesConfig, load_rules
+
+    try:
+        rules_cfg = RulesConfig.model_validate(rules_raw if isinstance(rules_raw, dict) else {})
+    except ValidationError:
+        return []
+    ruleset, _, file_problems = load_rules(rules_cfg, base)
+    if file_problems:
+        return []
+    cams = snapshots_raw.get("cameras") if isinstance(snapshots_raw, dict) else None
+    known = set(device_ids)
+    known |= {c["id"] for c in cams or [] if isinstance(c, dict) and isinstance(c.get("id"), str)}
+    files = [str(Path(f) if Path(f).is_absolute() else base / f) for f in rules_cfg.files]
+    out: list[tuple[tuple[str | int, ...], str]] = []
+    for rule in ruleset.rules:
+        if rule.snapshot is None or rule.snapshot in known:
+            continue
+        origin = ruleset.origin.get(rule.id, "")
+        where: tuple[str | int, ...] = (
+            ("rules", "files", files.index(origin)) if origin in files else ("rules",)
+        )
+        out.append(
+            (
+                where,
+                f"rule {rule.id!r} takes its snapshot from {rule.snapshot!r}, which is neither "
+                "a device nor in snapshots.cameras / 规则指定的抓图摄像机不存在",
+            )
+        )
+    return out

@@ -461,3 +461,43 @@ def test_only_the_snapshot_service_publishes_pictures() -> None:
             if re.search(r"\.snapshot\(|publish_blob\(|/snapshots/", text) and rel not in allowed:
                 found.append(rel)
     assert found == []
+
+
+def test_check_config_names_a_rule_whose_camera_does_not_exist(tmp_path: Path) -> None:
+    (tmp_path / "cams.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "rules": [
+                    {
+                        "id": "gate_motion",
+                        "type": "event",
+                        "event": "motion",
+                        "snapshot": "gate-cam",
+                    },
+                    {
+                        "id": "hall_motion",
+                        "type": "event",
+                        "event": "motion",
+                        "snapshot": "hal-cam",
+                    },
+                ]
+            }
+        ),
+        encoding="utf-8",
+    )
+    cfg = {
+        "site": {"id": "s", "gateway_id": "gw1"},
+        "rules": {"files": ["cams.yaml"]},
+        "snapshots": {
+            "cameras": [
+                {"id": "gate-cam", "url": "http://10.0.3.21/x.jpg", "auth": "none"},
+                {"id": "hall-cam", "url": "http://10.0.3.22/x.jpg", "auth": "none"},
+            ]
+        },
+    }
+    path = tmp_path / "agent.yaml"
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    (line,) = err.value.problems
+    assert "rules.files[0]  rule 'hall_motion' takes its snapshot from 'hal-cam'" in line
