@@ -39,7 +39,7 @@ from edge_agent.config.yamlsrc import FileProblems, KeyProblem, SourceError
 from edge_agent.config.yamlsrc import load as load_yaml
 from edge_agent.errors import ConfigError
 from edge_agent.notify.config import NotifyConfig
-from edge_agent.snapshots.config import SnapshotsConfig
+from edge_agent.snapshots.config import SnapshotsConfig, check_rule_cameras
 
 log = logging.getLogger(__name__)
 
@@ -917,6 +917,10 @@ def load_config(
     other_files: list[str] = []
     rule_problems, rule_files = check_rules(data.get("rules"), base)
     problems += rule_problems
+    if not rule_problems and not rule_files:
+        problems += check_rule_cameras(
+            data.get("rules"), data.get("snapshots"), _raw_ids(data, "devices"), base
+        )
     other_files += rule_files
     if build_drivers:
         problems += check_drivers_build(devices, source, base, other_files)
