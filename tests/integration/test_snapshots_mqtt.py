@@ -38,7 +38,11 @@ async def camera() -> AsyncIterator[CameraHttp]:
 
 
 def make_agent(
-    tmp_path: Path, broker: MqttBroker, camera: CameraHttp, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    broker: MqttBroker,
+    camera: CameraHttp,
+    monkeypatch: pytest.MonkeyPatch,
+    protocol: str | None = None,
 ) -> Agent:
     monkeypatch.setenv("GATE_CAM_PW", camera.password)
     monkeypatch.setenv("BAD_CAM_PW", "not-the-password")
@@ -67,7 +71,7 @@ def make_agent(
         "mqtt": {
             "host": broker.host,
             "port": broker.port,
-            "protocol": broker.protocol,
+            "protocol": protocol or broker.protocol,
             "reconnect_max_s": 1,
         },
         "outbox": {"path": str(tmp_path / "outbox.db"), "commit_interval_ms": 50},
@@ -294,3 +298,21 @@ async def test_a_picture_the_broker_refuses_stays_queued_and_is_said(
             await asyncio.wait_for(task, 15)
     finally:
         await asyncio.to_thread(broker.close)
+
+
+async def test_over_mqtt_311_the_picture_goes_without_properties(
+    tmp_path: Path, mqtt_broker: MqttBroker, camera: CameraHttp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    agent = make_agent(tmp_path, mqtt_broker, camera, monkeypatch, protocol="3.1.1")
+    task = asyncio.create_task(agent.run())
+    try:
+        with mqtt_subscriber(mqtt_broker, f"{ROOT}/snapshots/#") as sub:
+            await asyncio.wait_for(agent.publisher.connected.wait(), 10)
+            assert agent.publisher.protocol == "3.1.1"
+            result = await agent.snapshots.command("gate-cam")
+            pic = await wait_for(sub, lambda m: m.topic == result["topic"])
+        assert hashlib.sha256(pic.payload).hexdigest() == result["sha256"]
+        assert getattr(pic.properties, "ContentType", None) is None
+    finally:
+        agent.stop()
+        await asyncio.wait_for(task, 15)
