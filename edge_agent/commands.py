@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 
 MAX_PAYLOAD = 64 * 1024
 REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+#: a device id as the contract allows it (a topic level)
+DEVICE_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _REQUEST_ID_PEEK = re.compile(rb'"request_id"\s*:\s*"([A-Za-z0-9_-]{1,64})"')
 #: levels of a response topic below ROOT/cmd_result/
 _RESPONSE_LEVELS = re.compile(r"[A-Za-z0-9_-]{1,64}(?:/[A-Za-z0-9_-]{1,64}){0,3}")
@@ -528,7 +530,9 @@ class CommandRouter:
             data["new"],
             data["error"] or "ok",
         )
-        if self._audit is not None and isinstance(device, str):
+        # Only on a well-formed device id: the event's topic is ROOT/events/{device}, and a
+        # requested "x/#" would be a topic no broker takes (paho refuses to publish it).
+        if self._audit is not None and isinstance(device, str) and DEVICE_ID.fullmatch(device):
             self._audit(device, data)
 
 

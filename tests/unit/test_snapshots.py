@@ -501,3 +501,22 @@ def test_check_config_names_a_rule_whose_camera_does_not_exist(tmp_path: Path) -
         load_config(path)
     (line,) = err.value.problems
     assert "rules.files[0]  rule 'hall_motion' takes its snapshot from 'hal-cam'" in line
+
+
+async def test_a_device_id_that_is_no_topic_level_is_refused_but_not_audited(
+    tmp_path: Path,
+) -> None:
+    # ROOT/events/x/# is no topic a broker takes: an audit event there would stop the
+    # publisher at the row, for every command that names a device
+    svc = service(tmp_path, None)
+    answers: list[dict[str, Any]] = []
+    audits: list[str] = []
+    router = CommandRouter(
+        lambda _t, a, _c: answers.append(a), root=ROOT, audit=lambda d, _data: audits.append(d)
+    )
+    router.register("camera_snapshot", snapshot_handler(svc.command))
+    for rid, device in (("b1", "x/#"), ("b2", "cam+1"), ("b3", "nope")):
+        payload = json.dumps({"request_id": rid, "device": device}).encode()
+        await router.handle("camera_snapshot", payload, None, None)
+    assert [a["ok"] for a in answers] == [False, False, False]
+    assert audits == ["nope"]
