@@ -463,6 +463,7 @@ class Agent:
                 await asyncio.gather(*hubs, return_exceptions=True)
                 if self.snapshot_alarms is not None:  # waiting alarms go, without pictures
                     await self.snapshot_alarms.close()
+                await self.snapshots.close()
                 self.emitter.flush()
                 await self.outbox.flush()
                 snaps.cancel()  # a picture not acknowledged yet is sent at the next start

@@ -24,6 +24,7 @@ platform can check what it received.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import time
@@ -125,6 +126,8 @@ class SnapshotService:
         self._wake = asyncio.Event()
         self._sending: Stored | None = None
         self._failing: set[str] = set()
+        #: the picture being taken, by camera
+        self._taking: dict[str, asyncio.Future[Snapshot]] = {}
         self._opened = False
         self.stats = SnapshotStats()
 
@@ -173,10 +176,32 @@ class SnapshotService:
         """Fetch a picture of ``camera``, keep it on disk, queue it; its topic and sha256.
 
         Raises :class:`UnknownCamera`, :class:`NotACamera` or :class:`SnapshotError`.
-        Once the fetch has succeeded, the write to disk is finished even when the caller
-        stops waiting (an alarm that cannot wait longer): the picture is then kept and
-        sent, though nobody names it."""
+        One picture at a time per camera: who asks while one is being taken gets that one
+        (ten motion alarms in a second do not send ten requests to one small camera). A
+        caller that stops waiting (an alarm past its bound) does not stop the picture for
+        the others; once fetched it is kept and sent, though nobody may name it."""
         src = self.source(camera)
+        running = self._taking.get(camera)
+        if running is None:
+            running = asyncio.ensure_future(self._take(camera, src, timeout_s))
+            self._taking[camera] = running
+            running.add_done_callback(functools.partial(self._done_taking, camera))
+        return await asyncio.shield(running)
+
+    def _done_taking(self, camera: str, task: asyncio.Future[Snapshot]) -> None:
+        if self._taking.get(camera) is task:
+            del self._taking[camera]
+        if not task.cancelled():
+            task.exception()  # retrieved: every waiter may have given up
+
+    async def close(self) -> None:
+        """Stop pictures still being taken (the agent stops)."""
+        tasks = list(self._taking.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _take(self, camera: str, src: SnapshotSource, timeout_s: float | None) -> Snapshot:
         limit = self.cfg.timeout_s if timeout_s is None else min(timeout_s, self.cfg.timeout_s)
         ts = self._wall()
         try:
@@ -202,7 +227,7 @@ class SnapshotService:
             size=len(data),
             ts=ts,
         )
-        await asyncio.shield(self._keep(snap, data))
+        await self._keep(snap, data)
         if camera in self._failing:
             self._failing.discard(camera)
             log.info("camera %s: snapshots work again / 摄像机抓图恢复", camera)

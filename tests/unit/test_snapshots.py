@@ -387,7 +387,23 @@ async def test_alarms_waiting_at_stop_are_raised_without_their_picture(
     sink.raise_("door_forced", "gate", "critical", en="Forced", zh="强行打开")
     await asyncio.sleep(0.1)
     await sink.close()
+    await svc.close()
     assert [(p["rule"], p["snapshot"]) for p in book.puts] == [("door_forced", None)]
+
+
+async def test_alarms_at_the_same_moment_share_one_picture(
+    tmp_path: Path, camera: CameraHttp
+) -> None:
+    svc = service(tmp_path, camera)
+    book = Book()
+    sink = SnapshotAlarms(book, {"gate_motion": "gate-cam"}, svc, wait_s=5)
+    for pir in ("pir-1", "pir-2", "pir-3"):
+        sink.raise_("gate_motion", pir, "major", en="Motion", zh="有人")
+    await settle(sink)
+    assert len(camera.served) == 1  # one request to the camera, not three
+    refs = {json.dumps(p["snapshot"]) for p in book.puts}
+    assert len(book.puts) == 3
+    assert len(refs) == 1
 
 
 # -- config ---------------------------------------------------------------------------
