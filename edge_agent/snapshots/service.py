@@ -132,12 +132,6 @@ class SnapshotService:
         self.stats = SnapshotStats()
 
     # -- where pictures come from ---------------------------------------------------
-    def cameras(self) -> list[str]:
-        """Every camera id: written in ``snapshots.cameras`` or a device that is one."""
-        ids = list(self.sources)
-        ids += [d for d, drv in self.drivers.items() if isinstance(drv, Snapshotter)]
-        return sorted(set(ids))
-
     def source(self, camera: str) -> SnapshotSource:
         """Where ``camera``'s picture is; :class:`UnknownCamera`, :class:`NotACamera`, or
         :class:`SnapshotError` for a camera that does not know its URL yet."""
