@@ -236,13 +236,12 @@ class Agent:
             )
             self.emitter.add_tap("patrol", self.patrol.see)
         #: camera snapshots (edge_agent/snapshots): camera_snapshot and alarm pictures
-        snap_dir = Path(cfg.snapshots.dir or self.outbox.path.parent / "snapshots")
-        self.snapshots = SnapshotService(
-            cfg.snapshots,
-            snap_dir if snap_dir.is_absolute() else self.config_path.parent / snap_dir,
-            self.topics,
-            self.drivers,
-        )
+        snap_dir = self.outbox.path.parent / "snapshots"  # beside the outbox by default
+        if cfg.snapshots.dir is not None:
+            snap_dir = Path(cfg.snapshots.dir)
+            if not snap_dir.is_absolute():
+                snap_dir = self.config_path.parent / snap_dir
+        self.snapshots = SnapshotService(cfg.snapshots, snap_dir, self.topics, self.drivers)
         #: alarm rules over every reading, event and device state (docs/alarms.md)
         ruleset, _, _ = load_rules(cfg.rules, self.config_path.resolve().parent)
         self.rules: RuleEngine | None = None

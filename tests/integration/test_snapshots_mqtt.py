@@ -316,3 +316,31 @@ async def test_over_mqtt_311_the_picture_goes_without_properties(
     finally:
         agent.stop()
         await asyncio.wait_for(task, 15)
+
+
+@pytest.mark.parametrize(
+    ("outbox", "snap_dir", "expected"),
+    [
+        ("outbox.db", None, "conf/snapshots"),
+        ("state/outbox.db", None, "conf/state/snapshots"),
+        ("outbox.db", "pics", "conf/pics"),
+    ],
+)
+def test_the_folder_is_beside_the_outbox_or_relative_to_the_config(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    outbox: str,
+    snap_dir: str | None,
+    expected: str,
+) -> None:
+    (tmp_path / "conf").mkdir()
+    cfg: dict[str, Any] = {
+        "site": {"id": "s", "gateway_id": "gw1"},
+        "outbox": {"path": outbox},
+        "snapshots": {"dir": snap_dir} if snap_dir else {},
+    }
+    (tmp_path / "conf" / "agent.yaml").write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    monkeypatch.chdir(tmp_path)  # `edge-agent run -c conf/agent.yaml`
+    path = Path("conf/agent.yaml")
+    agent = Agent(load_config(path), path)
+    assert agent.snapshots.store.root == Path(expected)
