@@ -32,7 +32,7 @@ from pydantic import Field, field_validator
 
 from edge_agent.config.models import DeviceBase
 from edge_agent.config.secrets import SecretError, is_reference, resolve
-from edge_agent.driver import DeviceLink, DriverContext, Event, MetricInfo
+from edge_agent.driver import DeviceLink, DriverContext, Event, MetricInfo, SnapshotSource
 from edge_agent.drivers.camera_edges import Contract, Edges
 from edge_agent.errors import (
     DeviceError,
@@ -40,6 +40,7 @@ from edge_agent.errors import (
     DeviceTimeout,
     DeviceUnavailable,
     NotDurableError,
+    SnapshotError,
 )
 
 if TYPE_CHECKING:
@@ -214,6 +215,22 @@ class CameraStreamDriver:
                 backoff = min(backoff * 2, self.config.retry_max_s)
         finally:
             self._summary()
+
+    def snapshot_source_at(self, url: str) -> SnapshotSource:
+        """The snapshot service fetches ``url`` with this camera's own digest login."""
+        try:
+            password = resolve(
+                self.config.password, cred_dir=os.environ.get("CREDENTIALS_DIRECTORY")
+            )
+        except SecretError as err:
+            raise SnapshotError(self.device_id, f"password not available: {err}") from err
+        return SnapshotSource(
+            url,
+            self.config.user,
+            password,
+            "digest",
+            tls_verify=self.config.scheme == "http" or self.config.tls_verify,
+        )
 
     async def _session_once(self, link: DeviceLink) -> bool:
         """One connection's life; True when the stream was open at some point."""

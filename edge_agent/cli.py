@@ -1,4 +1,5 @@
-"""``edge-agent``: run, check-config, doctor, alarms, tail, sim, demo, bench, probe, pseudonym.
+"""``edge-agent``: run, check-config, doctor, alarms, tail, sim, demo, bench, probe, pseudonym,
+discover.
 
 Exit codes: 0 ok, 1 bad config or failed start, 2 usage, 130 interrupted.
 """
@@ -424,6 +425,12 @@ def _probe_request(args: argparse.Namespace) -> ProbeRequest:
     )
 
 
+def cmd_discover(args: argparse.Namespace) -> int:
+    from edge_agent.tools.discover import run
+
+    return run(args)
+
+
 def cmd_probe(args: argparse.Namespace) -> int:
     from edge_agent.drivers.modbus.probe import error_message, format_table, probe, rows_json
     from edge_agent.errors import DeviceError
@@ -575,6 +582,38 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="measure CPU, memory, throughput, alarm latency / 性能测试")
     bench_arguments(b)
     b.set_defaults(fn=cmd_bench)
+
+    dc = sub.add_parser(
+        "discover",
+        help="find ONVIF cameras, print a config stanza each / 发现 ONVIF 摄像机",
+        description="WS-Discovery Probe (multicast on this network segment, and unicast to "
+        "--host), then GetDeviceInformation/GetCapabilities of each answer; prints a "
+        "devices: item per camera. Exit 1 when none answered / 发现摄像机并输出配置片段",
+    )
+    dc.add_argument(
+        "--host",
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]",
+        help="also probe this address by unicast (port 3702 unless given); repeatable "
+        "/ 单播探测该地址",
+    )
+    dc.add_argument(
+        "--no-multicast",
+        action="store_true",
+        help="only the --host addresses, no multicast Probe / 不发组播",
+    )
+    dc.add_argument(
+        "--timeout", type=float, default=3.0, help="seconds to wait for answers (default 3)"
+    )
+    dc.add_argument("--username", help="ONVIF user for GetDeviceInformation / 摄像机用户名")
+    dc.add_argument(
+        "--password-env",
+        metavar="NAME",
+        help="environment variable holding the password (never on the command line) "
+        "/ 存放密码的环境变量名",
+    )
+    dc.set_defaults(fn=cmd_discover)
 
     pr = sub.add_parser(
         "probe",

@@ -290,11 +290,27 @@ class DoorOpener(Protocol):
     async def open_door(self, door: str | int) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class SnapshotSource:
+    """Where a camera's JPEG snapshot is fetched (:mod:`edge_agent.snapshots`): an HTTP(S)
+    URL and how to log in. ``repr`` never shows the password."""
+
+    url: str
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    #: ``digest`` (Hikvision, Dahua and most ONVIF cameras), ``basic`` or ``none``
+    auth: Literal["digest", "basic", "none"] = "digest"
+    #: False for a camera with a self-signed certificate on an ``https`` URL
+    tls_verify: bool = True
+
+
 @runtime_checkable
 class Snapshotter(Protocol):
-    """Capability: ``camera_snapshot``; returns the command's ``result``."""
+    """Capability: a camera (``camera_snapshot``, alarms with ``snapshot:``). The core
+    fetches, stores and publishes the picture; the driver only says where it is: None
+    while it does not know yet (an ONVIF camera before GetSnapshotUri answered)."""
 
-    async def snapshot(self) -> dict[str, Any]: ...
+    def snapshot_source(self) -> SnapshotSource | None: ...
 
 
 @runtime_checkable

@@ -9,7 +9,8 @@
     └── DeviceError            anything a device did wrong; carries ``device_id``
         ├── DeviceTimeout      no answer within ``timeout_s``
         ├── DeviceProtocolError garbled frame, exception response, unexpected length
-        └── DeviceUnavailable  cannot connect (port missing, connection refused)
+        ├── DeviceUnavailable  cannot connect (port missing, connection refused)
+        └── SnapshotError      a camera's snapshot could not be fetched (auth, not a JPEG ...)
 
 Drivers catch narrow library errors at their edge and re-raise one of these
 ``from err``; the poll loop and the supervisor only ever see this tree.
@@ -60,3 +61,8 @@ class DeviceProtocolError(DeviceError):
 
 class DeviceUnavailable(DeviceError):
     """The device or its bus cannot be reached at all."""
+
+
+class SnapshotError(DeviceError):
+    """A camera's snapshot could not be fetched or stored (HTTP error, authentication,
+    timeout, not a JPEG, too large); ``reason`` says which, in words for an installer."""

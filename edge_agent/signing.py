@@ -44,7 +44,10 @@ __all__ = [
 ]
 
 #: commands that act on the world: they need a signature once a key is set
-SIGNED_COMMANDS = frozenset({"device_write", "door_open", "alarm_ack", "alarm_shelve"})
+#: (camera_snapshot: a picture of people leaves the school, docs/cameras.md)
+SIGNED_COMMANDS = frozenset(
+    {"device_write", "door_open", "alarm_ack", "alarm_shelve", "camera_snapshot"}
+)
 #: how far ``sig_ts`` may be from the gateway's clock, either way
 WINDOW_S = 60.0
 PREFIX = "edge-agent-cmd-v1"

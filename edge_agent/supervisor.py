@@ -46,6 +46,8 @@ from edge_agent.pipeline.sink import OutboxSink
 from edge_agent.poll import SHARED_RNG, PollLoop, backoff_delay
 from edge_agent.procstats import ProcessStats
 from edge_agent.sdnotify import SystemdNotifier, watchdog_loop
+from edge_agent.snapshots.alarms import SnapshotAlarms
+from edge_agent.snapshots.service import SnapshotService
 from edge_agent.topics import Topics, root_of
 
 log = logging.getLogger(__name__)
@@ -186,7 +188,7 @@ class Agent:
         self.gate = self.emitter.stage(ClockGate)
         self.stats = ProcessStats()
         self.notifier = SystemdNotifier()
-        self.drivers: dict[str, Any] = {}
+        self.drivers: dict[str, Any] = {}  # filled by _build_drivers, shared by reference
         #: one shared listener per kind that declares a ``Hub`` and has devices
         self.hubs: dict[str, Hub] = {}
         #: the DeviceLink of every push device, built with its driver
@@ -237,14 +239,27 @@ class Agent:
                 synced=lambda: self.gate.synced,
             )
             self.emitter.add_tap("patrol", self.patrol.see)
+        #: camera snapshots (edge_agent/snapshots): camera_snapshot and alarm pictures
+        snap_dir = self.outbox.path.parent / "snapshots"  # beside the outbox by default
+        if cfg.snapshots.dir is not None:
+            snap_dir = Path(cfg.snapshots.dir)
+            if not snap_dir.is_absolute():
+                snap_dir = self.config_path.parent / snap_dir
+        self.snapshots = SnapshotService(cfg.snapshots, snap_dir, self.topics, self.drivers)
         #: alarm rules over every reading, event and device state (docs/alarms.md)
         ruleset, _, _ = load_rules(cfg.rules, self.config_path.resolve().parent)
         self.rules: RuleEngine | None = None
+        self.snapshot_alarms: SnapshotAlarms | None = None
         if ruleset.rules:
+            cameras = {r.id: r.snapshot for r in ruleset.rules if r.snapshot is not None}
+            if cameras:
+                self.snapshot_alarms = SnapshotAlarms(
+                    self.alarms, cameras, self.snapshots, wait_s=cfg.snapshots.alarm_wait_s
+                )
             self.rules = RuleEngine(
                 ruleset,
                 site_tz(cfg.site.timezone),
-                self.alarms,
+                self.snapshot_alarms or self.alarms,
                 now=self.clock.wall,
                 gateway=cfg.site.gateway_id,
             )
@@ -330,7 +345,7 @@ class Agent:
         r.register("door_open", door_handler(self.drivers.get))
         r.register("alarm_ack", alarm_ack_handler(self.alarms.ack))
         r.register("alarm_shelve", alarm_shelve_handler(self.alarms.shelve))
-        r.register("camera_snapshot", snapshot_handler(self.drivers.get))
+        r.register("camera_snapshot", snapshot_handler(self.snapshots.command))
         self.publisher.set_command_handler(r.handle)
         if not r.signing:
             log.info(
@@ -386,6 +401,7 @@ class Agent:
             except (NotImplementedError, RuntimeError, ValueError):
                 pass  # not the main thread (tests) or not supported
         await self.outbox.open()
+        await self.snapshots.open()
         self.alarms.load()
         if self.patrol is not None:
             self.patrol.load()
@@ -427,6 +443,7 @@ class Agent:
                         tg.create_task(self._device_task(dev_id, driver), name=f"device:{dev_id}")
                     )
                 http = tg.create_task(self.http.run(), name="http") if self.http.wanted else None
+                snaps = tg.create_task(self.snapshots.run(self.publisher), name="snapshots")
                 robots = [
                     tg.create_task(w.run(), name=f"notify:{w.robot.id}")
                     for w in self.notify.workers
@@ -461,8 +478,12 @@ class Agent:
                 for t in hubs:  # after their devices: a device never sees its hub vanish
                     t.cancel()
                 await asyncio.gather(*hubs, return_exceptions=True)
+                if self.snapshot_alarms is not None:  # waiting alarms go, without pictures
+                    await self.snapshot_alarms.close()
+                await self.snapshots.close()
                 self.emitter.flush()
                 await self.outbox.flush()
+                snaps.cancel()  # a picture not acknowledged yet is sent at the next start
                 for t in main[:4]:
                     t.cancel()
             slow_stop.cancel()
@@ -700,6 +721,7 @@ class Agent:
             },
             "pipeline": self.emitter.stats(),
             "rules": self.rules.stats() if self.rules is not None else None,
+            "snapshots": self.snapshots.health(),
             "cpu_percent": proc.get("cpu_percent"),
             "rss_bytes": proc.get("rss_bytes"),
         }

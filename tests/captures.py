@@ -76,3 +76,19 @@ def onvif_params(names: list[str]) -> list[Any]:
     if not (ONVIF / "cases.json").is_file():
         return [pytest.param(None, marks=pytest.mark.skip(reason=absent_onvif()), id="absent")]
     return [pytest.param(n, id=n.removesuffix(".xml")) for n in names]
+
+
+def onvif_kind_params(kind: str) -> list[Any]:
+    """One ``pytest.param((case, xml bytes))`` per ONVIF capture of ``kind`` (its
+    ``cases.json`` kind: ``getcapabilities``, ``fault`` ...), or one skipped param when
+    ``../shared/fixtures/onvif/`` is absent."""
+    index = ONVIF / "cases.json"
+    if not index.is_file():
+        reason = f"shared ONVIF fixtures absent ({ONVIF}): they live beside the repository"
+        return [pytest.param(None, marks=pytest.mark.skip(reason=reason), id="absent")]
+    cases = json.loads(index.read_text("utf-8"))
+    return [
+        pytest.param((c, (ONVIF / c["file"]).read_bytes()), id=c["file"])
+        for c in cases
+        if c["kind"] == kind
+    ]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from edge_agent.driver import DriverContext
+from edge_agent.driver import DriverContext, SnapshotSource
 from edge_agent.drivers.camera_edges import Contract
 from edge_agent.drivers.camera_stream import CameraStreamDriver
 from edge_agent.drivers.dahua.config import DahuaDevice
@@ -53,6 +53,9 @@ class DahuaDriver(CameraStreamDriver):
         """The JPEG of channel 1 (``/cgi-bin/snapshot.cgi?channel=1``), behind the same digest
         login: for the snapshot service, never fetched here."""
         return self.base + SNAPSHOT
+
+    def snapshot_source(self) -> SnapshotSource:
+        return self.snapshot_source_at(self.snapshot_uri)
 
     def open_parser(self, content_type: str) -> EventStream:
         self._seen = dict.fromkeys(self._seen, 0)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from edge_agent.driver import DriverContext
+from edge_agent.driver import DriverContext, SnapshotSource
 from edge_agent.drivers.camera_edges import Contract
 from edge_agent.drivers.camera_stream import CameraStreamDriver
 from edge_agent.drivers.hikvision.alerts import AlertStream
@@ -59,6 +59,9 @@ class HikvisionCameraDriver(CameraStreamDriver):
         """The JPEG of channel 1's main stream (``/ISAPI/Streaming/channels/101/picture``),
         behind the same digest login: for the snapshot service, never fetched here."""
         return self.base + SNAPSHOT
+
+    def snapshot_source(self) -> SnapshotSource:
+        return self.snapshot_source_at(self.snapshot_uri)
 
     def open_parser(self, content_type: str) -> AlertStream:
         self._seen = {"skipped": 0}

@@ -47,7 +47,7 @@ from datetime import datetime
 from typing import Any, ClassVar, TypeVar
 
 from edge_agent.config.secrets import SecretError, resolve
-from edge_agent.driver import DeviceLink, DriverContext, Event, MetricInfo
+from edge_agent.driver import DeviceLink, DriverContext, Event, MetricInfo, SnapshotSource
 from edge_agent.drivers.onvif.config import OnvifDevice
 from edge_agent.drivers.onvif.events import (
     BadNotification,
@@ -66,6 +66,7 @@ from edge_agent.errors import (
     DeviceTimeout,
     DeviceUnavailable,
     NotDurableError,
+    SnapshotError,
 )
 
 # onvif-zeep-async (with zeep, lxml, httpx) is imported where it is used: the registry
@@ -217,6 +218,18 @@ class OnvifDriver:
         if not sized:
             return self.stream_uri
         return min(sized, key=lambda p: (p.width or 0) * (p.height or 0)).stream_uri
+
+    def snapshot_source(self) -> SnapshotSource | None:
+        """The snapshot service fetches the profile's snapshot URI with the camera's login
+        (HTTP digest, as the ONVIF cameras we know ask for it); None until connected."""
+        uri = self.snapshot_uri
+        if uri is None:
+            return None
+        try:
+            user, password = self.credentials()
+        except SecretError as err:
+            raise SnapshotError(self.device_id, f"password not available: {err}") from err
+        return SnapshotSource(uri, user, password, "digest")
 
     def credentials(self) -> tuple[str, str]:
         """User and password (the secret resolved now) for the snapshot and stream URIs."""

@@ -96,6 +96,8 @@ class Alarm:
     shelve_s: float | None = None
     #: set on the transition that takes an alarm out of view unacknowledged
     suppressed: Suppressed | None = None
+    #: the picture a rule with ``snapshot:`` attached: ``{"topic", "sha256"}``
+    snapshot: dict[str, str] | None = None
 
     def data(self) -> dict[str, Any]:
         return {
@@ -109,7 +111,7 @@ class Alarm:
             "message": self.message,
             "raised_at": iso_ms(self.raised_at),
             "acked_by": self.acked_by,
-            "snapshot": None,
+            "snapshot": self.snapshot,
         } | ({"suppressed": self.suppressed} if self.suppressed else {})
 
 
@@ -513,9 +515,11 @@ class AlarmBook:
         value: Any = None,
         threshold: Any = None,
         origin: str = "agent",
+        snapshot: dict[str, str] | None = None,
     ) -> Alarm:
         """Raise ``rule`` on ``device`` unless it is already active. ``origin`` says
-        who raised it (``rules``, ``patrol``, ``agent``), for the audit.
+        who raised it (``rules``, ``patrol``, ``agent``), for the audit; ``snapshot`` is
+        the picture it carries (edge_agent/snapshots).
 
         While the rule is out of service or suppressed the alarm is not raised: the
         condition is held (the returned alarm is in no list) and raised when that ends.
@@ -545,6 +549,7 @@ class AlarmBook:
             threshold,
             raised_at=self.clock.wall(),
         )
+        alarm.snapshot = snapshot
         sup = self._suppressed_by(rule, device)
         if sup is not None:
             self._held[(rule, device)] = alarm

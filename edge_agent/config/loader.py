@@ -40,6 +40,7 @@ from edge_agent.config.yamlsrc import load as load_yaml
 from edge_agent.console.config import ConsoleConfig, check_console
 from edge_agent.errors import ConfigError
 from edge_agent.notify.config import NotifyConfig
+from edge_agent.snapshots.config import SnapshotsConfig, check_rule_cameras
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +145,11 @@ class AgentConfigBase(Strict):
     notify: NotifyConfig = Field(
         default_factory=NotifyConfig,
         description="Alarm delivery to team-chat robots and webhooks (docs/notify.md) / 告警推送",
+    )
+    snapshots: SnapshotsConfig = Field(
+        default_factory=SnapshotsConfig,
+        description="Camera snapshots: folder, cap, timeouts, cameras by URL (docs/cameras.md) "
+        "/ 摄像机抓图",
     )
 
 
@@ -336,6 +342,13 @@ def _resolve_secrets(
         ("notify", "robots", i, key)
         for i in range(len(robots) if isinstance(robots, list) else 0)
         for key in ("url", "secret")
+    ]
+    # Camera passwords of snapshots.cameras: one per list item, like the robots'.
+    snaps = data.get("snapshots")
+    cams = snaps.get("cameras") if isinstance(snaps, dict) else None
+    robot_fields += [
+        ("snapshots", "cameras", i, "password")
+        for i in range(len(cams) if isinstance(cams, list) else 0)
     ]
     for path in (*SECRET_FIELDS, *robot_fields):
         parent: Any = data
@@ -852,7 +865,16 @@ def load_config(
         del data[key]
 
     # A section whose keys are all commented out is null in YAML: same as absent.
-    for section in ("mqtt", "outbox", "publish", "logging", "clock", "patrol", "rules"):
+    for section in (
+        "mqtt",
+        "outbox",
+        "publish",
+        "logging",
+        "clock",
+        "patrol",
+        "rules",
+        "snapshots",
+    ):
         if section in data and data[section] is None:
             del data[section]
     prepare_tls(data, p.resolve().parent)
@@ -902,6 +924,10 @@ def load_config(
     other_files: list[str] = []
     rule_problems, rule_files = check_rules(data.get("rules"), base)
     problems += rule_problems
+    if not rule_problems and not rule_files:
+        problems += check_rule_cameras(
+            data.get("rules"), data.get("snapshots"), _raw_ids(data, "devices"), base
+        )
     other_files += rule_files
     if build_drivers:
         problems += check_drivers_build(devices, source, base, other_files)

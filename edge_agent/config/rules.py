@@ -150,6 +150,11 @@ class Rule(Strict):
         default=None, description="The clause the limit comes from, e.g. 'GB/T 18883-2022 表1'"
     )
     message: Message_ | None = Field(default=None, description="Alarm text (en and zh)")
+    snapshot: Id | None = Field(
+        default=None,
+        description="Camera id: the raised alarm carries a picture of it (topic and sha256; "
+        "it waits at most snapshots.alarm_wait_s for it, docs/cameras.md) / 告警附带该摄像机抓图",
+    )
 
     @field_validator("id")
     @classmethod

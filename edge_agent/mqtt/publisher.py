@@ -145,6 +145,8 @@ class Publisher:
         self._backlog_done = True
         self._work = asyncio.Event()
         self._retained: dict[str, tuple[bytes, int]] = {}
+        #: mid -> future of a message sent outside the outbox (a camera snapshot)
+        self._blob_acks: dict[int, asyncio.Future[None]] = {}
         self._command_handler: CommandHandler | None = None
         self._device_count = 0
         self._stopping = False
@@ -201,6 +203,33 @@ class Publisher:
         return self._publish_direct(
             topic, _dumps(payload), qos=qos, retain=False, properties=properties
         )
+
+    def publish_blob(
+        self,
+        topic: str,
+        data: bytes,
+        *,
+        content_type: str,
+        user_properties: list[tuple[str, str]],
+    ) -> asyncio.Future[None] | None:
+        """Send raw bytes that do not go through the outbox (a camera snapshot: its file is
+        the durable copy): QoS 1, not retained, with an MQTT 5 content type and user
+        properties (left out on 3.1.1). The future is set at the PUBACK; paho sends the
+        message again after a reconnect. None when not connected: try again later."""
+        client = self._client
+        if client is None or self._loop is None or not client.is_connected():
+            return None
+        props = None
+        if self.protocol == "5":
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            props.ContentType = content_type
+            props.UserProperty = user_properties
+        info = client.publish(topic, data, qos=1, retain=False, properties=props)
+        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            return None
+        ack: asyncio.Future[None] = self._loop.create_future()
+        self._blob_acks[info.mid] = ack
+        return ack
 
     def inflight_count(self) -> int:
         return len(self._inflight)
@@ -308,7 +337,8 @@ class Publisher:
     def _cb_publish(
         self, client: mqtt.Client, userdata: Any, mid: int, rc: Any, props: Any = None
     ) -> None:
-        self._call(self._on_puback, mid)
+        refused = str(rc) if getattr(rc, "is_failure", False) else None
+        self._call(self._on_puback, mid, refused)
 
     def _cb_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         response_topic = None
@@ -469,7 +499,16 @@ class Publisher:
             f"no answer to CONNECT (MQTT {self._version.attempt_name}): {why} ('{reason}')",
         )
 
-    def _on_puback(self, mid: int) -> None:
+    def _on_puback(self, mid: int, refused: str | None = None) -> None:
+        blob = self._blob_acks.pop(mid, None)
+        if blob is not None:
+            if not blob.done():
+                # MQTT 5: a PUBACK may say the broker dropped it (not authorised, quota)
+                if refused is None:
+                    blob.set_result(None)
+                else:
+                    blob.set_exception(PublishRefused(refused))
+            return
         seq = self._inflight.pop(mid, None)
         if seq is None:
             return  # a direct (non-outbox) message
@@ -677,6 +716,10 @@ class Publisher:
                 self._buf.extend(rows)
                 return True
         return False
+
+
+class PublishRefused(Exception):
+    """The broker's PUBACK carried a failure reason code (MQTT 5): the message was dropped."""
 
 
 def _tls_context(s: MqttSettings) -> ssl.SSLContext | None:

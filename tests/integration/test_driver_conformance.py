@@ -59,7 +59,10 @@ from edge_agent.simulators.dahua import DahuaCamera
 from edge_agent.simulators.hikvision import HikTerminal
 from edge_agent.simulators.hikvision_camera import HikCamera
 from edge_agent.simulators.zkteco import ZkTerminal
+from edge_agent.snapshots.config import SnapshotsConfig
+from edge_agent.snapshots.service import SnapshotService
 from edge_agent.supervisor import OutboxEmitter
+from edge_agent.topics import Topics
 from tests.hostile_modbus import HostileModbus
 from tests.http_helpers import request
 from tests.push_fixture_driver import (
@@ -817,9 +820,12 @@ async def test_bad_input_never_crashes(kind: Kind) -> None:
         assert not task.done()
 
 
-async def test_commands_are_refused_cleanly(kind: Kind) -> None:
-    lookup = {"dev1": kind.driver}.get
-    write, door, snap = write_handler(lookup), door_handler(lookup), snapshot_handler(lookup)
+async def test_commands_are_refused_cleanly(kind: Kind, tmp_path: Path) -> None:
+    drivers = {"dev1": kind.driver}
+    lookup = drivers.get
+    cameras = SnapshotService(SnapshotsConfig(), tmp_path, Topics("c/s/g"), drivers)
+    write, door = write_handler(lookup), door_handler(lookup)
+    snap = snapshot_handler(cameras.command)
     for handler, args in (
         (write, {"device": "dev1", "point": "a", "value": 1}),
         (door, {"device": "dev1", "door": kind.bad_door, "by": "ops"}),

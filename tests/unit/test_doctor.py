@@ -179,3 +179,23 @@ async def test_a_push_device_is_skipped_with_the_reason_not_read(tmp_path: Path)
         registry.BUILTIN.update(saved[0])
         registry._cache = saved[1]
     assert [(r.status, r.detail.split(":")[0]) for r in rows] == [("skip", "push device")]
+
+
+async def test_snapshot_cameras_are_tried_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edge_agent.tools.doctor import check_cameras
+    from tests.camera_http import CameraHttp
+
+    async with CameraHttp("digest") as good, CameraHttp("digest", password="other") as bad:
+        monkeypatch.setenv("CAM_PW", "cam-pass")
+        cfg = config(
+            tmp_path,
+            "snapshots:\n  cameras:\n"
+            f"    - {{id: gate-cam, url: '{good.url}', username: admin, password: '${{CAM_PW}}'}}\n"
+            f"    - {{id: hall-cam, url: '{bad.url}', username: admin, password: '${{CAM_PW}}'}}\n",
+        )
+        rows = await check_cameras(cfg)
+    assert [(r.target, r.status) for r in rows] == [("gate-cam", "ok"), ("hall-cam", "fail")]
+    assert "login refused" in rows[1].detail
+    assert len(good.served) == 1
