@@ -34,6 +34,7 @@ from edge_agent.driver import (
     MetricInfo,
     PollingDriver,
     PushDriver,
+    Snapshotter,
 )
 from edge_agent.drivers.dahua.driver import DahuaDriver
 from edge_agent.drivers.hikvision.driver import HikvisionDriver
@@ -826,15 +827,26 @@ async def test_commands_are_refused_cleanly(kind: Kind, tmp_path: Path) -> None:
     cameras = SnapshotService(SnapshotsConfig(), tmp_path, Topics("c/s/g"), drivers)
     write, door = write_handler(lookup), door_handler(lookup)
     snap = snapshot_handler(cameras.command)
-    for handler, args in (
+    refused = [
         (write, {"device": "dev1", "point": "a", "value": 1}),
         (door, {"device": "dev1", "door": kind.bad_door, "by": "ops"}),
-        (snap, {"device": "dev1"}),
+        (snap, {"device": "nope"}),
         (write, {"device": "nope", "point": "a", "value": 1}),
-    ):
+    ]
+    if not isinstance(kind.driver, Snapshotter):
+        refused.append((snap, {"device": "dev1"}))
+    for handler, args in refused:
         # a door opener that is not running refuses with a DeviceError (not connected)
         with pytest.raises((CommandError, ValueError, DeviceError)):
             await handler(args)
+    if isinstance(kind.driver, Snapshotter):
+        # a camera either answers with its picture or refuses cleanly (not connected yet)
+        try:
+            answer = await snap({"device": "dev1"})
+        except (CommandError, ValueError, DeviceError):
+            pass
+        else:
+            assert answer["sha256"] and answer["topic"].startswith("c/s/g/snapshots/dev1/")
 
 
 def test_the_push_fixture_is_not_shipped_but_loads_as_a_third_party_kind() -> None:
