@@ -225,7 +225,7 @@ async def test_the_config_check_shows_the_files_problems_as_text(
 
 
 async def test_a_rule_out_of_service_on_the_console_leaves_view_and_the_audit_says_who(
-    page: Any, console: Console, mqtt_broker: MqttBroker
+    page: Any, console: Console, mqtt_broker: MqttBroker, tmp_path: Path
 ) -> None:
     """A guard takes co2_high on one room out of service from its alarm's row: the alarm
     leaves the alarms page and the broker's retained topic; back in service, the
@@ -264,6 +264,7 @@ async def test_a_rule_out_of_service_on_the_console_leaves_view_and_the_audit_sa
         await target.locator("td.by", has_text="guard").wait_for()
         assert await target.locator("td.reason").text_content() == "out of service"
         await row.wait_for(state="detached")  # no longer on the alarms page
+        assert await page.locator("#action-note").text_content() == ""  # about it: gone too
         await asyncio.to_thread(sub.wait_for, lambda m: m.payload == b"", 15)
     # a subscriber that comes now gets no retained alarm: the status (retained, asked for
     # after it in the same SUBSCRIBE) arrives with nothing before it
@@ -274,6 +275,7 @@ async def test_a_rule_out_of_service_on_the_console_leaves_view_and_the_audit_sa
     note = page.locator("#out-of-view-note")
     await note.wait_for()
     assert f"co2_high@{console.device} (out of service)" in await note.text_content()
+    await page.screenshot(path=str(save_screenshot_path(tmp_path, "console-out-of-view-en.png")))
 
     await page.click("button.tab[data-tab=oos]")
     await target.locator("button.in-service").click()
@@ -302,11 +304,14 @@ async def test_a_rule_out_of_service_on_the_console_leaves_view_and_the_audit_sa
     origins = await page.locator("#audit tbody td.origin").all_text_contents()
     assert "console 127.0.0.1" in origins
     assert await page.locator("#audit img").count() == 0
+    hidden = page.locator("#audit tbody tr", has=page.locator('td.action[title="hidden"]'))
+    assert await hidden.locator("td").nth(6).text_content() == "out of service"  # why
     # live: an entry written while the page is open comes without a reload
     new_id = str(await back.get_attribute("data-alarm-id"))
     agent.alarms.ack(new_id, "duty-office", origin="mqtt request_id=plat-2")
     await page.locator("#audit tbody tr:first-child td.by", has_text="duty-office").wait_for()
     assert await actions.count() == len(rows) + 1
+    await page.screenshot(path=str(save_screenshot_path(tmp_path, "console-audit-en.png")))
 
     # one alarm's history, from its row
     await page.click("button.tab[data-tab=alarms]")

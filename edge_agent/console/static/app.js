@@ -125,6 +125,7 @@ async function act(id, what, body) {
   else if (known) alarms.set(id, Object.assign({}, known, { state: result.state, acked_by: result.acked_by }));
   renderAlarms();
   const who = result.acked_by || "—";
+  note.dataset.alarmId = id;
   note.textContent = result.state === "cleared" ? t("already_finished") + " " + who
     : result.state === "shelved" && result.until ? t("already_shelved") + " " + localTime(result.until)
     : what === "ack" ? t("already_acked") + " " + who
@@ -134,8 +135,12 @@ async function act(id, what, body) {
 function onAlarm(a) {
   // out of view: cleared, or taken out of view unacknowledged (the lifecycle's
   // "suppressed": out of service, or the rule's schedule), as on ROOT/alarms
-  if (a.state === "cleared" || a.suppressed) alarms.delete(a.alarm_id);
-  else alarms.set(a.alarm_id, a);
+  if (a.state === "cleared" || a.suppressed) {
+    alarms.delete(a.alarm_id);
+    // a note about an alarm that is gone would only confuse
+    const note = document.getElementById("action-note");
+    if (note.dataset.alarmId === a.alarm_id) note.textContent = "";
+  } else alarms.set(a.alarm_id, a);
 }
 
 // -- out of service / suppressed ----------------------------------------------------------
@@ -220,7 +225,9 @@ function renderAudit() {
     const tr = document.createElement("tr");
     if (e.changed === false) tr.className = "unchanged";
     const what = e.alarm_id || ((e.rule || "") + "@" + (e.device || ""));
-    const note = [e.changed === false ? t("no_change") : "", e.note || ""].filter(Boolean).join("; ");
+    // "hidden" says why the alarm left view: the same words as the out-of-service list
+    const why = e.action === "hidden" && e.note ? t("reason." + e.note) : e.note || "";
+    const note = [e.changed === false ? t("no_change") : "", why].filter(Boolean).join("; ");
     tr.append(timeCell(e.ts, "when"), actionCell(e.action), el("td", what, "alarm"),
       el("td", e.state ? t("state." + e.state) : ""), el("td", e.by || "", "by"),
       el("td", e.origin || "", "origin"), el("td", note));
