@@ -197,6 +197,12 @@ async def test_the_pages_in_chinese(page: Any, console: Console, tmp_path: Path)
     await page.click("button.tab[data-tab=alarms]")
     await page.screenshot(path=str(save_screenshot_path(tmp_path, "console-alarms-zh.png")))
     assert shot.stat().st_size > 5000
+    await page.click("button.tab[data-tab=audit]")
+    await page.locator("#audit td.action", has_text="告警产生").wait_for()
+    await page.screenshot(path=str(save_screenshot_path(tmp_path, "console-audit-zh.png")))
+    await page.click("button.tab[data-tab=oos]")
+    await page.locator("#oos-take", has_text="停用").wait_for()
+    await page.locator("#all-in-service", has_text="所有规则均在服务中").wait_for()
     # the choice is the user's, kept across a reload
     await page.reload()
     await page.locator("button.tab[data-tab=devices]", has_text="设备").wait_for()
