@@ -161,6 +161,34 @@ async def test_an_alarm_shows_live_and_one_click_acknowledges_it_on_the_broker(
     assert page.dialogs == []
 
 
+async def test_an_ack_of_an_alarm_that_ended_meanwhile_says_so_and_no_error(
+    page: Any, console: Console
+) -> None:
+    """The platform acknowledged, and the condition cleared, while the guard's page still
+    showed the alarm: the guard's ack converges on the finished alarm."""
+    agent = console.agent
+    await log_in(page, console)
+    await page.wait_for_url(console.url)
+    await page.locator("#stream-state.ok").wait_for()
+    alarm = agent.alarms.raise_("co2_high", console.device, "major", en="CO2 high", zh="CO2")
+    row = page.locator(f'tr[data-alarm-id="{alarm.alarm_id}"]')
+    await row.wait_for()
+
+    async def finished_first(route: Any) -> None:
+        agent.alarms.ack(alarm.alarm_id, "duty-office", origin="mqtt request_id=plat-9")
+        agent.alarms.clear("co2_high", console.device)
+        await route.continue_()
+
+    await page.route("**/api/alarms/*/ack", finished_first)
+    await row.locator("button.ack").click()
+    note = page.locator("#action-note", has_text="ended meanwhile")
+    await note.wait_for()
+    assert (await note.text_content()).endswith("acknowledged by duty-office")
+    await row.wait_for(state="detached")
+    assert await page.locator("#action-error").text_content() == ""
+    assert page.dialogs == []
+
+
 async def test_a_device_named_like_an_xss_attack_shows_as_text(
     page: Any, console: Console, tmp_path: Path
 ) -> None:

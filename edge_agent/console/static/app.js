@@ -125,7 +125,8 @@ async function act(id, what, body) {
   else if (known) alarms.set(id, Object.assign({}, known, { state: result.state, acked_by: result.acked_by }));
   renderAlarms();
   const who = result.acked_by || "—";
-  note.dataset.alarmId = id;
+  // the note goes when its alarm leaves the page; one saying the alarm ended stays
+  note.dataset.alarmId = result.state === "cleared" ? "" : id;
   note.textContent = result.state === "cleared" ? t("already_finished") + " " + who
     : result.state === "shelved" && result.until ? t("already_shelved") + " " + localTime(result.until)
     : what === "ack" ? t("already_acked") + " " + who
