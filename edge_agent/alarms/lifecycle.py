@@ -306,6 +306,7 @@ class AlarmBook:
         #: restart neither forgets them nor answers "no active alarm" to their ack
         self.store = store
         self._listeners: list[Listener] = []
+        self._audit_listeners: list[Listener] = []
         #: alarm id -> its last data, for alarms that finished (a late ack converges)
         self._finished: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
         #: what is out of service or suppressed, by (reason, rule, device pattern)
@@ -326,8 +327,13 @@ class AlarmBook:
         transition or the other listeners."""
         self._listeners.append(listener)
 
-    def _tell(self, data: dict[str, Any]) -> None:
-        for listener in self._listeners:
+    def add_audit_listener(self, listener: Listener) -> None:
+        """Call ``listener`` with every new audit entry (the console shows them live,
+        also the actions that change no alarm: out of service, a converging ack)."""
+        self._audit_listeners.append(listener)
+
+    def _tell(self, data: dict[str, Any], listeners: list[Listener] | None = None) -> None:
+        for listener in self._listeners if listeners is None else listeners:
             try:
                 listener(data)
             except Exception:
@@ -364,6 +370,7 @@ class AlarmBook:
         self._audit.append(entry)
         if isinstance(self.store, AuditStore):
             self.store.audit(entry)
+        self._tell(dict(entry), self._audit_listeners)
 
     def audit(self, limit: int = 100, *, alarm_id: str | None = None) -> list[dict[str, Any]]:
         """The newest audit entries, newest first (at most :data:`AUDIT_MEMORY`; the

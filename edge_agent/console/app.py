@@ -11,6 +11,8 @@ of this host.
 Alarms reach the browser over server-sent events (:mod:`edge_agent.console.sse`):
 nothing runs on the server while nobody looks, and the streams end when the agent
 stops (:meth:`Console.close`, called by the HTTP server before it closes connections).
+The same stream carries the alarm book's audit entries as they are written, so the
+audit page and the list of what is out of service follow without polling.
 """
 
 from __future__ import annotations
@@ -19,19 +21,20 @@ import asyncio
 import importlib.resources
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from edge_agent.alarms.lifecycle import AlarmBook, AlarmError
+from edge_agent.alarms.lifecycle import AUDIT_MEMORY, AlarmBook, AlarmError
 from edge_agent.console.auth import LoginLimiter, Session, Sessions, read_credentials, same_token
 from edge_agent.console.auth import verify_password as _verify
 from edge_agent.console.config import ConsoleConfig
 from edge_agent.console.sse import AlarmStream
 from edge_agent.console.views import DeviceBoard, check_config
+from edge_agent.envelope import iso_ms
 from edge_agent.http import HttpServer
 
 log = logging.getLogger(__name__)
@@ -54,6 +57,8 @@ STATIC = {
     "style.css": "text/css",
 }
 PAGES = ("index.html", "login.html")
+#: audit entries a page asks for when it does not say
+AUDIT_LIMIT = 200
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -96,6 +101,7 @@ class Console:
         now: Callable[[], float] | None = None,
         verify: Callable[[str, str], bool] = _verify,
         max_streams: int = MAX_STREAMS,
+        rules: Callable[[], Iterable[str]] = tuple,
     ) -> None:
         self.cfg = cfg
         self.book = book
@@ -111,12 +117,16 @@ class Console:
         self.sessions = Sessions(cfg.session_s, **clock)
         self.limiter = LoginLimiter(cfg.login_failures_max, cfg.login_lockout_s, **clock)
         self.stream = AlarmStream(self._alarms)
+        #: the ids of the rules the agent runs (the rule engine's); with those of the
+        #: open alarms (the gateway's own, the patrol's) what can be taken out of service
+        self._rules = rules
         self._verify = verify
         self.max_streams = max_streams
         self._static = _load_static()
         #: login CSRF tokens handed out (cookie value -> True), bounded
         self._login_tokens: dict[str, None] = {}
-        book.add_listener(self.stream.on_transition)
+        book.add_listener(lambda data: self.stream.on_transition(self._view(data)))
+        book.add_audit_listener(self.stream.on_audit)
         self._check_users()
 
     def _check_users(self) -> None:
@@ -147,6 +157,7 @@ class Console:
         board = DeviceBoard(agent.devices.values())
         agent.emitter.add_tap("console", board.see)
         site = agent.cfg.site
+        engine = agent.rules
         console = cls(
             cfg,
             book=agent.alarms,
@@ -158,6 +169,7 @@ class Console:
             config_path=agent.config_path,
             language=site.language,
             site={"id": site.id, "gateway_id": site.gateway_id, "name": site.name},
+            rules=lambda: [r.id for r in engine.rules] if engine is not None else [],
         )
         console.attach(agent.http)
         return console
@@ -178,6 +190,10 @@ class Console:
             web.get(f"{p}/api/alarms", self._authed(self._alarms_api)),
             web.post(p + "/api/alarms/{alarm_id}/ack", self._authed(self._ack, post=True)),
             web.post(p + "/api/alarms/{alarm_id}/shelve", self._authed(self._shelve, post=True)),
+            web.get(f"{p}/api/audit", self._authed(self._audit)),
+            web.get(f"{p}/api/out_of_view", self._authed(self._out_of_view)),
+            web.post(f"{p}/api/out_of_service", self._authed(self._out_of_service, post=True)),
+            web.post(f"{p}/api/in_service", self._authed(self._in_service, post=True)),
             web.get(f"{p}/api/devices", self._authed(self._devices)),
             web.get(f"{p}/api/health", self._authed(self._health_api)),
             web.get(f"{p}/api/check", self._authed(self._check)),
@@ -196,7 +212,15 @@ class Console:
 
     # -- helpers ----------------------------------------------------------------------------
     def _alarms(self) -> list[dict[str, Any]]:
-        return [alarm.data() for alarm in self.book.alarms.values()]
+        return [self._view(alarm.data()) for alarm in self.book.alarms.values()]
+
+    def _view(self, data: dict[str, Any]) -> dict[str, Any]:
+        """An alarm as the page shows it: its uplink data, and when its shelve ends
+        (``shelved_until``, UTC), which the uplink payload does not carry."""
+        alarm = self.book.alarms.get(str(data.get("alarm_id")))
+        if data.get("state") == "shelved" and alarm is not None and alarm.shelved_until_wall:
+            return data | {"shelved_until": iso_ms(alarm.shelved_until_wall)}
+        return data
 
     @staticmethod
     def _secure(response: web.StreamResponse) -> web.StreamResponse:
@@ -369,6 +393,67 @@ class Console:
             return _error(400, "send JSON {minutes} / 请求格式错误")
         try:
             result = self.book.shelve(alarm_id, session.user, minutes, origin=_origin(request))
+        except AlarmError as err:
+            return _error(409, str(err))
+        return web.json_response(result)
+
+    async def _audit(self, request: web.Request, session: Session) -> web.StreamResponse:
+        """The newest audit entries, newest first; ``alarm_id=`` for one alarm's."""
+        try:
+            limit = int(request.query.get("limit", AUDIT_LIMIT))
+        except ValueError:
+            return _error(400, "limit must be a number / limit 须为数字")
+        limit = max(1, min(limit, AUDIT_MEMORY))
+        alarm_id = request.query.get("alarm_id") or None
+        return web.json_response(
+            {
+                "entries": self.book.audit(limit, alarm_id=alarm_id),
+                "last_event_id": self.stream.last_id,
+            }
+        )
+
+    def _known_rules(self) -> list[str]:
+        known = set(self._rules())
+        known.update(alarm.rule for alarm in self.book.alarms.values())
+        known.update(sup.rule for sup in self.book.suppressions.values())
+        return sorted(known)
+
+    async def _out_of_view(self, request: web.Request, session: Session) -> web.StreamResponse:
+        """What is out of service or suppressed now, and the rules that can be."""
+        return web.json_response({"items": self.book.out_of_view(), "rules": self._known_rules()})
+
+    async def _target(self, request: web.Request) -> tuple[str, str] | web.Response:
+        try:
+            body = await request.json()
+            rule = str(body["rule"]).strip()
+            device = str(body.get("device") or "*").strip() or "*"
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return _error(400, "send JSON {rule, device} / 请求格式错误")
+        if not rule or "@" in rule or "@" in device:
+            return _error(400, "write a rule and a device (or *) / 请填写规则和设备（或 *）")
+        return rule, device
+
+    async def _out_of_service(self, request: web.Request, session: Session) -> web.StreamResponse:
+        target = await self._target(request)
+        if isinstance(target, web.Response):
+            return target
+        rule, device = target
+        if rule not in self._known_rules():
+            return _error(400, f"no rule {rule!r} on this gateway / 没有该规则")
+        result = self.book.take_out_of_service(
+            rule, session.user, device=device, origin=_origin(request)
+        )
+        return web.json_response(result)
+
+    async def _in_service(self, request: web.Request, session: Session) -> web.StreamResponse:
+        target = await self._target(request)
+        if isinstance(target, web.Response):
+            return target
+        rule, device = target
+        try:
+            result = self.book.return_to_service(
+                rule, session.user, device=device, origin=_origin(request)
+            )
         except AlarmError as err:
             return _error(409, str(err))
         return web.json_response(result)

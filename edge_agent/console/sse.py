@@ -1,5 +1,7 @@
-"""The alarm stream of the console: every transition of the alarm book gets an event id
-and goes into a bounded ring; each connected browser waits on it.
+"""The alarm stream of the console: every transition of the alarm book (event ``alarm``)
+and every entry of its audit log (event ``audit``: also the actions that change no
+alarm, such as taking a rule out of service) gets an event id and goes into a bounded
+ring; each connected browser waits on it.
 
 Ids are ``<run>-<n>``: ``run`` is random per start of the agent, ``n`` counts the
 transitions. A browser that reconnects sends the last id it saw (``Last-Event-ID``):
@@ -19,14 +21,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-#: transitions kept for browsers that reconnect
-RING_MAX = 500
+#: events kept for browsers that reconnect (a transition is two: its audit entry too)
+RING_MAX = 1000
 
 
 @dataclass(frozen=True)
 class StreamEvent:
     id: str
-    name: str  # "alarm" or "snapshot"
+    name: str  # "alarm", "audit" or "snapshot"
     data: str  # JSON
 
     def encode(self) -> bytes:
@@ -49,10 +51,14 @@ class AlarmStream:
 
     # -- from the alarm book (a listener: returns at once) -------------------------------
     def on_transition(self, data: dict[str, Any]) -> None:
+        self._push("alarm", data)
+
+    def on_audit(self, entry: dict[str, Any]) -> None:
+        self._push("audit", entry)
+
+    def _push(self, name: str, data: dict[str, Any]) -> None:
         self._n += 1
-        event = StreamEvent(
-            f"{self.run_id}-{self._n}", "alarm", json.dumps(data, ensure_ascii=False)
-        )
+        event = StreamEvent(f"{self.run_id}-{self._n}", name, json.dumps(data, ensure_ascii=False))
         self._ring.append((self._n, event))
         for waiter in self._waiters:
             waiter.set()

@@ -30,6 +30,7 @@ from edge_agent.config.models import HttpConfig, Location
 from edge_agent.console.app import COOKIE, SECURITY_HEADERS, Console
 from edge_agent.console.auth import hash_password, set_password, verify_password
 from edge_agent.console.config import ConsoleConfig
+from edge_agent.console.sse import RING_MAX
 from edge_agent.console.views import DeviceBoard
 from edge_agent.driver import MetricInfo
 from edge_agent.http import HttpServer
@@ -95,7 +96,9 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
     creds = tmp_path / "console-users"
     set_password(creds, "alice", PASSWORD)
     retained: dict[str, Any] = {}
-    book = AlarmBook(ROOT, lambda *a, **kw: None, retained.__setitem__, "en")
+    book = AlarmBook(
+        ROOT, lambda *a, **kw: None, retained.__setitem__, "en", out_of_service=["door_forced"]
+    )
     board = DeviceBoard(
         [Dev("b1-r101-air", name=XSS, location=Location(building="B1", room=XSS)), Dev("meter-1")]
     )
@@ -111,6 +114,7 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
         config_dir=tmp_path,
         language="en",
         now=clock,
+        rules=lambda: ["co2_high", "pm25_high", "door_forced"],
     )
     console.attach(server)
     await server.start()
@@ -153,11 +157,15 @@ GETS = [
     "/console/api/health",
     "/console/api/check",
     "/console/api/events",
+    "/console/api/audit",
+    "/console/api/out_of_view",
 ]
 POSTS = [
     "/console/api/alarms/x/ack",
     "/console/api/alarms/x/shelve",
     "/console/api/logout",
+    "/console/api/out_of_service",
+    "/console/api/in_service",
 ]
 
 
@@ -376,7 +384,14 @@ class Sse:
     def __init__(self, response: aiohttp.ClientResponse) -> None:
         self.response = response
 
-    async def next(self) -> dict[str, Any]:
+    async def next(self, *, skip: tuple[str, ...] = ("audit",)) -> dict[str, Any]:
+        """The next event whose name is not in ``skip`` (audit entries by default)."""
+        while True:
+            event = await self._next()
+            if event.get("event") not in skip:
+                return event
+
+    async def _next(self) -> dict[str, Any]:
         event: dict[str, Any] = {}
         async with asyncio.timeout(10):
             while True:
@@ -437,14 +452,14 @@ async def test_a_browser_away_longer_than_the_ring_gets_a_snapshot(env: Env) -> 
         await login(http, env)
         async with http.get(env.url("/console/api/events")) as r:
             last_id = (await Sse(r).next())["id"]
-        for i in range(1, 600):  # more than the ring keeps (500)
+        for i in range(1, RING_MAX + 1):  # more than the ring keeps
             env.raise_alarm(rule=f"r{i}")
         async with http.get(
             env.url("/console/api/events"), headers={"Last-Event-ID": last_id}
         ) as r:
             snap = await Sse(r).next()
     assert snap["event"] == "snapshot"
-    assert len(snap["data"]) == 600
+    assert len(snap["data"]) == RING_MAX + 1
 
 
 async def test_stopping_the_server_ends_open_streams_cleanly(env: Env) -> None:
@@ -624,3 +639,181 @@ def test_a_console_nobody_can_log_in_to_says_so_once_at_start(
     assert "missing" in lines[0]
     assert "no users in it" in lines[1]
     assert all("console-passwd" in line for line in lines)
+
+
+# -- the alarm lifecycle on the console: audit, out of service, shelve ends ---------------
+
+
+async def post(
+    http: aiohttp.ClientSession, env: Env, path: str, body: dict[str, Any], token: str
+) -> tuple[int, Any]:
+    async with http.post(env.url(path), json=body, headers={"X-CSRF-Token": token}) as r:
+        return r.status, await r.json()
+
+
+async def get(http: aiohttp.ClientSession, env: Env, path: str) -> Any:
+    async with http.get(env.url(path)) as r:
+        assert r.status == 200, await r.text()
+        assert r.headers["Content-Type"].startswith("application/json")
+        return await r.json()
+
+
+async def test_a_rule_taken_out_of_service_on_the_console_and_back(env: Env) -> None:
+    alarm_id = env.raise_alarm(rule="co2_high")
+    topic = f"{ROOT}/alarms/active/{alarm_id}"
+    async with client() as http:
+        await login(http, env)
+        token = await csrf(http, env)
+        listed = await get(http, env, "/console/api/out_of_view")
+        assert {"co2_high", "pm25_high", "door_forced"} <= set(listed["rules"])
+        assert [(o["rule"], o["configured"]) for o in listed["items"]] == [("door_forced", True)]
+        # a typo takes nothing out of service: said, not silently accepted
+        status, body = await post(
+            http, env, "/console/api/out_of_service", {"rule": "co2_hihg"}, token
+        )
+        assert status == 400
+        assert "co2_hihg" in body["error"]
+        status, body = await post(
+            http,
+            env,
+            "/console/api/out_of_service",
+            {"rule": "co2_high", "device": "b1-r101-air"},
+            token,
+        )
+        assert status == 200, body
+        assert (body["by"], body["origin"], body["changed"]) == ("alice", "console 127.0.0.1", True)
+        # its open alarm leaves view, on the console and on the broker's retained topic
+        assert (await get(http, env, "/console/api/alarms"))["alarms"] == []
+        assert env.retained[topic] is None
+        items = (await get(http, env, "/console/api/out_of_view"))["items"]
+        ours = [o for o in items if o["rule"] == "co2_high"]
+        assert [(o["device"], o["reason"], o["by"]) for o in ours] == [
+            ("b1-r101-air", "out_of_service", "alice")
+        ]
+        # the config's entry can only be removed in the config
+        status, body = await post(
+            http, env, "/console/api/in_service", {"rule": "door_forced"}, token
+        )
+        assert status == 409
+        assert "config" in body["error"]
+        status, body = await post(
+            http,
+            env,
+            "/console/api/in_service",
+            {"rule": "co2_high", "device": "b1-r101-air"},
+            token,
+        )
+        assert (status, body["changed"]) == (200, True)
+        # the condition still holds (nothing cleared it): raised anew, with a new id
+        again = (await get(http, env, "/console/api/alarms"))["alarms"]
+        assert [(a["rule"], a["state"]) for a in again] == [("co2_high", "active_unacked")]
+        assert again[0]["alarm_id"] != alarm_id
+        items = (await get(http, env, "/console/api/out_of_view"))["items"]
+        assert [o["rule"] for o in items] == ["door_forced"]
+
+
+async def test_out_of_service_posts_need_the_csrf_token(env: Env) -> None:
+    alarm_id = env.raise_alarm(rule="co2_high")
+    async with client() as http:
+        await login(http, env)
+        token = await csrf(http, env)
+        for path in ("/console/api/out_of_service", "/console/api/in_service"):
+            for headers in (
+                {},
+                {"X-CSRF-Token": "wrong"},
+                {"X-CSRF-Token": token, "Origin": "http://evil.example"},
+            ):
+                async with http.post(
+                    env.url(path), json={"rule": "co2_high"}, headers=headers
+                ) as r:
+                    assert r.status == 403, (path, headers)
+    assert list(env.book.alarms) == [alarm_id]
+    assert [s.rule for s in env.book.suppressions.values()] == ["door_forced"]
+    assert all(e["action"] not in ("out_of_service", "in_service") for e in env.book.audit())
+
+
+async def test_the_audit_says_who_did_what_from_where_newest_first_as_json_text(
+    env: Env,
+) -> None:
+    alarm_id = env.raise_alarm(device=XSS)
+    other = env.raise_alarm(rule="pm25_high")
+    # the platform acknowledges first, by a name that is markup
+    env.book.ack(alarm_id, XSS, origin=f"mqtt request_id=p1 sender='{XSS}'")
+    async with client() as http:
+        await login(http, env)
+        token = await csrf(http, env)
+        # the console's ack comes second: it converges, an answer and no error
+        status, body = await post(http, env, f"/console/api/alarms/{alarm_id}/ack", {}, token)
+        assert (status, body["changed"], body["acked_by"]) == (200, False, XSS)
+        entries = (await get(http, env, "/console/api/audit"))["entries"]
+        assert [(e["action"], e["alarm_id"], e["by"], e["changed"]) for e in entries[:2]] == [
+            ("ack", alarm_id, "alice", False),
+            ("ack", alarm_id, XSS, True),
+        ]
+        assert entries[0]["origin"] == "console 127.0.0.1"
+        assert entries[1]["origin"] == f"mqtt request_id=p1 sender='{XSS}'"
+        assert entries[-1]["action"] == "raised"  # newest first
+        assert {e["device"] for e in entries} == {XSS, "b1-r101-air"}
+        one = (await get(http, env, f"/console/api/audit?alarm_id={other}"))["entries"]
+        assert [(e["action"], e["alarm_id"]) for e in one] == [("raised", other)]
+        assert len((await get(http, env, "/console/api/audit?limit=1"))["entries"]) == 1
+        async with http.get(env.url("/console/api/audit?limit=many")) as r:
+            assert r.status == 400
+        async with http.get(env.url("/console/")) as page:
+            assert XSS not in await page.text()  # data only ever arrives as JSON
+
+
+async def test_audit_entries_arrive_over_the_alarm_stream(env: Env) -> None:
+    """Also those of actions that change no alarm (a rule with nothing open taken out of
+    service, a converging ack): the audit page follows without polling."""
+    alarm_id = env.raise_alarm(rule="co2_high")
+    async with client() as http:
+        await login(http, env)
+        token = await csrf(http, env)
+        async with http.get(env.url("/console/api/events")) as r:
+            sse = Sse(r)
+            assert (await sse.next(skip=()))["event"] == "snapshot"
+            status, _ = await post(
+                http, env, "/console/api/out_of_service", {"rule": "pm25_high"}, token
+            )
+            assert status == 200
+            got = await sse.next(skip=())
+            assert got["event"] == "audit"
+            assert (got["data"]["action"], got["data"]["rule"], got["data"]["by"]) == (
+                "out_of_service",
+                "pm25_high",
+                "alice",
+            )
+            env.book.ack(alarm_id, "duty-office", origin="mqtt request_id=p2")
+            names = [(await sse.next(skip=()))["event"] for _ in range(2)]
+            assert names == ["audit", "alarm"]  # the entry, then the transition
+            env.book.ack(alarm_id, "platform-again", origin="mqtt request_id=p3")
+            late = await sse.next(skip=())
+            assert (late["event"], late["data"]["changed"], late["data"]["by"]) == (
+                "audit",
+                False,
+                "platform-again",
+            )
+
+
+async def test_a_shelved_alarm_says_when_its_shelve_ends(env: Env) -> None:
+    alarm_id = env.raise_alarm()
+    async with client() as http:
+        await login(http, env)
+        token = await csrf(http, env)
+        async with http.get(env.url("/console/api/events")) as r:
+            sse = Sse(r)
+            await sse.next()
+            status, body = await post(
+                http, env, f"/console/api/alarms/{alarm_id}/shelve", {"minutes": 30}, token
+            )
+            assert status == 200
+            event = await sse.next()
+        listed = (await get(http, env, "/console/api/alarms"))["alarms"]
+    until = env.book.alarms[alarm_id].shelved_until_wall
+    assert until is not None
+    from edge_agent.envelope import iso_ms
+
+    assert body["until"] == iso_ms(until)
+    assert (event["data"]["state"], event["data"]["shelved_until"]) == ("shelved", iso_ms(until))
+    assert [(a["state"], a["shelved_until"]) for a in listed] == [("shelved", iso_ms(until))]
