@@ -846,7 +846,8 @@ async def test_commands_are_refused_cleanly(kind: Kind, tmp_path: Path) -> None:
         except (CommandError, ValueError, DeviceError):
             pass
         else:
-            assert answer["sha256"] and answer["topic"].startswith("c/s/g/snapshots/dev1/")
+            assert answer["sha256"]
+            assert answer["topic"].startswith("c/s/g/snapshots/dev1/")
 
 
 def test_the_push_fixture_is_not_shipped_but_loads_as_a_third_party_kind() -> None:
