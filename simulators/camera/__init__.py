@@ -1,0 +1,1 @@
+"""Simulated cameras: synthetic scenes served as MJPEG (``scenes``, ``mjpeg``)."""
