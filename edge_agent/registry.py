@@ -26,6 +26,7 @@ BUILTIN: dict[str, str] = {
     "zkteco": "edge_agent.drivers.zkteco.driver:ZkTecoDriver",
     "hikvision": "edge_agent.drivers.hikvision.driver:HikvisionDriver",
     "wg": "edge_agent.drivers.wg.driver:WgDriver",
+    "camera_analytics": "edge_agent.drivers.camera_analytics.driver:CameraAnalyticsDriver",
 }
 
 ENTRY_POINT_GROUP = "edge_agent.drivers"
