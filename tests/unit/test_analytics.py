@@ -265,10 +265,16 @@ def test_mjpeg_splitter_returns_every_frame_whatever_the_chunks(with_length: boo
         stream = b"".join(part(f) for f in frames)
     else:  # cameras that send no Content-Length: cut at the JPEG's end marker
         stream = b"".join(b"--b\r\nContent-Type: image/jpeg\r\n\r\n" + f + b"\r\n" for f in frames)
-    for size in (1, 7, 1000, len(stream)):
+    for size in (97, 4096, len(stream)):
         splitter = MjpegSplitter()
         got = [j for i in range(0, len(stream), size) for j in splitter.feed(stream[i : i + size])]
         assert got == frames, size
+    # two chunks, cut anywhere in the headers, the markers or between the parts
+    first = len(frames[0]) + (100 if with_length else 60)
+    for cut in [*range(0, 120), *range(first - 40, first + 120)]:
+        splitter = MjpegSplitter()
+        got = [*splitter.feed(stream[:cut]), *splitter.feed(stream[cut:])]
+        assert got == frames, cut
 
 
 def test_mjpeg_splitter_skips_garbage_in_bounded_memory() -> None:
