@@ -38,6 +38,7 @@ from pydantic import create_model  # noqa: E402
 
 from edge_agent.config.loader import AgentConfigBase, settings_fields  # noqa: E402
 from edge_agent.config.models import ID_PATTERN  # noqa: E402
+from edge_agent.drivers.camera_analytics.config import CameraAnalyticsDevice
 from edge_agent.drivers.hikvision.config import HikvisionDevice  # noqa: E402
 from edge_agent.drivers.modbus.config import ModbusDevice  # noqa: E402
 from edge_agent.drivers.modbus.driver import ModbusDriver  # noqa: E402
@@ -432,6 +433,13 @@ ZH: dict[str, str] = {
     "WgDevice": "微耕短报文门禁控制器（UDP），按序列号识别；详见 [门禁](doors.md#wg-driver)。",
     "WgReader": "门的读卡器：名称、用途（门禁、考勤、食堂……）和进出方向。",
     "WgDoorControl": "门的控制方式（在线控制、常开、常闭）与开门延时，网关每次启动时按此设置。",
+    "CameraAnalyticsDevice": "网关对摄像机子码流做视频分析（区域移动、防破坏、过线计数），"
+    "只发送事件；详见 [摄像机](cameras.md#analytics-zones-lines-what-leaves-the-gateway)。",
+    "AnalyticsConfig": "子码流地址、分析帧率（最多 5 帧/秒）、区域、计数线和防破坏设置。",
+    "Zone": "移动侦测区域（多边形，坐标为画面比例）及布防时段。",
+    "Window": "布防时段（按 site.timezone 本地时间），结束早于开始表示跨过午夜。",
+    "Line": "人数统计线：从 A→B 的左侧走到右侧为“进”。",
+    "Tamper": "防破坏检测：遮挡、失焦、移位、场景变化，持续 hold_s 才上报；熄灯为低照度，不算破坏。",
 }
 
 
@@ -497,6 +505,7 @@ def config_sections() -> list[Section]:
     sections += walk("devices[] (kind: zkteco)", ZkTecoDevice, seen)
     sections += walk("devices[] (kind: hikvision)", HikvisionDevice, seen)
     sections += walk("devices[] (kind: wg)", WgDevice, seen)
+    sections += walk("devices[] (kind: camera_analytics)", CameraAnalyticsDevice, seen)
     return sections
 
 

@@ -20,7 +20,8 @@ What it speaks is what IP cameras (Axis ``/axis-cgi/mjpg/video.cgi``, Hikvision
     the frame of the scene time since the server started, one JPEG.
 
 Scenario hooks, for the tests: :meth:`MjpegServer.drop_clients` (the network cut under a
-stream), :attr:`MjpegServer.clients` and :attr:`MjpegServer.frames_sent`.
+stream), :meth:`MjpegServer.inject` (raw bytes into every open stream, before the next
+part), :attr:`MjpegServer.clients` and :attr:`MjpegServer.frames_sent`.
 
 Nothing here imports ``edge_agent`` or ``drivers``.
 
@@ -99,6 +100,7 @@ class MjpegServer:
         self.frames_sent = 0
         self._runner: web.AppRunner | None = None
         self._responses: set[web.StreamResponse] = set()
+        self._injected: dict[web.StreamResponse, list[bytes]] = {}
         self._started = time.monotonic()
 
     @property
@@ -140,6 +142,13 @@ class MjpegServer:
             if transport is not None:
                 transport.abort()
         self._responses.clear()
+        self._injected.clear()
+
+    def inject(self, data: bytes) -> None:
+        """Send ``data`` as it is on every open stream, before its next part (garbage, a
+        truncated JPEG, a part with a wrong length)."""
+        for resp in self._responses:
+            self._injected.setdefault(resp, []).append(data)
 
     async def _snapshot(self, request: web.Request) -> web.Response:
         index = int((time.monotonic() - self._started) * self.scene.fps)
@@ -173,6 +182,8 @@ class MjpegServer:
                 frame = int(position)
                 if frame >= self.scene.frame_count and not self.loop:
                     break
+                for data in self._injected.pop(resp, []):
+                    await resp.write(data)
                 await resp.write(part(self.cache.jpeg(frame)))
                 self.frames_sent += 1
                 sent += 1
@@ -182,10 +193,12 @@ class MjpegServer:
                     await asyncio.sleep(delay)
         except (ConnectionResetError, asyncio.CancelledError) as err:
             self._responses.discard(resp)
+            self._injected.pop(resp, None)
             if isinstance(err, asyncio.CancelledError):
                 raise
             return resp
         self._responses.discard(resp)
+        self._injected.pop(resp, None)
         with contextlib.suppress(ConnectionResetError):
             await resp.write_eof()
         return resp
