@@ -84,6 +84,8 @@ class AnalyticsRunner:
         self.restarts = 0
         self.process: Any = None
         self.frames = 0
+        #: when ``frames`` was last reported (the runner's clock)
+        self.frames_at: float | None = None
         self.cpu_percent: float | None = None
         self.fps: float | None = None
         self._last_cpu: tuple[float, float, int] | None = None  # (wall, cpu_s, frames)
@@ -211,7 +213,7 @@ class AnalyticsRunner:
                     self.cpu_percent = round(100.0 * max(0.0, cpu - cpu0) / (now - wall0), 1)
                     self.fps = round((frames - frames0) / (now - wall0), 2)
             self._last_cpu = (now, cpu, frames)
-            self.frames = frames
+            self.frames, self.frames_at = frames, now
             await sink.stats(stats)
 
     async def _reap(self, proc: Any) -> None:

@@ -349,7 +349,7 @@ def _info_rows(results: dict[str, Any]) -> list[tuple[str, str, str, float]]:
         rows.append(
             (
                 f"analytics: CPU of one camera "
-                f"({a['cameras']} at {fmt_num(a['fps_per_camera'])} fps)",
+                f"({a['cameras']} at {fmt_num(a['fps_per_camera'] or 0)} fps)",
                 fmt_num(a["camera_cpu_percent"]),
                 "% of 1 core",
                 0,

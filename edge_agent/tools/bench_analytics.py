@@ -129,14 +129,17 @@ async def live_cameras(cameras: int, duration_s: float, warmup_s: float = 10.0) 
             await asyncio.sleep(warmup_s)
             samplers = [ProcSampler(r.pid) for r in runners if r.pid is not None]
             cpu0 = [s.cpu_seconds() for s in samplers]
-            frames0 = [r.frames for r in runners]
+            frames0 = [(r.frames_at, r.frames) for r in runners]
             t0 = time.monotonic()
             await asyncio.sleep(duration_s)
-            # the runners' frame counts are refreshed every 5 s: wait for the next one
-            await asyncio.sleep(5.5)
             wall = time.monotonic() - t0
             cpu = [s.cpu_seconds() - c for s, c in zip(samplers, cpu0, strict=True)]
-            fps = [(r.frames - f) / wall for r, f in zip(runners, frames0, strict=True)]
+            # frames analysed between two of each worker's reports (every 5 s)
+            fps = [
+                (r.frames - f0) / (r.frames_at - at0)
+                for r, (at0, f0) in zip(runners, frames0, strict=True)
+                if r.frames_at is not None and at0 is not None and r.frames_at > at0
+            ]
             rss = [s.rss_bytes() for s in samplers]
             pss = [_pss_bytes(r.pid) for r in runners if r.pid is not None]
         finally:
@@ -153,7 +156,7 @@ async def live_cameras(cameras: int, duration_s: float, warmup_s: float = 10.0) 
         "camera_cpu_percent": round(mean, 2),
         "camera_cpu_percent_max": round(max(per_camera), 2),
         "cameras_cpu_percent_total": round(sum(per_camera), 1),
-        "fps_per_camera": round(statistics.fmean(fps), 2),
+        "fps_per_camera": round(statistics.fmean(fps), 2) if fps else None,
         "worker_rss_mib": round(statistics.fmean(rss) / 1024 / 1024, 1),
         # RSS counts the OpenCV and numpy libraries in every worker; PSS shares them out
         "worker_pss_mib": round(statistics.fmean(pss) / 1024 / 1024, 1) if all(pss) else None,

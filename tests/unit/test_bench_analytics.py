@@ -47,9 +47,9 @@ def test_frames_per_core_analyses_frames() -> None:
 
 
 async def test_live_cameras_measures_real_workers() -> None:
-    result = await live_cameras(1, duration_s=1.0, warmup_s=0.0)
+    result = await live_cameras(1, duration_s=6.0, warmup_s=0.0)
     assert result["cameras"] == 1
-    assert result["fps_per_camera"] > 0  # frames were analysed in the measured window
+    assert result["fps_per_camera"] > 0  # frames were analysed between two reports
     assert result["camera_cpu_percent"] > 0
     assert result["cameras_half_core"] > 0
     assert result["worker_rss_mib"] > 0
