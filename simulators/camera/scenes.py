@@ -60,18 +60,30 @@ class Walker:
     width: int = 20
     height: int = 50
     shade: int = 40  # dark clothes on light paving; 220 for a white school uniform
+    #: seconds the walker stops with the centre on the middle row, swaying ``sway_px`` up
+    #: and down (someone waiting at the gate, talking, looking at a phone)
+    pause_s: float = 0.0
+    sway_px: float = 0.0
 
     def top(self, t: float, height: int) -> float | None:
         """The walker's top row at scene time ``t``, None when out of view."""
-        travelled = (t - self.start_s) * self.speed_px_s
-        if travelled < 0 or travelled > height + self.height:
+        elapsed = t - self.start_s
+        to_middle = (height / 2 + self.height / 2) / self.speed_px_s
+        if elapsed <= to_middle:
+            travelled = elapsed * self.speed_px_s
+        elif elapsed <= to_middle + self.pause_s:
+            sway = self.sway_px * math.sin(2 * math.pi * (elapsed - to_middle) / 1.2)
+            travelled = to_middle * self.speed_px_s + sway
+        else:
+            travelled = (elapsed - self.pause_s) * self.speed_px_s
+        if elapsed < 0 or travelled > height + self.height:
             return None
         if self.direction == "down":
             return -self.height + travelled
         return height - travelled
 
     def crossing_s(self, line_y: int) -> float:
-        """When the walker's centre is on the line (scene time)."""
+        """When the walker's centre is on the line (scene time; the start of a pause)."""
         if self.direction == "down":
             return self.start_s + (line_y + self.height / 2) / self.speed_px_s
         return self.start_s + (HEIGHT - line_y + self.height / 2) / self.speed_px_s

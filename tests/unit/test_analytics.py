@@ -342,3 +342,15 @@ print(cls.kind)
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.strip() == "camera_analytics"
+
+
+def test_someone_swaying_on_the_line_is_counted_once() -> None:
+    # stops with the centre on the line for 8 s, swaying 6 px (3 px after scaling): inside
+    # the hysteresis band (4 % of the height), so only the crossing as a whole counts
+    waiting = scenes.Walker(
+        start_s=4.0, x=120, direction="down", speed_px_s=60, pause_s=8.0, sway_px=6.0
+    )
+    passing = scenes.Walker(start_s=6.0, x=250, direction="up", speed_px_s=60)
+    scene = scenes.Scene("waiting", seed=4, duration_s=22.0, walkers=(waiting, passing))
+    analyzer, found = analyse(scene, config(lines=[GATE]))
+    assert analyzer.totals() == {"gate": (1, 1)}, of_type(found, "line_crossed")
