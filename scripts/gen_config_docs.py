@@ -38,7 +38,7 @@ from pydantic import create_model  # noqa: E402
 
 from edge_agent.config.loader import AgentConfigBase, settings_fields  # noqa: E402
 from edge_agent.config.models import ID_PATTERN  # noqa: E402
-from edge_agent.drivers.camera_analytics.config import CameraAnalyticsDevice
+from edge_agent.drivers.camera_analytics.config import CameraAnalyticsDevice  # noqa: E402
 from edge_agent.drivers.hikvision.config import HikvisionDevice  # noqa: E402
 from edge_agent.drivers.modbus.config import ModbusDevice  # noqa: E402
 from edge_agent.drivers.modbus.driver import ModbusDriver  # noqa: E402
@@ -439,7 +439,8 @@ ZH: dict[str, str] = {
     "Zone": "移动侦测区域（多边形，坐标为画面比例）及布防时段。",
     "Window": "布防时段（按 site.timezone 本地时间），结束早于开始表示跨过午夜。",
     "Line": "人数统计线：从 A→B 的左侧走到右侧为“进”。",
-    "Tamper": "防破坏检测：遮挡、失焦、移位、场景变化，持续 hold_s 才上报；熄灯为低照度，不算破坏。",
+    "Tamper": "防破坏检测：遮挡、失焦、移位、场景变化，持续 hold_s 才上报；"
+    "熄灯为低照度，不算破坏。",
 }
 
 
