@@ -199,12 +199,15 @@ class Worker:
         """Read, analyse and report until the pipe breaks."""
         wait = RETRY_MIN_S
         while True:
+            frames = self.analyzer.frames
             try:
                 self._read_stream()
             except StreamError as err:
                 self._send_state("offline", str(err))
+            if self.analyzer.frames > frames:
+                wait = RETRY_MIN_S  # it worked for a while: try again soon
             time.sleep(wait)
-            wait = min(RETRY_MAX_S, wait * 2) if self._state != "online" else RETRY_MIN_S
+            wait = min(RETRY_MAX_S, wait * 2)
 
     def _send_state(self, state: str, reason: str | None) -> None:
         if state != self._state or state == "offline":

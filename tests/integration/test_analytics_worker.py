@@ -197,3 +197,40 @@ async def test_the_agent_publishes_analytics_events_and_the_workers_cpu(
     assert 0 < worker["cpu_percent"] < 100
     assert worker["restarts"] == 0
     assert "online" in states
+
+
+class _Pipe:
+    """The worker's end of the pipe, kept in a list."""
+
+    def __init__(self) -> None:
+        self.sent: list[Any] = []
+
+    def send(self, obj: Any) -> None:
+        self.sent.append(obj)
+
+
+async def test_the_opencv_reader_rtsp_uses_counts_the_same() -> None:
+    # rtsp:// goes through cv2.VideoCapture (FFmpeg); FFmpeg reads this MJPEG URL as well,
+    # so the same scene proves that path without an RTSP server
+    from edge_agent.drivers.camera_analytics.worker import StreamError, Worker
+
+    async with MjpegServer(CROSSING, loop=False) as camera:
+        cfg = AnalyticsConfig.model_validate(
+            {"stream_url": "rtsp://127.0.0.1/unused", "lines": [GATE], "timeout_s": 5}
+        )
+        pipe = _Pipe()
+        worker = Worker(pipe, cfg)
+
+        def read() -> str:
+            try:
+                worker._read_capture(camera.url)
+            except StreamError as err:
+                return str(err)
+            return "no error"
+
+        ended = await asyncio.to_thread(read)
+    assert ended == "the stream stopped (OpenCV/FFmpeg)"
+    assert ("state", "online", None) in pipe.sent
+    crossed = [d for kind, *rest in pipe.sent if kind == "events" for t, d, _ in rest[0]
+               if t == "line_crossed"]  # fmt: skip
+    assert sorted(d["direction"] for d in crossed) == ["in", "out"]
