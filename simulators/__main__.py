@@ -1,4 +1,4 @@
-"""Command line: ``python -m edge_agent.simulators campus|wg|zkteco|hikvision [options]``.
+"""Command line: ``python -m edge_agent.simulators campus|wg|zkteco|hikvision|mjpeg [options]``.
 
 ``campus`` starts the simulated campus, prints one line per server when it listens, writes the
 layout JSON if asked, and runs until SIGINT/SIGTERM (Ctrl-C).
@@ -12,6 +12,8 @@ script and reads scenario commands from stdin (``--stdin``).
 ``zkteco`` 启动向网关推送的模拟中控终端。
 ``hikvision`` starts a simulated Hikvision ISAPI access terminal (HTTP, digest auth),
 the same way. ``hikvision`` 启动模拟海康 ISAPI 门禁终端。
+``mjpeg`` serves a synthetic camera scene as MJPEG over HTTP (needs OpenCV).
+``mjpeg`` 以 MJPEG 发送合成摄像机画面。
 """
 
 from __future__ import annotations
@@ -110,6 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     _wg_parser(sub)
     _zk_parser(sub)
     _hik_parser(sub)
+    _mjpeg_parser(sub)
     return parser
 
 
@@ -258,6 +261,56 @@ def _hik_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--log-level", default="WARNING", help="logging level / 日志级别")
 
 
+def _mjpeg_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "mjpeg",
+        help="serve a synthetic camera scene as MJPEG over HTTP (needs OpenCV) / MJPEG 摄像机画面",
+        description="Serve a scripted camera scene (simulators/camera/scenes.py) as "
+        "multipart/x-mixed-replace on /stream until SIGINT/SIGTERM / 以 MJPEG 发送合成画面",
+    )
+    p.add_argument(
+        "--scene",
+        default="walkers",
+        help="courtyard, walkers, covered, defocused, shifted, lights_off (default walkers)",
+    )
+    p.add_argument("--seed", type=int, default=1, help="same seed, same pixels / 随机种子")
+    p.add_argument("--fps", type=float, default=5.0, help="frames a second / 帧率 (default 5)")
+    p.add_argument("--host", default="127.0.0.1", help="listen address / 监听地址")
+    p.add_argument("--port", type=int, default=0, help="HTTP port; 0 = ephemeral / 端口")
+    p.add_argument("--once", action="store_true", help="play the scene once, then close")
+    p.add_argument("--log-level", default="WARNING", help="logging level / 日志级别")
+
+
+async def _run_mjpeg(args: argparse.Namespace) -> int:
+    # OpenCV is needed only here: the other simulators run without it
+    from .camera.mjpeg import MjpegServer
+    from .camera.scenes import scene
+
+    try:
+        chosen = scene(args.scene, seed=args.seed, fps=args.fps)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        async with MjpegServer(
+            chosen, host=args.host, port=args.port, loop=not args.once
+        ) as server:
+            print(
+                f"mjpeg camera on {server.url} scene={chosen.name} seed={args.seed} "
+                f"fps={args.fps:g} ({chosen.duration_s:g} s)",
+                flush=True,
+            )
+            await stop.wait()
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+    return 0
+
+
 async def _run_hik(args: argparse.Namespace) -> int:
     steps = wg.parse_script(args.script_text) if args.script else []
     term = hikvision.HikTerminal(
@@ -305,6 +358,8 @@ async def _run(args: argparse.Namespace) -> int:
         return await _run_zk(args)
     if args.command == "hikvision":
         return await _run_hik(args)
+    if args.command == "mjpeg":
+        return await _run_mjpeg(args)
     sim = CampusSim(
         classrooms=args.classrooms,
         meters=args.meters,

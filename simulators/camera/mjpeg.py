@@ -34,7 +34,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
 
 import cv2
 from aiohttp import web
@@ -204,11 +203,4 @@ class MjpegServer:
         return resp
 
 
-async def serve(scene: Scene, **kwargs: Any) -> None:
-    """Serve ``scene`` until cancelled (the command line's ``camera`` simulator)."""
-    async with MjpegServer(scene, **kwargs) as srv:
-        print(f"mjpeg {srv.url} scene={scene.name} fps={srv.fps:g}", flush=True)
-        await asyncio.Event().wait()
-
-
-__all__ = ["BOUNDARY", "JpegCache", "MjpegServer", "part", "serve"]
+__all__ = ["BOUNDARY", "JpegCache", "MjpegServer", "part"]

@@ -234,3 +234,29 @@ async def test_the_opencv_reader_rtsp_uses_counts_the_same() -> None:
     crossed = [d for kind, *rest in pipe.sent if kind == "events" for t, d, _ in rest[0]
                if t == "line_crossed"]  # fmt: skip
     assert sorted(d["direction"] for d in crossed) == ["in", "out"]
+
+
+async def test_the_simulator_command_line_serves_a_scene() -> None:
+    import sys
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "edge_agent.simulators", "mjpeg", "--scene", "covered",
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+        assert "scene=covered" in line
+        url = line.split()[3]
+        host, port = url.split("//")[1].split("/")[0].rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(f"GET /stream HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\xff\xd8"), 30)
+        writer.close()
+        await writer.wait_closed()
+    finally:
+        proc.terminate()
+        await proc.wait()
+    assert b"multipart/x-mixed-replace; boundary=ipcamera" in head
+    assert b"Content-Type: image/jpeg" in head
