@@ -316,3 +316,11 @@ class WorkerProcess(Protocol):
     ``restarts``."""
 
     def worker_health(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class Checkable(Protocol):
+    """Capability: a push device ``doctor`` can try once (a camera's stream delivers a
+    frame); returns what it saw, raises a :class:`~edge_agent.errors.DeviceError`."""
+
+    async def check(self) -> str: ...

@@ -19,6 +19,7 @@ OpenCV is imported only in the worker process, so this module (which the registr
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import logging
 import time
@@ -28,7 +29,7 @@ from edge_agent.config.secrets import SecretError, resolve
 from edge_agent.driver import DeviceLink, DriverContext, Event, MetricInfo
 from edge_agent.drivers.camera_analytics.config import CameraAnalyticsDevice
 from edge_agent.drivers.camera_analytics.runner import AnalyticsRunner
-from edge_agent.errors import NotDurableError
+from edge_agent.errors import DeviceUnavailable, NotDurableError
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,17 @@ class CameraAnalyticsDriver:
         if self.runner is None:
             return {"alive": False, "cpu_percent": None, "fps": None, "restarts": 0}
         return self.runner.health()
+
+    async def check(self) -> str:
+        """``doctor``: open the stream and wait for one frame (its size and how long it took)."""
+        from edge_agent.drivers.camera_analytics.worker import StreamError, first_frame
+
+        a = self.config.analytics
+        try:
+            password = resolve(a.password) if a.password is not None else None
+            return await asyncio.to_thread(first_frame, a, password)
+        except (StreamError, SecretError) as err:
+            raise DeviceUnavailable(self.device_id, str(err)) from err
 
     async def run(self, link: DeviceLink) -> None:
         self._link = link

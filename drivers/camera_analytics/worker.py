@@ -35,7 +35,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from datetime import UTC, tzinfo
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
@@ -144,7 +144,7 @@ def _open_http(url: str, user: str | None, password: str | None, timeout_s: floa
 
 def mjpeg_frames(
     url: str, user: str | None, password: str | None, timeout_s: float
-) -> Iterator[bytes | None]:
+) -> Generator[bytes | None, None, None]:
     """Every JPEG of the stream; None now and then while bytes flow but no frame completes
     (so the caller can still send its stats). Raises :class:`StreamError`."""
     resp = _open_http(url, user, password, timeout_s)
@@ -165,6 +165,58 @@ def mjpeg_frames(
                 yield None
     finally:
         resp.close()
+
+
+def jpeg_size(jpeg: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` from a JPEG's frame header (SOFn), None when there is none."""
+    pos = 2
+    while pos + 9 <= len(jpeg):
+        if jpeg[pos] != 0xFF:
+            return None
+        marker = jpeg[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        length = int.from_bytes(jpeg[pos + 2 : pos + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            height = int.from_bytes(jpeg[pos + 5 : pos + 7], "big")
+            width = int.from_bytes(jpeg[pos + 7 : pos + 9], "big")
+            return width, height
+        pos += 2 + length
+    return None
+
+
+def first_frame(cfg: Any, password: str | None) -> str:
+    """Open the stream, wait for one frame, say what it is (``doctor``; blocking). Raises
+    :class:`StreamError`. Needs OpenCV only for RTSP."""
+    url = cfg.stream_url
+    started = time.monotonic()
+    if url.startswith(("http://", "https://")):
+        frames = mjpeg_frames(url, cfg.user, password, cfg.timeout_s)
+        try:
+            for jpeg in frames:
+                if jpeg is None:
+                    if time.monotonic() - started > cfg.timeout_s:
+                        raise StreamError(f"no JPEG frame within {cfg.timeout_s:g} s")
+                    continue
+                size = jpeg_size(jpeg)
+                shown = f"{size[0]}x{size[1]}" if size else "unreadable size"
+                took = time.monotonic() - started
+                return f"MJPEG {shown}, first frame after {took:.1f} s / 已收到画面"
+        finally:
+            frames.close()
+        raise StreamError("the stream ended before a frame")
+    import cv2
+
+    cap = cv2.VideoCapture(url, cv2.CAP_FFMPEG)
+    try:
+        ok, frame = cap.read()
+        if not ok:
+            raise StreamError("cannot read a frame (OpenCV/FFmpeg)")
+        h, w = frame.shape[:2]
+        return f"{w}x{h} (OpenCV/FFmpeg), first frame after {time.monotonic() - started:.1f} s"
+    finally:
+        cap.release()
 
 
 class Worker:

@@ -260,3 +260,27 @@ async def test_the_simulator_command_line_serves_a_scene() -> None:
         await proc.wait()
     assert b"multipart/x-mixed-replace; boundary=ipcamera" in head
     assert b"Content-Type: image/jpeg" in head
+
+
+async def test_doctor_tries_the_stream_once(tmp_path: Path) -> None:
+    from edge_agent.tools.doctor import check_devices
+
+    def devices(url: str) -> Any:
+        cfg = {
+            "site": {"id": "cam-school", "gateway_id": "gw1"},
+            "mqtt": {"host": "127.0.0.1"},
+            "devices": [
+                {"id": "yard-cam", "kind": "camera_analytics", "analytics": {"stream_url": url}}
+            ],
+        }
+        path = tmp_path / "agent.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        return load_config(path), path
+
+    async with MjpegServer(courtyard(duration_s=10)) as camera:
+        (row,) = await check_devices(*devices(camera.url))
+        url = camera.url
+    assert (row.status, row.detail.split(",")[0]) == ("ok", "MJPEG 320x240")
+    (row,) = await check_devices(*devices(url))  # the camera is gone
+    assert row.status == "fail"
+    assert "cannot open the stream" in row.detail

@@ -22,7 +22,7 @@ import pytest
 
 from edge_agent.drivers.camera_analytics.config import AnalyticsConfig, Window
 from edge_agent.drivers.camera_analytics.engine import Analyzer, armed
-from edge_agent.drivers.camera_analytics.worker import MjpegSplitter, Pacer
+from edge_agent.drivers.camera_analytics.worker import MjpegSplitter, Pacer, jpeg_size
 from edge_agent.simulators.camera import scenes
 from edge_agent.simulators.camera.mjpeg import part
 
@@ -283,6 +283,13 @@ def test_mjpeg_splitter_skips_garbage_in_bounded_memory() -> None:
     assert splitter.garbage == 5_000_000
     frame = _jpeg(1)
     assert list(splitter.feed(part(frame))) == [frame]
+
+
+def test_jpeg_size_reads_the_frame_header() -> None:
+    assert jpeg_size(_jpeg(1)) == (320, 240)
+    ok, buf = cv2.imencode(".jpg", np.zeros((90, 160, 3), np.uint8))
+    assert jpeg_size(buf.tobytes()) == (160, 90)
+    assert jpeg_size(b"\xff\xd8\x00garbage") is None
 
 
 def test_the_pacer_keeps_five_of_twenty_five_frames_a_second() -> None:
