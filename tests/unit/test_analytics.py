@@ -287,7 +287,7 @@ def test_mjpeg_splitter_skips_garbage_in_bounded_memory() -> None:
 
 def test_jpeg_size_reads_the_frame_header() -> None:
     assert jpeg_size(_jpeg(1)) == (320, 240)
-    ok, buf = cv2.imencode(".jpg", np.zeros((90, 160, 3), np.uint8))
+    _, buf = cv2.imencode(".jpg", np.zeros((90, 160, 3), np.uint8))
     assert jpeg_size(buf.tobytes()) == (160, 90)
     assert jpeg_size(b"\xff\xd8\x00garbage") is None
 
