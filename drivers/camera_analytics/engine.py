@@ -40,14 +40,17 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, tzinfo
-from typing import Any
+from datetime import UTC, datetime, time, tzinfo
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 import numpy.typing as npt
 
-from edge_agent.drivers.camera_analytics.config import AnalyticsConfig, Line, Window, Zone
+if TYPE_CHECKING:
+    # The worker hands the engine the same fields as plain namespaces (worker.plain), so a
+    # worker process never imports pydantic and the config models (~15 MiB each)
+    from edge_agent.drivers.camera_analytics.config import AnalyticsConfig, Line, Window, Zone
 
 #: OpenCV's functions return loosely typed arrays: one alias for every image here
 Gray = npt.NDArray[Any]
@@ -80,7 +83,7 @@ def armed(windows: list[Window], when: datetime) -> bool:
     day = when.weekday()
     now = when.time()
     for window in windows:
-        start, end = window.times()
+        start, end = time.fromisoformat(window.start), time.fromisoformat(window.end)
         days = {("mon", "tue", "wed", "thu", "fri", "sat", "sun").index(d) for d in window.days}
         if start < end:
             if day in days and start <= now < end:

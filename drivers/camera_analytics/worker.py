@@ -26,6 +26,7 @@ decoding only those due.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -37,6 +38,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Generator, Iterator
 from datetime import UTC, tzinfo
+from types import SimpleNamespace
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
@@ -368,6 +370,16 @@ class Worker:
         )
 
 
+def plain(value: Any) -> Any:
+    """A config validated by the agent (``AnalyticsConfig.model_dump_json``), read back as
+    nested namespaces with the same attribute names: the worker needs no pydantic."""
+    if isinstance(value, dict):
+        return SimpleNamespace(**{k: plain(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value
+
+
 def main(conn: Any, cfg_json: str, password: str | None, tz_name: str | None) -> None:
     """The worker process's entry point (``multiprocessing`` spawn target)."""
     # Ctrl-C reaches the whole process group: the agent stops its workers itself
@@ -376,9 +388,7 @@ def main(conn: Any, cfg_json: str, password: str | None, tz_name: str | None) ->
 
     # one camera is one core at most: OpenCV's thread pool would compete with the agent
     cv2.setNumThreads(1)
-    from edge_agent.drivers.camera_analytics.config import AnalyticsConfig
-
-    cfg = AnalyticsConfig.model_validate_json(cfg_json)
+    cfg = plain(json.loads(cfg_json))
     tz: tzinfo = ZoneInfo(tz_name) if tz_name else UTC
     try:
         Worker(conn, cfg, password=password, tz=tz).run()

@@ -9,6 +9,7 @@ fps) as its time stamp. No wall clock anywhere.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from dataclasses import replace
@@ -23,6 +24,7 @@ import pytest
 from edge_agent.drivers.camera_analytics.config import AnalyticsConfig, Window
 from edge_agent.drivers.camera_analytics.engine import Analyzer, armed
 from edge_agent.drivers.camera_analytics.worker import MjpegSplitter, Pacer, jpeg_size
+from edge_agent.drivers.camera_analytics.worker import plain as worker_plain
 from edge_agent.simulators.camera import scenes
 from edge_agent.simulators.camera.mjpeg import part
 
@@ -56,7 +58,7 @@ def _frames(scene: scenes.Scene) -> tuple[np.ndarray, ...]:
 
 
 def analyse(
-    scene: scenes.Scene, cfg: AnalyticsConfig = FULL, t0: float = NIGHT
+    scene: scenes.Scene, cfg: Any = FULL, t0: float = NIGHT
 ) -> tuple[Analyzer, list[tuple[float, str, dict[str, Any]]]]:
     """Run ``scene`` through a fresh analyzer; its events with their scene time."""
     analyzer = Analyzer(cfg)
@@ -361,3 +363,20 @@ def test_someone_swaying_on_the_line_is_counted_once() -> None:
     scene = scenes.Scene("waiting", seed=4, duration_s=22.0, walkers=(waiting, passing))
     analyzer, found = analyse(scene, config(lines=[GATE]))
     assert analyzer.totals() == {"gate": (1, 1)}, of_type(found, "line_crossed")
+
+
+def test_the_worker_reads_its_config_without_pydantic() -> None:
+    # what the worker gets: the agent's validated config as JSON, read as plain namespaces
+    night_only = {**YARD, "schedule": [{"days": ["mon"], "start": "18:00", "end": "07:00"}]}
+    cfg = config(zones=[night_only], lines=[GATE], tamper={"hold_s": 12})
+    scene = scenes.walkers(seed=1, n_in=2, n_out=1)
+    _, validated = analyse(scene, cfg)
+    _, plain = analyse(scene, worker_plain(json.loads(cfg.model_dump_json())))
+    assert plain == validated
+    assert of_type(plain, "motion")
+    code = """
+import sys
+from edge_agent.drivers.camera_analytics import engine, worker
+assert "pydantic" not in sys.modules, "the worker imports pydantic"
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
