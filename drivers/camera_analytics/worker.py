@@ -26,6 +26,7 @@ decoding only those due.
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import math
@@ -139,7 +140,7 @@ def _open_http(url: str, user: str | None, password: str | None, timeout_s: floa
         if err.code == 401:
             raise StreamError("wrong user or password (HTTP 401) / 用户名或密码错误") from err
         raise StreamError(f"HTTP {err.code} {err.reason}") from err
-    except (urllib.error.URLError, OSError) as err:
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
         reason = getattr(err, "reason", err)
         raise StreamError(f"cannot open the stream: {reason}") from err
 
@@ -155,8 +156,12 @@ def mjpeg_frames(
         while True:
             try:
                 chunk = resp.read1(65536)
-            except (TimeoutError, OSError) as err:
-                raise StreamError(f"no data for {timeout_s:g} s: {err}") from err
+            except TimeoutError as err:
+                raise StreamError(f"no data for {timeout_s:g} s") from err
+            except (OSError, http.client.HTTPException) as err:
+                # a cable pulled or a camera rebooting mid-stream: IncompleteRead of the
+                # chunked body, a reset connection
+                raise StreamError(f"the stream was cut: {err!r}") from err
             if not chunk:
                 raise StreamError("the camera closed the stream")
             got = False

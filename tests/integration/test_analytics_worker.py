@@ -284,3 +284,20 @@ async def test_doctor_tries_the_stream_once(tmp_path: Path) -> None:
     (row,) = await check_devices(*devices(url))  # the camera is gone
     assert row.status == "fail"
     assert "cannot open the stream" in row.detail
+
+
+async def test_a_stream_cut_mid_frame_is_reconnected_by_the_worker_itself() -> None:
+    async with MjpegServer(courtyard(duration_s=60)) as camera:
+        cfg = AnalyticsConfig.model_validate({"stream_url": camera.url})
+        runner = AnalyticsRunner("yard-cam", cfg)
+        sink = Sink()
+        async with running(runner, sink):
+            await sink.until(lambda: sink.states and sink.states[-1][0])
+            await camera.drop_clients()  # the connection aborted under the chunked body
+            await sink.until(lambda: any(not online for online, _ in sink.states))
+            await sink.until(lambda: sink.states[-1][0] and camera.clients == 2)
+            assert runner.restarts == 0  # the worker survived and reconnected
+    down = [r for online, r in sink.states if not online]
+    assert len(down) == 1
+    assert down[0] is not None
+    assert down[0].startswith("the stream was cut")
