@@ -178,7 +178,7 @@ class AnalyticsRunner:
                 try:
                     msg = await asyncio.wait_for(inbox.get(), timeout=self.silence_s)
                 except TimeoutError:
-                    return f"silent for {self.silence_s:g} s (stopped)"
+                    return f"stuck (silent for {self.silence_s:g} s), killed"
                 if msg is None:
                     await self._reap(proc)
                     return f"exited (code {proc.exitcode})"

@@ -301,3 +301,24 @@ async def test_a_stream_cut_mid_frame_is_reconnected_by_the_worker_itself() -> N
     assert len(down) == 1
     assert down[0] is not None
     assert down[0].startswith("the stream was cut")
+
+
+async def test_a_stuck_worker_is_killed_and_restarted() -> None:
+    import os
+    import signal
+
+    async with MjpegServer(courtyard(duration_s=60)) as camera:
+        cfg = AnalyticsConfig.model_validate({"stream_url": camera.url})
+        # a decoder stuck inside a library sends nothing: silent for 3 s means stuck here
+        runner = AnalyticsRunner("yard-cam", cfg, silence_s=3)
+        sink = Sink()
+        async with running(runner, sink):
+            await sink.until(lambda: sink.states and sink.states[-1][0])
+            stuck = runner.pid
+            assert stuck is not None
+            os.kill(stuck, signal.SIGSTOP)
+            await sink.until(lambda: runner.restarts == 1 and runner.pid != stuck)
+            await sink.until(lambda: sink.states[-1] == (True, None))
+    assert "analytics worker stuck (silent for 3 s), killed" in [r for _, r in sink.states]
+    with pytest.raises(ProcessLookupError):
+        os.kill(stuck, 0)  # the stuck one is gone, not left behind
