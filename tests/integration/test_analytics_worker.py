@@ -322,3 +322,46 @@ async def test_a_stuck_worker_is_killed_and_restarted() -> None:
     assert "analytics worker stuck (silent for 3 s), killed" in [r for _, r in sink.states]
     with pytest.raises(ProcessLookupError):
         os.kill(stuck, 0)  # the stuck one is gone, not left behind
+
+
+_PARENT = """
+import asyncio, sys
+from edge_agent.drivers.camera_analytics.config import AnalyticsConfig
+from edge_agent.drivers.camera_analytics.runner import AnalyticsRunner
+
+class Sink:
+    async def found(self, events): pass
+    def stream_state(self, online, reason): pass
+    async def stats(self, stats): print("worker", runner.pid, flush=True)
+
+runner = AnalyticsRunner("cam", AnalyticsConfig.model_validate({"stream_url": sys.argv[1]}))
+asyncio.run(runner.run(Sink()))
+"""
+
+
+def _gone(pid: int) -> bool:
+    """Exited (a zombie waiting for a reaper counts: it runs no more)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+async def test_a_worker_ends_when_the_agent_is_killed() -> None:
+    import sys
+
+    async with MjpegServer(courtyard(duration_s=60)) as camera:
+        agent = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _PARENT, camera.url, stdout=asyncio.subprocess.PIPE
+        )
+        try:
+            assert agent.stdout is not None
+            line = await asyncio.wait_for(agent.stdout.readline(), 60)
+            worker = int(line.split()[1])
+        finally:
+            agent.kill()  # SIGKILL: no clean-up of any kind in the agent
+            await agent.wait()
+        async with asyncio.timeout(30):  # its next report (every 5 s) finds the pipe closed
+            while not _gone(worker):
+                await asyncio.sleep(0.2)
