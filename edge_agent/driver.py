@@ -8,7 +8,7 @@ the online/offline state of the device. Push devices implement
 :class:`PushDriver`: ``run(link)`` until cancelled, everything through their
 :class:`DeviceLink` (see :mod:`edge_agent.link`). What a device can do beyond
 reporting is a capability, a small protocol (:class:`Writable`,
-:class:`DoorOpener`, :class:`Snapshotter`, :class:`Diagnosable`) that the
+:class:`DoorOpener`, :class:`Snapshotter`, :class:`Diagnosable`, :class:`WorkerProcess`) that the
 command handlers check with ``isinstance``.
 
 What a kind brings besides its drivers (all optional class attributes of the driver
@@ -327,3 +327,20 @@ class DriverFactory(Protocol):
     Config: ClassVar[type[BaseModel]]
 
     def __call__(self, config: Any, ctx: DriverContext) -> Driver: ...
+
+
+@runtime_checkable
+class WorkerProcess(Protocol):
+    """Capability: the device's work runs in a process of its own (camera analytics); its
+    line in ``ROOT/health`` ``workers``: ``alive``, ``cpu_percent`` (of one core), ``fps``,
+    ``restarts``."""
+
+    def worker_health(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class Checkable(Protocol):
+    """Capability: a push device ``doctor`` can try once (a camera's stream delivers a
+    frame); returns what it saw, raises a :class:`~edge_agent.errors.DeviceError`."""
+
+    async def check(self) -> str: ...

@@ -29,6 +29,7 @@ BUILTIN: dict[str, str] = {
     "hikvision_camera": "edge_agent.drivers.hikvision_camera.driver:HikvisionCameraDriver",
     "dahua": "edge_agent.drivers.dahua.driver:DahuaDriver",
     "onvif": "edge_agent.drivers.onvif.driver:OnvifDriver",
+    "camera_analytics": "edge_agent.drivers.camera_analytics.driver:CameraAnalyticsDriver",
 }
 
 ENTRY_POINT_GROUP = "edge_agent.drivers"

@@ -32,7 +32,16 @@ from edge_agent.commands import (
 from edge_agent.config.loader import AgentConfigBase, kind_settings
 from edge_agent.config.models import SerialBus, TcpBus, site_tz
 from edge_agent.config.rules import load_rules
-from edge_agent.driver import Bus, DriverContext, Hub, HubContext, PushDriver, Quality, Value
+from edge_agent.driver import (
+    Bus,
+    DriverContext,
+    Hub,
+    HubContext,
+    PushDriver,
+    Quality,
+    Value,
+    WorkerProcess,
+)
 from edge_agent.envelope import Lane, iso_ms
 from edge_agent.errors import OutboxError
 from edge_agent.http import HttpServer
@@ -724,6 +733,12 @@ class Agent:
             "snapshots": self.snapshots.health(),
             "cpu_percent": proc.get("cpu_percent"),
             "rss_bytes": proc.get("rss_bytes"),
+            # devices with a process of their own (camera analytics): CPU share, fps, restarts
+            "workers": {
+                dev_id: driver.worker_health()
+                for dev_id, driver in self.drivers.items()
+                if isinstance(driver, WorkerProcess)
+            },
         }
 
     async def _health_loop(self) -> None:

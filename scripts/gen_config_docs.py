@@ -38,6 +38,7 @@ from pydantic import create_model  # noqa: E402
 
 from edge_agent.config.loader import AgentConfigBase, settings_fields  # noqa: E402
 from edge_agent.config.models import ID_PATTERN  # noqa: E402
+from edge_agent.drivers.camera_analytics.config import CameraAnalyticsDevice  # noqa: E402
 from edge_agent.drivers.dahua.config import DahuaDevice  # noqa: E402
 from edge_agent.drivers.hikvision.config import HikvisionDevice  # noqa: E402
 from edge_agent.drivers.hikvision_camera.config import HikvisionCameraDevice  # noqa: E402
@@ -444,6 +445,14 @@ ZH: dict[str, str] = {
     "DahuaLine": "大华越界规则：摄像机上的规则名、发布的名称，以及哪个方向算进入。",
     "DahuaDevice": "大华摄像机或 NVR：读取 eventManager 事件流（移动侦测、越界、区域入侵、"
     "遮挡、场景变更），见 [摄像机](cameras.md#hikvision-and-dahua-native-events)。",
+    "CameraAnalyticsDevice": "网关对摄像机子码流做视频分析（区域移动、防破坏、过线计数），"
+    "只发送事件；详见 [摄像机](cameras.md#analytics-zones-lines-what-leaves-the-gateway)。",
+    "AnalyticsConfig": "子码流地址、分析帧率（最多 5 帧/秒）、区域、计数线和防破坏设置。",
+    "Zone": "移动侦测区域（多边形，坐标为画面比例）及布防时段。",
+    "Window": "布防时段（按 site.timezone 本地时间），结束早于开始表示跨过午夜。",
+    "Line": "人数统计线：从 A→B 的左侧走到右侧为“进”。",
+    "Tamper": "防破坏检测：遮挡、失焦、移位、场景变化，持续 hold_s 才上报；"
+    "熄灯为低照度，不算破坏。",
 }
 
 
@@ -512,6 +521,7 @@ def config_sections() -> list[Section]:
     sections += walk("devices[] (kind: hikvision_camera)", HikvisionCameraDevice, seen)
     sections += walk("devices[] (kind: dahua)", DahuaDevice, seen)
     sections += walk("devices[] (kind: onvif)", OnvifDevice, seen)
+    sections += walk("devices[] (kind: camera_analytics)", CameraAnalyticsDevice, seen)
     return sections
 
 

@@ -1,4 +1,5 @@
-"""Command line: ``python -m edge_agent.simulators campus|wg|zkteco|hikvision [options]``.
+"""Command line: ``python -m edge_agent.simulators COMMAND [options]``; COMMAND is one of
+campus, wg, zkteco, hikvision, hikvision-camera, dahua, onvif, mjpeg.
 
 ``campus`` starts the simulated campus, prints one line per server when it listens, writes the
 layout JSON if asked, and runs until SIGINT/SIGTERM (Ctrl-C).
@@ -16,6 +17,8 @@ the same way. ``hikvision`` 启动模拟海康 ISAPI 门禁终端。
 (digest auth), scripted the same way. 启动模拟海康/大华摄像机原生事件流。
 ``onvif`` starts a simulated ONVIF camera (SOAP, UsernameToken digest, scriptable events).
 ``onvif`` 启动模拟 ONVIF 摄像机。
+``mjpeg`` serves a synthetic camera scene as MJPEG over HTTP (needs OpenCV).
+``mjpeg`` 以 MJPEG 发送合成摄像机画面。
 """
 
 from __future__ import annotations
@@ -117,6 +120,7 @@ def _parser() -> argparse.ArgumentParser:
     _hik_parser(sub)
     _camera_parsers(sub)
     _onvif_parser(sub)
+    _mjpeg_parser(sub)
     return parser
 
 
@@ -452,6 +456,8 @@ async def _run(args: argparse.Namespace) -> int:
         return await _run_hik(args)
     if args.command in CAMERAS:
         return await _run_camera(args)
+    if args.command == "mjpeg":
+        return await _run_mjpeg(args)
     sim = CampusSim(
         classrooms=args.classrooms,
         meters=args.meters,
@@ -655,6 +661,56 @@ async def _run_zk(args: argparse.Namespace) -> int:
         for t in terminals.values():
             await t.stop()
     print("zkteco stopped / 中控终端模拟器已停止", flush=True)
+    return 0
+
+
+def _mjpeg_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "mjpeg",
+        help="serve a synthetic camera scene as MJPEG over HTTP (needs OpenCV) / MJPEG 摄像机画面",
+        description="Serve a scripted camera scene (simulators/camera/scenes.py) as "
+        "multipart/x-mixed-replace on /stream until SIGINT/SIGTERM / 以 MJPEG 发送合成画面",
+    )
+    p.add_argument(
+        "--scene",
+        default="walkers",
+        help="courtyard, walkers, covered, defocused, shifted, lights_off (default walkers)",
+    )
+    p.add_argument("--seed", type=int, default=1, help="same seed, same pixels / 随机种子")
+    p.add_argument("--fps", type=float, default=5.0, help="frames a second / 帧率 (default 5)")
+    p.add_argument("--host", default="127.0.0.1", help="listen address / 监听地址")
+    p.add_argument("--port", type=int, default=0, help="HTTP port; 0 = ephemeral / 端口")
+    p.add_argument("--once", action="store_true", help="play the scene once, then close")
+    p.add_argument("--log-level", default="WARNING", help="logging level / 日志级别")
+
+
+async def _run_mjpeg(args: argparse.Namespace) -> int:
+    # OpenCV is needed only here: the other simulators run without it
+    from .camera.mjpeg import MjpegServer
+    from .camera.scenes import scene
+
+    try:
+        chosen = scene(args.scene, seed=args.seed, fps=args.fps)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        async with MjpegServer(
+            chosen, host=args.host, port=args.port, loop=not args.once
+        ) as server:
+            print(
+                f"mjpeg camera on {server.url} scene={chosen.name} seed={args.seed} "
+                f"fps={args.fps:g} ({chosen.duration_s:g} s)",
+                flush=True,
+            )
+            await stop.wait()
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
     return 0
 
 

@@ -39,6 +39,11 @@ Four figures, each next to the target from the project's performance issue:
     Door swipes per protocol on 8 gate lanes: swipes/s on one core and the swipe-to-broker
     latency of the morning rush (:mod:`edge_agent.tools.bench_doors`).
 
+``analytics``
+    Camera analytics: analysed frames per second on one core, and how many cameras at 5 fps
+    fit in half a core, from real worker processes on simulated MJPEG cameras
+    (:mod:`edge_agent.tools.bench_analytics`; needs OpenCV).
+
 A miss is printed as ``MISS`` but never fails the command: the exit code is 0 when the
 benchmark ran and 1 when it could not (no mosquitto, a part crashed).
 """
@@ -196,6 +201,16 @@ TARGETS: tuple[Target, ...] = (
     Target("ingest", "readings_per_s", "ingest: readings committed", ">=", 50_000, "/s", "rate"),
     Target("drain", "ratio", "drain: publisher / bare paho", ">=", 0.70, "x", "same"),
     Target("latency", "p99_ms", "alarm latency p99 (draining)", "<=", 100.0, "ms", "time"),
+    # Cameras (issue 11): eight cameras analysed at 5 fps in half a core of the gateway
+    Target(
+        "analytics",
+        "cameras_half_core",
+        "analytics: cameras at 5 fps in half a core",
+        ">=",
+        8,
+        "",
+        "rate",
+    ),
     # Doors (issue 9): security staff need door events within a second, during the rush too.
     # The latency is mostly the group-commit interval, not CPU: it does not scale on a Pi.
     *(
@@ -330,6 +345,29 @@ def _info_rows(results: dict[str, Any]) -> list[tuple[str, str, str, float]]:
             )
     for door in ("wg", "hikvision", "zkteco"):
         rows.extend(_door_rows(door, results.get(door)))
+    a = results.get("analytics")
+    if isinstance(a, dict) and "frames_per_s_one_core" in a:
+        rows.append(("analytics: frames analysed on one core",
+                     fmt_num(a["frames_per_s_one_core"]), "/s", 0))  # fmt: skip
+    if isinstance(a, dict) and "camera_cpu_percent" in a:
+        rows.append(
+            (
+                f"analytics: CPU of one camera "
+                f"({a['cameras']} at {fmt_num(a['fps_per_camera'] or 0)} fps)",
+                fmt_num(a["camera_cpu_percent"]),
+                "% of 1 core",
+                0,
+            )
+        )
+        pss = a.get("worker_pss_mib")
+        rows.append(
+            (
+                "analytics: worker RSS (PSS)",
+                f"{fmt_num(a['worker_rss_mib'])} ({fmt_num(pss) if pss else '-'})",
+                "MiB",
+                0,
+            )
+        )
     lat = results.get("latency")
     if isinstance(lat, dict) and "p50_ms" in lat:
         rows.append(
@@ -1377,6 +1415,15 @@ def main(args: argparse.Namespace) -> int:
                 errors["drain" if "drain" in parts else "latency"] = repr(err)
         if broker is not None:
             _run_doors(broker, workdir, args, parts, results, errors)
+        if "analytics" in parts:
+            from edge_agent.tools.bench_analytics import run_analytics_part
+
+            try:
+                results["analytics"] = run_analytics_part(
+                    cameras=args.cameras, duration_s=args.analytics_duration
+                )
+            except Exception as err:
+                errors["analytics"] = str(err) if isinstance(err, BenchError) else repr(err)
     except BenchError as err:
         print(f"edge-agent bench: {err}", file=sys.stderr)
         return 1

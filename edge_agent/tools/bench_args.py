@@ -8,7 +8,17 @@ from __future__ import annotations
 
 import argparse
 
-PARTS = ("campus", "gateway90", "ingest", "drain", "latency", "wg", "hikvision", "zkteco")
+PARTS = (
+    "campus",
+    "gateway90",
+    "ingest",
+    "drain",
+    "latency",
+    "wg",
+    "hikvision",
+    "zkteco",
+    "analytics",
+)
 #: ``--only doors``: the door protocols' parts (swipes/s on one core, rush latency)
 ALIASES = {"doors": ("wg", "hikvision", "zkteco")}
 
@@ -101,6 +111,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="wg, hikvision, zkteco: the agent's outbox.commit_interval_ms "
         "(default: the agent's own default) / 提交间隔",
+    )
+    parser.add_argument(
+        "--cameras",
+        type=int,
+        default=8,
+        help="analytics: simulated cameras analysed at 5 fps at once (default 8) / 摄像机数",
+    )
+    parser.add_argument(
+        "--analytics-duration",
+        type=float,
+        default=30.0,
+        help="analytics: seconds the cameras are measured (default 30)",
     )
     parser.add_argument(
         "--json",

@@ -29,7 +29,7 @@ from edge_agent import registry
 from edge_agent.clock import SystemClock
 from edge_agent.config.loader import AgentConfigBase, kind_settings
 from edge_agent.config.models import SerialBus, TcpBus
-from edge_agent.driver import Bus, DriverContext, PushDriver
+from edge_agent.driver import Bus, Checkable, DriverContext, PushDriver
 from edge_agent.errors import DeviceError, DeviceTimeout, DeviceUnavailable
 from edge_agent.mqtt.tls import TlsFileError, TlsSettings, check_readable, client_context
 
@@ -314,6 +314,14 @@ async def check_devices(cfg: AgentConfigBase, config_path: Path) -> list[Row]:
         if not dev.enabled:
             return Row(f"device {dev.id}", target, "skip", "enabled: false / 已停用")
         driver: Any = kinds[dev.kind](dev, replace(ctx, settings=settings[dev.kind]))
+        if isinstance(driver, PushDriver) and isinstance(driver, Checkable):
+            try:
+                seen = await asyncio.wait_for(driver.check(), 60)
+            except DeviceError as err:
+                return Row(f"device {dev.id}", target, "fail", err.reason)
+            except TimeoutError:
+                return Row(f"device {dev.id}", target, "fail", "no answer within 60 s / 超时")
+            return Row(f"device {dev.id}", target, "ok", seen)
         if isinstance(driver, PushDriver):
             # It sends when it has something: nothing to ask it here. `run` reports its
             # state (ROOT/devices/{id}/state) as soon as it talks to the agent.

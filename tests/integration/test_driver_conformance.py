@@ -36,6 +36,7 @@ from edge_agent.driver import (
     PushDriver,
     Snapshotter,
 )
+from edge_agent.drivers.camera_analytics.driver import CameraAnalyticsDriver
 from edge_agent.drivers.dahua.driver import DahuaDriver
 from edge_agent.drivers.hikvision.driver import HikvisionDriver
 from edge_agent.drivers.hikvision_camera.driver import HikvisionCameraDriver
@@ -56,6 +57,8 @@ from edge_agent.pipeline.sink import OutboxSink
 from edge_agent.poll import PollLoop
 from edge_agent.simulators import WgController
 from edge_agent.simulators.camera import OnvifCamera
+from edge_agent.simulators.camera.mjpeg import MjpegServer
+from edge_agent.simulators.camera.scenes import Scene, Walker
 from edge_agent.simulators.dahua import DahuaCamera
 from edge_agent.simulators.hikvision import HikTerminal
 from edge_agent.simulators.hikvision_camera import HikCamera
@@ -698,6 +701,55 @@ class OnvifKind(Kind):
         os.environ.pop("ONVIF_CONFORMANCE_PW", None)
 
 
+class CameraAnalyticsKind(Kind):
+    """The camera_analytics kind against the MJPEG camera simulator: a walker through the
+    zone every 2.5 s (motion events); down = the camera off (port closed), garbage = bytes
+    and a broken JPEG in the stream."""
+
+    name = "camera_analytics"
+
+    async def start(self) -> None:
+        people = tuple(
+            Walker(start_s=1.5 + 2.5 * i, x=60 + 50 * (i % 5), direction="down", speed_px_s=120)
+            for i in range(8)
+        )
+        self.camera = MjpegServer(Scene("conformance", duration_s=24.0, walkers=people))
+        await self.camera.start()
+        config = CameraAnalyticsDriver.Config.model_validate(
+            {
+                "kind": "camera_analytics",
+                "id": "dev1",
+                "analytics": {
+                    "stream_url": self.camera.url,
+                    "timeout_s": 2,
+                    "zones": [
+                        {"name": "all", "points": [[0, 0], [1, 0], [1, 1], [0, 1]], "hold_s": 0.5}
+                    ],
+                },
+            }
+        )
+        self.driver = CameraAnalyticsDriver(config, DriverContext({}))
+
+    async def run(self) -> None:
+        link = OutboxLink("dev1", outbox=self.outbox, pipeline=self.gate, state_sink=self.sink)
+        await self.driver.run(link)
+
+    async def down(self) -> None:
+        await self.camera.stop()
+
+    async def up(self) -> None:
+        await self.camera.start()  # the same port
+
+    async def garbage(self) -> None:
+        self.camera.inject(b"\x00\x01 not a part at all \r\n" * 20)
+        self.camera.inject(
+            b"--ipcamera\r\nContent-Type: image/jpeg\r\n\r\n\xff\xd8broken\xff\xd9\r\n"
+        )
+
+    async def close(self) -> None:
+        await self.camera.stop()
+
+
 KINDS = [
     ModbusKind,
     PushKind,
@@ -709,6 +761,7 @@ KINDS = [
     HikCameraKind,
     DahuaKind,
     OnvifKind,
+    CameraAnalyticsKind,
 ]
 
 

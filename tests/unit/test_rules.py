@@ -300,6 +300,20 @@ def test_default_event_rules_severities() -> None:
     ]
 
 
+def test_a_camera_tamper_raises_once_and_its_end_raises_nothing() -> None:
+    c = _default_engine()
+    c.event("camera_tamper", "yard-cam", reason="covered", active=True)
+    c.event("camera_tamper", "yard-cam", reason="covered", active=False)  # the hand is gone
+    c.event("camera_tamper", "gate-cam", reason="moved")  # a source that sends starts only
+    got = [(a["rule"], a["device"], a["state"]) for a in c.sent]
+    assert got == [
+        ("camera_tamper", "yard-cam", "active_unacked"),
+        ("camera_tamper", "yard-cam", "cleared_unacked"),
+        ("camera_tamper", "gate-cam", "active_unacked"),
+        ("camera_tamper", "gate-cam", "cleared_unacked"),
+    ]
+
+
 def test_chattering_becomes_one_alarm_not_a_flood() -> None:
     c = Campus([CO2])
     for _ in range(10):  # a sensor flapping around the limit every 5 s
