@@ -1,10 +1,12 @@
 """A siren or strobe on a relay output, switched by alarms (issue 10, docs/alarms.md#siren).
 
 The siren listens to the alarm book (:meth:`AlarmBook.add_listener`): an alarm that
-matches it (its severities, its rules) and is ``active_unacked`` asks for it. It rings
+matches it (its severities, its rules) asks for it while it is unacknowledged
+(``active_unacked``, or ``cleared_unacked``: ISA-18.2's audible alarm sounds until someone
+acknowledges, and a door_forced or duress alarm clears the moment it is raised). It rings
 while at least one such alarm asks, and stops when
 
-* every matching alarm is acknowledged, shelved or cleared, or
+* every matching alarm is acknowledged (``active_acked``, ``cleared``) or shelved, or
 * it has rung ``max_on_s``: then it stays off until a **new** matching alarm asks (the
   alarms that were ringing it are spent; an installer hears it once, not for ever).
 
@@ -77,7 +79,7 @@ class Siren:
         self._clock = clock
         self._wall = wall
         self._rng = rng or random.Random()
-        #: matching alarms that are active and unacknowledged
+        #: matching alarms that are unacknowledged (active or cleared) and not shelved
         self.asking: set[str] = set()
         #: matching alarms that rang the siren for ``max_on_s``: they do not ring it again
         self.spent: set[str] = set()
@@ -115,7 +117,7 @@ class Siren:
             return
         alarm_id = str(data.get("alarm_id"))
         state = data.get("state")
-        if state == "active_unacked":
+        if state in ("active_unacked", "cleared_unacked"):
             self.asking.add(alarm_id)
         else:
             self.asking.discard(alarm_id)
