@@ -8,7 +8,17 @@ from __future__ import annotations
 
 import argparse
 
-PARTS = ("campus", "gateway90", "ingest", "drain", "latency", "wg", "hikvision", "zkteco")
+PARTS = (
+    "campus",
+    "gateway90",
+    "ingest",
+    "drain",
+    "latency",
+    "alarms",
+    "wg",
+    "hikvision",
+    "zkteco",
+)
 #: ``--only doors``: the door protocols' parts (swipes/s on one core, rush latency)
 ALIASES = {"doors": ("wg", "hikvision", "zkteco")}
 
@@ -53,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--messages",
         type=int,
         default=1_000_000,
-        help="drain: backlog size (default 1000000) / 积压消息数",
+        help="drain, alarms: backlog size (default 1000000) / 积压消息数",
     )
     parser.add_argument(
         "--inflight",
