@@ -19,7 +19,7 @@ from typing import Any
 from edge_agent import __version__, registry
 from edge_agent.alarms.lifecycle import AlarmBook, OutboxAlarmStore
 from edge_agent.alarms.rules import RuleEngine
-from edge_agent.alarms.siren import Siren
+from edge_agent.alarms.siren import OutboxSirenStore, Siren
 from edge_agent.clock import Clock, SystemClock
 from edge_agent.commands import (
     CommandRouter,
@@ -272,6 +272,7 @@ class Agent:
                 audit=lambda device, data: self.emitter.event(device, "command_audit", data),
                 alarms=self.alarms,
                 wall=self.clock.wall,
+                store=OutboxSirenStore(self.outbox, cfg.id),
             )
             self.alarms.add_listener(siren.see)
             self.sirens.append(siren)

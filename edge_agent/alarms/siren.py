@@ -19,19 +19,21 @@ and once at INFO when it works again), reported as a ``siren_fault`` alarm on th
 module, and retried with backoff (1 s doubling to ``RETRY_MAX_S``).
 
 At start the siren is switched to what the alarm book asks: off, unless a matching alarm
-is active and unacknowledged (then it rings again, for a full ``max_on_s``). At a clean
-stop it is switched off: no one would enforce ``max_on_s`` while the agent is down.
+is open and unacknowledged. A restart does not renew ``max_on_s``: since when it rings and
+which alarms have rung their time are kept in the outbox database (:class:`OutboxSirenStore`).
+At a clean stop it is switched off: no one would enforce ``max_on_s`` while the agent is down.
 """
 
 from __future__ import annotations
 
 import asyncio
 import fnmatch
+import json
 import logging
 import random
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from edge_agent.config.sirens import SirenConfig
 from edge_agent.driver import Switchable
@@ -57,6 +59,38 @@ class SirenError(Exception):
     """A switch that did not take: the read-back disagrees with what was written."""
 
 
+class SirenStore(Protocol):
+    """Where a siren keeps, across restarts, since when it rings and which alarms have
+    used up their ``max_on_s`` (a JSON text)."""
+
+    def load(self) -> str | None: ...
+
+    def save(self, text: str) -> None: ...
+
+
+class StateDb(Protocol):
+    """What :class:`OutboxSirenStore` needs from the outbox."""
+
+    state: dict[tuple[str, str], str]
+
+    def put_state(self, device: str, key: str, value: str) -> None: ...
+
+
+class OutboxSirenStore:
+    """A siren's state in the outbox database (``device_state`` row ``("", "siren:<id>")``),
+    written with the next group commit."""
+
+    def __init__(self, db: StateDb, siren_id: str) -> None:
+        self.db = db
+        self.key = ("", f"siren:{siren_id}")
+
+    def load(self) -> str | None:
+        return self.db.state.get(self.key)
+
+    def save(self, text: str) -> None:
+        self.db.put_state(*self.key, text)
+
+
 class Siren:
     """One siren: which alarms ask for it, and a task that keeps the relay in step."""
 
@@ -70,6 +104,7 @@ class Siren:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        store: SirenStore | None = None,
     ) -> None:
         self.config = config
         self.driver = driver
@@ -87,6 +122,11 @@ class Siren:
         self.relay_on: bool | None = None
         #: when the relay was switched on (``clock``), for ``max_on_s``
         self.on_since: float | None = None
+        #: the same on the wall clock, saved: a restart does not give it a new max_on_s
+        self._on_since_wall: float | None = None
+        #: seconds it already rang before a restart, counted at the next switch on
+        self._carry: float | None = None
+        self.store = store
         self.switches = 0
         self.failures = 0
         self._failing = False
@@ -126,9 +166,45 @@ class Siren:
         self._wake.set()
 
     def load(self, alarms: Iterable[dict[str, Any]]) -> None:
-        """The alarms the book kept over a restart (their ``data()``)."""
+        """The alarms the book kept over a restart (their ``data()``), and what the siren
+        saved: alarms that rang their ``max_on_s`` stay silent; a siren that was ringing
+        rings only for what is left of it (after a crash, the relay rang on meanwhile)."""
         for data in alarms:
             self.see(data)
+        text = self.store.load() if self.store is not None else None
+        if not text:
+            return
+        try:
+            saved = json.loads(text)
+            spent = {str(a) for a in saved.get("spent", [])}
+            on_since, rung_s = saved.get("on_since"), saved.get("rung_s")
+        except (ValueError, TypeError, AttributeError) as err:
+            log.warning("siren %s: its saved state is unreadable and was ignored: %s", self.id, err)
+            return
+        self.spent |= spent & self.asking
+        if isinstance(rung_s, int | float):  # a clean stop switched it off: it rang this long
+            rung: float | None = float(rung_s)
+        elif isinstance(on_since, int | float):  # a crash: the relay went on ringing
+            rung = self._wall() - on_since
+            if rung < 0:
+                rung = None  # the clock was set back (a Pi without RTC): a full max_on_s
+        else:
+            rung = None
+        if rung is None or not self.wanted:
+            return
+        if rung >= self.config.max_on_s:
+            log.info(
+                "siren %s rang its max_on_s before the restart: off until a new alarm", self.id
+            )
+            self.spent |= self.asking
+        else:
+            self._carry = rung
+
+    def _save(self, *, rung_s: float | None = None) -> None:
+        if self.store is None:
+            return
+        state = {"on_since": self._on_since_wall, "rung_s": rung_s, "spent": sorted(self.spent)}
+        self.store.save(json.dumps(state))
 
     @property
     def wanted(self) -> bool:
@@ -206,7 +282,13 @@ class Siren:
         self._audit_switch(old, on, reason, error)
         if error is None:
             self.relay_on = on
-            self.on_since = self._clock() if on else None
+            rung_s = None
+            if not on and reason == "agent stopping" and self.on_since is not None:
+                rung_s = self._clock() - self.on_since
+            carry, self._carry = (self._carry or 0.0) if on else 0.0, None
+            self.on_since = self._clock() - carry if on else None
+            self._on_since_wall = self._wall() - carry if on else None
+            self._save(rung_s=rung_s)
             self.switches += 1
             self._attempt = 0
             self._retry_at = 0.0

@@ -64,7 +64,16 @@ def book() -> tuple[AlarmBook, list[dict[str, Any]]]:
 class Rig:
     """A siren on relay1 of the simulated module, its alarm book, audit and task."""
 
-    def __init__(self, sim: DiModuleSim, clock: FakeClock, **cfg: Any) -> None:
+    def __init__(
+        self,
+        sim: DiModuleSim,
+        clock: FakeClock,
+        *,
+        wall: FakeClock | None = None,
+        store: Any = None,
+        alarms: AlarmBook | None = None,
+        **cfg: Any,
+    ) -> None:
         device = ModbusDevice.model_validate(
             {
                 "id": RELAYS,
@@ -79,6 +88,8 @@ class Rig:
         )
         self.driver = ModbusDriver(device, DriverContext(buses={}, settings=ModbusSettings()))
         self.alarms, self.sent = book()
+        if alarms is not None:
+            self.alarms = alarms
         self.audits: list[dict[str, Any]] = []
         config = SirenConfig.model_validate(
             {"id": "gate-siren", "device": RELAYS, "point": "relay1", "max_on_s": 60, **cfg}
@@ -89,6 +100,8 @@ class Rig:
             audit=lambda device, data: self.audits.append({"device": device, **data}),
             alarms=self.alarms,
             clock=clock,
+            wall=wall or FakeClock(),
+            store=store,
         )
         self.alarms.add_listener(self.siren.see)
         self.task: asyncio.Task[None] | None = None
@@ -310,11 +323,100 @@ async def test_at_start_it_rings_only_for_an_open_unacknowledged_alarm(
         await r.close()
 
 
+class Store:
+    """What the outbox keeps of a siren (OutboxSirenStore), in memory."""
+
+    def __init__(self) -> None:
+        self.text: str | None = None
+
+    def load(self) -> str | None:
+        return self.text
+
+    def save(self, text: str) -> None:
+        self.text = text
+
+
+async def test_a_restart_does_not_give_a_ringing_siren_a_new_max_on_time(
+    relay_sim: DiModuleSim,
+) -> None:
+    clock, wall, store = FakeClock(), FakeClock(), Store()
+    first = Rig(relay_sim, clock, wall=wall, store=store)
+    first.raise_("fire_input")
+    first.start()
+    await until(lambda: coil(relay_sim))
+    clock.now += 40
+    wall.now += 40
+    await first.close()  # a crash: nobody switched it off, the relay rings on
+    assert coil(relay_sim)
+    wall.now += 5
+
+    again = Rig(relay_sim, clock, wall=wall, store=store, alarms=first.alarms)
+    again.siren.load(a.data() for a in again.alarms.alarms.values())
+    try:
+        again.start()
+        await until(lambda: again.siren.relay_on is True)
+        clock.now += 14  # 40 + 5 + 14 = 59 s of 60
+        again.siren.poke()
+        await asyncio.sleep(0.2)
+        assert coil(relay_sim)
+        clock.now += 1
+        again.siren.poke()
+        await until(lambda: not coil(relay_sim))
+    finally:
+        await again.close()
+
+    # it rang its time: the same alarm, still unacknowledged, does not ring it after a restart
+    third = Rig(relay_sim, clock, wall=wall, store=store, alarms=first.alarms)
+    third.siren.load(a.data() for a in third.alarms.alarms.values())
+    try:
+        third.start()
+        await until(lambda: third.siren.relay_on is False)
+        assert not coil(relay_sim)
+    finally:
+        await third.close()
+
+
+async def test_a_clean_stop_switches_off_and_keeps_the_time_it_rang(
+    relay_sim: DiModuleSim,
+) -> None:
+    clock, wall, store = FakeClock(), FakeClock(), Store()
+    first = Rig(relay_sim, clock, wall=wall, store=store)
+    first.raise_("fire_input")
+    first.start()
+    await until(lambda: coil(relay_sim))
+    clock.now += 40
+    assert first.task is not None
+    first.task.cancel()
+    await asyncio.gather(first.task, return_exceptions=True)
+    await first.siren.close()  # the agent stopping
+    assert not coil(relay_sim)
+    assert first.audits[-1]["reason"] == "agent stopping"
+    await first.close()
+    wall.now += 3600  # down for an hour: silent meanwhile, not counted
+
+    again = Rig(relay_sim, clock, wall=wall, store=store, alarms=first.alarms)
+    again.siren.load(a.data() for a in again.alarms.alarms.values())
+    try:
+        again.start()
+        await until(lambda: coil(relay_sim))
+        clock.now += 19
+        again.siren.poke()
+        await asyncio.sleep(0.2)
+        assert coil(relay_sim), "40 + 19 s of 60"
+        clock.now += 1
+        again.siren.poke()
+        await until(lambda: not coil(relay_sim))
+    finally:
+        await again.close()
+
+
 # -- the whole agent ----------------------------------------------------------------------
 ROOT = "campus/siren-school/gw1"
 
 
-def agent_config(tmp_path: Path, broker: MqttBroker, di_port: int, relay_port: int) -> Path:
+def agent_config(
+    tmp_path: Path, broker: MqttBroker, di_port: int, relay_port: int, max_on_s: float = 120
+) -> Path:
     cfg = {
         "site": {"id": "siren-school", "gateway_id": "gw1", "language": "en"},
         "mqtt": {"host": broker.host, "port": broker.port},
@@ -341,7 +443,7 @@ def agent_config(tmp_path: Path, broker: MqttBroker, di_port: int, relay_port: i
             },
         ],
         "doors": {"inputs": [{"device": "b1-di", "point": "di7", "input": "fire"}]},
-        "sirens": [{"id": "gate-siren", "device": RELAYS, "point": "relay1", "max_on_s": 120}],
+        "sirens": [{"id": "gate-siren", "device": RELAYS, "point": "relay1", "max_on_s": max_on_s}],
     }
     path = tmp_path / "agent.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -393,3 +495,37 @@ async def test_a_critical_rule_alarm_switches_the_agents_siren(
             agent.stop()
             await asyncio.wait_for(task, 15)
     assert not coil(relay_sim)
+
+
+async def test_an_alarm_that_rang_its_time_does_not_ring_again_after_an_agent_restart(
+    tmp_path: Path, mqtt_broker: MqttBroker, relay_sim: DiModuleSim
+) -> None:
+    """The siren's state is in the outbox database: a restart (a crash loop, an update)
+    does not give an alarm nobody acknowledges a new max_on_s."""
+    async with DiModuleSim({"b1-di": 1}, initial=0) as di:
+        path = agent_config(tmp_path, mqtt_broker, di.port, relay_sim.port, max_on_s=5)
+        agent = Agent(load_config(path), path)
+        task = asyncio.create_task(agent.run())
+        try:
+            await until(lambda: bool(agent.sirens) and agent.sirens[0].relay_on is False, 15)
+            di.set_input("b1-di", "di7", 1)  # fire, and nobody acknowledges it
+            await until(lambda: coil(relay_sim), 15)
+            await until(lambda: not coil(relay_sim), 30)  # its 5 s are over
+            assert agent.alarms.find("fire_input", "b1-di") is not None
+        finally:
+            agent.stop()
+            await asyncio.wait_for(task, 15)
+
+        again = Agent(load_config(path), path)
+        task = asyncio.create_task(again.run())
+        try:
+            siren = again.sirens[0]
+            await until(lambda: siren.switches >= 1, 15)
+            assert siren.asking, "the alarm is still open and unacknowledged"
+            assert siren.relay_on is False  # its first switch at start: off
+            await asyncio.sleep(0.5)
+            assert not coil(relay_sim)
+            assert siren.switches == 1
+        finally:
+            again.stop()
+            await asyncio.wait_for(task, 15)
