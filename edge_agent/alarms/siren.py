@@ -7,8 +7,9 @@ acknowledges, and a door_forced or duress alarm clears the moment it is raised).
 while at least one such alarm asks, and stops when
 
 * every matching alarm is acknowledged (``active_acked``, ``cleared``) or shelved, or
-* it has rung ``max_on_s``: then it stays off until a **new** matching alarm asks (the
-  alarms that were ringing it are spent; an installer hears it once, not for ever).
+* it has rung ``max_on_s`` since the last new matching alarm: then it stays off until a
+  **new** matching alarm asks (the alarms that were ringing it are spent; an installer hears
+  it once, not for ever).
 
 The listener only updates sets and wakes the siren's task: a dead relay module never
 delays an alarm. The task writes the coil through the driver's :class:`Switchable`
@@ -126,6 +127,8 @@ class Siren:
         self._on_since_wall: float | None = None
         #: seconds it already rang before a restart, counted at the next switch on
         self._carry: float | None = None
+        #: when (``clock``) a new matching alarm came: it rings for its own max_on_s
+        self._new_at: float | None = None
         self.store = store
         self.switches = 0
         self.failures = 0
@@ -158,6 +161,8 @@ class Siren:
         alarm_id = str(data.get("alarm_id"))
         state = data.get("state")
         if state in ("active_unacked", "cleared_unacked"):
+            if alarm_id not in self.asking and alarm_id not in self.spent:
+                self._new_at = self._clock()
             self.asking.add(alarm_id)
         else:
             self.asking.discard(alarm_id)
@@ -171,6 +176,7 @@ class Siren:
         rings only for what is left of it (after a crash, the relay rang on meanwhile)."""
         for data in alarms:
             self.see(data)
+        self._new_at = None  # not new: they were open before the restart
         text = self.store.load() if self.store is not None else None
         if not text:
             return
@@ -230,6 +236,13 @@ class Siren:
         while True:
             self._wake.clear()
             now = self._clock()
+            if self._new_at is not None:
+                if self.relay_on and self.on_since is not None and self._new_at > self.on_since:
+                    # ringing already: the new alarm gets its own max_on_s from now
+                    self.on_since = self._new_at
+                    self._on_since_wall = self._wall() - (now - self._new_at)
+                    self._save()
+                self._new_at = None
             want = self.wanted
             if want and self.relay_on and self.on_since is not None:
                 if now - self.on_since >= self.config.max_on_s:
@@ -269,6 +282,9 @@ class Siren:
             else:
                 reason = "max_on_s" if self.asking and not ringing else "no alarm asks"
         error: str | None = None
+        # unknown until the read-back: a switch cancelled half way (the agent stopping)
+        # must not leave a relay believed off that the write had already switched on
+        self.relay_on = None
         try:
             async with asyncio.timeout(SWITCH_TIMEOUT_S):
                 await self.driver.write(cfg.point, on)

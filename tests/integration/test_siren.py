@@ -205,6 +205,26 @@ async def test_max_on_time_then_silent_until_a_new_alarm(
     await until(lambda: coil(sim))
 
 
+async def test_a_new_alarm_while_it_rings_gets_its_own_max_on_time(
+    rig: tuple[Rig, DiModuleSim, FakeClock],
+) -> None:
+    r, sim, clock = rig
+    r.start()
+    r.raise_("fire_input")
+    await until(lambda: coil(sim))
+    clock.now += 50
+    r.raise_("door_forced")  # 10 s before the fire alarm's time is up
+    await asyncio.sleep(0.2)
+    clock.now += 50  # 100 s since the first alarm, 50 s since the new one
+    r.siren.poke()
+    await asyncio.sleep(0.2)
+    assert coil(sim)
+    clock.now += 10
+    r.siren.poke()
+    await until(lambda: not coil(sim))
+    assert r.audits[-1]["reason"] == "max_on_s"
+
+
 async def test_rules_choose_which_alarms_ring_it(relay_sim: DiModuleSim) -> None:
     r = Rig(relay_sim, FakeClock(), severities=["critical", "major"], rules=["door_*"])
     try:
@@ -289,6 +309,41 @@ async def test_a_switch_is_verified_by_reading_the_coil_back(
     assert r.siren.relay_on is None
     assert "read back off" in r.audits[-1]["error"]
     assert r.alarms.find(FAULT_RULE, RELAYS) is not None
+
+
+class SlowReadBack(DroppedWrites):
+    """Writes go through; the read-back waits until released (a slow RS-485 line)."""
+
+    def __init__(self, driver: ModbusDriver) -> None:
+        super().__init__(driver)
+        self.release = asyncio.Event()
+
+    async def write(self, point: str, value: float | int | bool) -> None:
+        await self.driver.write(point, value)
+
+    async def read_switch(self, point: str) -> bool:
+        await self.release.wait()
+        return await self.driver.read_switch(point)
+
+
+async def test_a_stop_in_the_middle_of_a_switch_still_switches_it_off(
+    rig: tuple[Rig, DiModuleSim, FakeClock],
+) -> None:
+    r, sim, _ = rig
+    slow = SlowReadBack(r.driver)
+    r.siren.driver = slow
+    r.start()
+    slow.release.set()
+    await until(lambda: r.siren.relay_on is False)
+    slow.release.clear()
+    r.raise_("fire_input")
+    await until(lambda: coil(sim))  # written, not yet read back
+    assert r.task is not None
+    r.task.cancel()  # the agent stops now
+    await asyncio.gather(r.task, return_exceptions=True)
+    slow.release.set()
+    await r.siren.close()
+    assert not coil(sim)
 
 
 async def test_at_start_it_rings_only_for_an_open_unacknowledged_alarm(
