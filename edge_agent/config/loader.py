@@ -35,7 +35,7 @@ from edge_agent.config.models import (
 )
 from edge_agent.config.patrol import PatrolConfig, check_patrol
 from edge_agent.config.rules import RulesConfig, check_rules
-from edge_agent.config.sirens import SirenConfig, _sirens, check_sirens
+from edge_agent.config.sirens import SirenConfig, check_sirens, valid_sirens
 from edge_agent.config.yamlsrc import FileProblems, KeyProblem, SourceError
 from edge_agent.config.yamlsrc import load as load_yaml
 from edge_agent.errors import ConfigError
@@ -630,7 +630,7 @@ def check_siren_outputs(
 ) -> list[tuple[Path_, str]]:
     """Every siren names a device and a writable coil of its profile (the driver, built
     once without I/O, names its switchable outputs: ``Switchable.switch_points``)."""
-    sirens = _sirens(cfg, data)
+    sirens = valid_sirens(cfg, data)
     if not sirens:
         return []
     from edge_agent.driver import DriverContext, Switchable

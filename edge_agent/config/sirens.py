@@ -54,7 +54,7 @@ class SirenConfig(Strict):
     name: str | None = Field(default=None, description="Human-readable name / 名称")
 
 
-def _sirens(cfg: Any, data: dict[str, Any]) -> list[tuple[int, SirenConfig]]:
+def valid_sirens(cfg: Any, data: dict[str, Any]) -> list[tuple[int, SirenConfig]]:
     """Sirens that validate on their own, with their index (the others are reported by
     the whole model's validation)."""
     if cfg is not None:
