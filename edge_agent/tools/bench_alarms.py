@@ -57,6 +57,7 @@ from edge_agent.tools.bench import (
     _child,
     _fill_outbox,
     _progress,
+    _remove_db,
     _Subscriber,
     _tail,
     percentile,
@@ -364,6 +365,7 @@ async def _run(
                 rss = ap.rss_bytes()
         finally:
             await asyncio.to_thread(sub.stop)
+            _remove_db(db)  # ~300 MB for 1M messages; the config and the agent's log stay
     broker = [s.broker_ms for s in samples if s.broker_ms is not None]
     siren = [s.siren_ms for s in samples if s.siren_ms is not None]
     return {

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from edge_agent.config.loader import load_config
-from edge_agent.tools import bench_alarms
+from edge_agent.tools import bench, bench_alarms
 from tests.mqtt_helpers import MqttBroker
 
 pytestmark = pytest.mark.integration
@@ -46,3 +46,22 @@ def test_every_input_gives_its_alarm_and_rings_the_siren_while_a_backlog_drains(
     siren = result["input_to_siren"]
     assert siren["count"] == result["siren_inputs_while_off"] >= 1  # acked: off again each time
     assert result["door_to_broker"]["count"] + result["fire_to_broker"]["count"] == result["inputs"]
+    assert not list(tmp_path.glob("outbox.db*"))  # the backlog's database is removed
+    assert (tmp_path / "agent.log").exists()  # the agent's log stays for a look
+
+
+def test_the_report_shows_the_alarm_figures_and_judges_the_p99() -> None:
+    stats = {"count": 3, "p50_ms": 150.0, "p99_ms": 300.0, "max_ms": 410.0}
+    results = {
+        "alarms": {
+            "input_to_broker": stats,
+            "input_to_siren": {**stats, "p50_ms": 120.0},
+            "drain_seconds": 91.2,
+            "agent_cpu_percent": 63.8,
+            "p99_ms": 1200.0,
+        }
+    }
+    report = bench.render_report(results, {})
+    assert "alarms: input->siren p50 / p99 / max" in report
+    verdict = {v.target.label: v.status for v in bench.evaluate(results)}
+    assert verdict["alarms: input->broker p99 (1M draining)"] == "MISS"  # over 1 s
