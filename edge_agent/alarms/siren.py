@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
+from edge_agent.alarms.rules import CHATTER_RULE
 from edge_agent.config.sirens import SirenConfig
 from edge_agent.driver import Switchable
 from edge_agent.envelope import iso_ms
@@ -45,6 +46,9 @@ log = logging.getLogger(__name__)
 
 #: the alarm a siren raises on its relay module when it cannot be switched
 FAULT_RULE = "siren_fault"
+#: the gateway's own alarms (its database, its disk, a siren): they ring a siren only when
+#: its ``rules`` name them; a corrupt database at 3 a.m. is not a matter for the school yard
+GATEWAY_RULES = frozenset({"outbox_corrupt", "outbox_disk_full", "outbox_data_lost"})
 #: retries of a failed switch: 1 s, 2 s, 4 s … at most this
 RETRY_MAX_S = 30.0
 #: one switch (write + read back) takes at most this long, whatever the driver's timeouts
@@ -150,6 +154,10 @@ class Siren:
             return False  # a siren never rings for a siren that does not work
         if data.get("severity") not in self.config.severities:
             return False
+        if rule == CHATTER_RULE:  # a rule raised too often: judged as that rule
+            rule = str(data.get("value", ""))
+        if rule in GATEWAY_RULES:
+            return rule in self.config.rules
         return not self.config.rules or any(
             fnmatch.fnmatchcase(rule, pattern) for pattern in self.config.rules
         )

@@ -43,7 +43,9 @@ class SirenConfig(Strict):
     rules: list[str] = Field(
         default_factory=list,
         description="Only alarms of these rules (shell patterns such as 'door_*'); empty: "
-        "every rule of those severities / 仅这些规则的告警（为空则不限）",
+        "every rule of those severities but the gateway's own (outbox_corrupt, "
+        "outbox_disk_full, outbox_data_lost: named here to ring it) / 仅这些规则的告警"
+        "（为空则不限，网关自身告警除外）",
     )
     max_on_s: float = Field(
         ge=MAX_ON_MIN_S,

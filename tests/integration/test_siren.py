@@ -280,6 +280,37 @@ async def test_a_dead_relay_module_is_reported_once_retried_and_never_blocks_ala
     assert r.audits[-1]["new"] is True
 
 
+async def test_the_gateways_own_alarms_ring_it_only_when_named(relay_sim: DiModuleSim) -> None:
+    r = Rig(relay_sim, FakeClock())  # every critical alarm, by default
+    try:
+        r.start()
+        await until(lambda: r.siren.relay_on is False)
+        r.raise_("outbox_corrupt", device="gw1")  # critical, the gateway's own
+        await asyncio.sleep(0.2)
+        assert not coil(relay_sim)
+    finally:
+        await r.close()
+
+    r = Rig(relay_sim, FakeClock(), rules=["fire_*"])
+    try:
+        r.start()
+        await until(lambda: r.siren.relay_on is False)
+        # a fire input raised too often becomes 'chattering': still the fire rule
+        r.alarms.raise_("chattering", "b1-di", "critical", en="", zh="", value="fire_input")
+        await until(lambda: coil(relay_sim))
+    finally:
+        await r.close()
+
+    r = Rig(relay_sim, FakeClock(), rules=["outbox_corrupt"])
+    try:
+        r.start()
+        await until(lambda: r.siren.relay_on is False)
+        r.raise_("outbox_corrupt", device="gw1")
+        await until(lambda: coil(relay_sim))
+    finally:
+        await r.close()
+
+
 class DroppedWrites:
     """A relay module that answers writes but does not switch (a welded contact, a
     module in manual mode): reads go to the real driver, writes are acknowledged and lost."""
