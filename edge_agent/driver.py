@@ -284,6 +284,19 @@ class Writable(Protocol):
 
 
 @runtime_checkable
+class Switchable(Protocol):
+    """Capability: on/off outputs (a relay module's coils) that a siren drives
+    (:mod:`edge_agent.alarms.siren`). ``switch_points`` names them (no I/O: check-config
+    asks); ``read_switch`` reads one back from the device, to verify a write."""
+
+    def switch_points(self) -> list[str]: ...
+
+    async def write(self, point: str, value: float | int | bool) -> None: ...
+
+    async def read_switch(self, point: str) -> bool: ...
+
+
+@runtime_checkable
 class DoorOpener(Protocol):
     """Capability: ``door_open {device, door, by}``."""
 

@@ -19,6 +19,7 @@ from typing import Any
 from edge_agent import __version__, registry
 from edge_agent.alarms.lifecycle import AlarmBook, OutboxAlarmStore
 from edge_agent.alarms.rules import RuleEngine
+from edge_agent.alarms.siren import OutboxSirenStore, Siren
 from edge_agent.clock import Clock, SystemClock
 from edge_agent.commands import (
     CommandRouter,
@@ -275,6 +276,8 @@ class Agent:
             self.emitter.add_tap("rules", self.rules.see)
         self._stop = asyncio.Event()
         self._last_flush_ok = time.monotonic()
+        #: sirens on relay outputs, switched by the alarm book (edge_agent/alarms/siren.py)
+        self.sirens: list[Siren] = []
         self._started = time.monotonic()
         self._memory_lost_seen = 0
         #: one HTTP server for push devices and the console; parts add routes before run()
@@ -288,6 +291,26 @@ class Agent:
             self.console = Console.for_agent(self)
         self._build_drivers()
         self._register_commands()
+        self._build_sirens()
+
+    def _build_sirens(self) -> None:
+        for cfg in self.cfg.sirens:
+            driver = self.drivers.get(cfg.device)
+            if driver is None:  # check-config made sure it exists: it is disabled
+                log.warning(
+                    "siren %s: device %s is disabled; the siren is not used", cfg.id, cfg.device
+                )
+                continue
+            siren = Siren(
+                cfg,
+                driver,
+                audit=lambda device, data: self.emitter.event(device, "command_audit", data),
+                alarms=self.alarms,
+                wall=self.clock.wall,
+                store=OutboxSirenStore(self.outbox, cfg.id),
+            )
+            self.alarms.add_listener(siren.see)
+            self.sirens.append(siren)
 
     # -- building ----------------------------------------------------------------
     def _build_drivers(self) -> None:
@@ -412,6 +435,8 @@ class Agent:
         await self.outbox.open()
         await self.snapshots.open()
         self.alarms.load()
+        for siren in self.sirens:
+            siren.load(alarm.data() for alarm in self.alarms.alarms.values())
         if self.patrol is not None:
             self.patrol.load()
         gw = self.cfg.site.gateway_id
@@ -457,6 +482,7 @@ class Agent:
                     tg.create_task(w.run(), name=f"notify:{w.robot.id}")
                     for w in self.notify.workers
                 ]
+                sirens = [tg.create_task(s.run(), name=f"siren:{s.id}") for s in self.sirens]
                 self.notifier.ready(
                     f"{len(self.drivers)} devices, outbox epoch {self.outbox.epoch}"
                 )
@@ -475,6 +501,11 @@ class Agent:
                 # Commands first (each still gets its answer), then devices, so their
                 # last readings are committed before the outbox and the publisher stop.
                 await self.router.close()
+                for t in sirens:  # then switched off, while their devices still run
+                    t.cancel()
+                await asyncio.gather(*sirens, return_exceptions=True)
+                for siren in self.sirens:
+                    await siren.close()
                 if http is not None:  # no new pushes or console requests while stopping
                     http.cancel()
                     await asyncio.gather(http, return_exceptions=True)
@@ -731,6 +762,7 @@ class Agent:
             "pipeline": self.emitter.stats(),
             "rules": self.rules.stats() if self.rules is not None else None,
             "snapshots": self.snapshots.health(),
+            "sirens": {s.id: s.stats() for s in self.sirens} or None,
             "cpu_percent": proc.get("cpu_percent"),
             "rss_bytes": proc.get("rss_bytes"),
             # devices with a process of their own (camera analytics): CPU share, fps, restarts

@@ -647,6 +647,22 @@ class ModbusDriver:
             await self._call(what, wire.write_registers(unit, p.address, registers))
         log.info("%s: wrote %s = %r (registers %s)", self.device_id, point, value, registers)
 
+    def switch_points(self) -> list[str]:
+        """Writable coils (fc 1): the on/off outputs a siren may drive (``Switchable``)."""
+        return [n for n, p in self._points.items() if p.writable and p.fc == 1]
+
+    async def read_switch(self, point: str) -> bool:
+        """Read one coil back from the device (fc 1), to verify a siren's write."""
+        p = self._points.get(point)
+        if p is None or p.fc != 1:
+            raise ValueError(
+                f"{self.device_id}: '{point}' is not a coil of '{self.config.profile}'"
+            )
+        pdu = await self._call(
+            f"read coil {point}", wire.read_request(self.config.unit, 1, p.address, 1)
+        )
+        return bool(wire.bits(pdu, 1)[0])
+
     async def close(self) -> None:
         if self._closed:
             return

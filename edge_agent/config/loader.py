@@ -35,6 +35,7 @@ from edge_agent.config.models import (
 )
 from edge_agent.config.patrol import PatrolConfig, check_patrol
 from edge_agent.config.rules import RulesConfig, check_rules
+from edge_agent.config.sirens import SirenConfig, check_sirens, valid_sirens
 from edge_agent.config.yamlsrc import FileProblems, KeyProblem, SourceError
 from edge_agent.config.yamlsrc import load as load_yaml
 from edge_agent.console.config import ConsoleConfig, check_console
@@ -150,6 +151,11 @@ class AgentConfigBase(Strict):
         default_factory=SnapshotsConfig,
         description="Camera snapshots: folder, cap, timeouts, cameras by URL (docs/cameras.md) "
         "/ 摄像机抓图",
+    )
+    sirens: list[SirenConfig] = Field(
+        default_factory=list,
+        description="Sirens and strobes on relay outputs, switched by alarms "
+        "(docs/alarms.md#siren) / 声光报警器",
     )
 
 
@@ -634,6 +640,36 @@ def check_doors(
     return problems
 
 
+def check_siren_outputs(
+    cfg: AgentConfigBase | None,
+    data: dict[str, Any],
+    devices: Indexed,
+    source: AgentConfigBase | dict[str, Any],
+    base: Path,
+) -> list[tuple[Path_, str]]:
+    """Every siren names a device and a writable coil of its profile (the driver, built
+    once without I/O, names its switchable outputs: ``Switchable.switch_points``)."""
+    sirens = valid_sirens(cfg, data)
+    if not sirens:
+        return []
+    from edge_agent.driver import DriverContext, Switchable
+
+    kinds = registry.drivers({dev.kind for _, dev in devices})
+    by_id = {dev.id: dev for _, dev in devices}
+
+    def outputs_of(device_id: str) -> list[str] | bool | None:
+        dev = by_id[device_id]
+        cls = kinds[dev.kind]
+        ctx = DriverContext(buses={}, settings=kind_settings(cls, source), config_dir=base)
+        try:
+            driver = cls(dev, ctx)
+        except Exception:  # reported by check_drivers_build
+            return None
+        return driver.switch_points() if isinstance(driver, Switchable) else False
+
+    return check_sirens(sirens, by_id, _raw_ids(data, "devices"), outputs_of)
+
+
 def prepare_tls(data: dict[str, Any], base: Path) -> None:
     """An empty ``tls:`` (every key commented out) means TLS with the defaults, not plain TCP;
     relative CA/certificate/key paths are taken from the config file's folder."""
@@ -920,6 +956,7 @@ def load_config(
     problems += check_hubs_http(data, devices)
     problems += check_console(data, base)
     problems += check_doors(cfg, data, devices, source, base)
+    problems += check_siren_outputs(cfg, data, devices, source, base)
     problems += check_patrol(data.get("patrol"), _raw_ids(data, "devices"), data.get("site"))
     other_files: list[str] = []
     rule_problems, rule_files = check_rules(data.get("rules"), base)

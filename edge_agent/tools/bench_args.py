@@ -14,6 +14,7 @@ PARTS = (
     "ingest",
     "drain",
     "latency",
+    "alarms",
     "wg",
     "hikvision",
     "zkteco",
@@ -63,7 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--messages",
         type=int,
         default=1_000_000,
-        help="drain: backlog size (default 1000000) / 积压消息数",
+        help="drain, alarms: backlog size (default 1000000) / 积压消息数",
     )
     parser.add_argument(
         "--inflight",
