@@ -640,6 +640,15 @@ class Subscriber:
         stop_network_thread(self.client)
         if self._thread is not None:
             self._thread.join()
+        # paho 2.x leaves the wake-up socket pair of loop_start() (two loopback TCP sockets)
+        # to Client.__del__. When the client dies in a reference cycle, the garbage collector
+        # may finalise the sockets first: a ResourceWarning at a random later moment (an
+        # error in the tests). Its own reset closes them now; private, so looked up
+        # defensively.
+        reset = getattr(self.client, "_reset_sockets", None)
+        if callable(reset):
+            with contextlib.suppress(Exception):
+                reset()
 
     def _down(self, reason: str) -> None:
         if not self._stopping.is_set() and self._on_down is not None:
