@@ -488,6 +488,11 @@ class ModbusDriver:
         return self.config.id
 
     @property
+    def line_id(self) -> str:
+        """``SharesLine``: the devices of one bus (or one ``host:port``) share a poll tick."""
+        return self.config.bus_id
+
+    @property
     def interval_s(self) -> float:
         """Seconds between polls: the config's ``interval_s``, else the profile's default."""
         return self.config.interval_s or self.profile.default_interval_s
