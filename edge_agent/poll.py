@@ -214,9 +214,9 @@ class SharedTick:
     the devices before it, each bounded by its read timeout (a dead device stops at its
     first unanswered request and, once offline, is polled only every backoff delay). An
     offline device is retried after its own backoff, rounded up to its place in a round,
-    so it never delays a device before it in the config. A ``read()`` that raises something other than a DeviceError (a
-    driver bug) is handed to ``on_crash`` and retried after an exponential backoff; the
-    other devices of the line go on.
+    so it never delays a device before it in the config. A ``read()`` that raises
+    something other than a DeviceError (a driver bug) is handed to ``on_crash`` and
+    retried after an exponential backoff; the other devices of the line go on.
     """
 
     def __init__(
