@@ -241,9 +241,12 @@ class SharedTick:
         self.crashes = [0] * len(self.loops)
 
     async def run(self) -> None:
-        # One random phase for the line spreads the lines (not the devices of one line).
+        # One random phase for the line spreads the lines, as a device's phase spread the
+        # devices: over min(interval, 5 s) for a line of one device, over a share of that
+        # for a longer line, whose round already spreads its devices (and whose last
+        # device then reads within about one round of the start, not 5 s later).
         shortest = min(p.interval_s for p in self.loops)
-        start = self.clock() + self.rng.random() * min(shortest, 5.0)
+        start = self.clock() + self.rng.random() * min(shortest, 5.0) / len(self.loops)
         # (when, config order): equal times keep the config order, every round alike
         heap = [(start, i) for i in range(len(self.loops))]
         task = asyncio.current_task()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import random
 from typing import Any
 
 import pytest
@@ -151,8 +152,19 @@ async def test_a_shared_tick_polls_each_device_at_its_own_interval() -> None:
     devs = [LineDevice(f"s{i}", t) for i in range(5)]
     meter = LineDevice("meter", t, cost=0.05)
     loops = [line_loop(d, 10.0, sink) for d in devs] + [line_loop(meter, 30.0, sink)]
-    tick = SharedTick("gw", loops, on_crash=lambda *_a: None, clock=t.clock, sleep=t.sleep)
+    started = t.now
+    tick = SharedTick(
+        "gw",
+        loops,
+        on_crash=lambda *_a: None,
+        rng=random.Random(2),  # a phase near the top of its range
+        clock=t.clock,
+        sleep=t.sleep,
+    )
     await run_until(t, tick, t.now + 200.0)
+    # the line's phase is a share of min(interval, 5 s): its round spreads its devices, and
+    # the last one reads within about one round of the start, not 5 s later
+    assert devs[0].starts[0] - started <= 5.0 / len(loops)
     for d in devs:  # every 10 s, exactly: a device late in the round keeps its place
         assert len(d.starts) >= 19
         assert set(gaps(d.starts)) == {10.0}, d.device_id
