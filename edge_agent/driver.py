@@ -246,6 +246,18 @@ class PollingDriver(Driver, Protocol):
         ...
 
 
+@runtime_checkable
+class SharesLine(Protocol):
+    """A polled device on a line other devices share (an RS-485 bus, one Modbus TCP
+    endpoint): the core polls the devices of one line from one shared tick
+    (:class:`edge_agent.poll.SharedTick`). A polled driver without it is a line of its own."""
+
+    @property
+    def line_id(self) -> str:
+        """The same string for every device on the line."""
+        ...
+
+
 class DeviceLink(Protocol):
     """One per push device, built by the core (:class:`edge_agent.link.OutboxLink`)."""
 

@@ -18,10 +18,12 @@ within the same minute only at DEBUG, followed by one summary line per minute
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
+import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +34,9 @@ from edge_agent.errors import DeviceError
 log = logging.getLogger(__name__)
 
 StateSink = Callable[[str, dict[str, Any]], None]
+#: called when a driver's ``read()`` raises something that is not a DeviceError (a driver
+#: bug): the device id, the exception and the seconds until it is polled again
+CrashSink = Callable[[str, Exception, float], None]
 
 BACKOFF_MIN_S = 1.0
 BACKOFF_MAX_S = 300.0
@@ -192,6 +197,84 @@ class PollLoop:
             return max(self.interval_s, backoff_delay(h.failures - self.offline_after, self.rng))
         self._set_state("degraded", reason)
         return None
+
+
+class SharedTick:
+    """Polls the devices of one line (a bus, one Modbus TCP endpoint) from one task.
+
+    The devices of a line take turns on it anyway (one request at a time), so one task
+    polls them one after the other instead of one task and one timer per device queueing
+    on the bus lock. Each device keeps its own interval, on a grid the line's devices
+    share (one random phase per line): the devices due at the same moment are polled back
+    to back, in config order, so a line wakes the agent once per round instead of once per
+    device, and a round's readings reach the outbox together (fewer group commits).
+
+    Bounds: a device's read is bounded by its own read timeout (waiting for the line no
+    longer counts in it); a device later in a round starts late by at most the reads of
+    the devices before it, each bounded by its read timeout (a dead device stops at its
+    first unanswered request and, once offline, is polled only every backoff delay). An
+    offline device is retried after its own backoff, rounded up to its place in a round,
+    so it never delays a device before it in the config. A ``read()`` that raises
+    something other than a DeviceError (a driver bug) is handed to ``on_crash`` and
+    retried after an exponential backoff; the other devices of the line go on.
+    """
+
+    def __init__(
+        self,
+        line_id: str,
+        loops: Sequence[PollLoop],
+        *,
+        on_crash: CrashSink,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        if not loops:
+            raise ValueError(f"line {line_id}: no devices to poll")
+        self.line_id = line_id
+        self.loops = list(loops)
+        self.on_crash = on_crash
+        self.rng = rng or SHARED_RNG
+        self.clock = clock
+        self.sleep = sleep
+        #: crashes per device (a driver bug), for its backoff
+        self.crashes = [0] * len(self.loops)
+
+    async def run(self) -> None:
+        # One random phase for the line spreads the lines, as a device's phase spread the
+        # devices: over min(interval, 5 s) for a line of one device, over a share of that
+        # for a longer line, whose round already spreads its devices (and whose last
+        # device then reads within about one round of the start, not 5 s later).
+        shortest = min(p.interval_s for p in self.loops)
+        start = self.clock() + self.rng.random() * min(shortest, 5.0) / len(self.loops)
+        # (when, config order): equal times keep the config order, every round alike
+        heap = [(start, i) for i in range(len(self.loops))]
+        task = asyncio.current_task()
+        while True:
+            at, i = heap[0]
+            wait = at - self.clock()
+            if wait > 0:
+                await self.sleep(wait)
+                continue
+            heapq.heappop(heap)
+            poll = self.loops[i]
+            try:
+                delay = await poll.poll_once()
+            except Exception as err:  # a driver bug; CancelledError is no Exception
+                delay = backoff_delay(self.crashes[i], self.rng)
+                self.crashes[i] += 1
+                self.on_crash(poll.health.device_id, err, delay)
+            if task is not None and task.cancelling():
+                # A stop the driver swallowed: see PollLoop.run.
+                raise asyncio.CancelledError
+            # The next point of the line's grid after now (or after the backoff): a
+            # device polled late in a round keeps its place, one that overran skips the
+            # ticks it missed, and one that backs off is retried in its place in a round,
+            # so it delays only the devices after it in the config, never the ones before.
+            after = self.clock() + (delay or 0.0)
+            interval = poll.interval_s
+            nxt = start + (math.floor((after - start) / interval) + 1) * interval
+            heapq.heappush(heap, (nxt, i))
 
 
 class _DeviceLog:

@@ -40,6 +40,7 @@ from edge_agent.driver import (
     HubContext,
     PushDriver,
     Quality,
+    SharesLine,
     Value,
     WorkerProcess,
 )
@@ -53,7 +54,7 @@ from edge_agent.outbox.store import Outbox
 from edge_agent.pipeline import ClockGate, build_pipeline
 from edge_agent.pipeline.patrol import Patrol
 from edge_agent.pipeline.sink import OutboxSink
-from edge_agent.poll import SHARED_RNG, PollLoop, backoff_delay
+from edge_agent.poll import SHARED_RNG, PollLoop, SharedTick, backoff_delay
 from edge_agent.procstats import ProcessStats
 from edge_agent.sdnotify import SystemdNotifier, watchdog_loop
 from edge_agent.snapshots.alarms import SnapshotAlarms
@@ -473,9 +474,15 @@ class Agent:
                     for kind, hub in self.hubs.items()
                 ]
                 for dev_id, driver in self.drivers.items():
-                    main.append(
-                        tg.create_task(self._device_task(dev_id, driver), name=f"device:{dev_id}")
-                    )
+                    if isinstance(driver, PushDriver):
+                        main.append(
+                            tg.create_task(
+                                self._device_task(dev_id, driver), name=f"device:{dev_id}"
+                            )
+                        )
+                for line_id, loops in self._poll_lines().items():
+                    tick = SharedTick(line_id, loops, on_crash=self._poll_crashed)
+                    main.append(tg.create_task(tick.run(), name=f"poll:{line_id}"))
                 http = tg.create_task(self.http.run(), name="http") if self.http.wanted else None
                 snaps = tg.create_task(self.snapshots.run(self.publisher), name="snapshots")
                 robots = [
@@ -626,23 +633,41 @@ class Agent:
                     log.error("%s; keeping messages in memory and retrying", err)
                     failing = True
 
-    async def _device_task(self, dev_id: str, driver: Any) -> None:
-        dev = self.devices[dev_id]
-        if isinstance(driver, PushDriver):
-            link = self.links[dev_id]
-            await self._supervise(dev_id, lambda: driver.run(link))
-            return
-        interval = dev.interval_s or driver.meta().get("default_interval_s") or 30.0
-        poll = PollLoop(
-            driver,
-            interval_s=float(interval),
-            read_timeout_s=min(float(interval), max(5.0, dev.timeout_s * (dev.retries + 1) * 8)),
-            offline_after=dev.offline_after,
-            emit=self.emitter,
-            state_sink=self._state_sink,
+    async def _device_task(self, dev_id: str, driver: PushDriver) -> None:
+        link = self.links[dev_id]
+        await self._supervise(dev_id, lambda: driver.run(link))
+
+    def _poll_lines(self) -> dict[str, list[PollLoop]]:
+        """A poll loop per polled device, grouped by line (config order): one shared
+        tick per line (edge_agent/poll.py ``SharedTick``)."""
+        lines: dict[str, list[PollLoop]] = {}
+        for dev_id, driver in self.drivers.items():
+            if isinstance(driver, PushDriver):
+                continue
+            dev = self.devices[dev_id]
+            interval = float(dev.interval_s or driver.meta().get("default_interval_s") or 30.0)
+            poll = self.loops[dev_id] = PollLoop(
+                driver,
+                interval_s=interval,
+                read_timeout_s=min(interval, max(5.0, dev.timeout_s * (dev.retries + 1) * 8)),
+                offline_after=dev.offline_after,
+                emit=self.emitter,
+                state_sink=self._state_sink,
+            )
+            line = driver.line_id if isinstance(driver, SharesLine) else f"device:{dev_id}"
+            lines.setdefault(line, []).append(poll)
+        return lines
+
+    def _poll_crashed(self, dev_id: str, err: Exception, delay: float) -> None:
+        """A polled driver raised something else than a DeviceError: a driver bug."""
+        log.error(
+            "device %s task crashed (%r); restarting in %.0f s",
+            dev_id,
+            err,
+            delay,
+            exc_info=err,
         )
-        self.loops[dev_id] = poll
-        await self._supervise(dev_id, poll.run)
+        self._offline(dev_id, f"driver error: {err!r}")
 
     async def _supervise(self, dev_id: str, make: Any) -> None:
         attempt = 0

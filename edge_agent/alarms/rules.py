@@ -531,6 +531,10 @@ class RuleEngine:
             self._end_floods(now)
         by_id = {r.id: r for r in self.rules}
         for (rule_id, device), track in self.tracks.items():
+            if not (track.active or track.chattering or track.pending_since is not None):
+                # nothing a timer can change (every branch below needs one of the three):
+                # most tracks, most of the time; the tick runs after every group commit
+                continue
             rule = by_id[rule_id]
             if track.chattering and track.raises and now - track.raises[-1] > CHATTER_S:
                 track.chattering = False
