@@ -296,7 +296,8 @@ def test_an_alarm_with_a_picture_shows_its_snapshot_topic(
     # user can find it on ROOT/snapshots/... (the bytes arrive on their own topic)
     picture = {"topic": f"{ROOT}/snapshots/courtyard-cam/01m8n6e3w0nqf", "sha256": "ab" * 32}
     alarm = {**ALARM, "device": "courtyard-cam", "rule": "courtyard_intrusion", "snapshot": picture}
-    state.feed(f"{ROOT}/alarms/active/a-court-1", envelope("alarm", "courtyard-cam", 1, alarm), True)
+    raised = envelope("alarm", "courtyard-cam", 1, alarm)
+    state.feed(f"{ROOT}/alarms/active/a-court-1", raised, True)
     text = render_dashboard(state, 120, 24, language)  # type: ignore[arg-type]
     label = "picture" if language == "en" else "抓图"
     assert f"{label} snapshots/courtyard-cam/01m8n6e3w0nqf" in text
