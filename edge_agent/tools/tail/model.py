@@ -185,8 +185,9 @@ def snapshot_topic(data: Mapping[str, Any]) -> str | None:
     topic = snap.get("topic") if isinstance(snap, Mapping) else None
     if not isinstance(topic, str) or not topic:
         return None
-    at = topic.find("/snapshots/")
-    return topic[at + 1 :] if at >= 0 else topic
+    levels = topic.split("/")
+    # the picture topic ends in the levels snapshots, camera, id: keep those three
+    return "/".join(levels[-3:]) if len(levels) > 3 and levels[-3] == "snapshots" else topic
 
 
 class _SeqWindow:
