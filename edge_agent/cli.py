@@ -374,6 +374,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 workdir=Path(args.workdir) if args.workdir else None,
                 language=args.language,
                 plain=args.plain,
+                analytics=False if args.no_analytics else None,
             )
         finally:
             loop.remove_signal_handler(signal.SIGTERM)
@@ -574,6 +575,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--workdir", help="keep config and outbox here (default: a temporary folder)")
     d.add_argument("--language", choices=["en", "zh"], default="en")
     d.add_argument("--plain", action="store_true", help="print lines instead of the dashboard")
+    d.add_argument(
+        "--no-analytics",
+        action="store_true",
+        help="no on-gateway video analytics even with OpenCV installed (less CPU) / 不启用视频分析",
+    )
     d.add_argument("-v", "--verbose", action="store_true")
     d.set_defaults(fn=cmd_demo)
 

@@ -1,5 +1,5 @@
 """Command line: ``python -m edge_agent.simulators COMMAND [options]``; COMMAND is one of
-campus, wg, zkteco, hikvision, hikvision-camera, dahua, onvif, mjpeg.
+campus, wg, zkteco, hikvision, hikvision-camera, dahua, onvif, mjpeg, cameras.
 
 ``campus`` starts the simulated campus, prints one line per server when it listens, writes the
 layout JSON if asked, and runs until SIGINT/SIGTERM (Ctrl-C).
@@ -19,6 +19,10 @@ the same way. ``hikvision`` 启动模拟海康 ISAPI 门禁终端。
 ``onvif`` 启动模拟 ONVIF 摄像机。
 ``mjpeg`` serves a synthetic camera scene as MJPEG over HTTP (needs OpenCV).
 ``mjpeg`` 以 MJPEG 发送合成摄像机画面。
+
+``cameras`` starts the demo's cameras: an ONVIF camera over the courtyard and a Dahua camera
+at the gate, playing their scenes (:mod:`.camera.trickle`), and with ``--analytics`` an MJPEG
+substream of people walking (only when OpenCV is installed). ``cameras`` 启动演示用摄像机。
 """
 
 from __future__ import annotations
@@ -121,6 +125,7 @@ def _parser() -> argparse.ArgumentParser:
     _camera_parsers(sub)
     _onvif_parser(sub)
     _mjpeg_parser(sub)
+    _cameras_parser(sub)
     return parser
 
 
@@ -458,6 +463,8 @@ async def _run(args: argparse.Namespace) -> int:
         return await _run_camera(args)
     if args.command == "mjpeg":
         return await _run_mjpeg(args)
+    if args.command == "cameras":
+        return await _run_cameras(args)
     sim = CampusSim(
         classrooms=args.classrooms,
         meters=args.meters,
@@ -711,6 +718,93 @@ async def _run_mjpeg(args: argparse.Namespace) -> int:
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
+    return 0
+
+
+def _cameras_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "cameras",
+        help="the demo's cameras: ONVIF courtyard, Dahua gate / 演示用摄像机",
+        description="Run an ONVIF camera (courtyard: motion, a covered lens now and then) and a "
+        "Dahua camera (gate: line crossings) playing their scenes until SIGINT/SIGTERM"
+        " / 运行演示用 ONVIF 与大华摄像机模拟器",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="listen address / 监听地址")
+    p.add_argument("--user", default="admin", help="user of both cameras / 用户名")
+    p.add_argument("--password", default="Campus-2026!", help="password of both / 密码")
+    p.add_argument(
+        "--every-s",
+        type=float,
+        default=20.0,
+        help="mean seconds between courtyard steps; the gate's crossings come four times as "
+        "often / 庭院场景步骤的平均间隔（秒）",
+    )
+    p.add_argument(
+        "--analytics",
+        action="store_true",
+        help="also serve an MJPEG substream of people walking (needs OpenCV) / 同时提供 MJPEG 码流",
+    )
+    p.add_argument("--layout-out", default=None, help="write the layout JSON here / 布局输出文件")
+    p.add_argument("--log-level", default="WARNING", help="logging level / 日志级别")
+
+
+async def _run_cameras(args: argparse.Namespace) -> int:
+    from contextlib import AsyncExitStack
+
+    from .camera import trickle
+
+    if args.every_s <= 0:
+        raise ValueError("--every-s must be > 0")
+    courtyard = onvif.OnvifCamera(
+        user=args.user, password=args.password, host=args.host, style="hikvision"
+    )
+    gate = dahua.DahuaCamera(user=args.user, password=args.password, host=args.host)
+    layout: dict[str, Any] = {"mjpeg": None, "analytics_off": None}
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        async with AsyncExitStack() as stack:
+            await stack.enter_async_context(courtyard)
+            await stack.enter_async_context(gate)
+            walkers = None
+            try:
+                # OpenCV draws the pictures: the courtyard's snapshot and the walkers' stream
+                from .camera.mjpeg import JpegCache, MjpegServer
+                from .camera.scenes import scene
+            except ImportError as err:
+                if args.analytics:
+                    layout["analytics_off"] = f"OpenCV is not installed ({err})"
+            else:
+                courtyard.snapshot_jpeg = JpegCache(scene("courtyard")).jpeg(0)
+                if args.analytics:
+                    walkers = MjpegServer(scene("walkers"), host=args.host)
+                    await stack.enter_async_context(walkers)
+                    layout["mjpeg"] = {"url": walkers.url}
+            layout["onvif"] = {"host": courtyard.host, "port": courtyard.port, "user": args.user}
+            layout["dahua"] = {"host": gate.host, "port": gate.port, "user": args.user}
+            print(
+                f"cameras: onvif courtyard on {courtyard.host}:{courtyard.port}, dahua gate on "
+                f"{gate.host}:{gate.port}"
+                + (f", mjpeg walkers on {walkers.url}" if walkers else "")
+                + "; Ctrl-C to stop / 演示摄像机已就绪，Ctrl-C 退出",
+                flush=True,
+            )
+            if args.layout_out:
+                _write_json(args.layout_out, layout)
+            async with asyncio.TaskGroup() as tg:
+                work = [
+                    tg.create_task(trickle.courtyard_trickle(courtyard, every_s=args.every_s)),
+                    tg.create_task(trickle.gate_line_trickle(gate, every_s=args.every_s / 4)),
+                ]
+                await stop.wait()
+                for task in work:
+                    task.cancel()
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+    print("cameras stopped / 演示摄像机已停止", flush=True)
     return 0
 
 

@@ -11,12 +11,20 @@ Doors too: a second simulator process plays a WG controller at the school gate
 and then a refused card, a forced and a held-open side door. Its cards are
 pseudonymised with a demo-only secret (:data:`DEMO_SECRET_ENV`), so they appear as
 ``h:`` pseudonyms, as on a real site.
+
+Cameras too: a third process (``python -m edge_agent.simulators cameras``) plays an ONVIF
+camera over the courtyard (someone moving now and then, a covered lens) and a Dahua camera at
+the gate (people crossing its line). A demo rule attaches the courtyard camera's snapshot to
+its motion alarm, so the live view shows an alarm with its picture's topic. With OpenCV
+installed (the ``analytics`` extra) the gate is also counted by on-gateway analytics; without
+it the demo says so in one line and runs the rest.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import json
 import logging
 import os
@@ -48,6 +56,42 @@ DEMO_SECRET = "demo-only-not-a-secret"  # noqa: S105 - a published value, for th
 GATE_ID = "gate-main"
 #: Mean seconds between the gate's swipes.
 GATE_EVERY_S = 2.0
+#: The variable the demo cameras' ``password`` names; the demo sets it to
+#: :data:`DEMO_CAMERA_PASSWORD` and starts the camera simulators with that password.
+DEMO_CAMERA_PASSWORD_ENV = "EDGE_AGENT_DEMO_CAMERA_PASSWORD"  # noqa: S105 - a variable name
+DEMO_CAMERA_PASSWORD = "demo-camera-only"  # noqa: S105 - a published value, for the demo only
+#: The demo's camera device ids: ONVIF over the courtyard, Dahua at the gate, and the
+#: analytics of the gate's MJPEG substream (only with OpenCV).
+COURTYARD_CAM = "courtyard-cam"
+GATE_CAM = "gate-cam"
+GATE_COUNTER = "gate-counter"
+#: Mean seconds between the courtyard camera's steps (motion, a covered lens); the gate's
+#: line crossings come four times as often.
+CAMERA_EVERY_S = 20.0
+#: The demo's rule file, written next to its config: the courtyard's motion alarm carries
+#: the courtyard camera's snapshot. A real site arms such a rule after hours only
+#: (``only_outside: school_day``, the default ``motion_after_hours``); the demo arms it at
+#: all hours so it shows whenever the demo runs, and turns the default rule off so one
+#: motion raises one alarm.
+DEMO_RULES = {
+    "rules": [
+        {
+            "id": "courtyard_intrusion",
+            "type": "event",
+            "event": "motion",
+            "devices": [COURTYARD_CAM],
+            "match": {"zone": "courtyard", "active": True},
+            "severity": "major",
+            "category": "security",
+            "snapshot": COURTYARD_CAM,
+            "message": {
+                "en": "{device}: someone in the courtyard (zone {zone}), picture attached.",
+                "zh": "{device}：庭院有人活动（区域 {zone}），附抓图。",
+            },
+        }
+    ]
+}
+DEMO_RULES_FILE = "demo-rules.yaml"
 
 
 def gate_device(controller: dict[str, Any]) -> dict[str, Any]:
@@ -69,6 +113,53 @@ def gate_device(controller: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def camera_devices(cameras: dict[str, Any]) -> list[dict[str, Any]]:
+    """The device entries of the demo's cameras (from ``simulators cameras --layout-out``)."""
+    password = "${" + DEMO_CAMERA_PASSWORD_ENV + "}"
+    onvif, dahua = cameras["onvif"], cameras["dahua"]
+    devices: list[dict[str, Any]] = [
+        {
+            "id": COURTYARD_CAM,
+            "kind": "onvif",
+            "name": "Courtyard camera / 庭院摄像机",
+            "host": onvif["host"],
+            "port": int(onvif["port"]),
+            "user": onvif["user"],
+            "password": password,
+            "location": {"building": "B1", "room": "courtyard"},
+            "names": {"MyMotionDetectorRule": "courtyard", "MyTamperDetectorRule": "courtyard"},
+        },
+        {
+            "id": GATE_CAM,
+            "kind": "dahua",
+            "name": "Gate camera / 校门摄像机",
+            "host": dahua["host"],
+            "port": int(dahua["port"]),
+            "user": dahua["user"],
+            "password": password,
+            "location": {"building": "gate"},
+            "lines": [{"rule": "Gate", "name": "main-gate", "in_direction": "LeftToRight"}],
+        },
+    ]
+    if cameras.get("mjpeg"):
+        devices.append(
+            {
+                "id": GATE_COUNTER,
+                "kind": "camera_analytics",
+                "name": "Gate people counter / 校门人数统计",
+                "location": {"building": "gate"},
+                "analytics": {
+                    "stream_url": cameras["mjpeg"]["url"],
+                    # walking down the picture is "in"; a count every minute
+                    "lines": [
+                        {"name": "gate", "points": [[0, 0.5], [1, 0.5]], "count_period_s": 60}
+                    ],
+                },
+            }
+        )
+    return devices
+
+
 def config_from_layout(
     layout: dict[str, Any],
     *,
@@ -79,9 +170,12 @@ def config_from_layout(
     interval_s: float = 5.0,
     language: str = "en",
     wg_layout: dict[str, Any] | None = None,
+    camera_layout: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """An agent config (as a dict) that reads every device of a simulator layout, and the
-    WG controllers of ``wg_layout`` (``python -m edge_agent.simulators wg --layout-out``)."""
+    """An agent config (as a dict) that reads every device of a simulator layout, the
+    WG controllers of ``wg_layout`` (``python -m edge_agent.simulators wg --layout-out``)
+    and the cameras of ``camera_layout`` (``simulators cameras --layout-out``; their alarm
+    rule goes in :data:`DEMO_RULES_FILE`, which the caller writes next to the config)."""
     buses: list[dict[str, Any]] = []
     bus_ids: dict[tuple[str, int], str] = {}
     for server in layout["servers"]:
@@ -118,17 +212,17 @@ def config_from_layout(
         "name": "Demo School / 演示学校",
         "language": language,
     }
-    doors: dict[str, Any] = {}
+    sections: dict[str, Any] = {}
     if wg_layout is not None:
         controllers = wg_layout["controllers"]
         devices += [gate_device(c) for c in controllers[:1]]
         site["timezone"] = DEMO_TZ
         site["pseudonym_secret"] = "${" + DEMO_SECRET_ENV + "}"
         # the controllers push every record to the gateway's socket (0x90), on loopback
-        doors["wg"] = {"bind": "127.0.0.1:0", "listener": "127.0.0.1"}
+        sections["wg"] = {"bind": "127.0.0.1:0", "listener": "127.0.0.1"}
         # a guard should check the gate's side door every two minutes; nobody does, so
         # the live view shows a patrol_missed alarm (the door events themselves are events)
-        doors["patrol"] = {
+        sections["patrol"] = {
             "checkpoints": [
                 {
                     "id": "gate-side-door",
@@ -150,6 +244,11 @@ def config_from_layout(
                 }
             ],
         }
+    if camera_layout is not None:
+        devices += camera_devices(camera_layout)
+        sections["rules"] = {"files": [DEMO_RULES_FILE], "disable": ["motion_after_hours"]}
+        # pictures next to the outbox; the alarm waits for its picture at most this long
+        sections["snapshots"] = {"alarm_wait_s": 3}
     return {
         "site": site,
         "mqtt": {
@@ -163,9 +262,27 @@ def config_from_layout(
         # NTP says about it: nothing to wait for.
         "clock": {"sync_check": "none"},
         "buses": buses,
-        **doors,
+        **sections,
         "devices": devices,
     }
+
+
+def opencv_installed() -> bool:
+    """Whether the analytics extra (OpenCV) is importable, without importing it (~60 MB)."""
+    return importlib.util.find_spec("cv2") is not None
+
+
+def analytics_off_line(reason: str | None = None, *, asked: bool = False) -> str:
+    """The one line the demo prints when it runs without analytics: ``asked`` with
+    ``--no-analytics``, else because OpenCV cannot be imported (``reason``)."""
+    if asked:
+        return "analytics off (--no-analytics) / 已按要求关闭视频分析"
+    why = reason or "OpenCV is not installed"
+    return (
+        f"analytics off: {why}; the cameras' own events still run. For people counting "
+        "install the extra: .venv/bin/pip install 'campus-edge-agent[analytics]' "
+        "/ 未安装 OpenCV，视频分析（人数统计）未启用，摄像机事件照常运行"
+    )
 
 
 def _controller_offset_s(tz: str) -> float:
@@ -206,12 +323,16 @@ async def run_demo(
     workdir: Path | None = None,
     language: str = "en",
     plain: bool = False,
+    analytics: bool | None = None,
 ) -> int:
-    """Run the whole demo; returns the process exit code."""
+    """Run the whole demo; returns the process exit code. ``analytics``: count the gate
+    with on-gateway analytics; ``None``: when OpenCV is installed."""
     from edge_agent.supervisor import Agent
     from edge_agent.tools.localbroker import BrokerError, BrokerPortInUse, LocalBroker
     from edge_agent.tools.tail.model import run_console
 
+    if analytics is None:
+        analytics = opencv_installed()
     tmp = None
     if workdir is None:
         tmp = tempfile.TemporaryDirectory(prefix="edge-agent-demo-")
@@ -285,13 +406,35 @@ async def run_demo(
         stdout=asyncio.subprocess.DEVNULL,
         stderr=sim_log,
     )
+    cam_layout_path = workdir / "camera-layout.json"
+    cam_layout_path.unlink(missing_ok=True)
+    os.environ.setdefault(DEMO_CAMERA_PASSWORD_ENV, DEMO_CAMERA_PASSWORD)
+    cams = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "edge_agent.simulators",
+        "cameras",
+        "--host",
+        "127.0.0.1",
+        "--password",
+        os.environ[DEMO_CAMERA_PASSWORD_ENV],
+        "--every-s",
+        str(CAMERA_EVERY_S),
+        *(["--analytics"] if analytics else []),
+        "--layout-out",
+        str(cam_layout_path),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=sim_log,
+    )
     agent: Agent | None = None
     agent_task: asyncio.Task[None] | None = None
     try:
         await _wait_for_file(layout_path, sim, 30)
         await _wait_for_file(wg_layout_path, gate, 30)
+        await _wait_for_file(cam_layout_path, cams, 30)
         layout = json.loads(layout_path.read_text())
         wg_layout = json.loads(wg_layout_path.read_text())
+        cam_layout = json.loads(cam_layout_path.read_text())
         cfg_dict = config_from_layout(
             layout,
             broker_host="127.0.0.1",
@@ -300,6 +443,11 @@ async def run_demo(
             outbox_path=str(workdir / "outbox.db"),
             language=language,
             wg_layout=wg_layout,
+            camera_layout=cam_layout,
+        )
+        (workdir / DEMO_RULES_FILE).write_text(
+            "## Generated by `edge-agent demo`: the courtyard's motion alarm carries a picture.\n"
+            + yaml.safe_dump(DEMO_RULES, sort_keys=False, allow_unicode=True)
         )
         os.environ.setdefault(DEMO_SECRET_ENV, DEMO_SECRET)
         cfg_path = workdir / "demo-agent.yaml"
@@ -314,10 +462,14 @@ async def run_demo(
             return 1
         print(
             f"simulated campus: {len(layout['devices'])} devices on {len(layout['servers'])} "
-            f"Modbus TCP servers, a WG door controller at the gate ({GATE_ID}); "
+            f"Modbus TCP servers, a WG door controller at the gate ({GATE_ID}), cameras "
+            f"{', '.join(d['id'] for d in camera_devices(cam_layout))}; "
             f"agent config: {cfg_path}",
             file=sys.stderr,
         )
+        if not cam_layout.get("mjpeg"):
+            line = analytics_off_line(cam_layout.get("analytics_off"), asked=not analytics)
+            print(line, file=sys.stderr)
         agent = Agent(cfg, cfg_path)
         agent_task = asyncio.create_task(agent.run(), name="agent")
         console = asyncio.create_task(
@@ -350,6 +502,7 @@ async def run_demo(
             agent.stop()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(agent_task, 15)
+        await _stop_process(cams)
         await _stop_process(gate)
         await _stop_process(sim)
         sim_log.close()

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from edge_agent.tools.demo import run_demo
+from edge_agent.tools.demo import opencv_installed, run_demo
 from edge_agent.tools.localbroker import BrokerPortInUse, LocalBroker, free_port, stop_process
-from tests.mqtt_helpers import MqttBroker, mqtt_subscriber
+from tests.mqtt_helpers import MqttBroker, Received, mqtt_subscriber
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -195,3 +197,129 @@ def test_demo_shows_the_gate_swipes_and_door_events(tmp_path: Path) -> None:
     finally:
         stop_process(proc, 5, "edge-agent demo")
         out.close()
+
+
+class _DemoBroker:
+    """The demo's own broker, as ``mqtt_subscriber`` wants one (port and protocol)."""
+
+    host = "127.0.0.1"
+
+    def __init__(self, port: int, protocol: str) -> None:
+        self.port = port
+        self.protocol = protocol
+
+
+def _start_demo(tmp_path: Path, *extra: str, env: dict[str, str] | None = None) -> tuple[
+    subprocess.Popen[bytes], Path, Path, int
+]:  # fmt: skip
+    work = tmp_path / "demo"
+    out_path = tmp_path / "demo.out"
+    port = free_port()
+    with out_path.open("wb") as out:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(
+        [sys.executable, "-m", "edge_agent", "demo", "--broker-port", str(port),
+         "--duration", "300", "--plain", "--classrooms", "1", "--meters", "0",
+         "--workdir", str(work), *extra],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+            cwd=REPO,
+        )  # fmt: skip
+    return proc, work, out_path, port
+
+
+def test_demo_shows_the_cameras_and_an_alarm_with_its_picture(tmp_path: Path) -> None:
+    # `./scripts/demo`: the courtyard's ONVIF camera (motion, a covered lens) and the gate's
+    # Dahua camera (line crossings) reach the broker as contract events; the courtyard's
+    # motion alarm carries the camera's snapshot, whose bytes arrive on its topic
+    proc, work, out_path, port = _start_demo(tmp_path)
+    root = "campus/demo-school/gw1"
+    try:
+        # the broker is up once the agent's config is written; the cameras' scenes start only
+        # when the agent subscribes to them, so nothing is missed from here on
+        while not (work / "demo-agent.yaml").exists():
+            assert proc.poll() is None, out_path.read_text()
+            time.sleep(0.05)
+        broker = _DemoBroker(port, "5" if "(MQTT 5)" in out_path.read_text() else "3.1.1")
+        with mqtt_subscriber(broker, f"{root}/#", protocol=broker.protocol, timeout=30) as sub:
+
+            def event(device: str, etype: str, **data: object) -> Callable[[Received], bool]:
+                def match(m: Received) -> bool:
+                    if m.topic != f"{root}/events/{device}":
+                        return False
+                    doc = m.json()
+                    return doc["type"] == etype and data.items() <= doc["data"].items()
+
+                return match
+
+            wait = 100.0  # the per-test timeout ends the test first if the demo stalls
+            sub.wait_for(event("courtyard-cam", "motion", zone="courtyard", active=True), wait)
+            sub.wait_for(event("gate-cam", "line_crossed", line="main-gate"), wait)
+            alarm = sub.wait_for(
+                lambda m: (
+                    m.topic == f"{root}/alarms"
+                    and m.json()["data"]["rule"] == "courtyard_intrusion"
+                ),
+                wait,
+            ).json()["data"]
+            picture = alarm["snapshot"]
+            assert picture is not None, alarm
+            assert picture["topic"].startswith(f"{root}/snapshots/courtyard-cam/")
+            jpeg = sub.wait_for(lambda m: m.topic == picture["topic"], wait).payload
+            assert jpeg.startswith(b"\xff\xd8")
+            assert jpeg.endswith(b"\xff\xd9")
+            assert hashlib.sha256(jpeg).hexdigest() == picture["sha256"]
+            # the lens covered now and then: the event with its `active`, and the default alarm
+            sub.wait_for(
+                event("courtyard-cam", "camera_tamper", reason="covered", active=True), wait
+            )
+            sub.wait_for(
+                lambda m: (
+                    m.topic == f"{root}/alarms"
+                    and m.json()["data"]["rule"] == "camera_tamper"
+                    and m.json()["data"]["device"] == "courtyard-cam"
+                ),
+                wait,
+            )
+            if opencv_installed():
+                # the gate counted by the analytics worker, which health reports
+                sub.wait_for(event("gate-counter", "line_crossed", line="gate"), wait)
+                health = sub.wait_for(
+                    lambda m: m.topic == f"{root}/health" and "gate-counter" in str(m.json()),
+                    wait,
+                ).json()
+                assert "gate-counter" in health["workers"]
+        # the live view names the picture that goes with the alarm
+        shown = f"picture=snapshots/courtyard-cam/{picture['topic'].rsplit('/', 1)[1]}"
+        while shown not in out_path.read_text(errors="replace"):
+            assert proc.poll() is None, out_path.read_text()
+            time.sleep(0.2)
+        assert "analytics off" not in out_path.read_text() or not opencv_installed()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        stop_process(proc, 5, "edge-agent demo")
+
+
+def test_demo_without_opencv_says_so_in_one_line_and_runs_the_cameras(tmp_path: Path) -> None:
+    # the analytics extra is not installed (a cv2 that cannot be imported shadows the real
+    # one): one line says so, the cameras' own events still flow, nothing fails
+    shadow = tmp_path / "no-opencv"
+    (shadow / "cv2").mkdir(parents=True)
+    (shadow / "cv2" / "__init__.py").write_text("raise ImportError('no OpenCV here (test)')\n")
+    env = {"PYTHONPATH": f"{shadow}{os.pathsep}{REPO}"}
+    proc, work, out_path, _port = _start_demo(tmp_path, env=env)
+    try:
+        wanted = re.compile(r" gate-cam line_crossed .*line=main-gate direction=(in|out)")
+        while not wanted.search(out_path.read_text(errors="replace")):
+            assert proc.poll() is None, out_path.read_text()
+            time.sleep(0.2)
+        text = out_path.read_text()
+        assert text.count("analytics off: OpenCV is not installed") == 1, text
+        assert "pip install 'campus-edge-agent[analytics]'" in text
+        assert "kind: camera_analytics" not in (work / "demo-agent.yaml").read_text()
+        assert "Traceback" not in text
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        stop_process(proc, 5, "edge-agent demo")

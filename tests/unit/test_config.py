@@ -8,12 +8,14 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from edge_agent.config.loader import load_config
+from edge_agent.config.rules import load_rules
 from edge_agent.drivers.modbus.profile import builtin_profiles
 from edge_agent.errors import ConfigError
 
@@ -66,7 +68,7 @@ def test_every_example_config_loads(
     path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Examples refer to credentials that only exist on a gateway; give them here.
-    for name in ("mqtt-password", "mqtt-key-password", "pseudonym-secret"):
+    for name in ("mqtt-password", "mqtt-key-password", "pseudonym-secret", "hall-cam-snapshot"):
         (tmp_path / name).write_text("test-secret\n")
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
     text = path.read_text(encoding="utf-8")
@@ -117,6 +119,42 @@ def test_example_school_has_its_doors_and_a_night_patrol() -> None:
     (night,) = patrol.routes
     assert night.start_times == ["22:00", "02:00"]
     assert {c.device for c in patrol.checkpoints} == {d.id for d in readers.values()}
+
+
+def test_example_school_has_its_cameras_snapshots_and_a_picture_alarm(tmp_path: Path) -> None:
+    cfg = load_config(ROOT / "config" / "example-school.yaml", notes=[])
+    cams = {d.kind: d for d in cfg.devices if d.kind in ("onvif", "hikvision_camera", "dahua")}  # type: ignore[attr-defined]
+    assert set(cams) == {"onvif", "hikvision_camera", "dahua"}
+    # every camera password is a credential reference, never the password
+    text = (ROOT / "config" / "example-school.yaml").read_text(encoding="utf-8")
+    for cam in cams.values():
+        assert re.search(rf"\n  - id: {cam.id}\n(    .*\n)*?    password: \$\{{cred:", text)
+    snapshots = cfg.snapshots  # type: ignore[attr-defined]
+    assert [c.id for c in snapshots.cameras] == ["hall-cam"]
+    # the school's rule file attaches the courtyard camera's picture to its after-hours alarm,
+    # and the default rule it replaces is off (one motion, one alarm)
+    assert cfg.rules.files == ["rules/example-school.yaml"]  # type: ignore[attr-defined]
+    assert "motion_after_hours" in cfg.rules.disable  # type: ignore[attr-defined]
+    ruleset, config_problems, file_problems = load_rules(cfg.rules, ROOT / "config")  # type: ignore[attr-defined]
+    assert (config_problems, file_problems) == ([], [])
+    pictured = {r.id: r.snapshot for r in ruleset.rules if r.snapshot}
+    assert pictured == {"courtyard_after_hours": cams["onvif"].id}
+    # the analytics stanza is commented out (it needs the OpenCV extra); uncommented, it is valid
+    block = re.search(r"\n  # - id: main-gate-counter\n((  #.*\n)+)", text)
+    assert block is not None
+    stanza = "\n".join(
+        line.replace("  # ", "  ", 1)
+        for line in ("  # - id: main-gate-counter\n" + block[1]).splitlines()
+    )
+    pytest.importorskip("cv2")  # the kind is disabled without OpenCV
+    uncommented = tmp_path / "agent.yaml"
+    uncommented.write_text(
+        f"site: {{id: s, gateway_id: g}}\ndevices:\n{stanza}\n", encoding="utf-8"
+    )
+    (analytics,) = load_config(uncommented, notes=[]).devices  # type: ignore[attr-defined]
+    assert analytics.kind == "camera_analytics"
+    assert [line.name for line in analytics.analytics.lines] == ["main-gate"]
+    assert analytics.analytics.zones[0].schedule
 
 
 def test_secret_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -288,6 +288,28 @@ def test_snapshots_are_counted_and_foreign_topics_ignored(state: ContractState) 
     assert state.malformed == 0
 
 
+@pytest.mark.parametrize("language", ["en", "zh"])
+def test_an_alarm_with_a_picture_shows_its_snapshot_topic(
+    state: ContractState, language: str
+) -> None:
+    # the demo's courtyard alarm: the live view says which picture goes with it, so a
+    # user can find it on ROOT/snapshots/... (the bytes arrive on their own topic)
+    picture = {"topic": f"{ROOT}/snapshots/courtyard-cam/01m8n6e3w0nqf", "sha256": "ab" * 32}
+    alarm = {**ALARM, "device": "courtyard-cam", "rule": "courtyard_intrusion", "snapshot": picture}
+    raised = envelope("alarm", "courtyard-cam", 1, alarm)
+    state.feed(f"{ROOT}/alarms/active/a-court-1", raised, True)
+    text = render_dashboard(state, 120, 24, language)  # type: ignore[arg-type]
+    label = "picture" if language == "en" else "抓图"
+    assert f"{label} snapshots/courtyard-cam/01m8n6e3w0nqf" in text
+    line = render_line(f"{ROOT}/alarms", envelope("alarm", "courtyard-cam", 2, alarm), state=state)
+    assert line.endswith(" picture=snapshots/courtyard-cam/01m8n6e3w0nqf")
+    # an alarm without a picture (snapshot: null) says nothing about one
+    state.feed(f"{ROOT}/alarms/active/a-co2-1", envelope("alarm", "b1-r101-air", 3, ALARM), True)
+    plain = render_line(f"{ROOT}/alarms", envelope("alarm", "b1-r101-air", 4, ALARM))
+    assert "picture" not in plain
+    assert render_dashboard(state, 120, 24, language).count(label) == 1  # type: ignore[arg-type]
+
+
 def test_wildcard_root_keys_devices_by_gateway() -> None:
     state = ContractState("campus/+/+", clock=lambda: NOW)
     for site in ("s1", "s2"):

@@ -163,6 +163,8 @@ class AlarmView:
     raised_at: str | None
     acked_by: str | None
     received: float
+    #: the topic of its picture from ``snapshots/`` on (``snapshot.topic``), or None
+    snapshot: str | None = None
 
 
 @dataclass(slots=True)
@@ -174,6 +176,18 @@ class CommandResultView:
     ok: bool | None
     error: str | None
     received: float
+
+
+def snapshot_topic(data: Mapping[str, Any]) -> str | None:
+    """The topic of the picture an alarm carries (the contract's ``snapshot.topic``), from
+    its ``snapshots/`` level on (the gateway's root is the same for all), or None."""
+    snap = data.get("snapshot")
+    topic = snap.get("topic") if isinstance(snap, Mapping) else None
+    if not isinstance(topic, str) or not topic:
+        return None
+    levels = topic.split("/")
+    # the picture topic ends in the levels snapshots, camera, id: keep those three
+    return "/".join(levels[-3:]) if len(levels) > 3 and levels[-3] == "snapshots" else topic
 
 
 class _SeqWindow:
@@ -582,6 +596,7 @@ class ContractState:
                 raised_at=_opt_str(data.get("raised_at")),
                 acked_by=_opt_str(data.get("acked_by")),
                 received=now,
+                snapshot=snapshot_topic(data),
             )
         elif kind == "cmd_result":
             assert ident is not None

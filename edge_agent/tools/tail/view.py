@@ -31,6 +31,7 @@ from edge_agent.tools.tail.model import (
     metrics_from_meta,
     parse_health,
     parse_ts,
+    snapshot_topic,
 )
 from edge_agent.topics import RootPattern, classify
 
@@ -108,6 +109,7 @@ _LABELS: dict[str, dict[str, str]] = {
         "cleared": "cleared",
         "shelved": "shelved",
         "alarm": "ALARM",
+        "picture": "picture",
     },
     "zh": {
         "title": "校园边缘网关监视",
@@ -152,6 +154,7 @@ _LABELS: dict[str, dict[str, str]] = {
         "cleared": "已恢复",
         "shelved": "已搁置",
         "alarm": "告警",
+        "picture": "抓图",
     },
 }
 
@@ -260,6 +263,9 @@ def _alarm_summary(data: Mapping[str, Any]) -> str:
         bits.append(cmp)
     if data.get("message"):
         bits.append(str(data["message"]))
+    picture = snapshot_topic(data)
+    if picture:
+        bits.append(f"picture={picture}")
     return " ".join(bits)
 
 
@@ -661,6 +667,9 @@ def _alarm_rows(state: ContractState, t: Callable[[str], str]) -> list[Text]:
             if a.threshold is not None:
                 cmp += f"/{format_value(a.threshold)}"
             parts.append(cmp + " ")
+        if a.snapshot:
+            # before the message: the one thing to find the picture by, kept on a narrow screen
+            parts.append((f"{t('picture')} {a.snapshot} ", "cyan"))
         if a.message:
             parts.append((a.message, "dim"))
         rows.append(_row(*parts))
