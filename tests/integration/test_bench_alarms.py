@@ -68,10 +68,12 @@ def test_the_console_url_is_read_from_the_agents_log_line() -> None:
 def test_every_input_gives_its_alarm_and_rings_the_siren_while_a_backlog_drains(
     mqtt_broker: MqttBroker, tmp_path: Path
 ) -> None:
+    # min_inputs: 3000 messages can drain before the warm-up alarm is through (more so
+    # since the bench logs in to the console first); the legs need inputs to time
     result = bench_alarms.run_alarm_part(
-        mqtt_broker.host, mqtt_broker.port, tmp_path, messages=3000, batch=500
+        mqtt_broker.host, mqtt_broker.port, tmp_path, messages=3000, batch=500, min_inputs=3
     )
-    assert result["inputs"] >= 2
+    assert result["inputs"] >= 3
     assert result["alarms_received"] == result["inputs"]  # every input's alarm arrived
     b = result["input_to_broker"]
     assert b["max_ms"] >= b["p99_ms"] >= b["p50_ms"] > 0
