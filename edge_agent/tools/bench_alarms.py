@@ -27,10 +27,17 @@ acknowledges it (``ROOT/cmd/alarm_ack``, as the platform would) and restores the
 the siren stops and the next alarm switches it on again. This goes on until ``ROOT/health``
 says the publisher has sent the whole backlog.
 
+The agent also runs its local console (``console:``, a credentials file written with the
+console's own :func:`~edge_agent.console.auth.set_password`, ``http.bind`` on a loopback
+port the agent picks, read from its log line). The bench logs in as a browser does (the
+login token and its cookie, the CSRF header, the session cookie) and reads the console's
+alarm event stream (:class:`~edge_agent.tools.bench.ConsoleClient`) on its event loop,
+stamping each alarm event with the same clock.
+
 Figures: p50/p99/max of input -> alarm on the broker (the poll interval is part of it: an
-input is seen 0-0.25 s after it changes, 0.125 s on average), the same by input kind, and
-input -> siren relay on (for inputs made while the siren was off). The first alarm is a
-warm-up and is not counted.
+input is seen 0-0.25 s after it changes, 0.125 s on average), the same by input kind,
+input -> alarm event on the console's stream, and input -> siren relay on (for inputs made
+while the siren was off). The first alarm is a warm-up and is not counted.
 """
 
 from __future__ import annotations
@@ -38,6 +45,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import re
 import sys
 import threading
 import time
@@ -53,6 +62,7 @@ from edge_agent.tools.bench import (
     SITE_ID,
     TOPICS,
     BenchError,
+    ConsoleClient,
     ProcSampler,
     _child,
     _fill_outbox,
@@ -74,6 +84,11 @@ SIREN_POINT = "relay1"
 ALARM_TIMEOUT_S = 30.0
 #: ROOT/health every few seconds: the bench learns from it when the backlog is gone
 HEALTH_INTERVAL_S = 2.0
+#: the console user the bench logs in as, and its credentials file (in the workdir)
+CONSOLE_USER = "bench"
+CONSOLE_CREDENTIALS = "console-users"
+#: the agent's log line naming where its HTTP server listens (edge_agent/http.py)
+_LISTENING = re.compile(r"HTTP server listening on (http://127\.0\.0\.1:\d+)")
 
 
 def module_id(k: int) -> str:
@@ -81,10 +96,18 @@ def module_id(k: int) -> str:
 
 
 def alarm_config(
-    *, host: str, port: int, protocol: str, outbox_path: str, di_port: int, relay_port: int
+    *,
+    host: str,
+    port: int,
+    protocol: str,
+    outbox_path: str,
+    di_port: int,
+    relay_port: int,
+    console_credentials: str | None = None,
 ) -> dict[str, Any]:
     """The agent's config for the bench: the input modules, their doors and fire inputs,
-    the relay module and its siren; every other setting the agent's default."""
+    the relay module and its siren, and (with ``console_credentials``) the local console
+    on a loopback port the agent picks; every other setting the agent's default."""
     modules = [module_id(k) for k in range(MODULES)]
     devices: list[dict[str, Any]] = [
         {
@@ -109,7 +132,7 @@ def alarm_config(
             "unit": 1,
         }
     )
-    return {
+    cfg: dict[str, Any] = {
         "site": {"id": SITE_ID, "gateway_id": GATEWAY_ID, "name": "Bench School / 基准测试学校"},
         "mqtt": {
             "host": host,
@@ -132,6 +155,16 @@ def alarm_config(
         },
         "sirens": [{"id": "bench-siren", "device": RELAYS, "point": SIREN_POINT, "max_on_s": 1800}],
     }
+    if console_credentials is not None:
+        cfg["http"] = {"bind": "127.0.0.1:0"}  # loopback only, any free port
+        cfg["console"] = {"credentials": console_credentials}
+    return cfg
+
+
+def listening_url(log_text: str) -> str | None:
+    """``http://127.0.0.1:PORT`` from the agent's log line saying where it listens."""
+    match = _LISTENING.search(log_text)
+    return match.group(1) if match else None
 
 
 @dataclass
@@ -148,18 +181,25 @@ class AlarmLog:
     #: devices whose retained state says online (polled once: the door logic knows them)
     devices_online: set[str] = field(default_factory=set)
 
+    def add_alarm(self, data: dict[str, Any], now: float) -> None:
+        """An alarm transition (the uplink's ``data``) seen at ``now``."""
+        key = (str(data["rule"]), str(data["device"]))
+        with self.lock:
+            self.alarms.setdefault(key, []).append((now, str(data["alarm_id"]), str(data["state"])))
+
+    def on_console_event(self, name: str, data: dict[str, Any], now: float) -> None:
+        """An event of the console's stream: its ``alarm`` events are transitions."""
+        if name == "alarm":
+            with contextlib.suppress(KeyError, TypeError):
+                self.add_alarm(data, now)
+
     def on_message(self, topic: str, payload: bytes, retain: bool, now: float) -> None:
         if retain:
             return  # an earlier agent's status, health or states: only live ones count
         with contextlib.suppress(ValueError, KeyError, TypeError):
             msg = json.loads(payload)
             if topic == TOPICS.alarms:
-                data = msg["data"]
-                key = (str(data["rule"]), str(data["device"]))
-                with self.lock:
-                    self.alarms.setdefault(key, []).append(
-                        (now, str(data["alarm_id"]), str(data["state"]))
-                    )
+                self.add_alarm(msg["data"], now)
             elif topic == TOPICS.health:
                 self.depth = int(msg["outbox"]["depth"])
                 self.backlog_sent = int(msg["publish"]["backlog_sent"])
@@ -214,24 +254,55 @@ class Sample:
     t_input: float
     siren_was_off: bool
     broker_ms: float | None = None
+    console_ms: float | None = None
     siren_ms: float | None = None
 
 
-async def _until(pred: Callable[[], bool], timeout_s: float, agent: Any, logfile: Path) -> bool:
+async def _until(
+    pred: Callable[[], bool],
+    timeout_s: float,
+    agent: Any,
+    logfile: Path,
+    console: ConsoleClient | None = None,
+) -> bool:
     deadline = time.monotonic() + timeout_s
     while not pred():
         if agent.poll() is not None:
             raise BenchError(f"the agent exited with code {agent.returncode}:\n{_tail(logfile)}")
+        if console is not None and not console.alive:
+            raise BenchError(f"{console.ended or 'the console client stopped'}\n{_tail(logfile)}")
         if time.monotonic() > deadline:
             return False
         await asyncio.sleep(0.005)
     return True
 
 
-async def _one_input(
-    i: int, sim: Any, log: AlarmLog, coil: CoilLog, sub: _Subscriber, agent: Any, logfile: Path
-) -> Sample:
-    """Change one input, wait for its alarm, acknowledge it, restore the input."""
+@dataclass
+class _Legs:
+    """What one input is timed against: the broker's subscriber, the console's stream
+    and the siren's coil, and the agent (a child process) they wait on."""
+
+    sim: Any
+    broker: AlarmLog
+    console: AlarmLog
+    client: ConsoleClient
+    coil: CoilLog
+    sub: _Subscriber
+    agent: Any
+    logfile: Path
+
+
+async def _one_input(i: int, legs: _Legs) -> Sample:
+    """Change one input, wait for its alarm on the broker and the console, acknowledge
+    it, restore the input."""
+    sim, log, coil, sub, agent, logfile = (
+        legs.sim,
+        legs.broker,
+        legs.coil,
+        legs.sub,
+        legs.agent,
+        legs.logfile,
+    )
     k = i % MODULES
     kind = "door" if (i // MODULES) % 2 == 0 else "fire"
     device = module_id(k)
@@ -246,9 +317,21 @@ async def _one_input(
             got.append(hit)
         return hit is not None
 
-    if await _until(arrived, ALARM_TIMEOUT_S, agent, logfile):
+    if await _until(arrived, ALARM_TIMEOUT_S, agent, logfile, legs.client):
         received, alarm_id = got[0]
         sample.broker_ms = (received - sample.t_input) * 1000
+        # the console's event was stamped when it came (mostly before the broker's): this
+        # only waits for one that is late
+        shown: list[tuple[float, str]] = []
+
+        def on_console() -> bool:
+            hit = legs.console.raised_after(rule, device, sample.t_input)
+            if hit is not None:
+                shown.append(hit)
+            return hit is not None
+
+        if await _until(on_console, ALARM_TIMEOUT_S, agent, logfile, legs.client):
+            sample.console_ms = (shown[0][0] - sample.t_input) * 1000
         ack = {"request_id": f"bench-ack-{i}", "alarm_id": alarm_id, "by": "bench"}
         sub.session.client.publish(TOPICS.cmd("alarm_ack"), json.dumps(ack), qos=1)
     if sample.siren_was_off:
@@ -284,6 +367,7 @@ async def _run(
     batch: int,
     min_inputs: int = 0,
 ) -> dict[str, Any]:
+    from edge_agent.console.auth import set_password
     from edge_agent.outbox.store import Outbox
     from edge_agent.simulators import DiModuleSim
 
@@ -296,6 +380,10 @@ async def _run(
     finally:
         await outbox.close()
     log = AlarmLog()
+    console_log = AlarmLog()
+    password = os.urandom(12).hex()
+    creds = workdir / CONSOLE_CREDENTIALS
+    await asyncio.to_thread(set_password, creds, CONSOLE_USER, password)  # scrypt: ~50 ms
     sub = _Subscriber(
         host,
         port,
@@ -317,6 +405,7 @@ async def _run(
             outbox_path=str(db),
             di_port=sim.port,
             relay_port=relays.port,
+            console_credentials=CONSOLE_CREDENTIALS,  # next to the config
         )
         cfg_path = workdir / "agent.yaml"
         cfg_path.write_text(
@@ -327,10 +416,23 @@ async def _run(
         logfile = workdir / "agent.log"
         argv = [sys.executable, "-m", "edge_agent", "run", "-c", str(cfg_path)]
         samples: list[Sample] = []
+        client: ConsoleClient | None = None
         try:
             with _child(argv, logfile, workdir) as agent:
                 if not await _until(log.online.is_set, 60, agent, logfile):
                     raise BenchError(f"the agent did not come online:\n{_tail(logfile)}")
+                url: list[str] = []
+
+                def listening() -> bool:
+                    found = listening_url(logfile.read_text(errors="replace"))
+                    if found:
+                        url.append(found)
+                    return found is not None
+
+                if not await _until(listening, 60, agent, logfile):
+                    raise BenchError(f"the agent's console did not start:\n{_tail(logfile)}")
+                client = ConsoleClient(url[0], CONSOLE_USER, password, console_log.on_console_event)
+                await client.start()
                 # every module read once: an input changed before that is "open at start"
                 wanted = {*modules, RELAYS}
                 if not await _until(lambda: wanted <= log.devices_online, 60, agent, logfile):
@@ -338,9 +440,10 @@ async def _run(
                         f"devices not online: {sorted(wanted - log.devices_online)}"
                         f"\n{_tail(logfile)}"
                     )
+                legs = _Legs(sim, log, console_log, client, coil, sub, agent, logfile)
                 t_start = time.monotonic()
-                warm = await _one_input(0, sim, log, coil, sub, agent, logfile)
-                if warm.broker_ms is None:
+                warm = await _one_input(0, legs)
+                if warm.broker_ms is None or warm.console_ms is None:
                     raise BenchError(f"the warm-up alarm did not arrive:\n{_tail(logfile)}")
                 _progress(
                     f"alarms: agent online (pid {agent.pid}); one input every {PERIOD_S:g} s "
@@ -353,18 +456,16 @@ async def _run(
                 next_at = time.monotonic()
                 # The outbox is never quite empty while inputs change (their events, the
                 # audits); the backlog is gone when the publisher has sent all of it.
-                # A small backlog (the tests) may be gone before the first input: min_inputs
-                # makes that many anyway.
-                while log.backlog_sent < messages or i <= min_inputs:
+                # min_inputs: a small backlog (the tests) can be gone before the warm-up
+                # alarm is; the figures still need a few inputs
+                while log.backlog_sent < messages or len(tasks) < min_inputs:
                     if agent.poll() is not None:
                         raise BenchError(f"the agent exited:\n{_tail(logfile)}")
                     if time.monotonic() - t_start > 3600:
                         raise BenchError(
                             f"the backlog did not drain in an hour ({log.backlog_sent:,} sent)"
                         )
-                    tasks.append(
-                        asyncio.create_task(_one_input(i, sim, log, coil, sub, agent, logfile))
-                    )
+                    tasks.append(asyncio.create_task(_one_input(i, legs)))
                     i += 1
                     next_at += PERIOD_S
                     await asyncio.sleep(max(0.0, next_at - time.monotonic()))
@@ -372,11 +473,16 @@ async def _run(
                 samples = list(await asyncio.gather(*tasks))
                 cpu = (ap.cpu_seconds() - cpu0) / (time.monotonic() - t0) * 100
                 rss = ap.rss_bytes()
+                await client.stop()  # before the agent: its stop would end the stream
         finally:
+            if client is not None:
+                await client.stop()
             await asyncio.to_thread(sub.stop)
+            creds.unlink(missing_ok=True)
             _remove_db(db)  # ~300 MB for 1M messages; the config and the agent's log stay
     broker = [s.broker_ms for s in samples if s.broker_ms is not None]
     siren = [s.siren_ms for s in samples if s.siren_ms is not None]
+    console = [s.console_ms for s in samples if s.console_ms is not None]
     return {
         "messages": messages,
         "fill_seconds": round(fill_s, 1),
@@ -394,13 +500,17 @@ async def _run(
         "fire_to_broker": _stats(
             [s.broker_ms for s in samples if s.kind == "fire" and s.broker_ms]
         ),
+        "console_received": len(console),
+        "input_to_console": _stats(console),
         "input_to_siren": _stats(siren),
         "siren_inputs_while_off": sum(s.siren_was_off for s in samples),
         "agent_cpu_percent": round(cpu, 1),
         "agent_rss_mib": round(rss / 1024 / 1024, 1),
         # the figures the targets and the table read
         "p99_ms": _stats(broker)["p99_ms"],
+        "console_p99_ms": _stats(console)["p99_ms"],
         "latencies_ms": [round(v, 1) for v in broker],
+        "console_latencies_ms": [round(v, 1) for v in console],
         "siren_latencies_ms": [round(v, 1) for v in siren],
     }
 
@@ -415,7 +525,8 @@ def run_alarm_part(
     batch: int = 2000,
     min_inputs: int = 0,
 ) -> dict[str, Any]:
-    """Alarm latency while a backlog drains (see the module's docstring)."""
+    """Alarm latency while a backlog drains (see the module's docstring); with
+    ``min_inputs``, inputs go on after the backlog is gone until that many were made."""
     workdir.mkdir(parents=True, exist_ok=True)
     return asyncio.run(
         _run(
@@ -430,4 +541,4 @@ def run_alarm_part(
     )
 
 
-__all__ = ["MODULES", "PERIOD_S", "AlarmLog", "alarm_config", "run_alarm_part"]
+__all__ = ["MODULES", "PERIOD_S", "AlarmLog", "alarm_config", "listening_url", "run_alarm_part"]
