@@ -99,6 +99,11 @@ class PersistentSubscriber:
 
         self._lock = threading.Condition()
         self.messages: list[tuple[float, str, bytes]] = []
+        #: per message (same index): the broker set DUP, i.e. it is sending again a message
+        #: it had sent this session before (after its restart, every one it had not seen
+        #: acknowledged). The agent's own resends reach us without it: a broker sets
+        #: DUP only on its own retransmissions [MQTT-3.3.1-3].
+        self.dup: list[bool] = []
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=f"platform-{uuid.uuid4().hex[:8]}",
@@ -116,6 +121,7 @@ class PersistentSubscriber:
         def on_message(_c: Any, _u: Any, msg: Any) -> None:
             with self._lock:
                 self.messages.append((time.monotonic(), msg.topic, bytes(msg.payload)))
+                self.dup.append(bool(msg.dup))
                 self._lock.notify_all()
 
         self.client.on_connect = on_connect

@@ -127,14 +127,52 @@ def stop(agent: subprocess.Popen[bytes]) -> None:
     assert agent.returncode in (0, -9), output(agent)
 
 
-def verdict(sub: PersistentSubscriber, interruptions: int) -> SeqTracker:
+def verdict(
+    sub: PersistentSubscriber, interruptions: int, broker_restarted: bool = False
+) -> SeqTracker:
+    """No unexplained hole; the agent's duplicates within its window per interruption.
+
+    ``interruptions``: the agent's link cut (broker stopped, agent killed); each makes
+    the agent send again at most ``inflight_max`` messages (docs/reliability.md).
+
+    A restart of the broker also makes the broker send the platform's persistent
+    session again every message it had sent and not seen acknowledged: some of them
+    the platform had read (under load, many). Those copies come with DUP set (the
+    agent's never do: a broker sets DUP only on its own resends, [MQTT-3.3.1-3]);
+    they depend on how far the platform lags, not on the agent, and no agent setting
+    bounds them (mosquitto 2.0.11 had up to 157 unacknowledged towards it, and does
+    not keep to an MQTT 5 Receive Maximum: eclipse-mosquitto/mosquitto#2301), so they
+    are not counted against the agent. Counting them made
+    test_agent_killed_mid_drain[broker-down-too] fail under load (74 > 40): the window
+    in flight at the kill arrived three times, from the platform's session and from
+    the restarted agent. SeqTracker still checks each copy has its first's seq."""
     tracker = SeqTracker()
-    for m in sequenced(sub):
+    redelivered = 0
+    for m, dup in sequenced_with_dup(sub):
+        before = tracker.duplicates
         tracker.add(m)
+        if dup and tracker.duplicates > before:
+            redelivered += 1
     for epoch in tracker.seqs:
         assert unexplained_holes(sub, tracker, epoch) == [], f"seq holes in epoch {epoch}"
-    assert tracker.duplicates <= INFLIGHT * interruptions, tracker.duplicates
+    by_agent = tracker.duplicates - redelivered
+    assert by_agent <= INFLIGHT * interruptions, (by_agent, redelivered)
+    if not broker_restarted:
+        assert redelivered == 0, (by_agent, redelivered)
     return tracker
+
+
+def sequenced_with_dup(sub: PersistentSubscriber) -> list[tuple[dict[str, Any], bool]]:
+    """``sequenced`` in arrival order, each with the broker's DUP flag."""
+    out = []
+    for (_t, topic, payload), dup in zip(list(sub.messages), list(sub.dup), strict=False):
+        if topic == f"{ROOT}/alarms":
+            out.append((check_envelope(payload, "alarm"), dup))
+        elif topic.startswith(f"{ROOT}/telemetry/"):
+            out.append((check_envelope(payload, "telemetry"), dup))
+        elif topic.startswith(f"{ROOT}/events/"):
+            out.append((check_envelope(payload, "event"), dup))
+    return out
 
 
 def build_backlog(broker: MqttBroker, sub: PersistentSubscriber, seconds: float) -> None:
@@ -163,7 +201,7 @@ def test_broker_restarted_mid_drain(
         wait_complete(platform, time.time())
     finally:
         stop(agent)
-    verdict(platform, interruptions=2)
+    verdict(platform, interruptions=2, broker_restarted=True)
     msgs = envelopes(platform)
     # what was read while the broker was down waited, and says so
     during = [m for m in msgs if t_down + 1 < _epoch_s(m["ts"]) < t_up - 1]
@@ -210,9 +248,9 @@ def test_agent_killed_mid_drain(
         wait_complete(platform, time.time())
     finally:
         stop(agent)
-    # the outage that built the backlog is an interruption too (as in
-    # test_broker_restarted_mid_drain): what was in flight when the broker stopped comes again
-    tracker = verdict(platform, interruptions=3 if broker_down else 2)
+    # The outage that built the backlog cut the link too (its window in flight is
+    # sent again after the reconnect), and so did the kill.
+    tracker = verdict(platform, interruptions=2, broker_restarted=True)
     assert len(tracker.seqs) == 1  # same outbox, same epoch
     # the kill was an unclean stop: the rest of the seq reservation was skipped, and said so
     ((epoch, ranges),) = skipped(platform).items()
@@ -475,7 +513,7 @@ def test_disk_full_on_a_small_filesystem(
         last = health_of(platform)[-1]
     finally:
         stop(agent)
-    tracker = verdict(platform, interruptions=1)
+    tracker = verdict(platform, interruptions=1, broker_restarted=True)
     assert len(tracker.seqs) == 1
     assert last["dropped"]["lost_in_memory"] == 0
     assert "No space left" in output(agent) or "full" in output(agent)

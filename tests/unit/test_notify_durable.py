@@ -231,8 +231,10 @@ async def test_each_robot_has_its_own_cursor_and_rows_go_when_all_delivered(
     async with running(ob, a, b):
         book.raise_("r", "d1", "major", en="major one", zh="x")  # not for robot a
         book.raise_("r", "d2", "critical", en="critical one", zh="x")
-        await _until(lambda: len(up.texts) == 1 and b.failures >= 2)
-        assert a.upto > 0
+        # Robot a has moved its cursor (not only: its receiver has the text, which is
+        # true a few loop turns before a reads the answer) while b keeps failing.
+        await _until(lambda: a.upto > 0 and b.failures >= 2)
+        assert len(up.texts) == 1
         assert b.upto == 0
         await ob.flush()
         assert await queued() == 2  # b still needs both
@@ -241,10 +243,12 @@ async def test_each_robot_has_its_own_cursor_and_rows_go_when_all_delivered(
         await _until(lambda: b.upto == a.upto)
         book.raise_("r", "d3", "warning", en="w", zh="x")  # for nobody: skipped by both
         await ob.flush()
-        await _until(lambda: min(a.upto, b.upto) >= ob.next_seq - 1)
-        ob.request_commit()
-        await ob.flush()
-        assert await queued() == 0
+        # The rows go with a group commit once both robots are past them. Not "one
+        # more flush after both ``upto`` moved": ``upto`` moves before the cursor's
+        # own commit returns and the delete is asked for only after it, so under load
+        # that flush can come in between (seen: one row left). Wait for the outcome.
+        while await queued():
+            await asyncio.sleep(0.01)
     assert [t.split("\n")[0] for t in up.texts] == ["[CRITICAL ALARM] critical one"]
     assert sorted(t.split("\n")[0] for t in down.texts) == [
         "[CRITICAL ALARM] critical one",
