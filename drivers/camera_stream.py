@@ -34,6 +34,7 @@ from edge_agent.config.models import DeviceBase
 from edge_agent.config.secrets import SecretError, is_reference, resolve
 from edge_agent.driver import DeviceLink, DriverContext, Event, MetricInfo, SnapshotSource
 from edge_agent.drivers.camera_edges import Contract, Edges
+from edge_agent.drivers.device_log import DeviceLog
 from edge_agent.errors import (
     DeviceError,
     DeviceProtocolError,
@@ -122,10 +123,13 @@ class StreamParser(Protocol):
     def feed(self, data: bytes) -> list[Any]: ...
 
 
-class CameraStreamDriver:
+class CameraStreamDriver(DeviceLog):
     """The stream loop of a native camera kind (see the module docstring). Subclasses set
     ``kind`` and ``Config`` and implement :meth:`stream_path`, :meth:`open_parser`,
     :meth:`take`, :meth:`parser_problems` and :meth:`finish`."""
+
+    _log = log
+    _trouble_zh = "摄像机事件流异常"
 
     config: CameraStreamDevice
     vendor = ""
@@ -384,30 +388,3 @@ class CameraStreamDriver:
             log.info("%s: camera event stream open again / 摄像机事件流恢复", self.device_id)
             self._down_since = None
         link.state("online")
-
-    def _down(self, link: DeviceLink, state: str, reason: str) -> None:
-        if self._down_since is None:
-            log.warning("%s: %s / 摄像机事件流异常", self.device_id, reason)
-        else:
-            log.debug("%s: still down: %s", self.device_id, reason)
-        self._down_since = reason
-        link.state("offline" if state == "offline" else "degraded", reason)
-
-    def _once(self, key: str, msg: str, *args: Any) -> None:
-        """Log ``msg`` once at WARNING per ``key`` (logs live on an SD card), then count."""
-        n = self._logged.get(key)
-        self._logged[key] = (n or 0) + 1
-        text = msg % args
-        if n is None:
-            log.warning("%s: %s; further ones are counted / 之后只计数", self.device_id, text)
-        else:
-            log.debug("%s: %s", self.device_id, text)
-
-    def _summary(self) -> None:
-        again = {k: n - 1 for k, n in self._logged.items() if n > 1}
-        if again:
-            log.info(
-                "%s: repeated problems since the start: %s / 重复问题汇总",
-                self.device_id,
-                ", ".join(f"{k} x{n}" for k, n in sorted(again.items())),
-            )

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from edge_agent.config.secrets import SecretError, resolve
 from edge_agent.driver import DeviceLink, DriverContext, Event, HubContext, MetricInfo
+from edge_agent.drivers.device_log import DeviceLog
 from edge_agent.drivers.hikvision.acsevent import AcsEventSearch, SearchPage
 from edge_agent.drivers.hikvision.alerts import AlertStream
 from edge_agent.drivers.hikvision.config import HikvisionDevice
@@ -134,8 +135,11 @@ class HikvisionHub(KeyedHub):
         return await receiver(request)
 
 
-class HikvisionDriver:
+class HikvisionDriver(DeviceLog):
     """One terminal (see the module docstring)."""
+
+    _log = log
+    _trouble_zh = "终端连接异常"
 
     kind: ClassVar[str] = KIND
     Config: ClassVar[type[HikvisionDevice]] = HikvisionDevice
@@ -255,33 +259,6 @@ class HikvisionDriver:
             log.info("%s: terminal answers again / 终端恢复连接", self.device_id)
             self._down_since = None
         link.state("online")
-
-    def _down(self, link: DeviceLink, state: str, reason: str) -> None:
-        if self._down_since is None:
-            log.warning("%s: %s / 终端连接异常", self.device_id, reason)
-        else:
-            log.debug("%s: still down: %s", self.device_id, reason)
-        self._down_since = reason
-        link.state("offline" if state == "offline" else "degraded", reason)
-
-    def _once(self, key: str, msg: str, *args: Any) -> None:
-        """Log ``msg`` once at WARNING per ``key`` (logs live on an SD card), then count."""
-        n = self._logged.get(key)
-        self._logged[key] = (n or 0) + 1
-        text = msg % args
-        if n is None:
-            log.warning("%s: %s; further ones are counted / 之后只计数", self.device_id, text)
-        else:
-            log.debug("%s: %s", self.device_id, text)
-
-    def _summary(self) -> None:
-        again = {k: n - 1 for k, n in self._logged.items() if n > 1}
-        if again:
-            log.info(
-                "%s: repeated problems since the start: %s / 重复问题汇总",
-                self.device_id,
-                ", ".join(f"{k} x{n}" for k, n in sorted(again.items())),
-            )
 
     # -- HTTP to the terminal ------------------------------------------------------------
     async def _call(

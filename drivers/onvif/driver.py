@@ -48,6 +48,7 @@ from typing import Any, ClassVar, TypeVar
 
 from edge_agent.config.secrets import SecretError, resolve
 from edge_agent.driver import DeviceLink, DriverContext, Event, MetricInfo, SnapshotSource
+from edge_agent.drivers.device_log import DeviceLog
 from edge_agent.drivers.onvif.config import OnvifDevice
 from edge_agent.drivers.onvif.events import (
     BadNotification,
@@ -118,8 +119,11 @@ def _max_timeout(err: BaseException) -> float | None:
     return None
 
 
-class OnvifDriver:
+class OnvifDriver(DeviceLog):
     """One ONVIF camera (see the module docstring)."""
+
+    _log = log
+    _trouble_zh = "摄像机连接异常"
 
     kind: ClassVar[str] = KIND
     Config: ClassVar[type[OnvifDevice]] = OnvifDevice
@@ -563,28 +567,4 @@ class OnvifDriver:
 
     def _down(self, link: DeviceLink, state: str, reason: str) -> None:
         self._online = False
-        if self._down_since is None:
-            log.warning("%s: %s / 摄像机连接异常", self.device_id, reason)
-        else:
-            log.debug("%s: still down: %s", self.device_id, reason)
-        self._down_since = reason
-        link.state("offline" if state == "offline" else "degraded", reason)
-
-    def _once(self, key: str, msg: str, *args: Any) -> None:
-        """Log ``msg`` once at WARNING per ``key`` (logs live on an SD card), then count."""
-        n = self._logged.get(key)
-        self._logged[key] = (n or 0) + 1
-        text = msg % args
-        if n is None:
-            log.warning("%s: %s; further ones are counted / 之后只计数", self.device_id, text)
-        else:
-            log.debug("%s: %s", self.device_id, text)
-
-    def _summary(self) -> None:
-        again = {k: n - 1 for k, n in self._logged.items() if n > 1}
-        if again:
-            log.info(
-                "%s: repeated problems since the start: %s / 重复问题汇总",
-                self.device_id,
-                ", ".join(f"{k} x{n}" for k, n in sorted(again.items())),
-            )
+        super()._down(link, state, reason)
