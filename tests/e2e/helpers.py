@@ -136,6 +136,28 @@ class PersistentSubscriber:
         if not subscribed.wait(10):
             raise AssertionError("no SUBACK from the broker")
 
+    def repeats(self, topic: str) -> tuple[int, int]:
+        """Copies on ``topic`` of a message (``msg_id``) already received: (the agent's,
+        the broker's). A broker's copy has DUP set: after a restart it sends the persistent
+        session again everything it had not seen acknowledged, however far the platform
+        lags, so only the agent's copies are bounded by its in-flight window (the fault
+        tests' ``verdict`` counts the same way)."""
+        seen: set[str] = set()
+        agent = broker = 0
+        with self._lock:
+            received = list(zip(self.messages, self.dup, strict=True))
+        for (_t, t, payload), dup in received:
+            if t != topic:
+                continue
+            msg_id = json.loads(payload)["msg_id"]
+            if msg_id in seen:
+                if dup:
+                    broker += 1
+                else:
+                    agent += 1
+            seen.add(msg_id)
+        return agent, broker
+
     def wait(self, predicate: Any, timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
         with self._lock:
