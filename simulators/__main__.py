@@ -314,30 +314,17 @@ async def _run_camera(args: argparse.Namespace) -> int:
         heartbeat_s=args.heartbeat_s,
     )
     run = functools.partial(module.run_command, cam)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    try:
-        async with cam, asyncio.TaskGroup() as tg:
-            print(
-                f"{args.command} listening on {cam.host}:{cam.port} http; Ctrl-C to stop"
-                " / 摄像机模拟器已就绪，Ctrl-C 退出",
-                flush=True,
-            )
-            work = []
-            if steps:
-                work.append(tg.create_task(_play(run, steps)))
-            if args.stdin:
-                work.append(tg.create_task(_commands_from_stdin(run, stop)))
-            await stop.wait()
-            for task in work:
-                task.cancel()
-    finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
-    print(f"{args.command} stopped / 摄像机模拟器已停止", flush=True)
-    return 0
+    return await _serve_scripted(
+        cam,
+        run,
+        steps,
+        args.stdin,
+        lambda: (
+            f"{args.command} listening on {cam.host}:{cam.port} http; Ctrl-C to stop"
+            " / 摄像机模拟器已就绪，Ctrl-C 退出"
+        ),
+        f"{args.command} stopped / 摄像机模拟器已停止",
+    )
 
 
 async def _run_hik(args: argparse.Namespace) -> int:
@@ -354,30 +341,17 @@ async def _run_hik(args: argparse.Namespace) -> int:
         pictures=args.pictures,
     )
     run = functools.partial(hikvision.run_command, term)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    try:
-        async with term, asyncio.TaskGroup() as tg:
-            print(
-                f"hikvision terminal listening on {term.host}:{term.port} http"
-                f" doors={term.doors}; Ctrl-C to stop / 海康门禁终端模拟器已就绪，Ctrl-C 退出",
-                flush=True,
-            )
-            work = []
-            if steps:
-                work.append(tg.create_task(_play(run, steps)))
-            if args.stdin:
-                work.append(tg.create_task(_commands_from_stdin(run, stop)))
-            await stop.wait()
-            for task in work:
-                task.cancel()
-    finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
-    print("hikvision stopped / 海康门禁终端模拟器已停止", flush=True)
-    return 0
+    return await _serve_scripted(
+        term,
+        run,
+        steps,
+        args.stdin,
+        lambda: (
+            f"hikvision terminal listening on {term.host}:{term.port} http"
+            f" doors={term.doors}; Ctrl-C to stop / 海康门禁终端模拟器已就绪，Ctrl-C 退出"
+        ),
+        "hikvision stopped / 海康门禁终端模拟器已停止",
+    )
 
 
 def _onvif_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -423,31 +397,18 @@ async def _run_onvif(args: argparse.Namespace) -> int:
         clock_skew_s=args.clock_skew_s,
     )
     run = functools.partial(onvif.run_command, cam)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    try:
-        async with cam, asyncio.TaskGroup() as tg:
-            print(
-                f"onvif camera listening on {cam.host}:{cam.port} http style={cam.style}"
-                f" device={cam.base}{onvif.DEVICE_PATH}; Ctrl-C to stop"
-                " / ONVIF 摄像机模拟器已就绪，Ctrl-C 退出",
-                flush=True,
-            )
-            work = []
-            if steps:
-                work.append(tg.create_task(_play(run, steps)))
-            if args.stdin:
-                work.append(tg.create_task(_commands_from_stdin(run, stop)))
-            await stop.wait()
-            for task in work:
-                task.cancel()
-    finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
-    print("onvif stopped / ONVIF 摄像机模拟器已停止", flush=True)
-    return 0
+    return await _serve_scripted(
+        cam,
+        run,
+        steps,
+        args.stdin,
+        lambda: (
+            f"onvif camera listening on {cam.host}:{cam.port} http style={cam.style}"
+            f" device={cam.base}{onvif.DEVICE_PATH}; Ctrl-C to stop"
+            " / ONVIF 摄像机模拟器已就绪，Ctrl-C 退出"
+        ),
+        "onvif stopped / ONVIF 摄像机模拟器已停止",
+    )
 
 
 async def _run(args: argparse.Namespace) -> int:
@@ -553,6 +514,39 @@ def _write_json(path: str, data: object) -> None:
     tmp = target.with_name(f".{target.name}.tmp")
     tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
     tmp.replace(target)
+
+
+async def _serve_scripted(
+    sim: Any,
+    run: Runner,
+    steps: list[tuple[float, str]],
+    stdin: bool,
+    ready: Callable[[], str],
+    stopped: str,
+) -> int:
+    """Run an HTTP simulator (an async context manager) until SIGINT/SIGTERM, playing its
+    script and reading commands from stdin meanwhile; ``ready`` is the line printed once it
+    listens (its port is known only then)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        async with sim, asyncio.TaskGroup() as tg:
+            print(ready(), flush=True)
+            work = []
+            if steps:
+                work.append(tg.create_task(_play(run, steps)))
+            if stdin:
+                work.append(tg.create_task(_commands_from_stdin(run, stop)))
+            await stop.wait()
+            for task in work:
+                task.cancel()
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+    print(stopped, flush=True)
+    return 0
 
 
 async def _run_wg(args: argparse.Namespace) -> int:
