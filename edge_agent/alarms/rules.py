@@ -37,6 +37,7 @@ import collections
 import fnmatch
 import logging
 import math
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, tzinfo
@@ -94,36 +95,113 @@ class ScheduleClock:
 
 
 class RollingMean:
-    """Mean over a sliding window in at most :data:`BUCKETS` buckets."""
+    """Mean over a sliding window in at most :data:`BUCKETS` buckets.
+
+    The buckets are a ring of two flat arrays (sums, counts: 8 bytes a slot each) that
+    grows to ``BUCKETS + 1`` slots over the first window and then stays that size, with
+    a running total: ``add`` and ``mean`` cost the same whatever the window. A list per
+    bucket (three Python objects) made a 24 h mean of a sensor read every 10 s about
+    7 KiB after a day and a mean cost a sum over every bucket.
+    """
+
+    __slots__ = (
+        "_counts",
+        "_first",
+        "_last",
+        "_n",
+        "_origin",
+        "_sums",
+        "_total",
+        "bucket_s",
+        "window_s",
+    )
 
     def __init__(self, window_s: float) -> None:
         self.window_s = window_s
         self.bucket_s = window_s / BUCKETS
-        self.buckets: collections.deque[list[float]] = collections.deque()  # [start, sum, n]
+        #: bucket numbers (``floor(ts / bucket_s)``): the first ever seen (slot 0), the
+        #: oldest still counted, the newest; None while empty
+        self._origin = 0
+        self._first: int | None = None
+        self._last = 0
+        self._sums = array("d")
+        self._counts = array("d")
+        self._total = 0.0
+        self._n = 0
+
+    def _slot(self, k: int) -> int:
+        return (k - self._origin) % (BUCKETS + 1)
 
     def add(self, ts: float, value: float) -> None:
-        start = math.floor(ts / self.bucket_s) * self.bucket_s
-        if self.buckets and self.buckets[-1][0] == start:
-            self.buckets[-1][1] += value
-            self.buckets[-1][2] += 1
-        elif not self.buckets or start > self.buckets[-1][0]:
-            self.buckets.append([start, value, 1])
-        # a reading older than the newest bucket (a late one) is left out: rare, harmless
+        k = math.floor(ts / self.bucket_s)
+        if self._first is not None and k < self._last:
+            return  # a reading older than the newest bucket (a late one): rare, harmless
         self._expire(ts)
+        first = self._first
+        if first is None:
+            self._reset(k)
+            first = k
+        while self._last < k:  # the buckets in between had no readings
+            self._last += 1
+            if self._last - first > BUCKETS:  # its slot is still counted (rounding)
+                self._drop_first()
+                first += 1
+            self._put(self._slot(self._last))
+        slot = self._slot(k)
+        self._sums[slot] += value
+        self._counts[slot] += 1
+        self._total += value
+        self._n += 1
+
+    def _reset(self, k: int) -> None:
+        self._origin = self._first = self._last = k
+        del self._sums[:]
+        del self._counts[:]
+        self._put(0)
+        self._total, self._n = 0.0, 0
+
+    def _put(self, slot: int) -> None:
+        """An empty bucket in ``slot``; the ring grows a slot at a time over its first window."""
+        if slot == len(self._sums):
+            self._sums.append(0.0)
+            self._counts.append(0.0)
+        else:
+            self._sums[slot] = self._counts[slot] = 0.0
+
+    def _drop_first(self) -> None:
+        assert self._first is not None
+        slot = self._slot(self._first)
+        self._total -= self._sums[slot]
+        self._n -= int(self._counts[slot])
+        self._sums[slot] = self._counts[slot] = 0.0
+        self._first += 1
 
     def _expire(self, now: float) -> None:
-        while self.buckets and self.buckets[0][0] + self.bucket_s <= now - self.window_s:
-            self.buckets.popleft()
+        # a bucket leaves once it ends before the window's start; empty ones at the head
+        # go too, so the oldest bucket kept always has readings
+        while self._first is not None and self._first <= self._last:
+            first = self._first
+            if (first + 1) * self.bucket_s > now - self.window_s and self._counts[
+                self._slot(first)
+            ]:
+                return
+            self._drop_first()
+        if self._first is not None:  # nothing left
+            self._first = None
+            self._total, self._n = 0.0, 0
+
+    def buckets(self) -> int:
+        """How many buckets are counted now (for tests)."""
+        return 0 if self._first is None else self._last - self._first + 1
 
     def mean(self, now: float) -> float | None:
         """The mean, or None while less than :data:`COVERAGE` of the window has data."""
         self._expire(now)
-        if not self.buckets:
+        if self._first is None or self._n == 0:
             return None
-        if now - self.buckets[0][0] < COVERAGE * self.window_s:
+        if now - self._first * self.bucket_s < COVERAGE * self.window_s:
             return None
-        n = sum(b[2] for b in self.buckets)
-        return sum(b[1] for b in self.buckets) / n
+        return self._total / self._n
 
 
 class DayMean:
@@ -151,7 +229,7 @@ class DayMean:
         return self.sum / self.n
 
 
-@dataclass
+@dataclass(slots=True)
 class _Track:
     """One rule on one device: its condition, timers and the alarm's state."""
 
@@ -160,12 +238,10 @@ class _Track:
     pending_since: float | None = None
     value: float | None = None
     mean: RollingMean | DayMean | None = None
-    samples: collections.deque[tuple[float, float]] = field(
-        default_factory=lambda: collections.deque(maxlen=64)
-    )
-    raises: collections.deque[float] = field(
-        default_factory=lambda: collections.deque(maxlen=CHATTER_N)
-    )
+    #: a rate rule's recent readings; the times of the last raises (chattering): made
+    #: when first needed (an empty deque is 600 bytes, and most tracks never need one)
+    samples: collections.deque[tuple[float, float]] | None = None
+    raises: collections.deque[float] | None = None
     chattering: bool = False
     fields: dict[str, Any] = field(default_factory=dict)
 
@@ -302,11 +378,14 @@ class RuleEngine:
         suppressed = self._suppressed.get(rule.id, False) or self.alarms.is_suppressed(
             rule.id, device
         )
+        raises = track.raises
         if not suppressed:
-            track.raises.append(now)
+            if raises is None:
+                raises = track.raises = collections.deque(maxlen=CHATTER_N)
+            raises.append(now)
         if suppressed:
             fold = False
-        elif len(track.raises) == CHATTER_N and now - track.raises[0] <= CHATTER_S:
+        elif raises is not None and len(raises) == CHATTER_N and now - raises[0] <= CHATTER_S:
             if not track.chattering:
                 track.chattering = True
                 self.counts["rules_chattering"] += 1
@@ -415,10 +494,13 @@ class RuleEngine:
     def _reading(self, rule: Rule, device: str, ts: float, value: float, now: float) -> None:
         track = self._track(rule, device)
         if rule.type == "rate":
-            track.samples.append((ts, value))
-            while track.samples and track.samples[0][0] < ts - rule.window_s:
-                track.samples.popleft()
-            t0, v0 = track.samples[0]
+            samples = track.samples
+            if samples is None:
+                samples = track.samples = collections.deque(maxlen=64)
+            samples.append((ts, value))
+            while samples and samples[0][0] < ts - rule.window_s:
+                samples.popleft()
+            t0, v0 = samples[0]
             if ts - t0 <= 0:
                 return
             track.value = abs(value - v0) / ((ts - t0) / 60.0)

@@ -184,6 +184,44 @@ def test_gateway90_has_the_issue_targets_and_reports_what_arrived() -> None:
     assert "8.98 (9.00) msg/s" in report
 
 
+def test_gateway90_reports_the_memory_split_and_the_day_of_rules() -> None:
+    g = {
+        "agent_cpu_percent": 0.7,
+        "agent_rss_mib": 46.0,
+        "agent_anon_mib": 30.5,
+        "agent_file_mib": 15.5,
+        "agent_pss_mib": 37.25,
+        "rules_state_window_mib": 0.25,
+        "rules_state_day_mib": 0.82,
+        "agent_rss_day_estimate_mib": 46.6,
+        "publish_rate_per_s": 9.0,
+        "expected_rate_per_s": 9.0,
+        "devices": 90,
+        "devices_complete": 90,
+        "seq_gaps": 0,
+        "simulator_cpu_percent": 1.4,
+    }
+    lines = bench.render_report({"gateway90": g}, {}).splitlines()
+    assert "30.5 + 15.5 (37.2) MiB" in next(ln for ln in lines if "own + libraries" in ln)
+    assert "0.250 / 0.820 MiB" in next(ln for ln in lines if "window / after 24 h" in ln)
+    assert "46.6 MiB" in next(ln for ln in lines if "after a day (estimate)" in ln)
+
+
+def test_parse_smaps_rollup() -> None:
+    text = (
+        "556cb16da000-7fff67d64000 ---p 00000000 00:00 0   [rollup]\n"
+        "Rss:               48352 kB\nPss:               38257 kB\n"
+        "Pss_Anon:          31508 kB\nAnonymous:         31508 kB\n"
+    )
+    assert bench.parse_smaps_rollup(text) == {
+        "pss": 38257 * 1024,
+        "anon": 31508 * 1024,
+        "file": (48352 - 31508) * 1024,
+    }
+    with pytest.raises(ValueError, match="smaps_rollup"):
+        bench.parse_smaps_rollup("Pss: 1 kB\n")
+
+
 def test_parse_only_keeps_the_canonical_order_and_rejects_unknown_parts() -> None:
     assert bench.parse_only("gateway90,campus") == ["campus", "gateway90"]
     assert bench.parse_only("drain, campus") == ["campus", "drain"]
@@ -340,6 +378,7 @@ def test_gateway90_reads_90_units_behind_one_endpoint(
         duration_s=5.5,
         warmup_s=1.0,
         interval_s=5.0,
+        rules_day=False,  # tests/unit/test_bench_rules.py
     )
     layout = json.loads((tmp_path / "layout.json").read_text())
     assert len({(d["host"], d["port"]) for d in layout["devices"]}) == 1

@@ -4,6 +4,9 @@ book; rule files and the default set as check-config sees them."""
 
 from __future__ import annotations
 
+import math
+import random
+import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -13,7 +16,15 @@ import pytest
 import yaml
 
 from edge_agent.alarms.lifecycle import AlarmBook, OutboxAlarmStore
-from edge_agent.alarms.rules import BUCKETS, CHATTER_RULE, FLOOD_N, FLOOD_S, RollingMean, RuleEngine
+from edge_agent.alarms.rules import (
+    BUCKETS,
+    CHATTER_RULE,
+    COVERAGE,
+    FLOOD_N,
+    FLOOD_S,
+    RollingMean,
+    RuleEngine,
+)
 from edge_agent.config.loader import load_config
 from edge_agent.config.rules import RuleFile, RulesConfig, RuleSet, load_rules
 from edge_agent.drivers.modbus.profile import load_profile
@@ -161,10 +172,74 @@ def test_rolling_mean_waits_for_coverage_and_smooths_a_spike() -> None:
 
 def test_rolling_mean_memory_is_bounded() -> None:
     mean = RollingMean(3600)
+    sizes = []
     for i in range(10_000):
         mean.add(1000.0 + i, 1.0)
-    assert len(mean.buckets) <= BUCKETS + 1
+        sizes.append(sys.getsizeof(mean._sums) + sys.getsizeof(mean._counts))
+    assert mean.buckets() <= BUCKETS + 1
+    # the ring grows over the first window (3600 s) and never after
+    assert sizes[-1] == max(sizes) == sizes[4000]
     assert mean.mean(11_000.0) == 1.0
+
+
+class _SpelledOutMean:
+    """The rolling mean spelled out with a list of every reading: buckets of
+    window/BUCKETS; a bucket counts until it ends before the window's start (as of the
+    latest time seen); a reading older than the newest bucket counted is left out; the
+    mean is judged once the oldest bucket counted is COVERAGE of the window old."""
+
+    def __init__(self, window_s: float) -> None:
+        self.window_s, self.size = window_s, window_s / BUCKETS
+        self.readings: list[tuple[int, float]] = []
+        self.horizon = -math.inf
+
+    def _kept(self) -> list[tuple[int, float]]:
+        start = self.horizon - self.window_s
+        self.readings = [(k, v) for k, v in self.readings if (k + 1) * self.size > start]
+        return self.readings
+
+    def add(self, ts: float, value: float) -> None:
+        self.horizon = max(self.horizon, ts)
+        k = math.floor(ts / self.size)
+        kept = self._kept()
+        if kept and k < max(k for k, _ in kept):
+            return
+        self.readings.append((k, value))
+
+    def mean(self, now: float) -> float | None:
+        self.horizon = max(self.horizon, now)
+        kept = self._kept()
+        if not kept or now - min(k for k, _ in kept) * self.size < COVERAGE * self.window_s:
+            return None
+        return sum(v for _, v in kept) / len(kept)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5, 6])
+def test_rolling_mean_matches_the_mean_spelled_out(seed: int) -> None:
+    """Readings on a clock that only moves forward, with outages (some longer than the
+    window), late readings and bursts: the ring and its running total give the mean of
+    the readings in the window, reading after reading."""
+    rng = random.Random(seed)
+    window = rng.choice([600.0, 3600.0, 8 * 3600.0])
+    mean, spelled = RollingMean(window), _SpelledOutMean(window)
+    now = 1_700_000_000.0 + rng.random() * 1000
+    for i in range(3000):
+        r = rng.random()
+        if r < 0.01:
+            now += window * rng.uniform(0.5, 3)  # an outage: part of, or more than, a window
+        else:
+            now += rng.uniform(0, window / 50)
+        ts = now - rng.uniform(0, window / 10) if r > 0.97 else now  # late, or on time
+        value = rng.uniform(300, 3000)
+        mean.add(ts, value)
+        spelled.add(ts, value)
+        if rng.random() < 0.3:
+            now += rng.uniform(0, window / 20)  # judged a little later (the rules' tick)
+        got, want = mean.mean(now), spelled.mean(now)
+        assert (got is None) == (want is None), (i, got, want)
+        if got is not None and want is not None:
+            assert got == pytest.approx(want, rel=1e-9), i
+        assert mean.buckets() <= BUCKETS + 1
 
 
 def test_school_day_mean_counts_only_the_schedule_and_resets_each_day() -> None:
