@@ -40,6 +40,7 @@ import contextlib
 import json
 import logging
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -148,6 +149,7 @@ async def measure(layout: dict[str, Any], rounds: int, gap_s: float) -> dict[str
         requests = [len(d._plan) for d in drivers]
         reads0 = sum(p.health.reads for p in loops)
         wall0 = time.monotonic()
+        ru0 = resource.getrusage(resource.RUSAGE_THREAD)
         for _ in range(rounds):
             for loop, n in zip(loops, requests, strict=True):
                 if gap_s:
@@ -157,6 +159,7 @@ async def measure(layout: dict[str, Any], rounds: int, gap_s: float) -> dict[str
                 dt = clock() - t0
                 per_poll.append(dt)
                 per_exchange.append(dt / n)
+        ru1 = resource.getrusage(resource.RUSAGE_THREAD)
         wall = time.monotonic() - wall0
         failed = rounds * len(loops) - (sum(p.health.reads for p in loops) - reads0)
     finally:
@@ -171,13 +174,16 @@ async def measure(layout: dict[str, Any], rounds: int, gap_s: float) -> dict[str
         "exchange_us": statistics.median(per_exchange) * 1e6,
         "round_cpu_ms": sum(per_poll) / rounds * 1e3,
         "round_wall_ms": wall / rounds * 1e3 - gap_s * len(loops) * 1e3,
+        # the whole rounds (the gaps' wake-ups too), split into user and kernel time
+        "poll_user_us": (ru1.ru_utime - ru0.ru_utime) / len(per_poll) * 1e6,
+        "poll_sys_us": (ru1.ru_stime - ru0.ru_stime) / len(per_poll) * 1e6,
         "failed_polls": failed,
     }
 
 
 def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"runs": len(runs)}
-    for key in ("poll_us", "exchange_us", "round_cpu_ms"):
+    for key in ("poll_us", "exchange_us", "round_cpu_ms", "poll_user_us", "poll_sys_us"):
         values = [r[key] for r in runs]
         out[key] = {
             "median": statistics.median(values),
@@ -197,7 +203,8 @@ def _print(label: str, s: dict[str, Any]) -> None:
 
     print(
         f"{label:<28} poll {fmt('poll_us')} us   exchange {fmt('exchange_us')} us   "
-        f"round {fmt('round_cpu_ms')} ms   [{s['runs']} runs, "
+        f"round {fmt('round_cpu_ms')} ms\n{'':<28} user {fmt('poll_user_us')} us   "
+        f"kernel {fmt('poll_sys_us')} us a poll   [{s['runs']} runs, "
         f"{s['requests_per_round']} requests/round, {s['failed_polls']} failed polls]"
     )
 
