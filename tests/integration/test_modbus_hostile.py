@@ -207,13 +207,29 @@ async def test_an_answer_in_three_pieces_is_read_whole(
     devices: list[HostileModbus], drivers: list[ModbusDriver], tmp_path: Path, framer: str
 ) -> None:
     """A serial server forwards an answer as the bytes come off the line: the driver
-    waits for the whole frame (its length from the MBAP header or the RTU byte count)."""
+    waits for the whole frame (its length from the MBAP header or the RTU byte count),
+    and the read waiting for it resumes once, not once per piece (CPU on an idle box)."""
     dev, port = await hostile(devices, framer=framer, holding={0: 111, 100: 222})
     d = driver(drivers, tmp_path, port, framer=framer)
+    assert (await d.read()).data == {"a": 111, "b": 222}  # connected, answers in one piece
+    assert d._line is not None
+    assert d._line.link is not None
+    link = d._line.link
+    wake = link.wake
+    wakes = [0]
+
+    def counted() -> None:
+        wakes[0] += link.waiter is not None
+        wake()
+
+    link.wake = counted  # type: ignore[method-assign]
     dev.default = "chunked"
     for _ in range(2):
         reading = await d.read()
         assert (reading.data, reading.missing) == ({"a": 111, "b": 222}, {})
+    # the waiting read is woken once per answer (when it is whole), not once per piece,
+    # and not by its timer
+    assert wakes[0] == 4
     # each answer is kept as one frame, not as its pieces
     assert [f.split()[1] for f in d.last_frames()] == [">>", "<<"] * 4
 
