@@ -474,6 +474,11 @@ class _Line:
                 raise DeviceProtocolError(device_id, f"{what or describe(request)}: {err}") from err
 
 
+def _bit(block: Sequence[int], at: int) -> bool:
+    """A coil or discrete input (fc 1/2) of a block."""
+    return bool(block[at])
+
+
 class ModbusDriver:
     """A Modbus device read through its profile. Implements ``PollingDriver``."""
 
@@ -523,6 +528,10 @@ class ModbusDriver:
                 f"(points: {', '.join(p.name for p in self.profile.points)})",
             )
         self._points = {p.name: self._effective(p) for p in self.profile.points}
+        #: each point's decoder, worked out once: (block, where the point starts) -> value
+        self._decoders: dict[str, codec.Decoder] = {
+            name: _bit if p.is_bit_fc else codec.decoder(p) for name, p in self._points.items()
+        }
         self._plan = plan_reads(
             [p for p in self._points.values() if p.report],
             max_registers=config.max_registers,
@@ -670,8 +679,9 @@ class ModbusDriver:
                     missing.update((p.name, block.reason) for p in part.points)
                     first_error = first_error or block
                     continue
+                decoders, start = self._decoders, part.start
                 for point in part.points:
-                    value = self._decode(point, part, block)
+                    value = decoders[point.name](block, point.address - start)
                     data[point.name] = value
                     if value is None:
                         bad.append(point.name)
@@ -700,15 +710,6 @@ class ModbusDriver:
         else:
             quality = "good"
         return Reading(data=data, quality=quality, out_of_range=out_of_range, missing=missing)
-
-    @staticmethod
-    def _decode(
-        point: Point, request: ReadRequest, block: list[int] | list[bool]
-    ) -> codec.Number | bool | None:
-        offset = point.address - request.start
-        if point.is_bit_fc:
-            return bool(block[offset])
-        return codec.decode(point, block[offset : offset + point.count])
 
     async def _read_parts(
         self, request: ReadRequest, refused: list[str]
