@@ -14,7 +14,8 @@ device; :class:`drivers.modbus.driver._Line` does the I/O.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import struct
+from dataclasses import dataclass, field
 
 #: largest PDU (Modbus Application Protocol V1.1b3, 4.1): 253 bytes
 MAX_PDU = 253
@@ -57,6 +58,13 @@ class Request:
     pdu: bytes
     #: length of a normal answer PDU (function code included)
     answer_len: int
+    #: the MBAP frame after the transaction id (protocol id, length, unit, PDU): the
+    #: driver keeps a block's request and sends it every poll with a new transaction id
+    mbap_tail: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        tail = b"\x00\x00" + (len(self.pdu) + 1).to_bytes(2, "big") + bytes([self.unit]) + self.pdu
+        object.__setattr__(self, "mbap_tail", tail)
 
     @property
     def fc(self) -> int:
@@ -131,7 +139,7 @@ def write_registers(unit: int, address: int, values: list[int]) -> Request:
 
 def registers(pdu: bytes) -> list[int]:
     """Register values of a checked fc 3/4 answer."""
-    return [int.from_bytes(pdu[i : i + 2], "big") for i in range(2, len(pdu), 2)]
+    return list(struct.unpack_from(f">{(len(pdu) - 2) // 2}H", pdu, 2))
 
 
 def bits(pdu: bytes, count: int) -> list[bool]:
@@ -144,13 +152,7 @@ def bits(pdu: bytes, count: int) -> list[bool]:
 
 def mbap_frame(tid: int, request: Request) -> bytes:
     """The request with its MBAP header."""
-    return (
-        tid.to_bytes(2, "big")
-        + b"\x00\x00"
-        + (len(request.pdu) + 1).to_bytes(2, "big")
-        + bytes([request.unit])
-        + request.pdu
-    )
+    return tid.to_bytes(2, "big") + request.mbap_tail
 
 
 def mbap_length(buf: bytes | bytearray) -> int | None:
