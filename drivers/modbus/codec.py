@@ -188,8 +188,12 @@ def decoder(point: Point) -> Decoder:
             return decode(point, block[at : at + count])
 
         return slow
-    signed = point.type == "int16"
-    scale, offset = point.scale, point.offset
+    return _word_decoder(point.type == "int16", point.scale, point.offset)
+
+
+@functools.lru_cache(maxsize=256)  # one per kind of point, shared by every device
+def _word_decoder(signed: bool, scale: float, offset: float) -> Decoder:
+    """A 16-bit integer point's decoder (big-endian), as :func:`to_engineering` scales."""
     if _is_integral(scale) and _is_integral(offset):
         iscale, ioffset = int(scale), int(offset)
 

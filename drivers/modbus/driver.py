@@ -562,8 +562,6 @@ class ModbusDriver:
             self._line = line
         self._closed = False
         self._frames: collections.deque[RawFrame] = collections.deque(maxlen=FRAME_HISTORY)
-        #: the wire request of each block of the plan, built once: (fc, start, count) ->
-        self._requests: dict[tuple[int, int, int], wire.Request] = {}
 
     # -- construction helpers ---------------------------------------------------------
 
@@ -719,15 +717,12 @@ class ModbusDriver:
         Returns each part read with its values, or with the exception response of a
         single point the device refuses; any other DeviceError is raised.
         """
-        fc, start, count = key = request.fc, request.start, request.count
-        wire_request = self._requests.get(key)
-        if wire_request is None:
-            wire_request = self._requests[key] = wire.read_request(
-                self.config.unit, fc, start, count
-            )
+        fc, count = request.fc, request.count
         try:
             # what=None: the message names the request only if there is one to write
-            pdu = await self._call(None, wire_request)
+            pdu = await self._call(
+                None, wire.read_request(self.config.unit, fc, request.start, count)
+            )
         except ExceptionResponse as err:
             halves = split_request(request)
             if err.code not in (2, 3) or not halves:

@@ -15,7 +15,7 @@ device; :class:`drivers.modbus.driver._Line` does the I/O.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 #: largest PDU (Modbus Application Protocol V1.1b3, 4.1): 253 bytes
 MAX_PDU = 253
@@ -58,13 +58,6 @@ class Request:
     pdu: bytes
     #: length of a normal answer PDU (function code included)
     answer_len: int
-    #: the MBAP frame after the transaction id (protocol id, length, unit, PDU): the
-    #: driver keeps a block's request and sends it every poll with a new transaction id
-    mbap_tail: bytes = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        tail = b"\x00\x00" + (len(self.pdu) + 1).to_bytes(2, "big") + bytes([self.unit]) + self.pdu
-        object.__setattr__(self, "mbap_tail", tail)
 
     @property
     def fc(self) -> int:
@@ -152,7 +145,13 @@ def bits(pdu: bytes, count: int) -> list[bool]:
 
 def mbap_frame(tid: int, request: Request) -> bytes:
     """The request with its MBAP header."""
-    return tid.to_bytes(2, "big") + request.mbap_tail
+    return (
+        tid.to_bytes(2, "big")
+        + b"\x00\x00"
+        + (len(request.pdu) + 1).to_bytes(2, "big")
+        + bytes([request.unit])
+        + request.pdu
+    )
 
 
 def mbap_length(buf: bytes | bytearray) -> int | None:
