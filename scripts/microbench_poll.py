@@ -140,7 +140,7 @@ async def measure(layout: dict[str, Any], rounds: int, gap_s: float) -> dict[str
             )
         )
     clock = time.thread_time
-    # as SharedTick calls it: with its task, where poll_once takes it (not before 2026-11-30)
+    # as SharedTick calls it: with its task, where poll_once takes one (main before run O not)
     takes_task = "task" in inspect.signature(PollLoop.poll_once).parameters
     args = (asyncio.current_task(),) if takes_task else ()
     per_poll: list[float] = []
