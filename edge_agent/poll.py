@@ -70,6 +70,20 @@ def backoff_delay(attempt: int, rng: random.Random) -> float:
     return float(base * (0.5 + 0.5 * rng.random()))
 
 
+class _Expiry:
+    """A read's timer: cancels the reading task once, and remembers that it did."""
+
+    __slots__ = ("fired", "task")
+
+    def __init__(self, task: asyncio.Task[Any]) -> None:
+        self.task = task
+        self.fired = False
+
+    def fire(self) -> None:
+        self.fired = True
+        self.task.cancel()
+
+
 class PollLoop:
     """Polls one device until cancelled."""
 
@@ -111,7 +125,7 @@ class PollLoop:
         next_at = time.monotonic()
         task = asyncio.current_task()
         while True:
-            delay = await self.poll_once()
+            delay = await self.poll_once(task)
             if task is not None and task.cancelling():
                 # A stop arrived while the driver was reading, and the driver swallowed
                 # it: Python 3.11's asyncio.wait_for (which pymodbus uses for every
@@ -130,18 +144,37 @@ class PollLoop:
                 next_at = time.monotonic() + delay
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
 
-    async def poll_once(self) -> float | None:
-        """Read once. Returns a backoff delay when the device is offline, else None."""
+    async def poll_once(self, task: asyncio.Task[Any] | None = None) -> float | None:
+        """Read once. Returns a backoff delay when the device is offline, else None.
+
+        ``task`` is the task that runs this (the caller's: found when not given).
+        """
         h = self.health
         did = h.device_id
+        if task is None:
+            task = asyncio.current_task()
+            assert task is not None, "poll_once runs in a task"
+        # The read's bound is asyncio.timeout's steps written out (a timer that cancels the
+        # task; uncancel() once it fired; a TimeoutError only when no other stop came),
+        # not wait_for: 3.11's wait_for may swallow a cancellation that coincides with the
+        # read completing. Written out because asyncio.timeout costs two coroutines and
+        # three running-loop look-ups per read (a getpid() system call each on 3.11), on a
+        # process that is idle between polls and pays all of it cold.
+        loop = task.get_loop()
+        cancelling = task.cancelling()
+        expiry = _Expiry(task)
+        timer = loop.call_at(loop.time() + self.read_timeout_s, expiry.fire)
         try:
-            # asyncio.timeout, not wait_for: see drivers/modbus/driver.py (3.11 wait_for
-            # may swallow a cancellation that coincides with the read completing).
-            async with asyncio.timeout(self.read_timeout_s):
+            try:
                 reading = await self.driver.read()
-        except TimeoutError:
-            err: str = f"no complete reading within {self.read_timeout_s:g} s"
-            return self._failed(err)
+            finally:
+                timer.cancel()
+                # our own cancellation, and no stop from anyone else on top of it
+                timed_out = expiry.fired and task.uncancel() <= cancelling
+        except asyncio.CancelledError:
+            if not timed_out:
+                raise  # a stop: never swallowed
+            return self._failed(f"no complete reading within {self.read_timeout_s:g} s")
         except DeviceError as exc:
             return self._failed(exc.reason)
         h.reads += 1
@@ -259,7 +292,7 @@ class SharedTick:
             heapq.heappop(heap)
             poll = self.loops[i]
             try:
-                delay = await poll.poll_once()
+                delay = await poll.poll_once(task)
             except Exception as err:  # a driver bug; CancelledError is no Exception
                 delay = backoff_delay(self.crashes[i], self.rng)
                 self.crashes[i] += 1

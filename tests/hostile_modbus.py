@@ -5,8 +5,9 @@ Messaging on TCP/IP V1.0b: MBAP header ``tid, pid, len, unit``; Modbus over Seri
 Line V1.02: ``unit, PDU, CRC``), never from the driver, so it cannot agree with the
 driver by construction. It serves holding (fc 3) and input (fc 4) registers and can
 answer with a wrong transaction id, transaction id 0, a wrong unit, a wrong function
-code, a wrong byte count, garbage, close mid-frame, answer late, stay silent, or
-refuse reads that cross a "reserved" register with exception 2, as field devices do.
+code, a wrong byte count, garbage, close mid-frame, answer late, stay silent, send the
+answer in three pieces, or refuse reads that cross a "reserved" register with exception
+2, as field devices do.
 
 Each request takes the next behaviour from ``script`` (then ``default``)::
 
@@ -34,6 +35,7 @@ Behaviour = Literal[
     "late",  # the right answer after ``late_s``
     "twice",  # the right answer, sent two times (seen on gateways that retry on their own)
     "silent",  # no answer at all
+    "chunked",  # the right answer in three pieces, each written on its own
 ]
 
 
@@ -193,6 +195,15 @@ class HostileModbus:
                     pending = asyncio.create_task(self._later(writer, answer))
                     self._late.add(pending)
                     pending.add_done_callback(self._late.discard)
+                    continue
+                if behaviour == "chunked":
+                    # as a slow serial server forwards what it has: the header, half the
+                    # data, the rest, each in its own TCP segment
+                    third = len(answer) // 3
+                    for piece in (answer[:third], answer[third : 2 * third], answer[2 * third :]):
+                        writer.write(piece)
+                        await writer.drain()
+                        await asyncio.sleep(0.02)
                     continue
                 writer.write(answer * (2 if behaviour == "twice" else 1))
                 await writer.drain()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import math
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 
 from edge_agent.drivers.modbus.profile import REGISTER_COUNT, Point
@@ -170,6 +170,49 @@ def decode(point: Point, registers: Sequence[int]) -> Number | bool | None:
     return to_engineering(
         point, decode_raw(registers, point.type, point.byte_order, point.word_order)
     )
+
+
+#: a point's decoder: (the block's registers, where the point starts in it) -> value
+Decoder = Callable[[Sequence[int], int], "Number | bool | None"]
+
+
+def decoder(point: Point) -> Decoder:
+    """:func:`decode` for one point of a register block, with what can be worked out once
+    worked out once: a 16-bit integer point (every classroom sensor's) costs a few
+    operations per poll instead of a pack, an unpack and the scale's decimals. Gives what
+    :func:`decode` gives (a test compares them); any other point goes through it."""
+    if point.type not in ("uint16", "int16") or point.byte_order != "big":
+        count = point.count
+
+        def slow(block: Sequence[int], at: int) -> Number | bool | None:
+            return decode(point, block[at : at + count])
+
+        return slow
+    return _word_decoder(point.type == "int16", point.scale, point.offset)
+
+
+@functools.lru_cache(maxsize=256)  # one per kind of point, shared by every device
+def _word_decoder(signed: bool, scale: float, offset: float) -> Decoder:
+    """A 16-bit integer point's decoder (big-endian), as :func:`to_engineering` scales."""
+    if _is_integral(scale) and _is_integral(offset):
+        iscale, ioffset = int(scale), int(offset)
+
+        def integral(block: Sequence[int], at: int) -> Number:
+            raw = block[at]
+            if signed and raw >= 0x8000:
+                raw -= 0x10000
+            return raw * iscale + ioffset
+
+        return integral
+    digits = max(_decimals(scale), _decimals(offset))
+
+    def scaled(block: Sequence[int], at: int) -> Number:
+        raw = block[at]
+        if signed and raw >= 0x8000:
+            raw -= 0x10000
+        return round(raw * scale + offset, digits)
+
+    return scaled
 
 
 def to_raw(point: Point, value: Number | bool) -> Number:

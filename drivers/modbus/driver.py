@@ -123,12 +123,17 @@ READ_CHUNK = 4096
 class _Link(asyncio.BufferedProtocol):
     """The byte stream of one connection (TCP socket or serial port) into a buffer.
 
-    ``buffer_updated`` and ``data_received`` only append: whatever a device sends, nothing
-    here raises, so asyncio never logs a ``protocol.data_received()`` traceback for a
-    hostile device. A buffered protocol because asyncio's plain one reads every answer with
-    ``recv(256 KiB)``: a fresh 256 KiB object each time (mmap, mremap, munmap and a page
-    fault per answer, about 10 us), where ``recv_into`` a reused buffer costs nothing.
+    ``buffer_updated`` and ``data_received`` only append and look: whatever a device sends,
+    nothing here raises, so asyncio never logs a ``protocol.data_received()`` traceback for
+    a hostile device. A buffered protocol because asyncio's plain one reads every answer
+    with ``recv(256 KiB)``: a fresh 256 KiB object each time (mmap, mremap, munmap and a
+    page fault per answer, about 10 us), where ``recv_into`` a reused buffer costs nothing.
     The serial transport (pymodbus) calls ``data_received``.
+
+    The exchange waiting for an answer parks one future in :attr:`waiter`; the link
+    resolves it once the buffer holds a whole frame (or bytes that are none), the
+    connection closes, or the request's timer calls :meth:`expire`. An answer that comes
+    in three chunks wakes the waiting task once, not three times.
     """
 
     def __init__(self) -> None:
@@ -136,7 +141,12 @@ class _Link(asyncio.BufferedProtocol):
         self.buffer = bytearray()
         self.closed = False
         self.made = asyncio.Event()
-        self.changed = asyncio.Event()
+        #: RTU frames (the line sets it): how to tell that a frame is whole
+        self.rtu = False
+        #: the exchange waiting for an answer, if any
+        self.waiter: asyncio.Future[None] | None = None
+        #: the waiting request's time is up
+        self.expired = False
         self._chunk = memoryview(bytearray(READ_CHUNK))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -148,15 +158,30 @@ class _Link(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self.buffer += self._chunk[:nbytes]
-        self.changed.set()
+        if self.waiter is not None and wire.frame_ready(self.buffer, self.rtu):
+            self.wake()
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
-        self.changed.set()
+        if self.waiter is not None and wire.frame_ready(self.buffer, self.rtu):
+            self.wake()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.changed.set()
+        self.wake()
+
+    def wake(self) -> None:
+        """Resolve the waiting exchange's future: it looks at the buffer again."""
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def expire(self) -> None:
+        """The waiting request's time is up (its timer calls this)."""
+        self.expired = True
+        self.wake()
 
     def write(self, data: bytes) -> None:
         if self.transport is None or self.closed:
@@ -168,12 +193,6 @@ class _Link(asyncio.BufferedProtocol):
         if self.transport is not None:
             self.transport.close()
 
-    async def more(self) -> None:
-        """Wait until bytes arrive or the connection closes."""
-        self.changed.clear()
-        if not self.closed:
-            await self.changed.wait()
-
 
 class ExceptionResponse(DeviceProtocolError):
     """The device answered with a Modbus exception; ``code`` is its exception code."""
@@ -181,6 +200,21 @@ class ExceptionResponse(DeviceProtocolError):
     def __init__(self, device_id: str, message: str, code: int) -> None:
         super().__init__(device_id, message)
         self.code = code
+
+
+#: a raw frame as the line keeps it: (time.time(), sent, bytes); formatted only when shown
+RawFrame = tuple[float, bool, bytes]
+
+
+def describe(request: wire.Request) -> str:
+    """What a request does, for messages: ``read holding registers 0+4``. Built only for
+    an error: the hot path passes ``what=None`` and this describes the request itself."""
+    pdu = request.pdu
+    fc = pdu[0]
+    if fc in _FC_NAMES:
+        start = int.from_bytes(pdu[1:3], "big")
+        return f"read {_FC_NAMES[fc]} {start}+{int.from_bytes(pdu[3:5], 'big')}"
+    return f"request fc {fc} to unit {request.unit}"
 
 
 class _Line:
@@ -195,8 +229,8 @@ class _Line:
         self.link: _Link | None = None
         self.users = 0
         self.timeouts = 0
-        #: frame buffer of the device that holds the bus right now
-        self.sink: collections.deque[Frame] | None = None
+        #: raw frames of the device that holds the bus right now (``RawFrame``)
+        self.sink: collections.deque[RawFrame] | None = None
         self._tid = 0
         #: Modbus TCP: transaction ids of the last requests; a late (or repeated) answer
         #: to one of them is dropped, never taken for a later request
@@ -207,10 +241,11 @@ class _Line:
         #: transaction id: a late answer looks like the answer to the next request.
         #: (An attribute, not a property: every request asks several times.)
         self.rtu = settings.type == "serial" or settings.framer == "rtu"
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def _trace(self, sending: bool, data: bytes | bytearray) -> None:
         if self.sink is not None and data:
-            self.sink.append(Frame(time.time(), sending, bytes(data)))
+            self.sink.append((time.time(), sending, bytes(data)))
 
     async def _open(self) -> _Link:
         s = self.settings
@@ -244,7 +279,7 @@ class _Line:
         verb = "open" if self.settings.type == "serial" else "connect to"
         try:
             async with asyncio.timeout(timeout_s):
-                self.link = await self._open()
+                link = await self._open()
         except TimeoutError as err:
             raise DeviceUnavailable(
                 device_id, f"cannot {verb} {self.settings.describe()}: timed out"
@@ -253,8 +288,13 @@ class _Line:
             raise DeviceUnavailable(
                 device_id, f"cannot {verb} {self.settings.describe()}: {err}"
             ) from err
+        link.rtu = self.rtu
+        self.link = link
+        # the loop of the connection: exchanges need its clock and timers, and asking
+        # asyncio for the running loop costs a getpid() system call each time
+        self._loop = asyncio.get_running_loop()
         log.debug("modbus line %s connected", self.settings.describe())
-        return self.link
+        return link
 
     def drop(self) -> None:
         """Close the connection; the next request reconnects."""
@@ -270,15 +310,19 @@ class _Line:
         return self._tid
 
     async def exchange(
-        self, device_id: str, request: wire.Request, what: str, timeout_s: float
+        self, device_id: str, request: wire.Request, what: str | None, timeout_s: float
     ) -> bytes:
         """Send ``request`` and return its checked answer PDU. Call with the bus held.
 
-        Raises DeviceTimeout (no answer), DeviceProtocolError (an answer that is not
-        the answer to this request, saying why), ExceptionResponse, DeviceUnavailable.
+        ``what`` names the request in messages (None: :func:`describe` it). Raises
+        DeviceTimeout (no answer), DeviceProtocolError (an answer that is not the answer
+        to this request, saying why), ExceptionResponse, DeviceUnavailable.
         """
-        link = await self.connect(device_id, timeout_s)
-        loop = asyncio.get_running_loop()
+        link = self.link
+        if link is None or link.closed:
+            link = await self.connect(device_id, timeout_s)
+        loop = self._loop
+        assert loop is not None  # set with the link
         if self.rtu:
             wait = self._flush_until - loop.time()
             if wait > 0:  # a late answer may still be on its way: let it arrive unread
@@ -292,26 +336,45 @@ class _Line:
             tid = self._next_tid()
             frame = wire.mbap_frame(tid, request)
         done = False
+        timer: asyncio.TimerHandle | None = None
         try:
             try:
                 link.write(frame)
             except (OSError, RuntimeError) as err:
                 self.drop()
+                what = what or describe(request)
                 raise DeviceUnavailable(device_id, f"{what}: cannot send: {err}") from err
             self._trace(True, frame)
-            # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a
-            # cancellation that arrives as the request completes, and a device
-            # task that ignores its cancellation never lets the agent stop.
-            try:
-                async with asyncio.timeout(timeout_s):
-                    pdu = await self._answer(link, request, tid, device_id, what)
-            except TimeoutError as err:
-                raise self._timed_out(link, request, device_id, what, timeout_s) from err
-            except (ExceptionResponse, DeviceTimeout):
-                done = True  # a whole exception answer: nothing late to wait for
-                raise
+            # One timer and one future per request, no asyncio.timeout: the timer only
+            # marks the link expired and wakes this task, it never cancels it. A stop
+            # (task.cancel()) raises CancelledError at the await below, also when the
+            # answer came in the same loop pass (asyncio then throws it in when the task
+            # resumes): it is never swallowed (3.11's wait_for could swallow it, and a
+            # device task that ignores its cancellation never lets the agent stop).
+            link.expired = False
+            timer = loop.call_at(loop.time() + timeout_s, link.expire)
+            while True:
+                if link.buffer:
+                    try:
+                        pdu = self._take(link, request, tid, device_id, what)
+                    except (ExceptionResponse, DeviceTimeout):
+                        done = True  # a whole exception answer: nothing late to wait for
+                        raise
+                    if pdu is not None:
+                        break
+                if link.closed:
+                    raise self._closed(link, request, device_id, what)
+                if link.expired:
+                    raise self._timed_out(link, request, device_id, what, timeout_s) from (
+                        TimeoutError(f"no answer within {timeout_s:g} s")
+                    )
+                waiter = link.waiter = loop.create_future()
+                await waiter
             done = True
         finally:
+            if timer is not None:
+                timer.cancel()
+                link.waiter = None
             if not self.rtu:
                 self._stale.append(tid)
             elif not done:
@@ -321,8 +384,14 @@ class _Line:
         return pdu
 
     def _timed_out(
-        self, link: _Link, request: wire.Request, device_id: str, what: str, timeout_s: float
+        self,
+        link: _Link,
+        request: wire.Request,
+        device_id: str,
+        what: str | None,
+        timeout_s: float,
     ) -> DeviceError:
+        what = what or describe(request)
         partial = bytes(link.buffer)
         self._trace(False, partial)
         link.buffer.clear()
@@ -341,54 +410,73 @@ class _Line:
             f"{what}: no answer from unit {request.unit} within {timeout_s:g} s",
         )
 
-    async def _answer(
-        self, link: _Link, request: wire.Request, tid: int, device_id: str, what: str
-    ) -> bytes:
+    def _closed(
+        self, link: _Link, request: wire.Request, device_id: str, what: str | None
+    ) -> DeviceError:
+        what = what or describe(request)
+        got = bytes(link.buffer)
+        self._trace(False, got)
+        self.drop()
+        if got:
+            return DeviceUnavailable(
+                device_id,
+                f"{what}: connection closed in the middle of an answer "
+                f"({len(got)} bytes: {got.hex(' ')})",
+            )
+        return DeviceUnavailable(device_id, f"{what}: connection closed without an answer")
+
+    def _take(
+        self, link: _Link, request: wire.Request, tid: int, device_id: str, what: str | None
+    ) -> bytes | None:
+        """The checked answer PDU if the buffer holds it, None to wait for more bytes.
+
+        Takes whole frames off the buffer: a late answer to an earlier request (Modbus
+        TCP) is dropped and the next frame looked at; garbage, an answer that is not this
+        request's, or an exception answer raises.
+        """
+        buf = link.buffer
         while True:
             try:
-                if self.rtu:
-                    length = wire.rtu_length(link.buffer, request)
-                else:
-                    length = wire.mbap_length(link.buffer)
+                length = wire.rtu_length(buf) if self.rtu else wire.mbap_length(buf)
             except wire.GarbageError as err:
-                self._trace(False, link.buffer)
-                link.buffer.clear()
+                self._trace(False, buf)
+                buf.clear()
                 if not self.rtu:
                     self.drop()  # no way to find the next frame in the stream
-                raise DeviceProtocolError(device_id, f"{what}: {err}") from err
-            if length is not None and len(link.buffer) >= length:
-                frame = bytes(link.buffer[:length])
-                del link.buffer[:length]
-                self._trace(False, frame)
-                try:
-                    if self.rtu:
-                        return wire.rtu_answer(frame, request)
-                    if int.from_bytes(frame[:2], "big") in self._stale:
-                        # the late answer of an earlier request (or a repeated one)
-                        log.debug("%s: dropped a late answer %s", device_id, frame.hex(" "))
-                        continue
-                    return wire.mbap_answer(frame, tid, request)
-                except wire.ExceptionAnswer as err:
-                    name = EXCEPTION_NAMES.get(err.code, "unknown exception")
-                    message = f"{what}: exception {err.code} {name}"
-                    if err.code == 11:
-                        # a gateway/serial server answers for a device behind it that stayed silent
-                        raise DeviceTimeout(device_id, message) from err
-                    raise ExceptionResponse(device_id, message, err.code) from err
-                except wire.AnswerError as err:
-                    raise DeviceProtocolError(device_id, f"{what}: {err}") from err
-            if link.closed:
-                got = bytes(link.buffer)
-                self._trace(False, got)
-                self.drop()
-                if got:
-                    raise DeviceUnavailable(
-                        device_id,
-                        f"{what}: connection closed in the middle of an answer "
-                        f"({len(got)} bytes: {got.hex(' ')})",
-                    )
-                raise DeviceUnavailable(device_id, f"{what}: connection closed without an answer")
-            await link.more()
+                raise DeviceProtocolError(device_id, f"{what or describe(request)}: {err}") from err
+            if length is None or len(buf) < length:
+                return None
+            if len(buf) == length:  # the usual case: the buffer is the answer
+                frame = bytes(buf)
+                buf.clear()
+            else:
+                frame = bytes(buf[:length])
+                del buf[:length]
+            self._trace(False, frame)
+            try:
+                if self.rtu:
+                    return wire.rtu_answer(frame, request)
+                if int.from_bytes(frame[:2], "big") in self._stale:
+                    # the late answer of an earlier request (or a repeated one)
+                    log.debug("%s: dropped a late answer %s", device_id, frame.hex(" "))
+                    if not buf:
+                        return None
+                    continue
+                return wire.mbap_answer(frame, tid, request)
+            except wire.ExceptionAnswer as err:
+                name = EXCEPTION_NAMES.get(err.code, "unknown exception")
+                message = f"{what or describe(request)}: exception {err.code} {name}"
+                if err.code == 11:
+                    # a gateway/serial server answers for a device behind it that stayed silent
+                    raise DeviceTimeout(device_id, message) from err
+                raise ExceptionResponse(device_id, message, err.code) from err
+            except wire.AnswerError as err:
+                raise DeviceProtocolError(device_id, f"{what or describe(request)}: {err}") from err
+
+
+def _bit(block: Sequence[int], at: int) -> bool:
+    """A coil or discrete input (fc 1/2) of a block."""
+    return bool(block[at])
 
 
 class ModbusDriver:
@@ -440,6 +528,10 @@ class ModbusDriver:
                 f"(points: {', '.join(p.name for p in self.profile.points)})",
             )
         self._points = {p.name: self._effective(p) for p in self.profile.points}
+        #: each point's decoder, worked out once: (block, where the point starts) -> value
+        self._decoders: dict[str, codec.Decoder] = {
+            name: _bit if p.is_bit_fc else codec.decoder(p) for name, p in self._points.items()
+        }
         self._plan = plan_reads(
             [p for p in self._points.values() if p.report],
             max_registers=config.max_registers,
@@ -469,7 +561,7 @@ class ModbusDriver:
             line.users += 1
             self._line = line
         self._closed = False
-        self._frames: collections.deque[Frame] = collections.deque(maxlen=FRAME_HISTORY)
+        self._frames: collections.deque[RawFrame] = collections.deque(maxlen=FRAME_HISTORY)
 
     # -- construction helpers ---------------------------------------------------------
 
@@ -545,7 +637,7 @@ class ModbusDriver:
 
     def last_frames(self) -> list[str]:
         """The last raw frames of this device, oldest first: ``'08:00:01.123Z >> 01 03 ..'``."""
-        return [str(f) for f in self._frames]
+        return [str(Frame(*f)) for f in self._frames]
 
     async def read(self) -> Reading:
         """Read every block of the plan; a block that fails leaves only its own points out.
@@ -585,8 +677,9 @@ class ModbusDriver:
                     missing.update((p.name, block.reason) for p in part.points)
                     first_error = first_error or block
                     continue
+                decoders, start = self._decoders, part.start
                 for point in part.points:
-                    value = self._decode(point, part, block)
+                    value = decoders[point.name](block, point.address - start)
                     data[point.name] = value
                     if value is None:
                         bad.append(point.name)
@@ -616,15 +709,6 @@ class ModbusDriver:
             quality = "good"
         return Reading(data=data, quality=quality, out_of_range=out_of_range, missing=missing)
 
-    @staticmethod
-    def _decode(
-        point: Point, request: ReadRequest, block: list[int] | list[bool]
-    ) -> codec.Number | bool | None:
-        offset = point.address - request.start
-        if point.is_bit_fc:
-            return bool(block[offset])
-        return codec.decode(point, block[offset : offset + point.count])
-
     async def _read_parts(
         self, request: ReadRequest, refused: list[str]
     ) -> list[tuple[ReadRequest, list[int] | list[bool] | DeviceError]]:
@@ -633,14 +717,20 @@ class ModbusDriver:
         Returns each part read with its values, or with the exception response of a
         single point the device refuses; any other DeviceError is raised.
         """
+        fc, count = request.fc, request.count
         try:
-            return [(request, await self._read_block(request))]
+            # what=None: the message names the request only if there is one to write
+            pdu = await self._call(
+                None, wire.read_request(self.config.unit, fc, request.start, count)
+            )
         except ExceptionResponse as err:
             halves = split_request(request)
             if err.code not in (2, 3) or not halves:
                 return [(request, err)]
             if len(refused) < 5:  # the log line names a few, not a hundred
                 refused.append(err.reason)
+        else:
+            return [(request, wire.bits(pdu, count) if fc in (1, 2) else wire.registers(pdu))]
         parts: list[tuple[ReadRequest, list[int] | list[bool] | DeviceError]] = []
         for half in halves:
             parts += await self._read_parts(half, refused)
@@ -699,13 +789,7 @@ class ModbusDriver:
 
     # -- requests -------------------------------------------------------------------------
 
-    async def _read_block(self, request: ReadRequest) -> list[int] | list[bool]:
-        fc, start, count = request.fc, request.start, request.count
-        what = f"read {_FC_NAMES[fc]} {start}+{count}"
-        pdu = await self._call(what, wire.read_request(self.config.unit, fc, start, count))
-        return wire.bits(pdu, count) if fc in (1, 2) else wire.registers(pdu)
-
-    async def _call(self, what: str, request: wire.Request) -> bytes:
+    async def _call(self, what: str | None, request: wire.Request) -> bytes:
         """Run one request with the bus held, the device's timeout and retries."""
         if self._closed:
             raise DeviceUnavailable(self.device_id, "driver is closed")

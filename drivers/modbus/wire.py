@@ -14,6 +14,7 @@ device; :class:`drivers.modbus.driver._Line` does the I/O.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
 #: largest PDU (Modbus Application Protocol V1.1b3, 4.1): 253 bytes
@@ -131,7 +132,7 @@ def write_registers(unit: int, address: int, values: list[int]) -> Request:
 
 def registers(pdu: bytes) -> list[int]:
     """Register values of a checked fc 3/4 answer."""
-    return [int.from_bytes(pdu[i : i + 2], "big") for i in range(2, len(pdu), 2)]
+    return list(struct.unpack_from(f">{(len(pdu) - 2) // 2}H", pdu, 2))
 
 
 def bits(pdu: bytes, count: int) -> list[bool]:
@@ -191,7 +192,7 @@ def rtu_frame(request: Request) -> bytes:
     return body + crc16(body)
 
 
-def rtu_length(buf: bytes | bytearray, request: Request) -> int | None:
+def rtu_length(buf: bytes | bytearray, request: Request | None = None) -> int | None:
     """Length of the RTU frame at the start of ``buf``; None until enough bytes are in.
 
     RTU frames carry no length: it follows from the function code (and the byte count
@@ -207,6 +208,21 @@ def rtu_length(buf: bytes | bytearray, request: Request) -> int | None:
     if fc in (5, 6, 15, 16):
         return 8
     raise GarbageError(f"garbage instead of an RTU answer: {bytes(buf[:8]).hex(' ')}")
+
+
+def frame_ready(buf: bytes | bytearray, rtu: bool) -> bool:
+    """Whether ``buf`` is worth reading yet: it starts with a whole frame (Modbus TCP, or
+    RTU when ``rtu``), or with bytes that are no frame at all (garbage, reported by the
+    reader). False while a frame is still coming in; never raises.
+
+    The connection asks this for every chunk it receives, so that the exchange waiting
+    for an answer is woken once, when the answer is whole, not once per chunk.
+    """
+    try:
+        length = rtu_length(buf) if rtu else mbap_length(buf)
+    except GarbageError:
+        return True
+    return length is not None and len(buf) >= length
 
 
 def rtu_answer(frame: bytes, request: Request) -> bytes:
@@ -227,6 +243,7 @@ __all__ = [
     "Request",
     "bits",
     "crc16",
+    "frame_ready",
     "mbap_answer",
     "mbap_frame",
     "mbap_length",

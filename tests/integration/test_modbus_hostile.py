@@ -202,6 +202,87 @@ async def test_a_repeated_tcp_answer_is_dropped(
         assert (reading.data, reading.missing) == ({"a": 111, "b": 222}, {})
 
 
+@pytest.mark.parametrize("framer", ["socket", "rtu"])
+async def test_an_answer_in_three_pieces_is_read_whole(
+    devices: list[HostileModbus], drivers: list[ModbusDriver], tmp_path: Path, framer: str
+) -> None:
+    """A serial server forwards an answer as the bytes come off the line: the driver
+    waits for the whole frame (its length from the MBAP header or the RTU byte count),
+    and the read waiting for it resumes once, not once per piece (CPU on an idle box)."""
+    dev, port = await hostile(devices, framer=framer, holding={0: 111, 100: 222})
+    d = driver(drivers, tmp_path, port, framer=framer)
+    assert (await d.read()).data == {"a": 111, "b": 222}  # connected, answers in one piece
+    assert d._line is not None
+    assert d._line.link is not None
+    link = d._line.link
+    wake = link.wake
+    wakes = [0]
+
+    def counted() -> None:
+        wakes[0] += link.waiter is not None
+        wake()
+
+    link.wake = counted  # type: ignore[method-assign]
+    dev.default = "chunked"
+    for _ in range(2):
+        reading = await d.read()
+        assert (reading.data, reading.missing) == ({"a": 111, "b": 222}, {})
+    # the waiting read is woken once per answer (when it is whole), not once per piece,
+    # and not by its timer
+    assert wakes[0] == 4
+    # each answer is kept as one frame, not as its pieces
+    assert [f.split()[1] for f in d.last_frames()] == [">>", "<<"] * 4
+
+
+@pytest.mark.parametrize("framer", ["socket", "rtu"])
+async def test_a_stop_while_waiting_for_an_answer_is_not_swallowed(
+    devices: list[HostileModbus], drivers: list[ModbusDriver], tmp_path: Path, framer: str
+) -> None:
+    """Cancelling a read that waits for an answer ends it with CancelledError; the answer
+    that comes after the stop is never taken for the next request's."""
+    dev, port = await hostile(devices, framer=framer, holding={0: 111, 100: 222}, late_s=0.1)
+    d = driver(drivers, tmp_path, port, framer=framer, timeout_s=0.5)
+    asked = asyncio.Event()
+    dev.on_request = lambda _seen: asked.set()  # returns None: the script decides
+    dev.script = ["late"]  # a's answer, 0.1 s after the stop
+    task = asyncio.create_task(d.read())
+    await asked.wait()  # the request is on the wire, the read waits for its answer
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    dev.on_request = None
+    reading = await d.read()
+    assert (reading.data, reading.missing) == ({"a": 111, "b": 222}, {})
+
+
+@pytest.mark.parametrize("framer", ["socket", "rtu"])
+async def test_a_stop_that_comes_with_the_answer_is_not_swallowed(
+    devices: list[HostileModbus], drivers: list[ModbusDriver], tmp_path: Path, framer: str
+) -> None:
+    """The answer and the stop in the same loop pass: the read must still end with
+    CancelledError (Python 3.11's wait_for returned the result and dropped the stop, and
+    a device task that ignores its stop never lets the agent stop)."""
+    _, port = await hostile(devices, framer=framer, holding={0: 111, 100: 222})
+    d = driver(drivers, tmp_path, port, framer=framer)
+    assert (await d.read()).data == {"a": 111, "b": 222}  # connected
+    assert d._line is not None
+    assert d._line.link is not None
+    link = d._line.link
+    task = asyncio.create_task(d.read())
+    wake = link.wake
+
+    def wake_then_stop() -> None:
+        wake()  # the whole answer is in: the waiting read is resolved ...
+        task.cancel()  # ... and the stop arrives before the read resumes
+
+    link.wake = wake_then_stop  # type: ignore[method-assign]
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    link.wake = wake  # type: ignore[method-assign]
+    reading = await d.read()
+    assert (reading.data, reading.missing) == ({"a": 111, "b": 222}, {})
+
+
 async def test_a_late_rtu_answer_is_flushed_not_taken_for_the_next_block(
     devices: list[HostileModbus], drivers: list[ModbusDriver], tmp_path: Path
 ) -> None:

@@ -215,3 +215,40 @@ def test_encode_bit_accepts_bool_and_0_1_only() -> None:
     assert codec.encode_bit(coil, 0) is False
     with pytest.raises(ValueError, match="true/false or 1/0"):
         codec.encode_bit(coil, 2)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"type_": "uint16"},
+        {"type_": "int16"},
+        {"type_": "uint16", "scale": 0.1},
+        {"type_": "int16", "scale": 0.1},
+        {"type_": "uint16", "scale": 0.01, "offset": -40},
+        {"type_": "int16", "scale": 10},
+        {"type_": "uint16", "scale": 2, "offset": 3},
+        {"type_": "int16", "offset": 0.5},
+        {"type_": "uint16", "scale": 0.001},
+        {"type_": "int16", "byte_order": "little", "scale": 0.1},
+        {"type_": "bit", "bit": 3},
+        {"type_": "int32", "word_order": "little", "scale": 0.01},
+        {"type_": "float32"},
+        {"type_": "uint32", "scale": 0.1},
+    ],
+    ids=repr,
+)
+def test_a_points_decoder_gives_what_decode_gives(kw: dict[str, object]) -> None:
+    """The driver decodes with ``decoder(point)`` (worked out once per point); it must
+    give exactly what ``decode`` gives, type included (an int stays an int), for every
+    register value, taken at the point's place in a block."""
+    type_ = str(kw.pop("type_"))
+    p = point(type_, **kw)
+    fast = codec.decoder(p)
+    words = [0, 1, 2, 9, 10, 99, 100, 420, 2301, 0x7FFF, 0x8000, 0x8001, 0xFFC9, 0xFFFF]
+    words += list(range(0, 0x10000, 997))
+    for word in words:
+        block = [0x1234, word, word ^ 0x00FF, 0x4366]  # the point starts at 1
+        expected = codec.decode(p, block[1 : 1 + p.count])
+        got = fast(block, 1)
+        assert got == expected, (word, got, expected)
+        assert type(got) is type(expected), (word, got, expected)

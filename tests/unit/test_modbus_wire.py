@@ -83,3 +83,23 @@ def test_bits_come_lsb_first() -> None:
     assert request.answer_len == 2 + 3
     assert wire.bits(pdu, 19)[:4] == [True, False, True, True]  # 0xCD = 1100 1101
     assert wire.bits(pdu, 19)[16:] == [True, False, True]  # 0x05, coils 36-38
+
+
+def test_frame_ready_says_when_a_whole_frame_or_garbage_is_in() -> None:
+    """The connection wakes the waiting exchange only when this says so: once per answer,
+    however many chunks it comes in, and at once for bytes that are no frame."""
+    mbap = bytes.fromhex("00 07 00 00 00 07 01 03 04 01 a4 ff 06")
+    for cut in range(len(mbap)):
+        assert not wire.frame_ready(mbap[:cut], rtu=False), cut
+    assert wire.frame_ready(mbap, rtu=False)
+    assert wire.frame_ready(mbap + mbap[:3], rtu=False)  # the next one begins
+    assert wire.frame_ready(bytes.fromhex("13 37 de ad be ef 42"), rtu=False)  # protocol id
+    assert wire.frame_ready(bytes.fromhex("00 07 00 00 00 01 01"), rtu=False)  # length 1
+    body = bytes.fromhex("01 03 02 03 2c")
+    rtu = body + wire.crc16(body)
+    for cut in range(len(rtu)):
+        assert not wire.frame_ready(rtu[:cut], rtu=True), cut
+    assert wire.frame_ready(rtu, rtu=True)
+    assert wire.frame_ready(bytes.fromhex("01 83 02 c0 f1"), rtu=True)  # exception answer
+    assert not wire.frame_ready(bytes.fromhex("01 83 02 c0"), rtu=True)
+    assert wire.frame_ready(bytes.fromhex("01 37"), rtu=True)  # no such function code

@@ -77,6 +77,59 @@ async def test_a_swallowed_cancellation_still_stops_the_loop() -> None:
         task.result()
 
 
+class HangingDriver:
+    """A read that never ends (a device that keeps the line busy forever)."""
+
+    device_id = "h1"
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+
+    async def read(self) -> Reading:
+        self.started.set()
+        await asyncio.Event().wait()
+        raise AssertionError("never")
+
+
+def hanging_loop(driver: HangingDriver, read_timeout_s: float, states: list[Any]) -> PollLoop:
+    return PollLoop(
+        driver,  # type: ignore[arg-type]
+        interval_s=10.0,
+        read_timeout_s=read_timeout_s,
+        offline_after=3,
+        emit=Sink(),  # type: ignore[arg-type]
+        state_sink=lambda _d, payload: states.append(payload),
+    )
+
+
+async def test_a_read_past_its_timeout_fails_the_poll_and_leaves_the_task_running() -> None:
+    states: list[Any] = []
+    loop = hanging_loop(HangingDriver(), 0.05, states)
+    assert await loop.poll_once() is None  # one failure: degraded, polled again on time
+    assert states[-1]["state"] == "degraded"
+    assert states[-1]["last_error"] == "no complete reading within 0.05 s"
+    # the timeout's own cancellation is taken back: this task is not being stopped
+    task = asyncio.current_task()
+    assert task is not None
+    assert task.cancelling() == 0
+    await asyncio.sleep(0)  # no cancellation pending either
+
+
+async def test_a_stop_during_a_read_is_never_taken_for_its_timeout() -> None:
+    """A stop while the read waits raises CancelledError, also when the read's timer fires
+    in the same loop pass (both cancel the task; only the timer's is taken back)."""
+    for read_timeout_s in (5.0, 0.0):  # the timer far away; the timer due right now
+        driver = HangingDriver()
+        states: list[Any] = []
+        loop = hanging_loop(driver, read_timeout_s, states)
+        task = asyncio.create_task(loop.poll_once())
+        await driver.started.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert states == [], read_timeout_s  # not counted as a failed poll
+
+
 # -- the shared tick of a line (edge_agent.poll.SharedTick) ------------------------------
 
 
