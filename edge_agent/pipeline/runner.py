@@ -7,7 +7,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 from edge_agent.driver import Event, Quality, Value
-from edge_agent.pipeline.base import Message, Sink, Stage
+from edge_agent.pipeline.base import TICK_S, Message, Sink, Stage
 from edge_agent.pipeline.failures import Failures
 from edge_agent.pipeline.taps import Tap, Taps
 
@@ -127,6 +127,18 @@ class Pipeline:
                 self.stage_failures.failed(f"{stage.name}.tick", err, outcome=_TICK_FAILED)
         self.taps.tick()
         self.stage_failures.tick()
+
+    def due_in(self) -> float | None:
+        """Seconds until :meth:`tick` can next change something (the soonest stage or
+        failure summary); None while only a new message can."""
+        dues = [self.taps.due_in(), self.stage_failures.due_in()]
+        for stage in self.stages:
+            try:
+                dues.append(stage.due_in())
+            except Exception as err:
+                self.stage_failures.failed(f"{stage.name}.due_in", err, outcome=_TICK_FAILED)
+                dues.append(TICK_S)  # as before it could say: looked at every interval
+        return min((d for d in dues if d is not None), default=None)
 
     def flush(self) -> None:
         """At stop: every stage sends on what it holds, in list order."""
