@@ -427,6 +427,9 @@ class Agent:
 
     def _publish_state(self, device_id: str, payload: dict[str, Any]) -> None:
         self.publisher.set_retained(self.topics.device_state(device_id), payload)
+        # a state commits nothing, but may start a timer (an offline rule's delay, seen
+        # by the taps right after this): the sleeping group commit looks at them again
+        self.outbox.nudge()
 
     # -- running ------------------------------------------------------------------
     def stop(self) -> None:

@@ -628,16 +628,20 @@ class Outbox:
         for an alarm, a full batch, a state or audit entry, or a durable commit's short
         wait; or after ``next_timer_s`` seconds (the caller's timers), whichever comes first.
 
-        With nothing queued it sleeps until something is, or until ``next_timer_s`` (None:
-        no limit): an idle gateway does not wake every interval (issue 8 item 9)."""
+        With nothing queued it sleeps until something is, until :meth:`nudge`, or until
+        ``next_timer_s`` (None: no limit): an idle gateway does not wake every interval
+        (issue 8 item 9)."""
         loop = asyncio.get_running_loop()
         now = loop.time()
         end = None if next_timer_s is None else now + next_timer_s
+        idle_woken = False
         while not self._wake.is_set():
             if self.has_work():
                 due = now + self.commit_interval_s
                 end = due if end is None else min(end, due)
                 waiter = self._wake
+            elif idle_woken:
+                break  # a nudge: the caller's timers may have changed
             else:
                 self._queued.clear()
                 waiter = self._queued  # set by every producer, the urgent ones too
@@ -648,8 +652,14 @@ class Outbox:
                     await waiter.wait()
             except TimeoutError:
                 break
+            idle_woken = waiter is self._queued
             now = loop.time()
         self._wake.clear()
+
+    def nudge(self) -> None:
+        """End an idle :meth:`wait_for_work` with nothing queued: something that commits
+        nothing (a device's state) may have started a timer of the caller's."""
+        self._queued.set()
 
     def has_work(self) -> bool:
         """Something waits for the next commit (what :meth:`flush` writes)."""

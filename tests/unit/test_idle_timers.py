@@ -310,3 +310,75 @@ async def test_a_reading_is_committed_within_the_interval_on_an_idle_agent(
     before = agent.outbox.committed_total
     agent.emitter.telemetry("r101-air", {"co2": 600})
     await _until(lambda: agent.outbox.committed_total == before + 1, "the reading's commit")
+
+
+# -- doors and the guard patrol ---------------------------------------------------------------
+
+
+def test_a_door_held_open_is_due_at_its_time() -> None:
+    from tests.unit.test_doors import started as doors_started
+
+    rig = doors_started()
+    assert rig.pipe.due_in() is None  # all doors closed: nothing can time out
+    rig.card(1)
+    rig.poll(di1=False)  # opened with a grant
+    assert rig.of("door_opened")
+    assert rig.pipe.due_in() == pytest.approx(30)  # held_open_s
+    rig.clock.now += 29.5
+    rig.pipe.tick()
+    assert rig.of("door_held_open") == []
+    rig.clock.now += rig.pipe.due_in() or 0
+    rig.pipe.tick()
+    assert len(rig.of("door_held_open")) == 1
+    assert rig.pipe.due_in() is None  # said once per opening
+
+
+def test_a_patrol_deadline_is_due_when_it_passes() -> None:
+    from tests.unit.test_patrol import at as patrol_at
+    from tests.unit.test_patrol import route
+    from tests.unit.test_patrol import started as patrol_started
+
+    c = patrol_started(route())  # 21:00; the round of 22:00 ends 22:30, 5 min tolerance
+    assert c.patrol.due_in() == pytest.approx(patrol_at("2026-11-30 22:35") - c.clock)
+    c.swipe("gate-n", "2026-11-30 22:03")
+    c.clock = patrol_at("2026-11-30 22:34")
+    c.patrol.tick()
+    assert c.raised() == []
+    assert c.patrol.due_in() == pytest.approx(60)
+    c.clock += c.patrol.due_in() or 0
+    c.patrol.tick()
+    assert {a["value"] for a in c.raised()} == {"lab", "dorm"}
+    # the next night's round is the next deadline
+    assert c.patrol.due_in() == pytest.approx(86400)
+
+
+async def test_an_offline_delay_started_by_a_state_alone_raises_on_an_idle_agent(
+    tmp_path: Path,
+) -> None:
+    # A device state commits nothing: the group commit is nudged to look at its timers.
+    (tmp_path / "rules.yaml").write_text(
+        yaml.safe_dump(
+            {"rules": [{"id": "off", "type": "offline", "on_delay_s": 0.5, "severity": "major"}]}
+        ),
+        encoding="utf-8",
+    )
+    cfg_path = tmp_path / "agent.yaml"
+    cfg_path.write_text(
+        "site: {id: school-a, gateway_id: gw1}\n"
+        f"mqtt: {{host: 127.0.0.1, port: {_closed_port()}, reconnect_max_s: 1}}\n"
+        f"outbox: {{path: {tmp_path / 'outbox.db'}, commit_interval_ms: 50}}\n"
+        "clock: {sync_check: none}\n"
+        "rules: {default: false, files: [rules.yaml]}\n"
+    )
+    agent = Agent(load_config(cfg_path), cfg_path)
+    agent.idle_wake_s = 3600.0
+    task = asyncio.create_task(agent.run())
+    try:
+        await _until(lambda: agent.outbox.epoch, "the agent's start")
+        await _until(lambda: not agent.outbox.has_work(), "the start's commits")
+        await asyncio.sleep(0.2)  # the group commit is asleep
+        agent._state_sink("r101-air", {"state": "offline", "since": "x", "last_error": "t/o"})
+        await _until(lambda: agent.alarms.find("off", "r101-air"), "the offline alarm")
+    finally:
+        agent.stop()
+        await asyncio.wait_for(task, 15)
