@@ -203,6 +203,7 @@ class Agent:
             OutboxSink(self.outbox_emitter, self.outbox, self.root, self._publish_state),
         )
         self.gate = self.emitter.stage(ClockGate)
+        self.emitter.on_hold = self.outbox.nudge  # a held reading's timer (issue 8 item 9)
         self.stats = ProcessStats()
         self.notifier = SystemdNotifier()
         self.drivers: dict[str, Any] = {}  # filled by _build_drivers, shared by reference

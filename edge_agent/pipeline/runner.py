@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, TypeVar
 
@@ -35,6 +35,9 @@ class Pipeline:
             self.taps.summary_s,
             self.taps.clock,
         )
+        #: called when a stage holds (or drops) a message: a held message reaches no
+        #: sink, yet may start a timer of its stage (the agent wakes its group commit)
+        self.on_hold: Callable[[], None] | None = None
         #: the stages from each position on (no list slice per message)
         self._tails = [tuple(self.stages[i:]) for i in range(len(self.stages) + 1)]
         for i, stage in enumerate(self.stages):
@@ -76,6 +79,8 @@ class Pipeline:
                 self.stage_failures.failed(stage.name, err, msg)
                 return
             if out is None:
+                if self.on_hold is not None:
+                    self.on_hold()
                 return
             msg = out
         self.sink.put(msg)

@@ -382,3 +382,36 @@ async def test_an_offline_delay_started_by_a_state_alone_raises_on_an_idle_agent
     finally:
         agent.stop()
         await asyncio.wait_for(task, 15)
+
+
+async def test_a_reading_held_for_the_clock_goes_out_once_it_is_synchronised(
+    tmp_path: Path,
+) -> None:
+    # A held reading reaches no sink: the group commit is nudged, then looks at the
+    # clock every TICK_S while something is held.
+    synced = tmp_path / "synced"
+    cfg_path = tmp_path / "agent.yaml"
+    cfg_path.write_text(
+        "site: {id: school-a, gateway_id: gw1}\n"
+        f"mqtt: {{host: 127.0.0.1, port: {_closed_port()}, reconnect_max_s: 1}}\n"
+        f"outbox: {{path: {tmp_path / 'outbox.db'}, commit_interval_ms: 50}}\n"
+        f"clock: {{sync_check: file, sync_file: {synced}}}\n"
+    )
+    agent = Agent(load_config(cfg_path), cfg_path)
+    agent.idle_wake_s = 3600.0
+    task = asyncio.create_task(agent.run())
+    try:
+        await _until(lambda: agent.outbox.epoch, "the agent's start")
+        await _until(lambda: not agent.outbox.has_work(), "the start's commits")
+        await asyncio.sleep(0.2)  # the group commit is asleep
+        before = agent.outbox.committed_total
+        agent.emitter.telemetry("r101-air", {"co2": 600})
+        assert agent.gate.held == 1
+        await asyncio.sleep(0.2)
+        synced.touch()  # NTP has set the clock
+        await _until(lambda: agent.gate.held == 0, "the release")
+        await _until(lambda: agent.outbox.committed_total == before + 1, "its commit")
+        assert agent.gate.corrected == 1
+    finally:
+        agent.stop()
+        await asyncio.wait_for(task, 15)
