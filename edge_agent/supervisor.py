@@ -138,9 +138,11 @@ def mqtt_settings(cfg: AgentConfigBase) -> MqttSettings:
 STOP_REPORT_S = 15.0
 #: the group-commit task wakes at least this often when nothing is queued and no timer
 #: is due (it feeds the watchdog's health check; a wall-clock step delays a timer by
-#: this much at most); at most this seldom when a timer keeps saying "due now"
+#: this much at most)
 IDLE_WAKE_S = 5.0
+#: the sleep for a timer due now; after DUE_NOW_MAX of them in a row, TICK_S (no spin)
 MIN_WAIT_S = 0.01
+DUE_NOW_MAX = 3
 
 
 def _report_slow_stop() -> None:
@@ -285,6 +287,7 @@ class Agent:
         self._stop = asyncio.Event()
         self._last_flush_ok = time.monotonic()
         self._due_failed = False  # a due_in raised (logged once)
+        self._due_now = 0  # wakes in a row on a timer that said "now"
         #: the longest sleep of the group-commit task with nothing to do (tests lengthen it)
         self.idle_wake_s = IDLE_WAKE_S
         #: sirens on relay outputs, switched by the alarm book (edge_agent/alarms/siren.py)
@@ -628,9 +631,13 @@ class Agent:
                     d = TICK_S
                 if d is not None and d < due:
                     due = d
-        # a timer's deadline is never missed, and a clock that stands still (a test's)
-        # or a timer that keeps saying "now" cannot spin the loop
-        return max(due, MIN_WAIT_S)
+        if due > MIN_WAIT_S:
+            self._due_now = 0
+            return due
+        # due now: the tick right after makes it later. A ticker that keeps saying "now"
+        # (a bug, a clock that stands still) is ticked every TICK_S, as before, not spun.
+        self._due_now += 1
+        return MIN_WAIT_S if self._due_now <= DUE_NOW_MAX else TICK_S
 
     async def _run_outbox(self) -> None:
         failing = False

@@ -45,15 +45,16 @@ log = logging.getLogger(__name__)
 
 #: MQTT 5 reason codes (paho maps the 3.1.1 CONNACK return codes onto them).
 RC_UNSUPPORTED_PROTOCOL = 0x84
-#: paho's loop_misc runs this long after its keep-alive deadline (see LoopNetwork)
-MISC_SLACK_S = 0.05
-#: and this often when keep-alive is off (0)
-MISC_NO_KEEPALIVE_S = 60.0
 RC_BAD_CREDENTIALS = 0x86
 RC_NOT_AUTHORIZED = 0x87
 RC_SESSION_TAKEN_OVER = 0x8E
 #: what paho reports when the socket closed under it (not a keep-alive timeout)
 RC_UNSPECIFIED = 0x80
+
+#: paho's loop_misc runs this long after its keep-alive deadline (see LoopNetwork)
+MISC_SLACK_S = 0.05
+#: and this often when keep-alive is off (0)
+MISC_NO_KEEPALIVE_S = 60.0
 
 #: Short Chinese for each failure reason, after the English text in the same log line.
 _ZH = {

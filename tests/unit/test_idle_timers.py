@@ -415,3 +415,24 @@ async def test_a_reading_held_for_the_clock_goes_out_once_it_is_synchronised(
     finally:
         agent.stop()
         await asyncio.wait_for(task, 15)
+
+
+def test_a_timer_that_keeps_saying_now_is_ticked_as_before_not_spun(tmp_path: Path) -> None:
+    cfg_path = tmp_path / "agent.yaml"
+    cfg_path.write_text(
+        "site: {id: school-a, gateway_id: gw1}\n"
+        "mqtt: {host: 127.0.0.1}\n"
+        f"outbox: {{path: {tmp_path / 'outbox.db'}}}\n"
+        "clock: {sync_check: none}\n"
+    )
+    agent = Agent(load_config(cfg_path), cfg_path)
+    assert agent._timers_due_s() == agent.idle_wake_s  # nothing due: the idle wake
+
+    class Stuck:
+        def due_in(self) -> float:
+            return 0.0
+
+    agent.patrol = Stuck()  # type: ignore[assignment]
+    waits = [agent._timers_due_s() for _ in range(6)]
+    assert waits[0] < 0.05  # due now: at once
+    assert waits[-1] == TICK_S  # but not a hundred times a second for ever
