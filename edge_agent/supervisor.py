@@ -52,6 +52,7 @@ from edge_agent.mqtt.publisher import MqttSettings, Publisher, response_properti
 from edge_agent.notify.worker import Notifier
 from edge_agent.outbox.store import Outbox
 from edge_agent.pipeline import ClockGate, build_pipeline
+from edge_agent.pipeline.base import TICK_S
 from edge_agent.pipeline.patrol import Patrol
 from edge_agent.pipeline.sink import OutboxSink
 from edge_agent.poll import SHARED_RNG, PollLoop, SharedTick, backoff_delay
@@ -135,6 +136,13 @@ def mqtt_settings(cfg: AgentConfigBase) -> MqttSettings:
 
 #: a clean stop takes a second or two; past this, say what it is waiting for
 STOP_REPORT_S = 15.0
+#: the group-commit task wakes at least this often when nothing is queued and no timer
+#: is due (it feeds the watchdog's health check; a wall-clock step delays a timer by
+#: this much at most)
+IDLE_WAKE_S = 5.0
+#: the sleep for a timer due now; after DUE_NOW_MAX of them in a row, TICK_S (no spin)
+MIN_WAIT_S = 0.01
+DUE_NOW_MAX = 3
 
 
 def _report_slow_stop() -> None:
@@ -197,6 +205,7 @@ class Agent:
             OutboxSink(self.outbox_emitter, self.outbox, self.root, self._publish_state),
         )
         self.gate = self.emitter.stage(ClockGate)
+        self.emitter.on_hold = self.outbox.nudge  # a held reading's timer (issue 8 item 9)
         self.stats = ProcessStats()
         self.notifier = SystemdNotifier()
         self.drivers: dict[str, Any] = {}  # filled by _build_drivers, shared by reference
@@ -277,6 +286,10 @@ class Agent:
             self.emitter.add_tap("rules", self.rules.see)
         self._stop = asyncio.Event()
         self._last_flush_ok = time.monotonic()
+        self._due_failed = False  # a due_in raised (logged once)
+        self._due_now = 0  # wakes in a row on a timer that said "now"
+        #: the longest sleep of the group-commit task with nothing to do (tests lengthen it)
+        self.idle_wake_s = IDLE_WAKE_S
         #: sirens on relay outputs, switched by the alarm book (edge_agent/alarms/siren.py)
         self.sirens: list[Siren] = []
         self._started = time.monotonic()
@@ -418,6 +431,9 @@ class Agent:
 
     def _publish_state(self, device_id: str, payload: dict[str, Any]) -> None:
         self.publisher.set_retained(self.topics.device_state(device_id), payload)
+        # a state commits nothing, but may start a timer (an offline rule's delay, seen
+        # by the taps right after this): the sleeping group commit looks at them again
+        self.outbox.nudge()
 
     # -- running ------------------------------------------------------------------
     def stop(self) -> None:
@@ -598,12 +614,37 @@ class Agent:
             60.0, self.outbox.commit_interval_s * 20
         )
 
+    def _timers_due_s(self) -> float:
+        """Seconds until a timer of the ticks below can change something: the group
+        commit sleeps until then (or until something is queued) instead of waking every
+        interval for nothing (issue 8 item 9). At most ``idle_wake_s``: the watchdog is
+        fed, and a step of the wall clock delays a wall-clock timer no longer."""
+        due = self.idle_wake_s
+        for source in (self.emitter, self.alarms, self.patrol, self.rules):
+            if source is not None:
+                try:
+                    d = source.due_in()
+                except Exception as err:  # a timer that cannot say: ticked as before
+                    if not self._due_failed:
+                        self._due_failed = True
+                        log.error("%s.due_in failed: %r", type(source).__name__, err)
+                    d = TICK_S
+                if d is not None and d < due:
+                    due = d
+        if due > MIN_WAIT_S:
+            self._due_now = 0
+            return due
+        # due now: the tick right after makes it later. A ticker that keeps saying "now"
+        # (a bug, a clock that stands still) is ticked every TICK_S, as before, not spun.
+        self._due_now += 1
+        return MIN_WAIT_S if self._due_now <= DUE_NOW_MAX else TICK_S
+
     async def _run_outbox(self) -> None:
         failing = False
         gw = self.cfg.site.gateway_id
         while True:
             try:
-                await self.outbox.wait_for_work()
+                await self.outbox.wait_for_work(self._timers_due_s())
                 self.emitter.tick()
                 await self.outbox.flush()
                 self._last_flush_ok = time.monotonic()

@@ -681,12 +681,21 @@ class AlarmBook:
         }
 
     def tick(self, now: float | None = None) -> None:
-        """Unshelve alarms whose time is up (called from the health loop); ``now`` is
-        on the monotonic clock."""
+        """Unshelve alarms whose time is up (called from the agent's outbox task, at the
+        latest when :meth:`due_in` says so); ``now`` is on the monotonic clock."""
         now = self.clock.mono() if now is None else now
         for alarm in list(self.alarms.values()):
             if alarm.state == "shelved" and alarm.shelved_until and now >= alarm.shelved_until:
                 self._unshelve(alarm)
+
+    def due_in(self) -> float | None:
+        """Seconds until the next shelve ends (0: now); None while nothing is shelved."""
+        ends = [
+            a.shelved_until
+            for a in self.alarms.values()
+            if a.state == "shelved" and a.shelved_until
+        ]
+        return max(0.0, min(ends) - self.clock.mono()) if ends else None
 
     def _unshelve(self, alarm: Alarm) -> None:
         alarm.shelved_until = None

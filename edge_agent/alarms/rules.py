@@ -64,6 +64,8 @@ FLOOD_S = 60.0
 FLOOD_RULE = "alarm_flood_{category}"
 #: the alarm audit's ``origin`` of what the engine raises and clears
 ORIGIN = "rules"
+#: added to the deadlines the tick checks with ``>``: the wake after it finds them due
+_SLACK_S = 0.001
 
 
 class ScheduleClock:
@@ -651,6 +653,48 @@ class RuleEngine:
                     self._judge(rule, device, track, now)
             elif rule.type == "event" and track.active and not self._armed(rule, now):
                 self._clear(rule, device, track)
+
+    def due_in(self) -> float | None:
+        """Seconds until :meth:`tick` can next change something (0: now), None while only
+        a new message can: the soonest on- or off-delay, offline delay, end of chattering
+        or of a flood, or, when a schedule matters (``suppress:``, an armed rule's active
+        or pending alarm, a school day's verdict), the next minute (schedules are written
+        in minutes). The agent sleeps until then instead of ticking every interval."""
+        now = self.now()
+        due = math.inf
+        minute = (math.floor(now / 60.0) + 1) * 60.0 + _SLACK_S
+        if self._suppress:
+            due = minute
+        for cat in self._folded:  # the tick ends a flood once ``> FLOOD_S`` passed
+            due = min(due, self._flood_last[cat] + FLOOD_S + _SLACK_S)
+        fd = self.failures.due_in()
+        if fd is not None:
+            due = min(due, now + fd)
+        by_id = {r.id: r for r in self.rules}
+        for (rule_id, _device), track in self.tracks.items():
+            if not (track.active or track.chattering or track.pending_since is not None):
+                continue  # as in _tick: no timer can change it
+            rule = by_id.get(rule_id)
+            if rule is None:
+                continue
+            if track.chattering:
+                if track.raises:
+                    due = min(due, track.raises[-1] + CHATTER_S + _SLACK_S)
+                continue
+            scheduled = rule.only_in is not None or rule.only_outside is not None
+            if (scheduled or rule.mean == "school_day") and track.active:
+                due = min(due, minute)
+            if track.pending_since is None:
+                continue
+            if rule.type == "offline":
+                if not track.active:
+                    due = min(due, track.pending_since + rule.on_delay_s)
+            elif rule.type in ("threshold", "rate"):
+                delay = rule.off_delay_s if track.active else rule.on_delay_s
+                due = min(due, track.pending_since + delay)
+                if scheduled:
+                    due = min(due, minute)
+        return None if due == math.inf else max(0.0, due - now)
 
     def stats(self) -> dict[str, int]:
         return dict(self.counts)

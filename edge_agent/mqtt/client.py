@@ -51,6 +51,11 @@ RC_SESSION_TAKEN_OVER = 0x8E
 #: what paho reports when the socket closed under it (not a keep-alive timeout)
 RC_UNSPECIFIED = 0x80
 
+#: paho's loop_misc runs this long after its keep-alive deadline (see LoopNetwork)
+MISC_SLACK_S = 0.05
+#: and this often when keep-alive is off (0)
+MISC_NO_KEEPALIVE_S = 60.0
+
 #: Short Chinese for each failure reason, after the English text in the same log line.
 _ZH = {
     "refused": "连接被拒绝（代理未运行或端口错误）",
@@ -412,7 +417,8 @@ class LoopNetwork:
     """Runs a :class:`Client`'s network on an asyncio loop instead of paho's thread (the
     way aiomqtt does): the socket is watched with ``add_reader`` and read with
     ``loop_read``, queued packets are written with ``loop_write`` once per pass of the loop,
-    ``loop_misc`` runs every second (keep-alive, as paho's thread does). Only the blocking
+    ``loop_misc`` (keep-alive: the ping and its timeout) runs when it can next act
+    (:meth:`_misc_due_in`), not every second as in paho's thread. Only the blocking
     part of an attempt (TCP connect, TLS handshake, both bounded by the connect timeout)
     runs in a worker thread, as paho's ``reconnect`` does it.
 
@@ -468,7 +474,7 @@ class LoopNetwork:
         self._closed.clear()
         self._sock = sock
         self._loop.add_reader(sock, self._read)
-        self._misc = self._loop.call_later(1.0, self._run_misc)
+        self._misc = self._loop.call_later(self._misc_due_in(), self._run_misc)
         if self.client.want_write():  # the CONNECT, queued in the worker thread
             self._write()
 
@@ -525,8 +531,29 @@ class LoopNetwork:
         self._misc = None
         if self._sock is None:
             return
-        self._misc = self._loop.call_later(1.0, self._run_misc)
-        self.client.loop_misc()
+        self.client.loop_misc()  # may close the socket: then _detach ran
+        if self._sock is not None:
+            self._misc = self._loop.call_later(self._misc_due_in(), self._run_misc)
+
+    def _misc_due_in(self) -> float:
+        """Seconds until paho's ``loop_misc`` can next act (paho 2.x ``loop_misc`` and
+        ``_check_keepalive``): a PINGREQ once ``keepalive`` passed since the last packet
+        out or the last bytes in; the connection given up once ``keepalive`` passed since
+        an unanswered PINGREQ (or a CONNECT without its CONNACK). On an idle agent that is
+        once a keep-alive instead of every second (issue 8 item 9). Traffic meanwhile
+        only moves the moment later: the timer then finds nothing to do and looks again."""
+        c: Any = self.client
+        keepalive = float(getattr(c, "_keepalive", 0) or 0)
+        if keepalive <= 0:  # no keep-alive: nothing for loop_misc to do but look now and then
+            return MISC_NO_KEEPALIVE_S
+        with c._msgtime_mutex:
+            due = float(min(c._last_msg_out, c._last_bytes_received)) + keepalive
+        ping_t = float(getattr(c, "_ping_t", 0) or 0)
+        if ping_t > 0:
+            due = min(due, ping_t + keepalive)
+        # a little after the deadline: paho compares with ``>=`` on its own reading of
+        # the clock (``time.monotonic``), which must not come out a hair early
+        return max(0.0, due - time.monotonic()) + MISC_SLACK_S
 
     async def stop(self, timeout_s: float = 2.0) -> None:
         """Send DISCONNECT (waiting for an attempt under way) and close the socket."""

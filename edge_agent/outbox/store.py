@@ -164,7 +164,11 @@ class Outbox:
         self._next_seq = 1
         self._pending: list[_Pending] = []
         self._acked: list[int] = []
+        #: a commit is due at once (an alarm, a full batch, a state or audit entry)
         self._wake = asyncio.Event()
+        #: something was queued: ends an idle :meth:`wait_for_work`, which then waits
+        #: the interval (set with every ``_wake`` too)
+        self._queued = asyncio.Event()
         self._urgent = False
         #: a caller waits in :meth:`commit`: the group commit comes after this at most
         #: (a door controller's batch, not the whole interval: swipes and door events
@@ -527,11 +531,12 @@ class Outbox:
     ) -> None:
         """Queue one message for the next group commit. Never blocks, never does I/O."""
         self._pending.append(_Pending(lane, topic, device, kind, ts, data, quality, type_))
+        self._queued.set()
         if lane is Lane.ALARM:
             self._urgent = True
-            self._wake.set()
+            self._wake_now()
         elif len(self._pending) >= self.commit_max_batch:
-            self._wake.set()
+            self._wake_now()
 
     @staticmethod
     def message(
@@ -553,7 +558,7 @@ class Outbox:
         messages put before it (the alarm book saves itself with its alarm messages).
         A full disk keeps it in memory until a commit works again."""
         self._state_dirty[(device, key)] = value
-        self._wake.set()
+        self._wake_now()
 
     def put_audit(self, entry: dict[str, Any]) -> None:
         """Save an alarm audit entry in the next commit, in the same transaction as the
@@ -571,7 +576,7 @@ class Outbox:
         )
         if len(self._audit_dirty) > AUDIT_MEMORY_MAX:
             del self._audit_dirty[: len(self._audit_dirty) - AUDIT_MEMORY_MAX]
-        self._wake.set()
+        self._wake_now()
 
     async def commit(
         self, messages: list[_Pending], state: dict[tuple[str, str], str] | None = None
@@ -591,14 +596,18 @@ class Outbox:
         if len(self._pending) + sum(len(b.pending) for b in self._batches) >= (
             self.commit_max_batch
         ):
-            self._wake.set()
+            self._wake_now()
         elif self._soon is None:
             self._soon = asyncio.get_running_loop().call_later(self.commit_soon_s, self._wake_soon)
         await asyncio.shield(done)
 
     def _wake_soon(self) -> None:
         self._soon = None
+        self._wake_now()
+
+    def _wake_now(self) -> None:
         self._wake.set()
+        self._queued.set()
 
     def cursor(self, device: str) -> str | None:
         """The last committed cursor of ``device`` (None before its first commit)."""
@@ -606,20 +615,63 @@ class Outbox:
 
     def request_commit(self) -> None:
         """Commit at the next opportunity instead of at the end of the interval."""
-        self._wake.set()
+        self._wake_now()
 
     def ack(self, seqs: Iterable[int]) -> None:
         """Mark rows delivered (PUBACK received); they are deleted with the next commit."""
         self._acked.extend(seqs)
+        self._queued.set()  # deleted within the interval, also when nothing else comes
 
-    async def wait_for_work(self) -> None:
-        """Sleep until the next group commit is due: the interval, a full batch or an alarm."""
-        try:
-            async with asyncio.timeout(self.commit_interval_s):
-                await self._wake.wait()
-        except TimeoutError:
-            pass
+    async def wait_for_work(self, next_timer_s: float | None = None) -> None:
+        """Sleep until the next group commit is due: ``commit_interval_s`` after something
+        was queued (a message, an ack, rows held in memory, a commit that failed), at once
+        for an alarm, a full batch, a state or audit entry, or a durable commit's short
+        wait; or after ``next_timer_s`` seconds (the caller's timers), whichever comes first.
+
+        With nothing queued it sleeps until something is, until :meth:`nudge`, or until
+        ``next_timer_s`` (None: no limit): an idle gateway does not wake every interval
+        (issue 8 item 9)."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        end = None if next_timer_s is None else now + next_timer_s
+        idle_woken = False
+        while not self._wake.is_set():
+            if self.has_work():
+                due = now + self.commit_interval_s
+                end = due if end is None else min(end, due)
+                waiter = self._wake
+            elif idle_woken:
+                break  # a nudge: the caller's timers may have changed
+            else:
+                self._queued.clear()
+                waiter = self._queued  # set by every producer, the urgent ones too
+            if end is not None and end <= now:
+                break
+            try:
+                async with asyncio.timeout_at(end):
+                    await waiter.wait()
+            except TimeoutError:
+                break
+            idle_woken = waiter is self._queued
+            now = loop.time()
         self._wake.clear()
+
+    def nudge(self) -> None:
+        """End an idle :meth:`wait_for_work` with nothing queued: something that commits
+        nothing (a device's state) may have started a timer of the caller's."""
+        self._queued.set()
+
+    def has_work(self) -> bool:
+        """Something waits for the next commit (what :meth:`flush` writes)."""
+        return bool(
+            self._pending
+            or self._acked
+            or self._mem
+            or self._batches
+            or self._state_dirty
+            or self._audit_dirty
+            or self._notify_prune > self._notify_pruned
+        )
 
     async def flush(self) -> list[Row]:
         """Commit pending messages and delete acknowledged rows, in one transaction.
@@ -637,15 +689,7 @@ class Outbox:
             return await self._flush()
 
     async def _flush(self) -> list[Row]:
-        if self._db is None or not (
-            self._pending
-            or self._acked
-            or self._mem
-            or self._batches
-            or self._state_dirty
-            or self._audit_dirty
-            or self._notify_prune > self._notify_pruned
-        ):
+        if self._db is None or not self.has_work():
             return []
         pending, self._pending = self._pending, []
         acked, self._acked = self._acked, []
@@ -861,6 +905,7 @@ class Outbox:
     def prune_notify(self, upto: int) -> None:
         """Every robot has delivered the alarms up to ``upto``: deleted with the next commit."""
         self._notify_prune = max(self._notify_prune, upto)
+        self._queued.set()
 
     async def fetch_notify(self, after_seq: int, limit: int) -> list[tuple[int, bytes]]:
         """Alarm messages kept for the robots with ``seq > after_seq``, oldest first;

@@ -18,9 +18,10 @@ the cursor stays, the device keeps its records). Stages run batch by batch (stag
 every message of a commit, then stage 2), so a stage that refuses does so before any
 later stage has seen the batch.
 
-:meth:`Stage.tick` is called about once a group-commit interval (``outbox.commit_interval_ms``,
-500 ms by default) from the agent's outbox task; :meth:`Stage.flush` once at stop, to
-send on whatever it still holds. Both run on the event loop and must not block.
+:meth:`Stage.tick` is called from the agent's outbox task after each group commit and
+when :meth:`Stage.due_in` says a timer of the stage is due (an idle agent sleeps until
+then: ask for the time you need); :meth:`Stage.flush` once at stop, to send on whatever
+it still holds. All run on the event loop and must not block.
 
 A stage that raises on a message loses that message (it is never sent on unprocessed),
 logged once per stage; in a commit the exception reaches the driver and nothing is kept.
@@ -35,6 +36,10 @@ from typing import Any, ClassVar, Literal, Protocol
 from edge_agent.driver import Quality
 
 MessageKind = Literal["telemetry", "event", "state"]
+
+#: how often a stage whose timers are not known (no :meth:`Stage.due_in`) is ticked,
+#: and how often a timer that must be polled is looked at (the default commit interval)
+TICK_S = 0.5
 
 
 @dataclass(slots=True)
@@ -86,7 +91,13 @@ class Stage:
         return msg
 
     def tick(self) -> None:
-        """Called about every group-commit interval: release what is due."""
+        """Called after each group commit and when :meth:`due_in` is due: release what is due."""
+
+    def due_in(self) -> float | None:
+        """Seconds until :meth:`tick` can next change something (0: now), None while only
+        a new message can. A stage that overrides :meth:`tick` but not this one is ticked
+        every :data:`TICK_S`, as every stage was before the agent learnt to sleep."""
+        return TICK_S if type(self).tick is not Stage.tick else None
 
     def flush(self) -> None:
         """Called once at stop: emit whatever is still held."""

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from edge_agent.clock import Clock
 from edge_agent.driver import Quality
 from edge_agent.errors import NotDurableError
-from edge_agent.pipeline.base import Message, Stage
+from edge_agent.pipeline.base import TICK_S, Message, Stage
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,16 @@ class ClockGate(Stage):
         for h in due:
             self._release(h, h.wall, "uncertain")
             self.uncertain += 1
+
+    def due_in(self) -> float | None:
+        """While messages are held, the clock is looked at every :data:`TICK_S` (a sync
+        is only seen by asking); with nothing held there is nothing to release."""
+        if not self._held:
+            return None
+        if self._synced:
+            return 0.0
+        oldest = min(h.mono for h in self._held)
+        return max(0.0, min(TICK_S, oldest + self.hold_max_s - self.clock.mono()))
 
     def _release(self, h: _Held, ts: float, quality: Quality) -> None:
         msg = h.msg

@@ -439,6 +439,18 @@ class DoorLogic(Stage):
                 self._event(door, "door_held_open", data, door.opened_at + door.cfg.held_open_s)
                 self._save(door)
 
+    def due_in(self) -> float | None:
+        """Seconds until an open door's late grant or held-open time runs out."""
+        due: float | None = None
+        for door in self.doors:
+            if not door.open or door.opened_at is None:
+                continue
+            if door.pending:
+                due = _earlier(due, door.opened_at + door.cfg.grant_late_s)
+            if not door.held:
+                due = _earlier(due, door.opened_at + door.cfg.held_open_s)
+        return None if due is None else max(0.0, due - self.clock.wall())
+
     def flush(self) -> None:
         """At stop: a forced decision still waiting for a late grant is made now."""
         for door in self.doors:
@@ -483,3 +495,7 @@ def _loads(text: str | None) -> dict[str, Any]:
         log.warning("door state %r cannot be read; starting from the first reading", text)
         return {}
     return value if isinstance(value, dict) else {}
+
+
+def _earlier(a: float | None, b: float) -> float:
+    return b if a is None else min(a, b)

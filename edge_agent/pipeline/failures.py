@@ -71,6 +71,12 @@ class Failures:
         if self._clock() - self._summarised_at >= self.summary_s:
             self.summary()
 
+    def due_in(self) -> float | None:
+        """Seconds until :meth:`tick` has a summary line to write; None: nothing to say."""
+        if not any(c.unreported for c in self._counts.values()):
+            return None
+        return max(0.0, self._summarised_at + self.summary_s - self._clock())
+
     def summary(self) -> None:
         self._summarised_at = self._clock()
         for name, c in self._counts.items():

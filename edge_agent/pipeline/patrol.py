@@ -38,7 +38,7 @@ from typing import Protocol
 from edge_agent.alarms.lifecycle import AlarmSink
 from edge_agent.config.patrol import Checkpoint, PatrolConfig, Route
 from edge_agent.envelope import iso_ms
-from edge_agent.pipeline.base import Message
+from edge_agent.pipeline.base import TICK_S, Message
 from edge_agent.pipeline.failures import Failures
 
 log = logging.getLogger(__name__)
@@ -174,6 +174,9 @@ class Patrol:
         #: when the clock is synchronised: at load it may still be in 1970)
         self._hold_until: float | None = None
         self._restarted = False
+        #: the first deadline after ``_next_for`` (a ``checked_until``), for :meth:`due_in`
+        self._next_for: float | None = None
+        self._next: float | None = None
         self.failures = Failures("tap", "the patrol check is tried again / 巡更检查出错，稍后重试")
 
     # -- state --------------------------------------------------------------------
@@ -289,6 +292,42 @@ class Patrol:
         except Exception as err:
             self.failures.failed("patrol", err)
         self.failures.tick()
+
+    def due_in(self) -> float | None:
+        """Seconds until :meth:`tick` has a deadline to judge (0: now); None without
+        routes. On a clock not yet synchronised it is looked at every :data:`TICK_S`."""
+        due = self._deadline_in()
+        summary = self.failures.due_in()
+        if summary is None:
+            return due
+        return summary if due is None else min(due, summary)
+
+    def _deadline_in(self) -> float | None:
+        if not self.routes:
+            return None
+        if not self.synced():
+            return TICK_S
+        if self.checked_until is None or self._restarted:
+            return 0.0
+        now = self.now()
+        if self._hold_until is not None:
+            return max(0.0, self._hold_until - now)
+        if self._next_for != self.checked_until:
+            self._next_for = self.checked_until
+            self._next = self._next_deadline(self.checked_until)
+        return None if self._next is None else max(0.0, self._next - now)
+
+    def _next_deadline(self, since: float) -> float | None:
+        """The first deadline after ``since`` (rounds start every day: two days ahead
+        hold it)."""
+        found: float | None = None
+        for run in self.routes:
+            for start in run.starts(since - run.span_s(), since + 2 * 86400):
+                for stop in run.stops:
+                    deadline = run.deadline(start, stop)
+                    if deadline > since and (found is None or deadline < found):
+                        found = deadline
+        return found
 
     def _tick(self) -> None:
         if not self.routes or not self.synced():

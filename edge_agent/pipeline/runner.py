@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, TypeVar
 
 from edge_agent.driver import Event, Quality, Value
-from edge_agent.pipeline.base import Message, Sink, Stage
+from edge_agent.pipeline.base import TICK_S, Message, Sink, Stage
 from edge_agent.pipeline.failures import Failures
 from edge_agent.pipeline.taps import Tap, Taps
 
@@ -35,6 +35,9 @@ class Pipeline:
             self.taps.summary_s,
             self.taps.clock,
         )
+        #: called when a stage holds (or drops) a message: a held message reaches no
+        #: sink, yet may start a timer of its stage (the agent wakes its group commit)
+        self.on_hold: Callable[[], None] | None = None
         #: the stages from each position on (no list slice per message)
         self._tails = [tuple(self.stages[i:]) for i in range(len(self.stages) + 1)]
         for i, stage in enumerate(self.stages):
@@ -76,6 +79,8 @@ class Pipeline:
                 self.stage_failures.failed(stage.name, err, msg)
                 return
             if out is None:
+                if self.on_hold is not None:
+                    self.on_hold()
                 return
             msg = out
         self.sink.put(msg)
@@ -127,6 +132,18 @@ class Pipeline:
                 self.stage_failures.failed(f"{stage.name}.tick", err, outcome=_TICK_FAILED)
         self.taps.tick()
         self.stage_failures.tick()
+
+    def due_in(self) -> float | None:
+        """Seconds until :meth:`tick` can next change something (the soonest stage or
+        failure summary); None while only a new message can."""
+        dues = [self.taps.due_in(), self.stage_failures.due_in()]
+        for stage in self.stages:
+            try:
+                dues.append(stage.due_in())
+            except Exception as err:
+                self.stage_failures.failed(f"{stage.name}.due_in", err, outcome=_TICK_FAILED)
+                dues.append(TICK_S)  # as before it could say: looked at every interval
+        return min((d for d in dues if d is not None), default=None)
 
     def flush(self) -> None:
         """At stop: every stage sends on what it holds, in list order."""

@@ -69,6 +69,10 @@ class Taps:
         """One summary line per failing tap at most every ``summary_s``."""
         self._failures.tick()
 
+    def due_in(self) -> float | None:
+        """Seconds until :meth:`tick` has a summary to write (None: nothing to say)."""
+        return self._failures.due_in()
+
     def summary(self) -> None:
         self._failures.summary()
 

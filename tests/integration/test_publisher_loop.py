@@ -105,6 +105,44 @@ async def test_a_broker_gone_silent_is_noticed_by_keepalive(tmp_path: Path) -> N
         await server.wait_closed()
 
 
+async def test_an_idle_connection_looks_at_its_keepalive_once_a_keepalive(
+    tmp_path: Path, mqtt_broker: MqttBroker
+) -> None:
+    # paho's loop_misc only acts on the keep-alive (the ping, the ping's timeout): its
+    # timer is set for the moment it can next act, not every second (issue 8 item 9).
+    async with running_publisher(tmp_path, mqtt_broker, keepalive_s=30) as pub:
+        await asyncio.wait_for(pub.connected.wait(), 30)
+        net = pub._net
+        assert net is not None
+        await until("the timer after the CONNACK", lambda: net._misc is not None)
+        misc = net._misc
+        assert misc is not None
+        assert misc.when() - asyncio.get_running_loop().time() > 20  # ~30 s away, not 1 s
+
+
+async def test_an_idle_connection_still_pings_and_stays_up(
+    tmp_path: Path, mqtt_broker: MqttBroker
+) -> None:
+    # mosquitto drops a client that sends nothing for 1.5 keep-alives: without the
+    # PINGREQs the publisher would reconnect within this test.
+    async with running_publisher(tmp_path, mqtt_broker, keepalive_s=1) as pub:
+        await asyncio.wait_for(pub.connected.wait(), 30)
+        net = pub._net
+        assert net is not None
+        pings: list[float] = []
+        client = net.client
+        send_pingreq = client._send_pingreq  # type: ignore[attr-defined]
+
+        def counted() -> Any:
+            pings.append(time.monotonic())
+            return send_pingreq()
+
+        client._send_pingreq = counted  # type: ignore[attr-defined]
+        await until("three pings", lambda: len(pings) >= 3)  # 3 keep-alives, no traffic
+        assert pub.stats.connects == 1
+        assert pub.connected.is_set()
+
+
 async def test_an_unexpected_error_in_a_connect_attempt_is_one_failed_attempt(
     tmp_path: Path, mqtt_broker: MqttBroker, monkeypatch: pytest.MonkeyPatch, caplog: Any
 ) -> None:
