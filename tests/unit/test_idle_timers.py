@@ -11,6 +11,7 @@ producer woke the loop, not because the loop polled."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
@@ -258,13 +259,11 @@ def _closed_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture
-async def agent(tmp_path: Path) -> AsyncIterator[Agent]:
-    """An agent with one rule (CO2 above 1500 for 0.5 s), no broker, and a group commit
-    whose idle wake is an hour: whatever happens, a timer or a producer woke it."""
-    (tmp_path / "rules.yaml").write_text(
-        yaml.safe_dump({"rules": [{**CO2, "on_delay_s": 0.5}]}), encoding="utf-8"
-    )
+@contextlib.asynccontextmanager
+async def _idle_agent(tmp_path: Path, rule: dict[str, Any]) -> AsyncIterator[Agent]:
+    """A running agent with one rule, no broker, and a group commit whose idle wake is an
+    hour: whatever happens, a timer or a producer woke it. Yields once it is idle."""
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"rules": [rule]}), encoding="utf-8")
     cfg_path = tmp_path / "agent.yaml"
     cfg_path.write_text(
         "site: {id: school-a, gateway_id: gw1}\n"
@@ -283,6 +282,13 @@ async def agent(tmp_path: Path) -> AsyncIterator[Agent]:
     finally:
         agent.stop()
         await asyncio.wait_for(task, 15)
+
+
+@pytest.fixture
+async def agent(tmp_path: Path) -> AsyncIterator[Agent]:
+    """An idle agent with one rule: CO2 above 1500 for 0.5 s."""
+    async with _idle_agent(tmp_path, {**CO2, "on_delay_s": 0.5}) as running:
+        yield running
 
 
 async def test_an_on_delay_ends_and_raises_while_no_reading_arrives(agent: Agent) -> None:
@@ -356,32 +362,11 @@ async def test_an_offline_delay_started_by_a_state_alone_raises_on_an_idle_agent
     tmp_path: Path,
 ) -> None:
     # A device state commits nothing: the group commit is nudged to look at its timers.
-    (tmp_path / "rules.yaml").write_text(
-        yaml.safe_dump(
-            {"rules": [{"id": "off", "type": "offline", "on_delay_s": 0.5, "severity": "major"}]}
-        ),
-        encoding="utf-8",
-    )
-    cfg_path = tmp_path / "agent.yaml"
-    cfg_path.write_text(
-        "site: {id: school-a, gateway_id: gw1}\n"
-        f"mqtt: {{host: 127.0.0.1, port: {_closed_port()}, reconnect_max_s: 1}}\n"
-        f"outbox: {{path: {tmp_path / 'outbox.db'}, commit_interval_ms: 50}}\n"
-        "clock: {sync_check: none}\n"
-        "rules: {default: false, files: [rules.yaml]}\n"
-    )
-    agent = Agent(load_config(cfg_path), cfg_path)
-    agent.idle_wake_s = 3600.0
-    task = asyncio.create_task(agent.run())
-    try:
-        await _until(lambda: agent.outbox.epoch, "the agent's start")
-        await _until(lambda: not agent.outbox.has_work(), "the start's commits")
+    rule = {"id": "off", "type": "offline", "on_delay_s": 0.5, "severity": "major"}
+    async with _idle_agent(tmp_path, rule) as agent:
         await asyncio.sleep(0.2)  # the group commit is asleep
         agent._state_sink("r101-air", {"state": "offline", "since": "x", "last_error": "t/o"})
         await _until(lambda: agent.alarms.find("off", "r101-air"), "the offline alarm")
-    finally:
-        agent.stop()
-        await asyncio.wait_for(task, 15)
 
 
 async def test_a_reading_held_for_the_clock_goes_out_once_it_is_synchronised(
