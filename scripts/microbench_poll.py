@@ -25,7 +25,7 @@ To compare two trees (say main and a branch) on a shared box, alternate them aga
 same simulator: ``--tree DIR`` (repeat it) runs each measurement in a child process with
 ``PYTHONPATH=DIR``, tree after tree, ``--runs`` times::
 
-    git -C /work/main archive HEAD | tar -x -C "$(mktemp -d)"   # a tree of main
+    BEFORE=$(mktemp -d) && git archive main | tar -x -C "$BEFORE"   # a tree of main
     .venv/bin/python scripts/microbench_poll.py --tree "$BEFORE" --tree . --runs 7
 
 Each child prints where it imported ``edge_agent`` from, so a tree that is not picked up
