@@ -274,6 +274,8 @@ class RuleEngine:
         gateway: str = "gateway",
     ) -> None:
         self.rules = ruleset.rules
+        #: the rules by id (the ticks look a track's rule up by it)
+        self._by_id = {r.id: r for r in self.rules}
         self.gateway = gateway
         #: per category: when its last raises were, whether it floods, what was folded
         self._flood_times: dict[str, collections.deque[float]] = {}
@@ -451,7 +453,7 @@ class RuleEngine:
         return True
 
     def _end_floods(self, now: float) -> None:
-        by_id = {r.id: r for r in self.rules}
+        by_id = self._by_id
         for cat in [c for c in self._folded if now - self._flood_last[c] > FLOOD_S]:
             folded = self._folded.pop(cat)
             self._flood_times[cat].clear()
@@ -613,7 +615,7 @@ class RuleEngine:
             self._check_suppress(rule_id, now)
         if self._folded:
             self._end_floods(now)
-        by_id = {r.id: r for r in self.rules}
+        by_id = self._by_id
         for (rule_id, device), track in self.tracks.items():
             if not (track.active or track.chattering or track.pending_since is not None):
                 # nothing a timer can change (every branch below needs one of the three):
@@ -670,7 +672,7 @@ class RuleEngine:
         fd = self.failures.due_in()
         if fd is not None:
             due = min(due, now + fd)
-        by_id = {r.id: r for r in self.rules}
+        by_id = self._by_id
         for (rule_id, _device), track in self.tracks.items():
             if not (track.active or track.chattering or track.pending_since is not None):
                 continue  # as in _tick: no timer can change it
