@@ -158,11 +158,13 @@ class _Link(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self.buffer += self._chunk[:nbytes]
-        if self.waiter is not None and wire.frame_ready(self.buffer, self.rtu):
-            self.wake()
+        self._arrived()
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
+        self._arrived()
+
+    def _arrived(self) -> None:
         if self.waiter is not None and wire.frame_ready(self.buffer, self.rtu):
             self.wake()
 
@@ -437,7 +439,7 @@ class _Line:
         buf = link.buffer
         while True:
             try:
-                length = wire.rtu_length(buf) if self.rtu else wire.mbap_length(buf)
+                length = wire.frame_length(buf, self.rtu)
             except wire.GarbageError as err:
                 self._trace(False, buf)
                 buf.clear()

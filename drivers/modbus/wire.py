@@ -192,7 +192,7 @@ def rtu_frame(request: Request) -> bytes:
     return body + crc16(body)
 
 
-def rtu_length(buf: bytes | bytearray, request: Request | None = None) -> int | None:
+def rtu_length(buf: bytes | bytearray) -> int | None:
     """Length of the RTU frame at the start of ``buf``; None until enough bytes are in.
 
     RTU frames carry no length: it follows from the function code (and the byte count
@@ -210,6 +210,12 @@ def rtu_length(buf: bytes | bytearray, request: Request | None = None) -> int | 
     raise GarbageError(f"garbage instead of an RTU answer: {bytes(buf[:8]).hex(' ')}")
 
 
+def frame_length(buf: bytes | bytearray, rtu: bool) -> int | None:
+    """Length of the frame at the start of ``buf`` (RTU when ``rtu``, else MBAP); None
+    until enough bytes are in. Raises GarbageError for bytes that are no frame."""
+    return rtu_length(buf) if rtu else mbap_length(buf)
+
+
 def frame_ready(buf: bytes | bytearray, rtu: bool) -> bool:
     """Whether ``buf`` is worth reading yet: it starts with a whole frame (Modbus TCP, or
     RTU when ``rtu``), or with bytes that are no frame at all (garbage, reported by the
@@ -219,7 +225,7 @@ def frame_ready(buf: bytes | bytearray, rtu: bool) -> bool:
     for an answer is woken once, when the answer is whole, not once per chunk.
     """
     try:
-        length = rtu_length(buf) if rtu else mbap_length(buf)
+        length = frame_length(buf, rtu)
     except GarbageError:
         return True
     return length is not None and len(buf) >= length
@@ -243,6 +249,7 @@ __all__ = [
     "Request",
     "bits",
     "crc16",
+    "frame_length",
     "frame_ready",
     "mbap_answer",
     "mbap_frame",
