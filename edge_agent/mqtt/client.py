@@ -543,7 +543,7 @@ class LoopNetwork:
         once a keep-alive instead of every second (issue 8 item 9). Traffic meanwhile
         only moves the moment later: the timer then finds nothing to do and looks again."""
         c: Any = self.client
-        keepalive = float(getattr(c, "_keepalive", 0) or 0)
+        keepalive = float(c.keepalive or 0)
         if keepalive <= 0:  # no keep-alive: nothing for loop_misc to do but look now and then
             return MISC_NO_KEEPALIVE_S
         with c._msgtime_mutex:

@@ -1464,9 +1464,9 @@ def run_gateway90(
         from edge_agent.tools.bench_rules import rules_state_over_day
 
         _progress("gateway90: a day of these readings through the alarm rules (simulated clock)")
-        devices = [(f"r{i}-air", "air7in1") for i in range(g.classrooms)]
-        devices += [(f"r{i}-lux", "lux_noise") for i in range(g.classrooms)]
-        day = rules_state_over_day(devices, GATEWAY90.interval_s)
+        layout = json.loads((workdir / "layout.json").read_text())
+        devices = [(d["id"], d["profile"]) for d in layout["devices"]]
+        day = rules_state_over_day(devices, interval_s)
         sizes = day["state_bytes_at_hours"]
         first, last = next(iter(sizes.values())), sizes["24"]
         result["rules_day"] = day
